@@ -1,0 +1,90 @@
+"""Runtime configuration: one pydantic-settings class, read from ``SAGASHI_*`` variables.
+
+Settings are built by the entry points (CLI, server) at start-up, never at import time,
+so tests can construct them with explicit values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+class Settings(BaseSettings):
+    """Every setting has an environment variable named ``SAGASHI_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="SAGASHI_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(
+        default=Path("./sagashi-data"),
+        description="Directory for the SQLite database, embeddings, FAISS index and caches.",
+    )
+    model_dir: Path | None = Field(
+        default=None,
+        description="Local model directory (PixAI v0.9 or WD v3 layout). "
+        "Commands that tag require it, here or as --model-dir.",
+    )
+    device: str = Field(
+        default="auto",
+        description="Inference device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.",
+    )
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Images per forward pass.")
+    decode_workers: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Threads that decode and preprocess images; 0 means one per CPU core.",
+    )
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="CPU threads for the model forward; 0 means one per CPU core.",
+    )
+    max_image_pixels: int = Field(
+        default=178_956_970,
+        ge=1,
+        description="Decompression-bomb guard: images with more pixels are refused.",
+    )
+    jpeg_draft: bool = Field(
+        default=True,
+        description="Decode large JPEGs at a reduced DCT scale (at least twice the model input "
+        "size) before resizing. Much faster; changes scores only by resize noise.",
+    )
+    top_k: int = Field(default=128, ge=1, le=100_000, description="Most tags kept per image.")
+    threshold_general: Probability = Field(
+        default=0.30, description="Default score threshold for general tags (PixAI card default)."
+    )
+    threshold_character: Probability = Field(
+        default=0.75, description="Default score threshold for character tags (PixAI card default)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Logging level."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE_RE.match(value):
+            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    def effective_decode_workers(self) -> int:
+        return self.decode_workers or max(1, os.cpu_count() or 1)
+
+    def effective_torch_threads(self) -> int:
+        return self.torch_threads or max(1, os.cpu_count() or 1)

@@ -1,0 +1,110 @@
+"""Which predicted tags to report: the PixAI card's output policy.
+
+Defaults are the card's (top_k 128, general 0.30, character 0.75); its tuning tips become
+options (per-group thresholds, allow and deny lists). Copyright tags are derived from the
+kept characters through the character -> copyright map, each with its character's score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from app.tagger.vocab import CHARACTER, COPYRIGHT, GENERAL, GROUP_CODE, RATING, TagVocabulary
+
+# A copyright ties with the character it came from; the character is listed first.
+_TIE_ORDER = {CHARACTER: 0, COPYRIGHT: 1, GENERAL: 2, RATING: 3}
+
+PRESETS: dict[str, dict[str, float]] = {
+    "default": {"threshold_general": 0.30, "threshold_character": 0.75},
+    # The card's recall-heavier preset: expect more false positives.
+    "coverage": {"threshold_general": 0.10, "threshold_character": 0.75},
+}
+
+
+@dataclass(frozen=True)
+class TagScore:
+    tag: str
+    score: float
+    group: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tag": self.tag, "score": round(self.score, 6), "group": self.group}
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    """Thresholds are inclusive: a tag is kept when its score is >= its group's threshold."""
+
+    top_k: int = 128
+    threshold_general: float = 0.30
+    threshold_character: float = 0.75
+    allow: frozenset[str] | None = None
+    deny: frozenset[str] = frozenset()
+    include_copyright: bool = True
+    include_rating: bool = True
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        for name in ("threshold_general", "threshold_character"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> OutputPolicy:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        values: dict[str, Any] = dict(PRESETS[name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> OutputPolicy:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def _permitted(self, tag: str) -> bool:
+        return tag not in self.deny and (self.allow is None or tag in self.allow)
+
+    def select(self, probs: np.ndarray, vocab: TagVocabulary) -> list[TagScore]:
+        """The reported tags for one image's probability vector, sorted by score."""
+        codes = vocab.group_codes
+        thresholds = np.full(len(vocab), np.inf, dtype=np.float32)
+        thresholds[codes == GROUP_CODE[GENERAL]] = self.threshold_general
+        thresholds[codes == GROUP_CODE[CHARACTER]] = self.threshold_character
+        candidates = np.flatnonzero(probs >= thresholds)
+        ranked = candidates[np.argsort(-probs[candidates], kind="stable")]
+        kept: list[TagScore] = []
+        for index in ranked.tolist():
+            name = vocab.names[index]
+            if self._permitted(name):
+                kept.append(TagScore(name, float(probs[index]), vocab.group(index)))
+                if len(kept) == self.top_k:
+                    break
+        extra: list[TagScore] = []
+        if self.include_copyright:
+            extra.extend(self._copyrights(kept, vocab))
+        if self.include_rating and vocab.has_ratings:
+            rating = self._rating(probs, vocab)
+            if rating is not None:
+                extra.append(rating)
+        return sorted(kept + extra, key=lambda t: (-t.score, _TIE_ORDER[t.group], t.tag))
+
+    def _copyrights(self, kept: list[TagScore], vocab: TagVocabulary) -> list[TagScore]:
+        best: dict[str, float] = {}
+        for item in kept:
+            if item.group != CHARACTER:
+                continue
+            for ip in vocab.char_to_copyrights.get(item.tag, ()):
+                if self._permitted(ip) and item.score > best.get(ip, -1.0):
+                    best[ip] = item.score
+        return [TagScore(ip, score, COPYRIGHT) for ip, score in best.items()]
+
+    def _rating(self, probs: np.ndarray, vocab: TagVocabulary) -> TagScore | None:
+        """WD's rating head: report the most likely of the four ratings."""
+        indices = vocab.indices(RATING)
+        top = int(indices[int(np.argmax(probs[indices]))])
+        name = vocab.names[top]
+        return TagScore(name, float(probs[top]), RATING) if self._permitted(name) else None

@@ -1,0 +1,55 @@
+"""The swappable tagger interface the indexer and the service program against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from app.tagger.preprocess import Preprocess
+from app.tagger.vocab import TagVocabulary
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Identifies what produced a set of scores and embeddings (a model generation)."""
+
+    name: str
+    family: str
+    vocabulary_digest: str
+    embedding_dim: int
+    num_tags: int
+    preprocess: Preprocess
+
+    def preprocess_description(self) -> str:
+        p = self.preprocess
+        return (
+            f"{p.resize} {p.size}x{p.size} {p.interpolation} mean={list(p.mean)} "
+            f"std={list(p.std)} {p.channel_order}"
+        )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """``probs``: (N, num_tags) sigmoid scores; ``embeddings``: (N, D), L2-normalised."""
+
+    probs: np.ndarray
+    embeddings: np.ndarray
+
+
+@runtime_checkable
+class Tagger(Protocol):
+    def load(self) -> None: ...
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def vocab(self) -> TagVocabulary: ...
+
+    @property
+    def preprocess(self) -> Preprocess: ...
+
+    def predict(self, batch: torch.Tensor) -> Prediction: ...

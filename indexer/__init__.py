@@ -1,0 +1,1 @@
+"""Sagashi's batch machinery: scan, pipeline, jobs, reindex, and the ``sagashi`` CLI."""

@@ -1,0 +1,286 @@
+"""The ``sagashi`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+
+from app.logs import configure_logging
+from app.settings import Settings
+from app.tagger import ModelLoadError, OutputPolicy, TimmTagger
+from app.tagger.batching import TagOutcome, tag_sources
+from app.tagger.caption import format_caption
+from app.tagger.fetch import PUBLISHED, FetchError, fetch_model
+from indexer.progress import progress_bar, rate_text
+from indexer.scan import iter_image_paths
+
+log = logging.getLogger("sagashi")
+
+app = typer.Typer(
+    name="sagashi",
+    help="Sagashi: a self-hosted search engine for anime image collections.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,  # plain usage errors: one "Error: ..." line, easy to grep
+)
+model_app = typer.Typer(
+    help="Download and inspect tagger models.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(model_app, name="model")
+
+
+class OutputFormat(StrEnum):
+    json = "json"
+    caption = "caption"
+
+
+class Preset(StrEnum):
+    default = "default"
+    coverage = "coverage"
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One-line reason on stderr, non-zero exit."""
+    typer.echo(f"sagashi: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+        settings = Settings(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        fail(f"invalid setting SAGASHI_{where.upper()}: {first['msg']}")
+    configure_logging(settings.log_level)
+    return settings
+
+
+def load_tagger(settings: Settings) -> TimmTagger:
+    if settings.model_dir is None:
+        fail("no model directory: pass --model-dir DIR or set SAGASHI_MODEL_DIR")
+    tagger = TimmTagger(settings.model_dir, settings.device, settings.effective_torch_threads())
+    try:
+        tagger.load()
+    except ModelLoadError as exc:
+        fail(str(exc))
+    return tagger
+
+
+def split_list(value: str | None) -> frozenset[str] | None:
+    """Comma-separated tags, or @FILE with one tag per line."""
+    if value is None:
+        return None
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read tag list {path}: {exc}")
+        items = text.splitlines()
+    else:
+        items = value.split(",")
+    return frozenset(i.strip() for i in items if i.strip())
+
+
+ModelDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-dir", help="Model directory (else SAGASHI_MODEL_DIR).", show_default=False
+    ),
+]
+
+
+@app.command(
+    epilog="Example: sagashi tag ./images --model-dir ./models/pixai-v0.9 --format caption"
+)
+def tag(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Image files or folders (folders are searched recursively)."),
+    ],
+    model_dir: ModelDirOption = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="json: one object per file; caption: tags.")
+    ] = OutputFormat.json,
+    preset: Annotated[
+        Preset, typer.Option(help="default (general 0.30) or coverage (general 0.10).")
+    ] = Preset.default,
+    threshold_general: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Keep general tags scoring >= this.")
+    ] = None,
+    threshold_character: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Keep character tags scoring >= this.")
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option(min=1, help="Most general+character tags kept.")
+    ] = None,
+    allow: Annotated[
+        str | None, typer.Option(help="Only these tags: comma-separated, or @FILE (one per line).")
+    ] = None,
+    deny: Annotated[
+        str | None, typer.Option(help="Never these tags: comma-separated, or @FILE.")
+    ] = None,
+    underscores: Annotated[
+        bool, typer.Option(help="Captions keep underscores instead of spaces.")
+    ] = False,
+    embedding: Annotated[
+        bool, typer.Option(help="json: include the L2-normalised pooled embedding.")
+    ] = False,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+) -> None:
+    """Tag images with the model and print the results.
+
+    Exit status: 0 when every file was tagged, 1 when some files failed (the others are
+    still printed), 2 for a usage or model error.
+    """
+    settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
+    base = OutputPolicy(
+        top_k=settings.top_k,
+        threshold_general=settings.threshold_general,
+        threshold_character=settings.threshold_character,
+    )
+    if preset is not Preset.default:
+        base = OutputPolicy.preset(preset.value, top_k=settings.top_k)
+    policy = base.with_overrides(
+        top_k=top_k,
+        threshold_general=threshold_general,
+        threshold_character=threshold_character,
+        allow=split_list(allow),
+        deny=split_list(deny),
+    )
+    files = list(iter_image_paths(paths))
+    if not files:
+        fail("no image files found under the given paths")
+    tagger = load_tagger(settings)
+    view = OutputView(policy, output_format, underscores, embedding, single=len(files) == 1)
+    failures = _tag_and_print(tagger, files, settings, view)
+    raise typer.Exit(1 if failures else 0)
+
+
+@dataclass(frozen=True)
+class OutputView:
+    policy: OutputPolicy
+    output_format: OutputFormat
+    underscores: bool
+    embedding: bool
+    single: bool
+
+
+def _tag_and_print(
+    tagger: TimmTagger, files: list[Path], settings: Settings, view: OutputView
+) -> int:
+    started = time.perf_counter()
+    errors: Counter[str] = Counter()
+    outcomes = tag_sources(
+        tagger,
+        files,
+        batch_size=settings.batch_size,
+        workers=settings.effective_decode_workers(),
+        max_pixels=settings.max_image_pixels,
+        jpeg_draft=settings.jpeg_draft,
+    )
+    with progress_bar() as progress:
+        task = progress.add_task("tagging", total=len(files), rate="")
+        for done, outcome in enumerate(outcomes, start=1):
+            if outcome.error is not None:
+                errors[outcome.error.code] += 1
+            _print_outcome(outcome, tagger, view)
+            elapsed = time.perf_counter() - started
+            progress.update(task, advance=1, rate=rate_text(done, elapsed, "img"))
+    elapsed = time.perf_counter() - started
+    tagged = len(files) - sum(errors.values())
+    detail = ", ".join(f"{n} {code}" for code, n in errors.most_common())
+    log.info(
+        "tagged %d of %d files in %.1fs (%s)%s",
+        tagged,
+        len(files),
+        elapsed,
+        rate_text(tagged, elapsed, "img"),
+        f"; failed: {detail}" if detail else "",
+    )
+    return sum(errors.values())
+
+
+def _print_outcome(outcome: TagOutcome, tagger: TimmTagger, view: OutputView) -> None:
+    path = str(outcome.source)
+    tags = view.policy.select(outcome.probs, tagger.vocab) if outcome.probs is not None else []
+    if view.output_format is OutputFormat.json:
+        record: dict[str, object] = {"path": path, "results": [t.as_dict() for t in tags]}
+        if view.embedding and outcome.embedding is not None:
+            record["embedding"] = [round(float(v), 7) for v in outcome.embedding]
+        if outcome.error is not None:
+            record["error"] = outcome.error.as_dict()
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return
+    if outcome.error is not None:
+        typer.echo(f"{path}: {outcome.error.code}: {outcome.error.message}", err=True)
+        return
+    caption = format_caption(tags, underscores=view.underscores)
+    sys.stdout.write(caption + "\n" if view.single else f"{path}\t{caption}\n")
+
+
+@model_app.command(
+    "fetch",
+    epilog="Example: HF_TOKEN=hf_... sagashi model fetch pixai-v0.9 --dir ./models/pixai-v0.9",
+)
+def model_fetch(
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(PUBLISHED)}.")],
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Target directory (default ./models/NAME).")
+    ] = None,
+) -> None:
+    """Download a published model's files from the Hugging Face Hub.
+
+    PixAI v0.9 is gated: accept its terms on the Hub, then set HF_TOKEN.
+    """
+    configure_logging("INFO")
+    target = directory or Path("models") / name
+    try:
+        fetch_model(name, target)
+    except FetchError as exc:
+        fail(str(exc))
+    log.info("downloaded %s to %s; use it with --model-dir %s", name, target, target)
+
+
+@model_app.command("info", epilog="Example: sagashi model info --model-dir ./models/pixai-v0.9")
+def model_info(model_dir: ModelDirOption = None) -> None:
+    """Load a model directory and print what it is (family, tags, embedding size)."""
+    settings = load_settings(model_dir=model_dir)
+    tagger = load_tagger(settings)
+    info = tagger.info
+    vocab = tagger.vocab
+    counts = Counter(vocab.group(i) for i in range(len(vocab)))
+    record = {
+        "name": info.name,
+        "family": info.family,
+        "num_tags": info.num_tags,
+        "groups": dict(counts),
+        "characters_with_copyright": len(vocab.char_to_copyrights),
+        "embedding_dim": info.embedding_dim,
+        "preprocess": info.preprocess_description(),
+        "vocabulary_sha256": info.vocabulary_digest,
+        "device": str(tagger.device),
+    }
+    sys.stdout.write(json.dumps(record, indent=2) + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
