@@ -28,6 +28,21 @@ class Settings(BaseSettings):
         default=Path("./sagashi-data"),
         description="Directory for the SQLite database, embeddings, FAISS index and caches.",
     )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the database, e.g. postgresql://user@host/sagashi. "
+        "Unset: SQLite in SAGASHI_DATA_DIR.",
+    )
+    score_floor: Probability = Field(
+        default=0.05,
+        description="Storage floor: tags scoring below it are not stored. Thresholds are "
+        "chosen at query time above it.",
+    )
+    alias_file: Path | None = Field(
+        default=None,
+        description="Extra Danbooru tag-alias CSV (antecedent_name,consequent_name[,status]) "
+        "on top of the subset shipped with Sagashi.",
+    )
     model_dir: Path | None = Field(
         default=None,
         description="Local model directory (PixAI v0.9 or WD v3 layout). "

@@ -14,13 +14,21 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.logs import configure_logging
 from app.settings import Settings
+from app.store import migrate, vectors
+from app.store.aliases import AliasError, load_aliases
+from app.store.db import create_db_engine, database_url, safe_url, session_factory
+from app.store.migrate import SchemaMismatch, check_schema
+from app.store.repository import GenerationMismatch, active_generation
 from app.tagger import ModelLoadError, OutputPolicy, TimmTagger
 from app.tagger.batching import TagOutcome, tag_sources
 from app.tagger.caption import format_caption
 from app.tagger.fetch import PUBLISHED, FetchError, fetch_model
+from indexer.pipeline import Indexer, IndexOptions
 from indexer.progress import progress_bar, rate_text
 from indexer.scan import iter_image_paths
 
@@ -34,6 +42,10 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,  # plain usage errors: one "Error: ..." line, easy to grep
 )
+db_app = typer.Typer(
+    help="Create and migrate the database.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(db_app, name="db")
 model_app = typer.Typer(
     help="Download and inspect tagger models.", no_args_is_help=True, rich_markup_mode=None
 )
@@ -276,6 +288,94 @@ def model_info(model_dir: ModelDirOption = None) -> None:
         "device": str(tagger.device),
     }
     sys.stdout.write(json.dumps(record, indent=2) + "\n")
+
+
+def open_store(settings: Settings) -> Engine:
+    """The database engine, refusing a schema older or newer than this code."""
+    url = database_url(settings)
+    engine = create_db_engine(url)
+    try:
+        check_schema(engine)
+    except SchemaMismatch as exc:
+        fail(str(exc))
+    except SQLAlchemyError as exc:
+        fail(f"cannot open the database {safe_url(url)}: {first_line(exc)}")
+    return engine
+
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@db_app.command("upgrade", epilog="Example: sagashi db upgrade")
+def db_upgrade() -> None:
+    """Create the database, or migrate it to this code's schema (Alembic)."""
+    settings = load_settings()
+    url = database_url(settings)
+    try:
+        migrate.upgrade(url)
+    except SQLAlchemyError as exc:
+        fail(f"cannot migrate {safe_url(url)}: {first_line(exc)}")
+    log.info("database %s is at schema %s", safe_url(url), migrate.head_revision())
+
+
+@app.command(epilog="Example: sagashi index ~/Pictures/art --model-dir ./models/pixai-v0.9")
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Folders (or files) to index, recursively.")],
+    model_dir: ModelDirOption = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+) -> None:
+    """Index images: tag new and changed files, follow moves, mark deletions.
+
+    Unchanged files (same size and mtime, or same content) are skipped; moved files keep
+    their tags; safe to interrupt at any moment and run again. Exit status 1 when some
+    files could not be indexed (the summary lists why).
+    """
+    settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
+    engine = open_store(settings)
+    tagger = load_tagger(settings)
+    try:
+        aliases = load_aliases(settings.alias_file)
+    except AliasError as exc:
+        fail(str(exc))
+    options = IndexOptions(
+        batch_size=settings.batch_size,
+        workers=settings.effective_decode_workers(),
+        max_pixels=settings.max_image_pixels,
+        jpeg_draft=settings.jpeg_draft,
+        score_floor=settings.score_floor,
+        aliases=aliases,
+    )
+    started = time.perf_counter()
+    with progress_bar() as progress:
+        task = progress.add_task("indexing", total=None, rate="")
+
+        def report(done: int, total: int) -> None:
+            elapsed = time.perf_counter() - started
+            progress.update(
+                task, completed=done, total=total, rate=rate_text(done, elapsed, "files")
+            )
+
+        try:
+            summary = Indexer(engine, tagger, options).run(paths, report)
+        except GenerationMismatch as exc:
+            fail(str(exc))
+        except SQLAlchemyError as exc:
+            fail(f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
+    generation = current_generation_id(engine)
+    if generation is not None:
+        vectors.load_fresh(engine, settings.data_dir, generation)
+    for problem in summary.failures:
+        log.warning("failed: %s: %s: %s", problem.path, problem.code, problem.message)
+    log.info("indexed in %.1fs: %s", time.perf_counter() - started, json.dumps(summary.as_dict()))
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+def current_generation_id(engine: Engine) -> int | None:
+    with session_factory(engine)() as session:
+        generation = active_generation(session)
+        return generation.id if generation else None
 
 
 def main() -> None:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,3 +29,47 @@ def tiny_pixai_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_wd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_wd(tmp_path_factory.mktemp("wd"))
+
+
+PG_URL = os.environ.get("SAGASHI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_schema_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh schema per test on the shared PostgreSQL, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_URL)
+    try:
+        with admin.connect() as connection:
+            connection.execute(text("select 1"))
+    except Exception as exc:
+        admin.dispose()
+        if os.environ.get("CI"):
+            raise RuntimeError(f"PostgreSQL is required in CI but unreachable: {exc}") from exc
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each kind; store tests run on both."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'sagashi.db'}"
+    else:
+        yield from _postgres_schema_url(request)
+
+
+@pytest.fixture
+def migrated_url(db_url: str) -> str:
+    from app.store.migrate import upgrade
+
+    upgrade(db_url)
+    return db_url

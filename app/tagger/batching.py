@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,9 +21,32 @@ import torch
 from app.tagger.decode import decode_image
 from app.tagger.errors import ImageDecodeError
 from app.tagger.preprocess import Preprocess
-from app.tagger.protocol import Tagger
+from app.tagger.protocol import Prediction, Tagger
 
 Source = str | os.PathLike[str] | bytes
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(
+    pool: Executor, fn: Callable[[T], R], items: Iterable[T], lookahead: int
+) -> Iterator[tuple[T, R]]:
+    """Apply ``fn`` in the pool, at most ``lookahead`` items ahead, yielding in input order."""
+    pending: deque[tuple[T, Future[R]]] = deque()
+    source = iter(items)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < lookahead:
+            try:
+                item = next(source)
+            except StopIteration:
+                exhausted = True
+                break
+            pending.append((item, pool.submit(fn, item)))
+        if not pending:
+            return
+        item, future = pending.popleft()
+        yield item, future.result()
 
 
 @dataclass
@@ -74,48 +98,44 @@ def tag_sources(
 ) -> Iterator[TagOutcome]:
     """Tag every source, yielding outcomes in input order."""
     preprocess = tagger.preprocess
-    device = getattr(tagger, "device", None)
-    pin = isinstance(device, torch.device) and device.type == "cuda"
-    lookahead = max(batch_size * 2, workers * 2)
+
+    def load(src: Source) -> _Prepared:
+        return prepare(src, preprocess, max_pixels, jpeg_draft)
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sagashi-decode") as pool:
-        pending: deque[tuple[Source, Future[_Prepared]]] = deque()
-        source_iter = iter(sources)
-
-        def refill() -> None:
-            while len(pending) < lookahead:
-                try:
-                    src = next(source_iter)
-                except StopIteration:
-                    return
-                pending.append((src, pool.submit(prepare, src, preprocess, max_pixels, jpeg_draft)))
-
-        refill()
         waiting: list[TagOutcome] = []
         tensors: list[torch.Tensor] = []
         owners: list[TagOutcome] = []
-        while pending:
-            src, future = pending.popleft()
-            refill()
-            prepared = future.result()
+        for src, prepared in ordered_map(pool, load, sources, lookahead(batch_size, workers)):
             outcome = TagOutcome(src, prepared.width, prepared.height, error=prepared.error)
             waiting.append(outcome)
             if prepared.tensor is not None:
                 tensors.append(prepared.tensor)
                 owners.append(outcome)
             if len(tensors) == batch_size:
-                _run(tagger, tensors, owners, pin)
+                _run(tagger, tensors, owners)
                 yield from waiting
                 waiting, tensors, owners = [], [], []
         if tensors:
-            _run(tagger, tensors, owners, pin)
+            _run(tagger, tensors, owners)
         yield from waiting
 
 
-def _run(tagger: Tagger, tensors: list[torch.Tensor], owners: list[TagOutcome], pin: bool) -> None:
+def lookahead(batch_size: int, workers: int) -> int:
+    """How far decoding runs ahead of the model: two batches keeps the GPU fed."""
+    return max(batch_size * 2, workers * 2)
+
+
+def predict_stacked(tagger: Tagger, tensors: list[torch.Tensor]) -> Prediction:
     batch = torch.stack(tensors)
-    if pin:
-        batch = batch.pin_memory()
-    prediction = tagger.predict(batch)
+    device = getattr(tagger, "device", None)
+    if isinstance(device, torch.device) and device.type == "cuda":
+        batch = batch.pin_memory()  # lets the copy to the GPU run asynchronously
+    return tagger.predict(batch)
+
+
+def _run(tagger: Tagger, tensors: list[torch.Tensor], owners: list[TagOutcome]) -> None:
+    prediction = predict_stacked(tagger, tensors)
     for row, outcome in enumerate(owners):
         outcome.probs = prediction.probs[row]
         outcome.embedding = prediction.embeddings[row]

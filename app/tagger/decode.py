@@ -14,6 +14,7 @@ import struct
 import warnings
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -48,6 +49,15 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY
 _PILLOW_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
+@dataclass(frozen=True)
+class SourceMeta:
+    """The file's own format and full-resolution upright size (before any draft scaling)."""
+
+    width: int
+    height: int
+    format: str
+
+
 def decode_image(
     source: str | os.PathLike[str] | bytes,
     *,
@@ -58,6 +68,16 @@ def decode_image(
 
     ``draft`` maps the stored (width, height) to a reduced JPEG decode size, or None.
     """
+    return decode_with_meta(source, max_pixels=max_pixels, draft=draft)[0]
+
+
+def decode_with_meta(
+    source: str | os.PathLike[str] | bytes,
+    *,
+    max_pixels: int,
+    draft: DraftRequest | None = None,
+) -> tuple[Image.Image, SourceMeta]:
+    """Like :func:`decode_image`, also returning the source's format and upright size."""
     if isinstance(source, bytes):
         if not source:
             raise ImageDecodeError("empty", "empty file (0 bytes)")
@@ -90,7 +110,9 @@ def decode_image(
         raise ImageDecodeError("unreadable", f"cannot read file: {exc.strerror or exc}") from exc
 
 
-def _decode_stream(stream: IO[bytes], max_pixels: int, draft: DraftRequest | None) -> Image.Image:
+def _decode_stream(
+    stream: IO[bytes], max_pixels: int, draft: DraftRequest | None
+) -> tuple[Image.Image, SourceMeta]:
     _let_configured_limit_apply(max_pixels)
     try:
         image = Image.open(stream)
@@ -122,7 +144,13 @@ def _decode_stream(stream: IO[bytes], max_pixels: int, draft: DraftRequest | Non
             image.seek(0)
             image.load()
             upright = ImageOps.exif_transpose(image)
-            return to_rgb(upright)
+            rotated = upright.size != image.size
+            meta = SourceMeta(
+                height if rotated else width,
+                width if rotated else height,
+                (image.format or "unknown").lower(),
+            )
+            return to_rgb(upright), meta
         except Image.DecompressionBombError as exc:
             raise _pillow_bomb_error(exc, max_pixels) from exc
         except OSError as exc:
@@ -174,7 +202,7 @@ def _unidentified_error(stream: IO[bytes]) -> ImageDecodeError:
     """Pillow identified no format; say so, naming the format the first bytes claim."""
     try:
         stream.seek(0)
-        claimed = _claimed_format(stream.read(32))
+        claimed = sniff_format(stream.read(32))
     except (OSError, ValueError):
         claimed = None
     if claimed is None:
@@ -186,7 +214,8 @@ def _unidentified_error(stream: IO[bytes]) -> ImageDecodeError:
     )
 
 
-def _claimed_format(head: bytes) -> str | None:
+def sniff_format(head: bytes) -> str | None:
+    """The image format the first bytes of a file claim, or None."""
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if head.startswith(b"\xff\xd8\xff"):

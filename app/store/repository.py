@@ -1,0 +1,335 @@
+"""Reads and writes of the index, in batches, each batch one transaction.
+
+A batch makes its images, tags, scores and embeddings visible together or not at all,
+which is what makes ``sagashi index`` safe to kill at any moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from app.store.aliases import canonical
+from app.store.models import (
+    Embedding,
+    Image,
+    ImageTag,
+    IndexState,
+    ModelGeneration,
+    Tag,
+)
+from app.tagger.protocol import ModelInfo
+from app.tagger.vocab import GROUP_CODE, GROUPS, TagVocabulary
+
+DEFAULT_GROUP_THRESHOLDS = {"general": 0.30, "character": 0.75, "copyright": 0.75, "rating": 0.5}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What the scanner learned about one file on disk."""
+
+    path: str
+    sha256: str
+    size_bytes: int
+    mtime_ns: int
+    width: int
+    height: int
+    format: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's stored prediction: tag ids with scores (above the floor) and embedding."""
+
+    tag_ids: np.ndarray
+    scores: np.ndarray
+    embedding: np.ndarray
+
+
+class GenerationMismatch(Exception):
+    """The model given does not match the generation the index serves."""
+
+
+def active_generation(session: Session) -> ModelGeneration | None:
+    return session.scalars(
+        select(ModelGeneration).where(ModelGeneration.state == "active")
+    ).one_or_none()
+
+
+def generation_matches(generation: ModelGeneration, info: ModelInfo) -> bool:
+    return (
+        generation.vocabulary_digest == info.vocabulary_digest
+        and generation.embedding_dim == info.embedding_dim
+        and generation.preprocess == info.preprocess_description()
+    )
+
+
+def create_generation(session: Session, info: ModelInfo, state: str) -> ModelGeneration:
+    generation = ModelGeneration(
+        model_name=info.name,
+        family=info.family,
+        vocabulary_digest=info.vocabulary_digest,
+        embedding_dim=info.embedding_dim,
+        preprocess=info.preprocess_description(),
+        state=state,
+        created_at=now(),
+        activated_at=now() if state == "active" else None,
+    )
+    session.add(generation)
+    session.flush()
+    session.add(IndexState(generation_id=generation.id, version=0))
+    return generation
+
+
+def generation_for_index(session: Session, info: ModelInfo) -> ModelGeneration:
+    """The active generation, created on first use; refuse a different model."""
+    generation = active_generation(session)
+    if generation is None:
+        generation = create_generation(session, info, "active")
+        session.commit()
+        return generation
+    if not generation_matches(generation, info):
+        raise GenerationMismatch(
+            f"the index serves model '{generation.model_name}' (generation {generation.id}); "
+            f"'{info.name}' differs in vocabulary, embedding size or preprocessing. "
+            "Use 'sagashi reindex --model-dir DIR' to switch models"
+        )
+    return generation
+
+
+class TagMap:
+    """Vocabulary index -> tag id, through the alias table. Two vocabulary entries that
+    alias to one tag keep the higher score. Characters add their copyright tags, each with
+    the best score of its characters."""
+
+    def __init__(self, tag_ids: np.ndarray, copyrights: Mapping[int, Sequence[int]]) -> None:
+        self.tag_ids = tag_ids
+        self.copyrights = copyrights
+        self.has_duplicates = len(np.unique(tag_ids)) != len(tag_ids)
+
+    @classmethod
+    def ensure(cls, session: Session, vocab: TagVocabulary, aliases: Mapping[str, str]) -> TagMap:
+        names = [canonical(n, aliases) for n in vocab.names]
+        groups = [int(c) for c in vocab.group_codes]
+        copyrights = {ip for ips in vocab.char_to_copyrights.values() for ip in ips}
+        wanted = dict(zip(names, groups, strict=True))
+        for ip in copyrights:
+            wanted.setdefault(canonical(ip, aliases), GROUP_CODE["copyright"])
+        ids = ensure_tags(session, wanted)
+        copyright_ids = {
+            ids[canonical(char, aliases)]: [ids[canonical(ip, aliases)] for ip in ips]
+            for char, ips in vocab.char_to_copyrights.items()
+            if canonical(char, aliases) in ids
+        }
+        return cls(np.array([ids[n] for n in names], dtype=np.int64), copyright_ids)
+
+    def postings(self, probs: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """(tag ids, scores) of one image's tags scoring at least ``floor``."""
+        keep = np.flatnonzero(probs >= floor)
+        tag_ids, scores = self.tag_ids[keep], probs[keep].astype(np.float32)
+        if self.has_duplicates and len(tag_ids):
+            order = np.lexsort((-scores, tag_ids))
+            tag_ids, scores = tag_ids[order], scores[order]
+            first = np.concatenate(([True], tag_ids[1:] != tag_ids[:-1]))
+            tag_ids, scores = tag_ids[first], scores[first]
+        if self.copyrights:
+            tag_ids, scores = self._with_copyrights(tag_ids, scores)
+        return tag_ids, scores
+
+    def _with_copyrights(
+        self, tag_ids: np.ndarray, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        best: dict[int, float] = {}
+        for tag_id, score in zip(tag_ids.tolist(), scores.tolist(), strict=True):
+            for ip in self.copyrights.get(tag_id, ()):
+                if score > best.get(ip, -1.0):
+                    best[ip] = score
+        if not best:
+            return tag_ids, scores
+        present = dict(zip(tag_ids.tolist(), scores.tolist(), strict=True))
+        for ip, score in best.items():
+            present[ip] = max(score, present.get(ip, -1.0))
+        keys = np.fromiter(present.keys(), dtype=np.int64, count=len(present))
+        values = np.fromiter(present.values(), dtype=np.float32, count=len(present))
+        return keys, values
+
+
+def ensure_tags(session: Session, wanted: Mapping[str, int]) -> dict[str, int]:
+    """Tag ids for every name, inserting the missing ones."""
+    existing = dict(session.execute(select(Tag.name, Tag.id)).all())
+    missing = [
+        {"name": n, "group": g, "image_count": 0} for n, g in wanted.items() if n not in existing
+    ]
+    if missing:
+        session.execute(insert(Tag), missing)
+        existing = dict(session.execute(select(Tag.name, Tag.id)).all())
+    return {n: existing[n] for n in wanted}
+
+
+def bump_version(session: Session, generation_id: int) -> None:
+    session.execute(
+        update(IndexState)
+        .where(IndexState.generation_id == generation_id)
+        .values(version=IndexState.version + 1)
+    )
+
+
+def index_version(session: Session, generation_id: int) -> int:
+    return int(
+        session.scalar(select(IndexState.version).where(IndexState.generation_id == generation_id))
+        or 0
+    )
+
+
+def write_images(
+    session: Session,
+    generation_id: int,
+    items: Sequence[tuple[FileFacts, Prediction, int | None]],
+) -> list[int]:
+    """Insert new images (or re-tag existing ones, by id) with their postings and
+    embeddings. The caller commits."""
+    stamp = now()
+    ids: list[int] = []
+    for facts, _prediction, existing_id in items:
+        values = dict(
+            path=facts.path,
+            sha256=facts.sha256,
+            size_bytes=facts.size_bytes,
+            mtime_ns=facts.mtime_ns,
+            width=facts.width,
+            height=facts.height,
+            format=facts.format,
+            indexed_at=stamp,
+            generation_id=generation_id,
+            deleted_at=None,
+        )
+        if existing_id is None:
+            image = Image(**values)
+            session.add(image)
+            session.flush()
+            ids.append(image.id)
+        else:
+            session.execute(update(Image).where(Image.id == existing_id).values(**values))
+            ids.append(existing_id)
+    retagged = [i for (_f, _p, e), i in zip(items, ids, strict=True) if e is not None]
+    if retagged:
+        clear_predictions(session, generation_id, retagged)
+    insert_predictions(
+        session, generation_id, [(i, p) for (_f, p, _e), i in zip(items, ids, strict=True)]
+    )
+    bump_version(session, generation_id)
+    return ids
+
+
+def insert_predictions(
+    session: Session, generation_id: int, rows: Iterable[tuple[int, Prediction]]
+) -> None:
+    postings: list[dict[str, object]] = []
+    vectors: list[dict[str, object]] = []
+    for image_id, prediction in rows:
+        postings.extend(
+            {
+                "generation_id": generation_id,
+                "tag_id": int(t),
+                "score": float(s),
+                "image_id": image_id,
+            }
+            for t, s in zip(prediction.tag_ids.tolist(), prediction.scores.tolist(), strict=True)
+        )
+        vectors.append(
+            {
+                "generation_id": generation_id,
+                "image_id": image_id,
+                "vector": encode_vector(prediction.embedding),
+            }
+        )
+    if postings:
+        session.execute(insert(ImageTag), postings)
+    if vectors:
+        session.execute(insert(Embedding), vectors)
+
+
+def clear_predictions(session: Session, generation_id: int, image_ids: Sequence[int]) -> None:
+    for chunk in chunks(image_ids, 500):
+        session.execute(
+            delete(ImageTag).where(
+                ImageTag.generation_id == generation_id, ImageTag.image_id.in_(chunk)
+            )
+        )
+        session.execute(
+            delete(Embedding).where(
+                Embedding.generation_id == generation_id, Embedding.image_id.in_(chunk)
+            )
+        )
+
+
+def move_image(session: Session, image_id: int, path: str, size_bytes: int, mtime_ns: int) -> None:
+    """A file found at a new path with known content keeps its id, tags and embedding."""
+    session.execute(
+        update(Image)
+        .where(Image.id == image_id)
+        .values(path=path, size_bytes=size_bytes, mtime_ns=mtime_ns)
+    )
+
+
+def touch_image(session: Session, image_id: int, size_bytes: int, mtime_ns: int) -> None:
+    session.execute(
+        update(Image).where(Image.id == image_id).values(size_bytes=size_bytes, mtime_ns=mtime_ns)
+    )
+
+
+def mark_deleted(session: Session, image_ids: Sequence[int]) -> None:
+    """Keep the row as a tombstone; drop its postings and embeddings in every generation."""
+    stamp = now()
+    for chunk in chunks(image_ids, 500):
+        session.execute(update(Image).where(Image.id.in_(chunk)).values(deleted_at=stamp))
+        session.execute(delete(ImageTag).where(ImageTag.image_id.in_(chunk)))
+        session.execute(delete(Embedding).where(Embedding.image_id.in_(chunk)))
+    for generation_id in session.scalars(select(IndexState.generation_id)).all():
+        bump_version(session, generation_id)
+
+
+def refresh_tag_counts(session: Session, generation_id: int) -> None:
+    """image_count: images of the generation tagged at the group's default threshold."""
+    session.execute(update(Tag).values(image_count=0))
+    for group, threshold in DEFAULT_GROUP_THRESHOLDS.items():
+        counts = (
+            select(ImageTag.tag_id, func.count().label("n"))
+            .join(Tag, Tag.id == ImageTag.tag_id)
+            .where(
+                ImageTag.generation_id == generation_id,
+                ImageTag.score >= threshold,
+                Tag.group == GROUPS.index(group),
+            )
+            .group_by(ImageTag.tag_id)
+        )
+        rows = session.execute(counts).all()
+        if rows:
+            session.execute(
+                update(Tag),
+                [{"id": tag_id, "image_count": n} for tag_id, n in rows],
+            )
+
+
+def encode_vector(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype="<f2").tobytes()
+
+
+def decode_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(blobs), dim).astype(np.float32)
+
+
+def chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,175 @@
+"""The FAISS index: derived from the ``embeddings`` table, rebuildable at any time.
+
+FAISS ids are image ids (an IndexIDMap2). The index type follows the collection's size:
+exact inner product (cosine on L2-normalised vectors) below ``FLAT_LIMIT`` images, IVF
+above it, with its parameters recorded beside the file. Files are written atomically
+(temporary file, then rename), index first and its JSON sidecar last, so a reader that
+finds a sidecar finds the index it describes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import faiss
+import numpy as np
+from sqlalchemy import Engine, select
+
+from app.store.db import session_factory
+from app.store.models import Embedding, ModelGeneration
+from app.store.repository import decode_vectors, index_version
+
+log = logging.getLogger(__name__)
+
+FLAT_LIMIT = 100_000
+READ_CHUNK = 50_000
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    generation_id: int
+    version: int
+    count: int
+    dim: int
+    kind: str
+    params: dict[str, Any]
+
+
+class VectorIndex(Protocol):
+    meta: IndexMeta
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class FaissIndex:
+    def __init__(self, index: Any, meta: IndexMeta) -> None:
+        self.index = index
+        self.meta = meta
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, image ids) of the k nearest, -1 ids where fewer exist."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        scores, ids = self.index.search(queries, k)
+        return scores, ids
+
+
+def index_paths(data_dir: Path, generation_id: int) -> tuple[Path, Path]:
+    folder = Path(data_dir) / "faiss"
+    return folder / f"generation-{generation_id}.faiss", folder / f"generation-{generation_id}.json"
+
+
+def choose_kind(count: int) -> tuple[str, dict[str, Any]]:
+    if count < FLAT_LIMIT:
+        return "flat", {}
+    nlist = int(4 * math.sqrt(count))
+    return "ivf", {"nlist": nlist, "nprobe": max(16, nlist // 32)}
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, params: dict[str, Any]) -> Any:
+    dim = vectors.shape[1]
+    if kind == "flat":
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    else:
+        quantizer = faiss.IndexFlatIP(dim)
+        ivf = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+        sample = vectors[np.random.default_rng(0).permutation(len(vectors))[: params["nlist"] * 64]]
+        ivf.train(sample)
+        ivf.nprobe = params["nprobe"]
+        index = faiss.IndexIDMap2(ivf)
+    if len(ids):
+        index.add_with_ids(vectors, ids.astype(np.int64))
+    return index
+
+
+def load_embeddings(engine: Engine, generation_id: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """All (image ids, vectors) of a generation, read in chunks."""
+    ids: list[np.ndarray] = []
+    blocks: list[np.ndarray] = []
+    last = -1
+    with session_factory(engine)() as session:
+        while True:
+            rows = session.execute(
+                select(Embedding.image_id, Embedding.vector)
+                .where(Embedding.generation_id == generation_id, Embedding.image_id > last)
+                .order_by(Embedding.image_id)
+                .limit(READ_CHUNK)
+            ).all()
+            if not rows:
+                break
+            ids.append(np.array([r[0] for r in rows], dtype=np.int64))
+            blocks.append(decode_vectors([r[1] for r in rows], dim))
+            last = rows[-1][0]
+    if not ids:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
+    return np.concatenate(ids), np.concatenate(blocks)
+
+
+def rebuild(engine: Engine, data_dir: Path, generation_id: int) -> FaissIndex:
+    """Build the generation's index from the store of record and write it atomically."""
+    with session_factory(engine)() as session:
+        generation = session.get(ModelGeneration, generation_id)
+        if generation is None:
+            raise ValueError(f"no generation {generation_id}")
+        dim = generation.embedding_dim
+        version = index_version(session, generation_id)
+    ids, vectors = load_embeddings(engine, generation_id, dim)
+    kind, params = choose_kind(len(ids))
+    index = build_index(vectors, ids, kind, params)
+    meta = IndexMeta(generation_id, version, len(ids), dim, kind, params)
+    write_atomically(index, meta, data_dir)
+    log.info("built %s FAISS index of %d vectors for generation %d", kind, len(ids), generation_id)
+    return FaissIndex(index, meta)
+
+
+def write_atomically(index: Any, meta: IndexMeta, data_dir: Path) -> None:
+    index_path, meta_path = index_paths(data_dir, meta.generation_id)
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    _replace(index_path, lambda p: faiss.write_index(index, str(p)))
+    _replace(meta_path, lambda p: Path(p).write_text(json.dumps(asdict(meta)), encoding="utf-8"))
+
+
+def _replace(target: Path, write: Any) -> None:
+    fd, temp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(temp)
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def read_meta(data_dir: Path, generation_id: int) -> IndexMeta | None:
+    _, meta_path = index_paths(data_dir, generation_id)
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+        return IndexMeta(**raw)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def load_fresh(engine: Engine, data_dir: Path, generation_id: int) -> FaissIndex:
+    """The generation's index from disk when it matches the database, else rebuilt."""
+    meta = read_meta(data_dir, generation_id)
+    with session_factory(engine)() as session:
+        version = index_version(session, generation_id)
+    index_path, _ = index_paths(data_dir, generation_id)
+    if meta is not None and meta.version == version and index_path.exists():
+        try:
+            index = faiss.read_index(str(index_path))
+            if index.ntotal == meta.count:
+                return FaissIndex(index, meta)
+        except RuntimeError:
+            log.warning("FAISS index %s is unreadable; rebuilding", index_path)
+    else:
+        log.info("FAISS index for generation %d is stale or missing; rebuilding", generation_id)
+    return rebuild(engine, data_dir, generation_id)

@@ -1,0 +1,160 @@
+"""The incremental indexer on real files, real databases and the tiny model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from app.store import migrate
+from app.store.aliases import load_aliases
+from app.store.db import create_db_engine, session_factory
+from app.store.models import Image
+from app.tagger import TimmTagger
+from indexer.pipeline import Indexer, IndexOptions
+from tests.index_helpers import make_image, snapshot
+
+SAGASHI = str(Path(sys.executable).with_name("sagashi"))
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_pixai_dir: Path) -> TimmTagger:
+    loaded = TimmTagger(tiny_pixai_dir, device="cpu")
+    loaded.load()
+    return loaded
+
+
+def indexer(url: str, tagger: TimmTagger) -> Indexer:
+    options = IndexOptions(
+        batch_size=4,
+        workers=2,
+        max_pixels=10**8,
+        jpeg_draft=True,
+        score_floor=0.05,
+        aliases=load_aliases(),
+    )
+    return Indexer(create_db_engine(url), tagger, options)
+
+
+def test_incremental_add_modify_move_delete(
+    migrated_url: str, tagger: TimmTagger, tmp_path: Path
+) -> None:
+    root = tmp_path / "art"
+    for i in range(6):
+        make_image(root / f"{i}.png", seed=i)
+    make_image(root / "sub" / "deep.png", seed=99)
+    first = indexer(migrated_url, tagger).run([root])
+    assert (first.new, first.unchanged, first.moved, first.deleted, first.failed) == (7, 0, 0, 0, 0)
+    engine = create_db_engine(migrated_url)
+    before = snapshot(engine)
+    assert len(before) == 7
+    assert all(state["tags"] for state in before.values())
+
+    again = indexer(migrated_url, tagger).run([root])
+    assert (again.new, again.modified, again.unchanged, again.moved, again.deleted) == (
+        0,
+        0,
+        7,
+        0,
+        0,
+    )
+    assert snapshot(engine) == before
+
+    make_image(root / "new.png", seed=50)  # added
+    make_image(root / "1.png", seed=51)  # modified content
+    os.rename(root / "2.png", root / "sub" / "moved.png")  # moved
+    (root / "3.png").unlink()  # deleted
+    os.utime(root / "4.png", ns=(1, 1))  # touched: same bytes, new mtime
+    after = indexer(migrated_url, tagger).run([root])
+    assert after.as_dict() == {
+        "new": 1,
+        "modified": 1,
+        "unchanged": 4,
+        "moved": 1,
+        "deleted": 1,
+        "failed": 0,
+        "failed_by_reason": {},
+    }
+    state = snapshot(engine)
+    assert set(state) == set(before) - {str(root / "2.png"), str(root / "3.png")} | {
+        str(root / "new.png"),
+        str(root / "sub" / "moved.png"),
+    }
+    moved = state[str(root / "sub" / "moved.png")]
+    original = before[str(root / "2.png")]
+    assert moved["id"] == original["id"] and moved["tags"] == original["tags"]
+    assert moved["vector"] == original["vector"]
+    assert state[str(root / "1.png")]["id"] == before[str(root / "1.png")]["id"]
+    assert state[str(root / "1.png")]["sha256"] != before[str(root / "1.png")]["sha256"]
+    with session_factory(engine)() as session:
+        tombstones = session.scalar(select(func.count()).where(Image.deleted_at.is_not(None)))
+        assert tombstones == 1
+    engine.dispose()
+
+
+def test_bad_files_are_recorded_and_the_run_goes_on(
+    migrated_url: str, tagger: TimmTagger, tmp_path: Path
+) -> None:
+    root = tmp_path / "art"
+    make_image(root / "good.png", seed=1)
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / "empty.png").write_bytes(b"")
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    (root / "dangling.png").symlink_to(root / "nowhere.png")
+    bad_name = os.fsencode(str(root)) + b"/caf\xe9.png"
+    with open(bad_name, "wb") as handle:
+        handle.write((root / "good.png").read_bytes())
+    summary = indexer(migrated_url, tagger).run([root])
+    reasons = {Path(p.path).name: p.code for p in summary.failures}
+    assert summary.new == 1
+    assert reasons == {
+        "broken.jpg": "not_an_image",
+        "empty.png": "empty",
+        "loop": "symlink_loop",
+        "dangling.png": "not_found",
+        "caf\\xe9.png": "bad_name",
+    }
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SAGASHI, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+def test_cli_refuses_an_unmigrated_database_then_indexes(
+    db_url: str, tiny_pixai_dir: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "art"
+    for i in range(3):
+        make_image(root / f"{i}.png", seed=i)
+    env = {
+        "SAGASHI_DATABASE_URL": db_url,
+        "SAGASHI_DATA_DIR": str(tmp_path / "data"),
+        "SAGASHI_MODEL_DIR": str(tiny_pixai_dir),
+    }
+    refused = run_cli("index", str(root), env=env)
+    assert refused.returncode == 2
+    assert (
+        "sagashi: error: the database is not initialised; run 'sagashi db upgrade'"
+        in refused.stderr
+    )
+    upgraded = run_cli("db", "upgrade", env=env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    indexed = run_cli("index", str(root), env=env)
+    assert indexed.returncode == 0, indexed.stderr
+    assert '"new": 3' in indexed.stderr
+    assert (tmp_path / "data" / "faiss").is_dir()
+    engine = create_db_engine(db_url)
+    migrate.check_schema(engine)
+    assert len(snapshot(engine)) == 3
+    engine.dispose()
