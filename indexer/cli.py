@@ -23,11 +23,13 @@ from app.store import migrate, vectors
 from app.store.aliases import AliasError, load_aliases
 from app.store.db import create_db_engine, database_url, safe_url, session_factory
 from app.store.migrate import SchemaMismatch, check_schema
-from app.store.repository import GenerationMismatch, active_generation
+from app.store.repository import GenerationIdentity, GenerationMismatch, active_generation
 from app.tagger import ModelLoadError, OutputPolicy, TimmTagger
 from app.tagger.batching import TagOutcome, tag_sources
 from app.tagger.caption import format_caption
 from app.tagger.fetch import PUBLISHED, FetchError, fetch_model
+from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary, load_wd_vocabulary
+from indexer.importer import Importer, ImportError_, ImportOptions, read_rows
 from indexer.pipeline import Indexer, IndexOptions
 from indexer.progress import progress_bar, rate_text
 from indexer.scan import iter_image_paths
@@ -335,10 +337,7 @@ def index(
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
     engine = open_store(settings)
     tagger = load_tagger(settings)
-    try:
-        aliases = load_aliases(settings.alias_file)
-    except AliasError as exc:
-        fail(str(exc))
+    aliases = _aliases(settings)
     options = IndexOptions(
         batch_size=settings.batch_size,
         workers=settings.effective_decode_workers(),
@@ -370,6 +369,100 @@ def index(
         log.warning("failed: %s: %s: %s", problem.path, problem.code, problem.message)
     log.info("indexed in %.1fs: %s", time.perf_counter() - started, json.dumps(summary.as_dict()))
     raise typer.Exit(1 if summary.failed else 0)
+
+
+@app.command(
+    "import",
+    epilog="Example: sagashi import predictions.jsonl --vocabulary tags_v0.9_13k.json",
+)
+def import_(
+    file: Annotated[Path, typer.Argument(help="Predictions: .jsonl/.ndjson or .parquet.")],
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            help="Row-aligned .npy (N x D) for a JSONL without embeddings "
+            "(default: FILE.npy when it exists)."
+        ),
+    ] = None,
+    vocabulary: Annotated[
+        Path | None,
+        typer.Option(
+            help="Tag vocabulary giving each tag's group: PixAI tags_*.json or WD "
+            "selected_tags.csv. Other tags are stored as general."
+        ),
+    ] = None,
+    model_name: Annotated[str, typer.Option(help="Name of the model that made them.")] = "imported",
+    model_dir: ModelDirOption = None,
+    strict: Annotated[
+        bool, typer.Option(help="Reject rows with tags not in the vocabulary.")
+    ] = False,
+) -> None:
+    """Import predictions computed elsewhere (see the README for the formats).
+
+    With --model-dir the rows join that model's index (the model is loaded to identify it);
+    otherwise they form a generation named by --model-name. Bad rows are reported with their
+    line number and skipped; exit status 1 when any row failed.
+    """
+    settings = load_settings(model_dir=model_dir)
+    engine = open_store(settings)
+    aliases = _aliases(settings)
+    vocab, identity = _import_vocabulary(settings, vocabulary, model_dir is not None)
+    options = ImportOptions(
+        model_name, vocab, aliases, settings.score_floor, strict, identity=identity
+    )
+    started = time.perf_counter()
+    with progress_bar() as progress:
+        task = progress.add_task("importing", total=None, rate="")
+
+        def report(done: int) -> None:
+            rate = rate_text(done, time.perf_counter() - started, "rows")
+            progress.update(task, completed=done, rate=rate)
+
+        try:
+            summary = Importer(engine, options).run(read_rows(file, embeddings), report)
+        except (ImportError_, GenerationMismatch) as exc:
+            fail(str(exc))
+        except SQLAlchemyError as exc:
+            fail(f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
+    for number, reason in summary.failures[:50]:
+        log.warning("%s:%d: %s", file, number, reason)
+    if summary.failed > 50:
+        log.warning("... and %d more failed rows", summary.failed - 50)
+    generation = current_generation_id(engine)
+    if generation is not None:
+        vectors.load_fresh(engine, settings.data_dir, generation)
+    elapsed = time.perf_counter() - started
+    done = summary.new + summary.updated
+    log.info(
+        "imported in %.1fs (%s): %s",
+        elapsed,
+        rate_text(done, elapsed, "rows"),
+        json.dumps(summary.as_dict()),
+    )
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+def _aliases(settings: Settings) -> dict[str, str]:
+    try:
+        return load_aliases(settings.alias_file)
+    except AliasError as exc:
+        fail(str(exc))
+
+
+def _import_vocabulary(
+    settings: Settings, vocabulary: Path | None, use_model: bool
+) -> tuple[TagVocabulary | None, GenerationIdentity | None]:
+    if use_model:
+        tagger = load_tagger(settings)
+        return tagger.vocab, GenerationIdentity.of(tagger.info)
+    if vocabulary is None:
+        return None, None
+    try:
+        if vocabulary.suffix.lower() == ".csv":
+            return load_wd_vocabulary(vocabulary), None
+        return load_pixai_vocabulary(vocabulary, None), None
+    except ModelLoadError as exc:
+        fail(str(exc))
 
 
 def current_generation_id(engine: Engine) -> int | None:

@@ -65,21 +65,45 @@ def active_generation(session: Session) -> ModelGeneration | None:
     ).one_or_none()
 
 
-def generation_matches(generation: ModelGeneration, info: ModelInfo) -> bool:
-    return (
-        generation.vocabulary_digest == info.vocabulary_digest
-        and generation.embedding_dim == info.embedding_dim
-        and generation.preprocess == info.preprocess_description()
-    )
+@dataclass(frozen=True)
+class GenerationIdentity:
+    """What makes two sets of scores and embeddings comparable: same model output space."""
+
+    model_name: str
+    family: str
+    vocabulary_digest: str
+    embedding_dim: int
+    preprocess: str
+
+    @classmethod
+    def of(cls, info: ModelInfo) -> GenerationIdentity:
+        return cls(
+            info.name,
+            info.family,
+            info.vocabulary_digest,
+            info.embedding_dim,
+            info.preprocess_description(),
+        )
+
+    def matches(self, generation: ModelGeneration) -> bool:
+        return (
+            generation.vocabulary_digest == self.vocabulary_digest
+            and generation.embedding_dim == self.embedding_dim
+            and generation.preprocess == self.preprocess
+        )
 
 
-def create_generation(session: Session, info: ModelInfo, state: str) -> ModelGeneration:
+def create_generation(
+    session: Session, identity: GenerationIdentity | ModelInfo, state: str
+) -> ModelGeneration:
+    if isinstance(identity, ModelInfo):
+        identity = GenerationIdentity.of(identity)
     generation = ModelGeneration(
-        model_name=info.name,
-        family=info.family,
-        vocabulary_digest=info.vocabulary_digest,
-        embedding_dim=info.embedding_dim,
-        preprocess=info.preprocess_description(),
+        model_name=identity.model_name,
+        family=identity.family,
+        vocabulary_digest=identity.vocabulary_digest,
+        embedding_dim=identity.embedding_dim,
+        preprocess=identity.preprocess,
         state=state,
         created_at=now(),
         activated_at=now() if state == "active" else None,
@@ -90,17 +114,21 @@ def create_generation(session: Session, info: ModelInfo, state: str) -> ModelGen
     return generation
 
 
-def generation_for_index(session: Session, info: ModelInfo) -> ModelGeneration:
+def generation_for_index(
+    session: Session, identity: GenerationIdentity | ModelInfo
+) -> ModelGeneration:
     """The active generation, created on first use; refuse a different model."""
+    if isinstance(identity, ModelInfo):
+        identity = GenerationIdentity.of(identity)
     generation = active_generation(session)
     if generation is None:
-        generation = create_generation(session, info, "active")
+        generation = create_generation(session, identity, "active")
         session.commit()
         return generation
-    if not generation_matches(generation, info):
+    if not identity.matches(generation):
         raise GenerationMismatch(
             f"the index serves model '{generation.model_name}' (generation {generation.id}); "
-            f"'{info.name}' differs in vocabulary, embedding size or preprocessing. "
+            f"'{identity.model_name}' differs in vocabulary, embedding size or preprocessing. "
             "Use 'sagashi reindex --model-dir DIR' to switch models"
         )
     return generation
@@ -228,6 +256,21 @@ def write_images(
     )
     bump_version(session, generation_id)
     return ids
+
+
+def _image_values(facts: FileFacts, stamp: datetime, generation_id: int) -> dict[str, object]:
+    return {
+        "path": facts.path,
+        "sha256": facts.sha256,
+        "size_bytes": facts.size_bytes,
+        "mtime_ns": facts.mtime_ns,
+        "width": facts.width,
+        "height": facts.height,
+        "format": facts.format,
+        "indexed_at": stamp,
+        "generation_id": generation_id,
+        "deleted_at": None,
+    }
 
 
 def insert_predictions(

@@ -1,0 +1,357 @@
+"""``sagashi import``: ingest predictions computed elsewhere (a cluster, a benchmark).
+
+Formats, chosen by extension:
+
+* ``.jsonl`` / ``.ndjson``: one object per line with ``path``, optional ``sha256``,
+  ``width``, ``height``, ``tags`` (``{name: score}``) and ``embedding`` (a list of floats).
+  For millions of images, leave ``embedding`` out and put a row-aligned ``.npy`` matrix
+  (N × D, float16 or float32) beside the file as ``FILE.npy``, or name it with
+  ``--embeddings``.
+* ``.parquet``: columns ``path``, ``sha256``, ``width``, ``height``, ``tag`` (list of
+  strings), ``score`` (list of floats) and ``embedding`` (list or fixed-size list of floats).
+
+Each row gets the tagger path's validation: scores finite and within [0, 1], the embedding
+of the generation's dimension, finite and non-zero (stored L2-normalised), tag names
+normalised through the alias table, a unique path. A bad row is reported with its line and
+reason and skipped; the import goes on. Rows are written in batches, each one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from app.store import repository as repo
+from app.store.aliases import canonical
+from app.store.db import session_factory
+from app.store.models import Image, Tag
+from app.tagger.vocab import GENERAL, GROUP_CODE, TagVocabulary
+
+log = logging.getLogger(__name__)
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_SIDE = 1_000_000
+
+
+class ImportError_(Exception):
+    """The import as a whole cannot proceed (bad file, wrong dimension, model mismatch)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input record, as read; validated by :func:`validate`."""
+
+    number: int
+    raw: Mapping[str, Any]
+    embedding: np.ndarray | None
+
+
+@dataclass
+class ImportSummary:
+    new: int = 0
+    updated: int = 0
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"new": self.new, "updated": self.updated, "failed": self.failed}
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    model_name: str
+    vocabulary: TagVocabulary | None
+    aliases: Mapping[str, str]
+    score_floor: float
+    strict: bool
+    batch_size: int = 5000
+    identity: repo.GenerationIdentity | None = None  # from --model-dir: merge with its index
+
+
+class RowError(Exception):
+    pass
+
+
+def read_rows(path: Path, embeddings: Path | None) -> Iterator[Row]:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        yield from _parquet_rows(path)
+    elif suffix in (".jsonl", ".ndjson", ".json"):
+        yield from _jsonl_rows(path, embeddings)
+    else:
+        raise ImportError_(f"{path}: unknown format '{suffix}'; use .jsonl, .ndjson or .parquet")
+
+
+def _jsonl_rows(path: Path, embeddings: Path | None) -> Iterator[Row]:
+    matrix = _load_matrix(embeddings or Path(f"{path}.npy"), required=embeddings is not None)
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise ImportError_(f"cannot open {path}: {exc.strerror or exc}") from exc
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            vector = None
+            if matrix is not None:
+                if number > len(matrix):
+                    raise ImportError_(
+                        f"{path}:{number}: more lines than the {len(matrix)} embedding rows"
+                    )
+                vector = np.asarray(matrix[number - 1], dtype=np.float32)
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield Row(number, {"__error__": f"not valid JSON ({exc.msg})"}, None)
+                continue
+            yield Row(
+                number, raw if isinstance(raw, dict) else {"__error__": "not an object"}, vector
+            )
+
+
+def _load_matrix(path: Path, required: bool) -> np.ndarray | None:
+    if not path.exists():
+        if required:
+            raise ImportError_(f"embeddings file {path} does not exist")
+        return None
+    try:
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ImportError_(f"{path}: not a readable .npy matrix ({exc})") from exc
+    if matrix.ndim != 2:
+        raise ImportError_(
+            f"{path}: embeddings must be a 2-d (rows x dim) matrix, got {matrix.shape}"
+        )
+    return np.asarray(matrix)
+
+
+def _parquet_rows(path: Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise ImportError_(f"{path}: not a readable Parquet file ({exc})") from exc
+    number = 0
+    for batch in table.iter_batches(batch_size=10_000):
+        columns = batch.to_pydict()
+        for i in range(batch.num_rows):
+            number += 1
+            tags = columns.get("tag", [None] * batch.num_rows)[i]
+            scores = columns.get("score", [None] * batch.num_rows)[i]
+            raw: dict[str, Any] = {
+                k: columns[k][i] for k in ("path", "sha256", "width", "height") if k in columns
+            }
+            if tags is not None and scores is not None:
+                if len(tags) != len(scores):
+                    raw["__error__"] = "tag and score lists differ in length"
+                raw["tags"] = dict(zip(tags, scores, strict=False))
+            vector = columns.get("embedding", [None] * batch.num_rows)[i]
+            yield Row(number, raw, None if vector is None else np.asarray(vector, np.float32))
+
+
+@dataclass(frozen=True)
+class Valid:
+    facts: repo.FileFacts
+    tags: dict[str, float]
+    embedding: np.ndarray
+
+
+def validate(row: Row, dim: int | None, options: ImportOptions, known: set[str]) -> Valid:
+    raw = row.raw
+    if "__error__" in raw:
+        raise RowError(str(raw["__error__"]))
+    path = raw.get("path")
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise RowError("'path' must be a non-empty string")
+    width, height = raw.get("width"), raw.get("height")
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_SIDE:
+            raise RowError(f"'{name}' must be a positive integer, got {value!r}")
+    sha = raw.get("sha256") or _hash_file(path)
+    if not isinstance(sha, str) or not SHA256.match(sha):
+        raise RowError("'sha256' must be 64 lowercase hex digits")
+    tags = _validate_tags(raw.get("tags"), options, known)
+    embedding = row.embedding if row.embedding is not None else _embedding_from(raw)
+    embedding = _validate_embedding(embedding, dim)
+    assert isinstance(width, int) and isinstance(height, int)  # checked above
+    facts = repo.FileFacts(
+        path,
+        sha,
+        0,
+        0,
+        width,
+        height,
+        os.path.splitext(path)[1].lstrip(".").lower()[:16],
+    )
+    return Valid(facts, tags, embedding)
+
+
+def _hash_file(path: str) -> str:
+    import hashlib
+
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        raise RowError("no 'sha256' given and the file cannot be read to compute it") from None
+
+
+def _validate_tags(tags: object, options: ImportOptions, known: set[str]) -> dict[str, float]:
+    if not isinstance(tags, dict):
+        raise RowError("'tags' must be an object of tag name -> score")
+    result: dict[str, float] = {}
+    for name, score in tags.items():
+        if not isinstance(name, str) or not name.strip():
+            raise RowError("tag names must be non-empty strings")
+        if isinstance(score, bool) or not isinstance(score, int | float):
+            raise RowError(f"score for '{name}' must be a number, got {score!r}")
+        if not math.isfinite(score):
+            raise RowError(f"score for '{name}' is {score}, not a finite number")
+        if not 0.0 <= score <= 1.0:
+            raise RowError(f"score for '{name}' is {score}, outside [0, 1]")
+        tag = canonical(name.strip().lower(), options.aliases)
+        if options.strict and tag not in known:
+            raise RowError(f"unknown tag '{name}' (--strict)")
+        if score >= options.score_floor:
+            result[tag] = max(float(score), result.get(tag, -1.0))
+    return result
+
+
+def _embedding_from(raw: Mapping[str, Any]) -> np.ndarray:
+    vector = raw.get("embedding")
+    if not isinstance(vector, list) or not vector:
+        raise RowError("no 'embedding' (a list of floats, or a row-aligned .npy file)")
+    try:
+        return np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise RowError("'embedding' must be a list of numbers") from None
+
+
+def _validate_embedding(vector: np.ndarray, dim: int | None) -> np.ndarray:
+    if vector.ndim != 1 or (dim is not None and len(vector) != dim):
+        raise RowError(f"embedding has {vector.size} values, the index uses {dim}")
+    if not np.isfinite(vector).all():
+        raise RowError("embedding contains NaN or infinite values")
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0:
+        raise RowError("embedding is all zeros")
+    return vector / norm
+
+
+class Importer:
+    def __init__(self, engine: Engine, options: ImportOptions) -> None:
+        self.engine = engine
+        self.options = options
+        self.sessions = session_factory(engine)
+
+    def run(self, rows: Iterator[Row], progress: Any = None) -> ImportSummary:
+        summary = ImportSummary()
+        seen: set[str] = set()
+        with self.sessions() as session:
+            known = set(session.scalars(select(Tag.name)).all())
+            vocab = self.options.vocabulary
+            if vocab is not None:
+                known |= {canonical(n, self.options.aliases) for n in vocab.names}
+            first = next(rows, None)
+            if first is None:
+                return summary
+            dim = self._dimension(first)
+            generation = repo.generation_for_index(session, self._identity(dim))
+            self._ensure_vocabulary(session)
+            pending: list[Valid] = []
+            for row in _chain(first, rows):
+                try:
+                    valid = validate(row, dim, self.options, known)
+                    if valid.facts.path in seen:
+                        raise RowError(f"duplicate path {valid.facts.path!r} in this import")
+                except RowError as exc:
+                    summary.failures.append((row.number, str(exc)))
+                    continue
+                seen.add(valid.facts.path)
+                pending.append(valid)
+                if len(pending) >= self.options.batch_size:
+                    self._write(session, generation.id, pending, summary)
+                    pending = []
+                    if progress:
+                        progress(summary.new + summary.updated + summary.failed)
+            self._write(session, generation.id, pending, summary)
+            repo.refresh_tag_counts(session, generation.id)
+            session.commit()
+        return summary
+
+    def _dimension(self, first: Row) -> int:
+        if first.embedding is not None:
+            return int(first.embedding.size)
+        vector = first.raw.get("embedding")
+        if isinstance(vector, list) and vector:
+            return len(vector)
+        raise ImportError_(f"line {first.number}: no embedding; cannot tell the dimension")
+
+    def _identity(self, dim: int) -> repo.GenerationIdentity:
+        if self.options.identity is not None:
+            if self.options.identity.embedding_dim != dim:
+                raise ImportError_(
+                    f"embeddings have {dim} dimensions but the model gives "
+                    f"{self.options.identity.embedding_dim}"
+                )
+            return self.options.identity
+        vocab = self.options.vocabulary
+        digest = vocab.digest() if vocab is not None else "none"
+        return repo.GenerationIdentity(self.options.model_name, "imported", digest, dim, "imported")
+
+    def _ensure_vocabulary(self, session: Session) -> None:
+        vocab = self.options.vocabulary
+        if vocab is not None:
+            repo.TagMap.ensure(session, vocab, self.options.aliases)
+            session.commit()
+
+    def _write(
+        self, session: Session, generation_id: int, batch: list[Valid], summary: ImportSummary
+    ) -> None:
+        if not batch:
+            return
+        names = {tag for item in batch for tag in item.tags}
+        ids = repo.ensure_tags(session, {n: GROUP_CODE[GENERAL] for n in names})
+        existing = dict(
+            session.execute(
+                select(Image.path, Image.id).where(
+                    Image.deleted_at.is_(None), Image.path.in_([b.facts.path for b in batch])
+                )
+            ).all()
+        )
+        items = []
+        for item in batch:
+            tag_ids = np.fromiter((ids[t] for t in item.tags), dtype=np.int64, count=len(item.tags))
+            scores = np.fromiter(item.tags.values(), dtype=np.float32, count=len(item.tags))
+            items.append(
+                (
+                    item.facts,
+                    repo.Prediction(tag_ids, scores, item.embedding),
+                    existing.get(item.facts.path),
+                )
+            )
+        repo.write_images(session, generation_id, items)
+        session.commit()
+        updated = sum(1 for _f, _p, e in items if e is not None)
+        summary.updated += updated
+        summary.new += len(items) - updated
+
+
+def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
+    yield first
+    yield from rest
