@@ -32,6 +32,7 @@ from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary, load_wd_vocab
 from indexer.importer import Importer, ImportError_, ImportOptions, read_rows
 from indexer.pipeline import Indexer, IndexOptions
 from indexer.progress import progress_bar, rate_text
+from indexer.reindex import Reindexer, ReindexError, drop_generation, list_generations
 from indexer.scan import iter_image_paths
 
 log = logging.getLogger("sagashi")
@@ -48,6 +49,10 @@ db_app = typer.Typer(
     help="Create and migrate the database.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(db_app, name="db")
+generations_app = typer.Typer(
+    help="List and drop model generations.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(generations_app, name="generations")
 model_app = typer.Typer(
     help="Download and inspect tagger models.", no_args_is_help=True, rich_markup_mode=None
 )
@@ -463,6 +468,79 @@ def _import_vocabulary(
         return load_pixai_vocabulary(vocabulary, None), None
     except ModelLoadError as exc:
         fail(str(exc))
+
+
+@app.command(epilog="Example: sagashi reindex --model-dir ./models/pixai-v0.9")
+def reindex(
+    model_dir: ModelDirOption = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+) -> None:
+    """Re-tag every indexed image with a new or updated model, side by side.
+
+    Search keeps serving the current generation until the new one is complete, then
+    switches in one transaction. Interrupt it and run it again to resume. Exit status 1
+    when some images could not be re-tagged (the switch then waits for a rerun).
+    """
+    settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
+    engine = open_store(settings)
+    tagger = load_tagger(settings)
+    options = IndexOptions(
+        batch_size=settings.batch_size,
+        workers=settings.effective_decode_workers(),
+        max_pixels=settings.max_image_pixels,
+        jpeg_draft=settings.jpeg_draft,
+        score_floor=settings.score_floor,
+        aliases=_aliases(settings),
+    )
+    started = time.perf_counter()
+    with progress_bar() as progress:
+        task = progress.add_task("reindexing", total=None, rate="")
+
+        def report(done: int, total: int) -> None:
+            rate = rate_text(done, time.perf_counter() - started, "img")
+            progress.update(task, completed=done, total=total, rate=rate)
+
+        try:
+            summary = Reindexer(engine, tagger, options, settings.data_dir).run(report)
+        except ReindexError as exc:
+            fail(str(exc))
+        except SQLAlchemyError as exc:
+            fail(f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
+    for problem in summary.failures:
+        log.warning("failed: %s: %s: %s", problem.path, problem.code, problem.message)
+    if summary.failures:
+        log.warning(
+            "generation %d is not active yet: %d images could not be re-tagged; fix them (or "
+            "run 'sagashi index' to mark deleted files), then run reindex again to finish",
+            summary.generation_id,
+            len(summary.failures),
+        )
+    log.info("reindex in %.1fs: %s", time.perf_counter() - started, json.dumps(summary.as_dict()))
+    raise typer.Exit(1 if summary.failures else 0)
+
+
+@generations_app.command("list", epilog="Example: sagashi generations list")
+def generations_list() -> None:
+    """List model generations: which model, state (active, building, retired), images."""
+    settings = load_settings()
+    engine = open_store(settings)
+    for row in list_generations(engine):
+        sys.stdout.write(json.dumps(row.__dict__) + "\n")
+
+
+@generations_app.command("drop", epilog="Example: sagashi generations drop 1")
+def generations_drop(
+    generation_id: Annotated[int, typer.Argument(help="Generation id (see 'generations list').")],
+) -> None:
+    """Delete a retired or unfinished generation: its scores, embeddings and FAISS files."""
+    settings = load_settings()
+    engine = open_store(settings)
+    try:
+        drop_generation(engine, settings.data_dir, generation_id)
+    except ReindexError as exc:
+        fail(str(exc))
+    log.info("dropped generation %d", generation_id)
 
 
 def current_generation_id(engine: Engine) -> int | None:

@@ -1,0 +1,281 @@
+"""``sagashi reindex``: re-tag the collection with a new or updated model, side by side.
+
+The new model's scores and embeddings go into a *building* generation while search keeps
+serving the active one. When every live image has been re-tagged, one transaction retires
+the old generation and activates the new one (its FAISS index is built first), so readers
+switch from one complete index to the other. A killed reindex resumes where it stopped:
+images already in the building generation are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine, delete, exists, func, select, update
+from sqlalchemy.orm import Session
+
+from app.store import repository as repo
+from app.store import vectors
+from app.store.db import session_factory
+from app.store.models import Embedding, Image, ImageTag, IndexState, ModelGeneration
+from app.tagger.batching import lookahead, ordered_map, predict_stacked
+from app.tagger.protocol import Tagger
+from indexer.pipeline import IndexOptions, Loaded, load_candidate
+from indexer.scan import Found, Problem
+
+log = logging.getLogger(__name__)
+
+CHUNK = 2000
+
+
+class ReindexError(Exception):
+    """The reindex cannot start or cannot switch; the message says what to do."""
+
+
+@dataclass
+class ReindexSummary:
+    generation_id: int = 0
+    retagged: int = 0
+    already_done: int = 0
+    switched: bool = False
+    failures: list[Problem] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "generation": self.generation_id,
+            "retagged": self.retagged,
+            "already_done": self.already_done,
+            "switched": self.switched,
+            "failed": len(self.failures),
+        }
+
+
+class Reindexer:
+    def __init__(
+        self, engine: Engine, tagger: Tagger, options: IndexOptions, data_dir: Path
+    ) -> None:
+        self.engine = engine
+        self.tagger = tagger
+        self.options = options
+        self.data_dir = data_dir
+        self.sessions = session_factory(engine)
+
+    def run(self, progress: Callable[[int, int], None] | None = None) -> ReindexSummary:
+        summary = ReindexSummary()
+        with self.sessions() as session:
+            generation = self._building_generation(session)
+            summary.generation_id = generation.id
+            tag_map = repo.TagMap.ensure(session, self.tagger.vocab, self.options.aliases)
+            session.commit()
+            total = self._live_count(session)
+            summary.already_done = total - self._todo_count(session, generation.id)
+            failed: set[int] = set()
+            while True:  # images indexed meanwhile into the old generation join the next pass
+                todo = [t for t in self._todo(session, generation.id) if t[0] not in failed]
+                if not todo:
+                    break
+                failed |= self._retag(
+                    session, generation.id, tag_map, todo, summary, progress, total
+                )
+            if summary.failures:
+                return summary
+            vectors.rebuild(self.engine, self.data_dir, generation.id)
+            self._switch(session, generation.id)
+            summary.switched = True
+        return summary
+
+    def _building_generation(self, session: Session) -> ModelGeneration:
+        identity = repo.GenerationIdentity.of(self.tagger.info)
+        active = repo.active_generation(session)
+        if active is None:
+            raise ReindexError("the index is empty; run 'sagashi index' first")
+        building = session.scalars(
+            select(ModelGeneration).where(ModelGeneration.state == "building")
+        ).all()
+        for generation in building:
+            if identity.matches(generation):
+                log.info("resuming generation %d", generation.id)
+                return generation
+        if building:
+            ids = ", ".join(str(g.id) for g in building)
+            raise ReindexError(
+                f"another reindex (generation {ids}) is unfinished with a different model; "
+                f"finish it, or drop it with 'sagashi generations drop {building[0].id}'"
+            )
+        generation = repo.create_generation(session, identity, "building")
+        session.commit()
+        return generation
+
+    @staticmethod
+    def _live_count(session: Session) -> int:
+        return int(session.scalar(select(func.count()).where(Image.deleted_at.is_(None))) or 0)
+
+    def _todo_count(self, session: Session, generation_id: int) -> int:
+        return len(self._todo(session, generation_id))
+
+    @staticmethod
+    def _todo(session: Session, generation_id: int) -> list[tuple[int, str]]:
+        done = exists().where(
+            Embedding.generation_id == generation_id, Embedding.image_id == Image.id
+        )
+        rows = session.execute(
+            select(Image.id, Image.path).where(Image.deleted_at.is_(None), ~done).order_by(Image.id)
+        ).all()
+        return [(row.id, row.path) for row in rows]
+
+    def _retag(
+        self,
+        session: Session,
+        generation_id: int,
+        tag_map: repo.TagMap,
+        todo: Sequence[tuple[int, str]],
+        summary: ReindexSummary,
+        progress: Callable[[int, int], None] | None,
+        total: int,
+    ) -> set[int]:
+        """Re-tag ``todo``; returns the ids that failed."""
+        options = self.options
+        preprocess = self.tagger.preprocess
+
+        def load(item: tuple[int, str]) -> Loaded | Problem:
+            _image_id, path = item
+            try:
+                info = os.stat(path)
+            except OSError as exc:
+                return Problem(
+                    path,
+                    "not_found" if isinstance(exc, FileNotFoundError) else "unreadable",
+                    f"cannot read file: {exc.strerror or exc}",
+                )
+            return load_candidate(
+                Found(path, info.st_size, info.st_mtime_ns), preprocess, options, skip_decode=set()
+            )
+
+        batch: list[tuple[int, Loaded]] = []
+        failed: set[int] = set()
+        with ThreadPoolExecutor(
+            max_workers=options.workers, thread_name_prefix="sagashi-reindex"
+        ) as pool:
+            for (image_id, _path), loaded in ordered_map(
+                pool, load, todo, lookahead(options.batch_size, options.workers)
+            ):
+                if isinstance(loaded, Problem):
+                    summary.failures.append(loaded)
+                    failed.add(image_id)
+                elif loaded.error is not None or loaded.tensor is None:
+                    error = loaded.error
+                    summary.failures.append(
+                        Problem(
+                            loaded.found.path,
+                            error.code if error else "corrupt",
+                            error.message if error else "not decodable",
+                        )
+                    )
+                    failed.add(image_id)
+                else:
+                    batch.append((image_id, loaded))
+                if len(batch) >= options.batch_size:
+                    self._write(session, generation_id, tag_map, batch)
+                    summary.retagged += len(batch)
+                    batch = []
+                if progress:
+                    progress(summary.already_done + summary.retagged + len(summary.failures), total)
+        self._write(session, generation_id, tag_map, batch)
+        summary.retagged += len(batch)
+        return failed
+
+    def _write(
+        self,
+        session: Session,
+        generation_id: int,
+        tag_map: repo.TagMap,
+        batch: list[tuple[int, Loaded]],
+    ) -> None:
+        if not batch:
+            return
+        prediction = predict_stacked(self.tagger, [loaded.tensor for _, loaded in batch])  # type: ignore[misc]
+        rows = []
+        for row, (image_id, _loaded) in enumerate(batch):
+            tag_ids, scores = tag_map.postings(prediction.probs[row], self.options.score_floor)
+            rows.append((image_id, repo.Prediction(tag_ids, scores, prediction.embeddings[row])))
+        repo.insert_predictions(session, generation_id, rows)
+        repo.bump_version(session, generation_id)
+        session.commit()
+
+    @staticmethod
+    def _switch(session: Session, generation_id: int) -> None:
+        """One transaction: readers see the old complete index or the new one."""
+        stamp = repo.now()
+        session.execute(
+            update(ModelGeneration).where(ModelGeneration.state == "active").values(state="retired")
+        )
+        session.execute(
+            update(ModelGeneration)
+            .where(ModelGeneration.id == generation_id)
+            .values(state="active", activated_at=stamp)
+        )
+        session.execute(
+            update(Image).where(Image.deleted_at.is_(None)).values(generation_id=generation_id)
+        )
+        repo.refresh_tag_counts(session, generation_id)
+        session.commit()
+        log.info("generation %d is now active", generation_id)
+
+
+def drop_generation(engine: Engine, data_dir: Path, generation_id: int) -> None:
+    """Delete a retired or unfinished generation's postings, embeddings and FAISS files."""
+    with session_factory(engine)() as session:
+        generation = session.get(ModelGeneration, generation_id)
+        if generation is None:
+            raise ReindexError(f"no generation {generation_id}; see 'sagashi generations list'")
+        if generation.state == "active":
+            raise ReindexError(
+                f"generation {generation_id} is active and serving searches; "
+                "reindex with another model first"
+            )
+        session.execute(delete(ImageTag).where(ImageTag.generation_id == generation_id))
+        session.execute(delete(Embedding).where(Embedding.generation_id == generation_id))
+        session.execute(delete(IndexState).where(IndexState.generation_id == generation_id))
+        session.execute(
+            update(Image).where(Image.generation_id == generation_id).values(generation_id=None)
+        )
+        session.delete(generation)
+        session.commit()
+    for path in vectors.index_paths(data_dir, generation_id):
+        path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class GenerationRow:
+    id: int
+    model_name: str
+    family: str
+    state: str
+    embedding_dim: int
+    images: int
+    created_at: str
+    activated_at: str | None
+
+
+def list_generations(engine: Engine) -> Iterator[GenerationRow]:
+    with session_factory(engine)() as session:
+        for generation in session.scalars(select(ModelGeneration).order_by(ModelGeneration.id)):
+            images = int(
+                session.scalar(select(func.count()).where(Embedding.generation_id == generation.id))
+                or 0
+            )
+            yield GenerationRow(
+                generation.id,
+                generation.model_name,
+                generation.family,
+                generation.state,
+                generation.embedding_dim,
+                images,
+                generation.created_at.isoformat(),
+                generation.activated_at.isoformat() if generation.activated_at else None,
+            )

@@ -1,0 +1,156 @@
+"""Reindex with another model side by side, resume, switch atomically; manage generations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from app.store import vectors
+from app.store.aliases import load_aliases
+from app.store.db import create_db_engine, session_factory
+from app.store.models import Embedding, ImageTag, ModelGeneration
+from app.tagger import TimmTagger
+from indexer.pipeline import Indexer, IndexOptions
+from indexer.reindex import Reindexer, ReindexError, drop_generation, list_generations
+from tests.index_helpers import make_image
+from tests.tiny_models import build_tiny_pixai
+
+OPTIONS = IndexOptions(
+    batch_size=3,
+    workers=2,
+    max_pixels=10**8,
+    jpeg_draft=True,
+    score_floor=0.05,
+    aliases=load_aliases(),
+)
+
+
+def loaded(directory: Path) -> TimmTagger:
+    tagger = TimmTagger(directory, device="cpu")
+    tagger.load()
+    return tagger
+
+
+@pytest.fixture(scope="module")
+def pixai(tiny_pixai_dir: Path) -> TimmTagger:
+    return loaded(tiny_pixai_dir)
+
+
+@pytest.fixture(scope="module")
+def wd(tiny_wd_dir: Path) -> TimmTagger:
+    return loaded(tiny_wd_dir)
+
+
+def states(url: str) -> dict[int, str]:
+    engine = create_db_engine(url)
+    with session_factory(engine)() as session:
+        result = dict(session.execute(select(ModelGeneration.id, ModelGeneration.state)).all())
+    engine.dispose()
+    return result
+
+
+def embeddings_in(url: str, generation_id: int) -> int:
+    engine = create_db_engine(url)
+    with session_factory(engine)() as session:
+        count = session.scalar(select(func.count()).where(Embedding.generation_id == generation_id))
+    engine.dispose()
+    return int(count or 0)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_reindex_side_by_side_resume_and_switch(
+    migrated_url: str, pixai: TimmTagger, wd: TimmTagger, tmp_path: Path
+) -> None:
+    root = tmp_path / "art"
+    for i in range(10):
+        make_image(root / f"{i}.png", seed=i)
+    engine = create_db_engine(migrated_url)
+    Indexer(engine, pixai, OPTIONS).run([root])
+    assert states(migrated_url) == {1: "active"}
+
+    def stop_after_six(done: int, total: int) -> None:
+        if done >= 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        Reindexer(engine, wd, OPTIONS, tmp_path / "data").run(stop_after_six)
+    # Interrupted: the old generation still serves; the new one holds the committed part.
+    assert states(migrated_url) == {1: "active", 2: "building"}
+    assert 0 < embeddings_in(migrated_url, 2) < 10
+    assert embeddings_in(migrated_url, 1) == 10
+
+    summary = Reindexer(engine, wd, OPTIONS, tmp_path / "data").run()
+    assert summary.switched and summary.generation_id == 2
+    assert summary.already_done + summary.retagged == 10
+    assert states(migrated_url) == {1: "retired", 2: "active"}
+    assert embeddings_in(migrated_url, 2) == 10
+    index = vectors.load_fresh(engine, tmp_path / "data", 2)
+    assert index.meta.count == 10 and index.meta.dim == 32
+    with session_factory(engine)() as session:
+        rating = session.scalar(
+            select(func.count()).select_from(ImageTag).where(ImageTag.generation_id == 2)
+        )
+        assert rating and rating > 0
+
+    # The old model no longer matches the index; drop the retired generation.
+    from app.store.repository import GenerationMismatch
+
+    with pytest.raises(GenerationMismatch):
+        Indexer(engine, pixai, OPTIONS).run([root])
+    rows = {row.id: row for row in list_generations(engine)}
+    assert (rows[1].state, rows[1].images, rows[2].state, rows[2].images) == (
+        "retired",
+        10,
+        "active",
+        10,
+    )
+    with pytest.raises(ReindexError, match="generation 2 is active and serving searches"):
+        drop_generation(engine, tmp_path / "data", 2)
+    drop_generation(engine, tmp_path / "data", 1)
+    assert states(migrated_url) == {2: "active"}
+    assert embeddings_in(migrated_url, 1) == 0
+    with pytest.raises(ReindexError, match="no generation 1"):
+        drop_generation(engine, tmp_path / "data", 1)
+    engine.dispose()
+
+
+def test_unreadable_images_hold_the_switch_until_fixed(
+    migrated_url: str, pixai: TimmTagger, wd: TimmTagger, tmp_path: Path
+) -> None:
+    root = tmp_path / "art"
+    for i in range(4):
+        make_image(root / f"{i}.png", seed=i)
+    engine = create_db_engine(migrated_url)
+    Indexer(engine, pixai, OPTIONS).run([root])
+    (root / "2.png").unlink()
+    summary = Reindexer(engine, wd, OPTIONS, tmp_path / "data").run()
+    assert not summary.switched
+    assert [(Path(p.path).name, p.code) for p in summary.failures] == [("2.png", "not_found")]
+    assert states(migrated_url) == {1: "active", 2: "building"}
+    Indexer(engine, pixai, OPTIONS).run([root])  # marks 2.png deleted
+    finished = Reindexer(engine, wd, OPTIONS, tmp_path / "data").run()
+    assert finished.switched and finished.retagged == 0 and finished.already_done == 3
+    assert states(migrated_url) == {1: "retired", 2: "active"}
+    engine.dispose()
+
+
+def test_reindex_refuses_an_empty_index_and_a_second_model(
+    migrated_url: str, pixai: TimmTagger, wd: TimmTagger, tmp_path: Path
+) -> None:
+    engine = create_db_engine(migrated_url)
+    with pytest.raises(ReindexError, match="the index is empty; run 'sagashi index' first"):
+        Reindexer(engine, wd, OPTIONS, tmp_path / "data").run()
+    make_image(tmp_path / "art" / "0.png", seed=0)
+    Indexer(engine, pixai, OPTIONS).run([tmp_path / "art"])
+    (tmp_path / "art" / "0.png").unlink()
+    Reindexer(engine, wd, OPTIONS, tmp_path / "data").run()  # leaves generation 2 building
+    # A third model (PixAI layout, other weights) cannot start while the WD one is unfinished.
+    third = loaded(build_tiny_pixai(tmp_path / "other", seed=3))
+    with pytest.raises(ReindexError, match="another reindex \\(generation 2\\) is unfinished"):
+        Reindexer(engine, third, OPTIONS, tmp_path / "data").run()
+    engine.dispose()
