@@ -29,6 +29,8 @@ from app.tagger.batching import TagOutcome, tag_sources
 from app.tagger.caption import format_caption
 from app.tagger.fetch import PUBLISHED, FetchError, fetch_model
 from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary, load_wd_vocabulary
+from indexer.export import EPILOG as EXPORT_EPILOG
+from indexer.export import export_command
 from indexer.importer import Importer, ImportError_, ImportOptions, read_rows
 from indexer.pipeline import Indexer, IndexOptions
 from indexer.progress import progress_bar, rate_text
@@ -541,6 +543,9 @@ def generations_drop(
     except ReindexError as exc:
         fail(str(exc))
     log.info("dropped generation %d", generation_id)
+
+
+app.command("export", epilog=EXPORT_EPILOG)(export_command)
 
 
 def current_generation_id(engine: Engine) -> int | None:
