@@ -14,6 +14,7 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from app.store import bulk
 from app.store.aliases import canonical
 from app.store.models import (
     Embedding,
@@ -274,31 +275,30 @@ def _image_values(facts: FileFacts, stamp: datetime, generation_id: int) -> dict
 
 
 def insert_predictions(
-    session: Session, generation_id: int, rows: Iterable[tuple[int, Prediction]]
+    session: Session, generation_id: int, rows: Sequence[tuple[int, Prediction]]
 ) -> None:
-    postings: list[dict[str, object]] = []
-    vectors: list[dict[str, object]] = []
-    for image_id, prediction in rows:
-        postings.extend(
-            {
-                "generation_id": generation_id,
-                "tag_id": int(t),
-                "score": float(s),
-                "image_id": image_id,
-            }
-            for t, s in zip(prediction.tag_ids.tolist(), prediction.scores.tolist(), strict=True)
+    """Postings and embeddings of many images, through the bulk path."""
+    if not rows:
+        return
+    counts = [len(p.tag_ids) for _, p in rows]
+    tag_ids = np.concatenate([p.tag_ids for _, p in rows]).astype(np.int64)
+    scores = np.concatenate([p.scores for _, p in rows]).astype(np.float32)
+    image_ids = np.repeat(np.array([i for i, _ in rows], dtype=np.int64), counts)
+    order = np.lexsort((image_ids, scores, tag_ids))  # the clustered key's order
+    postings = list(
+        zip(
+            [generation_id] * len(order),
+            tag_ids[order].tolist(),
+            scores[order].astype(np.float64).tolist(),
+            image_ids[order].tolist(),
+            strict=True,
         )
-        vectors.append(
-            {
-                "generation_id": generation_id,
-                "image_id": image_id,
-                "vector": encode_vector(prediction.embedding),
-            }
-        )
-    if postings:
-        session.execute(insert(ImageTag), postings)
-    if vectors:
-        session.execute(insert(Embedding), vectors)
+    )
+    bulk.insert_rows(
+        session, "image_tags", ("generation_id", "tag_id", "score", "image_id"), postings
+    )
+    vectors = [(generation_id, image_id, encode_vector(p.embedding)) for image_id, p in rows]
+    bulk.insert_rows(session, "embeddings", ("generation_id", "image_id", "vector"), vectors)
 
 
 def clear_predictions(session: Session, generation_id: int, image_ids: Sequence[int]) -> None:
