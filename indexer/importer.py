@@ -216,8 +216,10 @@ def _validate_tags(tags: object, options: ImportOptions, known: set[str]) -> dic
         raise RowError("'tags' must be an object of tag name -> score")
     result: dict[str, float] = {}
     for name, score in tags.items():
-        if not isinstance(name, str) or not name.strip():
-            raise RowError("tag names must be non-empty strings")
+        if not isinstance(name, str):
+            raise RowError("tag names must be strings")
+        if not name.strip():
+            continue  # PixAI v0.9 has an empty tag name; it carries no meaning
         if isinstance(score, bool) or not isinstance(score, int | float):
             raise RowError(f"score for '{name}' must be a number, got {score!r}")
         if not math.isfinite(score):

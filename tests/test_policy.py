@@ -152,3 +152,9 @@ def test_caption_orders_character_copyright_general_and_drops_rating() -> None:
         "hu_tao_(genshin_impact), genshin_impact, 1girl, long_hair, ^_^"
     )
     assert format_caption(CAPTION_TAGS, order=("general",)) == "1girl, long hair, ^_^"
+
+
+def test_empty_tag_names_are_never_reported() -> None:
+    vocab = TagVocabulary(("1girl", ""), np.array([0, 0], dtype=np.int8), {})
+    result = OutputPolicy().select(np.array([0.9, 0.99], dtype=np.float32), vocab)
+    assert [t.tag for t in result] == ["1girl"]

@@ -214,3 +214,18 @@ def test_alias_file_errors(tmp_path: Path) -> None:
     aliases = load_aliases(good)
     assert aliases["kitty"] == "cat"  # chains resolve
     assert "old" not in aliases
+
+
+def test_empty_vocabulary_names_are_never_stored(migrated_url: str) -> None:
+    """PixAI v0.9's real vocabulary has one empty tag name (index 8968)."""
+    engine = create_db_engine(migrated_url)
+    vocab = TagVocabulary(
+        ("1girl", "", "solo"), np.array([GROUP_CODE["general"]] * 3, dtype=np.int8), {}
+    )
+    with session_factory(engine)() as session:
+        tag_map = repo.TagMap.ensure(session, vocab, {})
+        tag_ids, scores = tag_map.postings(np.array([0.9, 0.99, 0.5], np.float32), 0.05)
+        names = set(session.scalars(select(Tag.name)).all())
+    assert "" not in names
+    assert len(tag_ids) == 2 and sorted(scores.tolist()) == [0.5, pytest.approx(0.9)]
+    engine.dispose()

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.store import bulk
@@ -143,14 +144,16 @@ class TagMap:
     def __init__(self, tag_ids: np.ndarray, copyrights: Mapping[int, Sequence[int]]) -> None:
         self.tag_ids = tag_ids
         self.copyrights = copyrights
-        self.has_duplicates = len(np.unique(tag_ids)) != len(tag_ids)
+        known = tag_ids[tag_ids >= 0]
+        self.has_duplicates = len(np.unique(known)) != len(known)
 
     @classmethod
     def ensure(cls, session: Session, vocab: TagVocabulary, aliases: Mapping[str, str]) -> TagMap:
         names = [canonical(n, aliases) for n in vocab.names]
         groups = [int(c) for c in vocab.group_codes]
         copyrights = {ip for ips in vocab.char_to_copyrights.values() for ip in ips}
-        wanted = dict(zip(names, groups, strict=True))
+        # PixAI v0.9's vocabulary has one empty name (index 8968): it is never stored.
+        wanted = {n: g for n, g in zip(names, groups, strict=True) if n.strip()}
         for ip in copyrights:
             wanted.setdefault(canonical(ip, aliases), GROUP_CODE["copyright"])
         ids = ensure_tags(session, wanted)
@@ -159,11 +162,11 @@ class TagMap:
             for char, ips in vocab.char_to_copyrights.items()
             if canonical(char, aliases) in ids
         }
-        return cls(np.array([ids[n] for n in names], dtype=np.int64), copyright_ids)
+        return cls(np.array([ids.get(n, -1) for n in names], dtype=np.int64), copyright_ids)
 
     def postings(self, probs: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
         """(tag ids, scores) of one image's tags scoring at least ``floor``."""
-        keep = np.flatnonzero(probs >= floor)
+        keep = np.flatnonzero((probs >= floor) & (self.tag_ids >= 0))
         tag_ids, scores = self.tag_ids[keep], probs[keep].astype(np.float32)
         if self.has_duplicates and len(tag_ids):
             order = np.lexsort((-scores, tag_ids))
@@ -227,27 +230,23 @@ def write_images(
     """Insert new images (or re-tag existing ones, by id) with their postings and
     embeddings. The caller commits."""
     stamp = now()
+    rows = [_image_values(facts, stamp, generation_id) for facts, _p, _e in items]
+    fresh = [row for row, (_f, _p, e) in zip(rows, items, strict=True) if e is None]
+    images = cast(Table, Image.__table__)
+    # Core insertmanyvalues: one statement per batch, ids back in parameter order.
+    new_ids = iter(
+        session.execute(insert(images).returning(images.c.id, sort_by_parameter_order=True), fresh)
+        .scalars()
+        .all()
+        if fresh
+        else []
+    )
     ids: list[int] = []
-    for facts, _prediction, existing_id in items:
-        values = dict(
-            path=facts.path,
-            sha256=facts.sha256,
-            size_bytes=facts.size_bytes,
-            mtime_ns=facts.mtime_ns,
-            width=facts.width,
-            height=facts.height,
-            format=facts.format,
-            indexed_at=stamp,
-            generation_id=generation_id,
-            deleted_at=None,
-        )
+    for row, (_facts, _prediction, existing_id) in zip(rows, items, strict=True):
         if existing_id is None:
-            image = Image(**values)
-            session.add(image)
-            session.flush()
-            ids.append(image.id)
+            ids.append(next(new_ids))
         else:
-            session.execute(update(Image).where(Image.id == existing_id).values(**values))
+            session.execute(update(Image).where(Image.id == existing_id).values(**row))
             ids.append(existing_id)
     retagged = [i for (_f, _p, e), i in zip(items, ids, strict=True) if e is not None]
     if retagged:

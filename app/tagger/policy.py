@@ -66,7 +66,8 @@ class OutputPolicy:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def _permitted(self, tag: str) -> bool:
-        return tag not in self.deny and (self.allow is None or tag in self.allow)
+        # PixAI v0.9's vocabulary has one empty name (index 8968); it is never reported.
+        return bool(tag) and tag not in self.deny and (self.allow is None or tag in self.allow)
 
     def select(self, probs: np.ndarray, vocab: TagVocabulary) -> list[TagScore]:
         """The reported tags for one image's probability vector, sorted by score."""
