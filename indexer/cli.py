@@ -22,7 +22,9 @@ from app.settings import Settings
 from app.store import migrate, vectors
 from app.store.aliases import AliasError, load_aliases
 from app.store.db import create_db_engine, database_url, safe_url, session_factory
+from app.store.jobs import get_job, job_failures, recent_jobs
 from app.store.migrate import SchemaMismatch, check_schema
+from app.store.models import Job
 from app.store.repository import GenerationIdentity, GenerationMismatch, active_generation
 from app.tagger import ModelLoadError, OutputPolicy, TimmTagger
 from app.tagger.batching import TagOutcome, tag_sources
@@ -35,6 +37,7 @@ from indexer.importer import Importer, ImportError_, ImportOptions, read_rows
 from indexer.pipeline import Indexer, IndexOptions
 from indexer.progress import progress_bar, rate_text
 from indexer.reindex import Reindexer, ReindexError, drop_generation, list_generations
+from indexer.runs import abort, finish, tracked
 from indexer.scan import iter_image_paths
 
 log = logging.getLogger("sagashi")
@@ -55,6 +58,12 @@ generations_app = typer.Typer(
     help="List and drop model generations.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(generations_app, name="generations")
+jobs_app = typer.Typer(
+    help="Index, import and reindex runs, with progress.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(jobs_app, name="jobs")
 model_app = typer.Typer(
     help="Download and inspect tagger models.", no_args_is_help=True, rich_markup_mode=None
 )
@@ -353,29 +362,32 @@ def index(
         score_floor=settings.score_floor,
         aliases=aliases,
     )
-    started = time.perf_counter()
-    with progress_bar() as progress:
-        task = progress.add_task("indexing", total=None, rate="")
-
-        def report(done: int, total: int) -> None:
-            elapsed = time.perf_counter() - started
-            progress.update(
-                task, completed=done, total=total, rate=rate_text(done, elapsed, "files")
-            )
-
+    params = {"paths": [str(p) for p in paths], "model": tagger.info.name}
+    with tracked(engine, "index", params, "indexing", "files") as run:
         try:
-            summary = Indexer(engine, tagger, options).run(paths, report)
+            summary = Indexer(engine, tagger, options).run(paths, run.update)
         except GenerationMismatch as exc:
+            abort(run, str(exc))
             fail(str(exc))
         except SQLAlchemyError as exc:
-            fail(f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
+            message = f"database error, stopped cleanly (rerun to resume): {first_line(exc)}"
+            abort(run, message)
+            fail(message)
+        refresh_faiss(engine, settings)
+        failures = [(p.path, p.code, p.message) for p in summary.failures]
+        finish(run, summary.as_dict(), failures)
+    for path, code, message in failures:
+        log.warning("failed: %s: %s: %s", path, code, message)
+    log.info(
+        "indexed in %.1fs (job %d): %s", run.elapsed(), run.job_id, json.dumps(summary.as_dict())
+    )
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+def refresh_faiss(engine: Engine, settings: Settings) -> None:
     generation = current_generation_id(engine)
     if generation is not None:
         vectors.load_fresh(engine, settings.data_dir, generation)
-    for problem in summary.failures:
-        log.warning("failed: %s: %s: %s", problem.path, problem.code, problem.message)
-    log.info("indexed in %.1fs: %s", time.perf_counter() - started, json.dumps(summary.as_dict()))
-    raise typer.Exit(1 if summary.failed else 0)
 
 
 @app.command(
@@ -417,33 +429,33 @@ def import_(
     options = ImportOptions(
         model_name, vocab, aliases, settings.score_floor, strict, identity=identity
     )
-    started = time.perf_counter()
-    with progress_bar() as progress:
-        task = progress.add_task("importing", total=None, rate="")
-
-        def report(done: int) -> None:
-            rate = rate_text(done, time.perf_counter() - started, "rows")
-            progress.update(task, completed=done, rate=rate)
-
+    params = {"file": str(file), "model": model_name}
+    with tracked(engine, "import", params, "importing", "rows") as run:
         try:
-            summary = Importer(engine, options).run(read_rows(file, embeddings), report)
+            summary = Importer(engine, options).run(read_rows(file, embeddings), run.update)
         except (ImportError_, GenerationMismatch) as exc:
+            abort(run, str(exc))
             fail(str(exc))
         except SQLAlchemyError as exc:
-            fail(f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
+            message = f"database error, stopped cleanly (rerun to resume): {first_line(exc)}"
+            abort(run, message)
+            fail(message)
+        refresh_faiss(engine, settings)
+        finish(
+            run,
+            summary.as_dict(),
+            [(f"{file}:{number}", "bad_row", reason) for number, reason in summary.failures],
+        )
     for number, reason in summary.failures[:50]:
         log.warning("%s:%d: %s", file, number, reason)
     if summary.failed > 50:
         log.warning("... and %d more failed rows", summary.failed - 50)
-    generation = current_generation_id(engine)
-    if generation is not None:
-        vectors.load_fresh(engine, settings.data_dir, generation)
-    elapsed = time.perf_counter() - started
     done = summary.new + summary.updated
     log.info(
-        "imported in %.1fs (%s): %s",
-        elapsed,
-        rate_text(done, elapsed, "rows"),
+        "imported in %.1fs (%s, job %d): %s",
+        run.elapsed(),
+        rate_text(done, run.elapsed(), "rows"),
+        run.job_id,
         json.dumps(summary.as_dict()),
     )
     raise typer.Exit(1 if summary.failed else 0)
@@ -495,20 +507,17 @@ def reindex(
         score_floor=settings.score_floor,
         aliases=_aliases(settings),
     )
-    started = time.perf_counter()
-    with progress_bar() as progress:
-        task = progress.add_task("reindexing", total=None, rate="")
-
-        def report(done: int, total: int) -> None:
-            rate = rate_text(done, time.perf_counter() - started, "img")
-            progress.update(task, completed=done, total=total, rate=rate)
-
+    with tracked(engine, "reindex", {"model": tagger.info.name}, "reindexing", "img") as run:
         try:
-            summary = Reindexer(engine, tagger, options, settings.data_dir).run(report)
+            summary = Reindexer(engine, tagger, options, settings.data_dir).run(run.update)
         except ReindexError as exc:
+            abort(run, str(exc))
             fail(str(exc))
         except SQLAlchemyError as exc:
-            fail(f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
+            message = f"database error, stopped cleanly (rerun to resume): {first_line(exc)}"
+            abort(run, message)
+            fail(message)
+        finish(run, summary.as_dict(), [(p.path, p.code, p.message) for p in summary.failures])
     for problem in summary.failures:
         log.warning("failed: %s: %s: %s", problem.path, problem.code, problem.message)
     if summary.failures:
@@ -518,7 +527,9 @@ def reindex(
             summary.generation_id,
             len(summary.failures),
         )
-    log.info("reindex in %.1fs: %s", time.perf_counter() - started, json.dumps(summary.as_dict()))
+    log.info(
+        "reindex in %.1fs (job %d): %s", run.elapsed(), run.job_id, json.dumps(summary.as_dict())
+    )
     raise typer.Exit(1 if summary.failures else 0)
 
 
@@ -546,6 +557,47 @@ def generations_drop(
 
 
 app.command("export", epilog=EXPORT_EPILOG)(export_command)
+
+
+def _job_record(job: Job) -> dict[str, object]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state,
+        "done": job.done,
+        "total": job.total,
+        "failed": job.failed,
+        "params": json.loads(job.params),
+        "summary": json.loads(job.summary),
+        "error": job.error,
+        "created_at": job.created_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+    }
+
+
+@jobs_app.command("list", epilog="Example: sagashi jobs list --limit 5")
+def jobs_list(
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Most recent jobs shown.")] = 20,
+) -> None:
+    """One JSON object per job, newest first: kind, state, progress, summary."""
+    engine = open_store(load_settings())
+    for job in recent_jobs(engine, limit):
+        sys.stdout.write(json.dumps(_job_record(job)) + "\n")
+
+
+@jobs_app.command("show", epilog="Example: sagashi jobs show 12")
+def jobs_show(job_id: Annotated[int, typer.Argument(help="Job id (see 'jobs list').")]) -> None:
+    """A job as JSON, with the files it could not process and why."""
+    engine = open_store(load_settings())
+    job = get_job(engine, job_id)
+    if job is None:
+        fail(f"no job {job_id}; see 'sagashi jobs list'")
+    record = _job_record(job)
+    record["failures"] = [
+        {"path": f.path, "code": f.code, "message": f.message} for f in job_failures(engine, job_id)
+    ]
+    sys.stdout.write(json.dumps(record, indent=2) + "\n")
 
 
 def current_generation_id(engine: Engine) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -158,3 +159,22 @@ def test_cli_refuses_an_unmigrated_database_then_indexes(
     migrate.check_schema(engine)
     assert len(snapshot(engine)) == 3
     engine.dispose()
+
+    (root / "broken.png").write_bytes(b"not a png")
+    partial = run_cli("index", str(root), env=env)
+    assert partial.returncode == 1
+    jobs = [json.loads(line) for line in run_cli("jobs", "list", env=env).stdout.splitlines()]
+    assert [(j["kind"], j["state"]) for j in jobs] == [("index", "done"), ("index", "done")]
+    assert jobs[0]["summary"]["unchanged"] == 3 and jobs[0]["summary"]["failed"] == 1
+    assert jobs[1]["summary"]["new"] == 3 and jobs[1]["done"] == 3
+    shown = json.loads(run_cli("jobs", "show", str(jobs[0]["id"]), env=env).stdout)
+    assert shown["failures"] == [
+        {
+            "path": str(root / "broken.png"),
+            "code": "not_an_image",
+            "message": "not a recognised image format",
+        }
+    ]
+    missing = run_cli("jobs", "show", "999", env=env)
+    assert missing.returncode == 2
+    assert "sagashi: error: no job 999; see 'sagashi jobs list'" in missing.stderr
