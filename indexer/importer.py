@@ -211,9 +211,38 @@ def _hash_file(path: str) -> str:
         raise RowError("no 'sha256' given and the file cannot be read to compute it") from None
 
 
+_NUMBER_TYPES = frozenset({int, float})
+
+
 def _validate_tags(tags: object, options: ImportOptions, known: set[str]) -> dict[str, float]:
+    """Vectorised checks for the common, valid row; any doubt goes to the exact loop,
+    which names the offending tag."""
     if not isinstance(tags, dict):
         raise RowError("'tags' must be an object of tag name -> score")
+    values = list(tags.values())
+    if not {type(v) for v in values} <= _NUMBER_TYPES:
+        return _validate_tags_exactly(tags, options, known)
+    scores = np.array(values, dtype=np.float64)
+    if not (np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()):
+        return _validate_tags_exactly(tags, options, known)
+    names = list(tags.keys())
+    if options.strict or any(not isinstance(n, str) for n in names):
+        return _validate_tags_exactly(tags, options, known)
+    aliases = options.aliases
+    result: dict[str, float] = {}
+    for index in np.flatnonzero(scores >= options.score_floor).tolist():
+        name = names[index].strip().lower()
+        if name:  # PixAI v0.9 has an empty tag name; it carries no meaning
+            tag = aliases.get(name, name)
+            score = float(scores[index])
+            if score > result.get(tag, -1.0):
+                result[tag] = score
+    return result
+
+
+def _validate_tags_exactly(
+    tags: dict[Any, Any], options: ImportOptions, known: set[str]
+) -> dict[str, float]:
     result: dict[str, float] = {}
     for name, score in tags.items():
         if not isinstance(name, str):

@@ -11,10 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.store.aliases import load_aliases
 from app.store.db import create_db_engine
-from indexer.importer import Importer, ImportError_, ImportOptions, read_rows
+from indexer.importer import (
+    Importer,
+    ImportError_,
+    ImportOptions,
+    _validate_tags,
+    _validate_tags_exactly,
+    read_rows,
+)
 from tests.index_helpers import snapshot
 
 SAGASHI = str(Path(sys.executable).with_name("sagashi"))
@@ -202,3 +211,16 @@ def test_cli_import(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2
     assert "sagashi: error: cannot open" in missing.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["1girl", "Solo ", "doughnut", "donut", "", " long_hair", "x"]),
+        st.one_of(st.floats(0, 1), st.integers(0, 1), st.just(0.05)),
+        max_size=7,
+    )
+)
+def test_fast_tag_validation_agrees_with_the_exact_one(tags: dict[str, float]) -> None:
+    options = ImportOptions("m", None, {"doughnut": "donut"}, 0.05, strict=False)
+    assert _validate_tags(tags, options, set()) == _validate_tags_exactly(tags, options, set())
