@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -23,6 +25,7 @@ from app.store import migrate, vectors
 from app.store.aliases import AliasError, load_aliases
 from app.store.db import create_db_engine, database_url, safe_url, session_factory
 from app.store.jobs import get_job, job_failures, recent_jobs
+from app.store.locks import WriterBusy
 from app.store.migrate import SchemaMismatch, check_schema
 from app.store.models import Job
 from app.store.repository import GenerationIdentity, GenerationMismatch, active_generation
@@ -363,7 +366,7 @@ def index(
         aliases=aliases,
     )
     params = {"paths": [str(p) for p in paths], "model": tagger.info.name}
-    with tracked(engine, "index", params, "indexing", "files") as run:
+    with writer_guard(), tracked(engine, "index", params, "indexing", "files") as run:
         try:
             summary = Indexer(engine, tagger, options).run(paths, run.update)
         except GenerationMismatch as exc:
@@ -382,6 +385,15 @@ def index(
         "indexed in %.1fs (job %d): %s", run.elapsed(), run.job_id, json.dumps(summary.as_dict())
     )
     raise typer.Exit(1 if summary.failed else 0)
+
+
+@contextmanager
+def writer_guard() -> Iterator[None]:
+    """Turn a held writer lock into a one-line refusal that names the running job."""
+    try:
+        yield
+    except WriterBusy as exc:
+        fail(f"{exc}; wait for it to finish (see 'sagashi jobs list')")
 
 
 def refresh_faiss(engine: Engine, settings: Settings) -> None:
@@ -430,7 +442,7 @@ def import_(
         model_name, vocab, aliases, settings.score_floor, strict, identity=identity
     )
     params = {"file": str(file), "model": model_name}
-    with tracked(engine, "import", params, "importing", "rows") as run:
+    with writer_guard(), tracked(engine, "import", params, "importing", "rows") as run:
         try:
             summary = Importer(engine, options).run(read_rows(file, embeddings), run.update)
         except (ImportError_, GenerationMismatch) as exc:
@@ -507,7 +519,10 @@ def reindex(
         score_floor=settings.score_floor,
         aliases=_aliases(settings),
     )
-    with tracked(engine, "reindex", {"model": tagger.info.name}, "reindexing", "img") as run:
+    with (
+        writer_guard(),
+        tracked(engine, "reindex", {"model": tagger.info.name}, "reindexing", "img") as run,
+    ):
         try:
             summary = Reindexer(engine, tagger, options, settings.data_dir).run(run.update)
         except ReindexError as exc:

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.store.jobs import JobRecorder
+from app.store.locks import writer_lock
 from indexer.progress import progress_bar, rate_text
 
 HEARTBEAT_SECONDS = 1.0
@@ -50,7 +51,14 @@ def tracked(
     engine: Engine, kind: str, params: dict[str, Any], label: str, unit: str
 ) -> Iterator[Run]:
     """Open a job record and a progress bar; mark the job failed if the body raises."""
-    recorder = JobRecorder(engine, kind, params)
+    with writer_lock(engine):
+        recorder = JobRecorder(engine, kind, params)
+        with _progress(recorder, label, unit) as run:
+            yield run
+
+
+@contextmanager
+def _progress(recorder: JobRecorder, label: str, unit: str) -> Iterator[Run]:
     with progress_bar() as progress:
         task = progress.add_task(label, total=None, rate="")
         run = Run(recorder, progress, task, unit)

@@ -178,3 +178,27 @@ def test_cli_refuses_an_unmigrated_database_then_indexes(
     missing = run_cli("jobs", "show", "999", env=env)
     assert missing.returncode == 2
     assert "sagashi: error: no job 999; see 'sagashi jobs list'" in missing.stderr
+
+
+def test_a_second_writer_is_refused_while_one_runs(
+    migrated_url: str, tiny_pixai_dir: Path, tmp_path: Path
+) -> None:
+    from app.store.locks import writer_lock
+
+    make_image(tmp_path / "art" / "0.png", seed=0)
+    env = {
+        "SAGASHI_DATABASE_URL": migrated_url,
+        "SAGASHI_DATA_DIR": str(tmp_path / "data"),
+        "SAGASHI_MODEL_DIR": str(tiny_pixai_dir),
+    }
+    engine = create_db_engine(migrated_url)
+    with writer_lock(engine):  # as a running index would hold it
+        refused = run_cli("index", str(tmp_path / "art"), env=env)
+    assert refused.returncode == 2
+    assert (
+        "sagashi: error: another index, import or reindex run is writing to this database; "
+        "wait for it to finish (see 'sagashi jobs list')"
+    ) in refused.stderr
+    after = run_cli("index", str(tmp_path / "art"), env=env)  # released: runs normally
+    assert after.returncode == 0, after.stderr
+    engine.dispose()
