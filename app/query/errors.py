@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_TERMS = "too_many_terms"
     TOO_DEEP = "too_deep"
     UNTERMINATED_QUOTE = "unterminated_quote"
+    UNSUPPORTED = "unsupported"  # valid syntax the search engine cannot execute yet
 
 
 class QueryError(Exception):

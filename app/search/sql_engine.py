@@ -1,0 +1,69 @@
+"""Engine (a): a bound plan executed as SQL over the inverted table, on SQLite or PostgreSQL.
+
+Each tag term is a range scan of the clustered ``(generation, tag, score, image)`` key; AND,
+OR and NOT become INTERSECT, UNION and EXCEPT. Negation is relative to the live images of
+the generation (those with an embedding in it: deleted images have none). This engine is the
+fallback and the oracle for the in-memory posting engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Select, except_, false, intersect, select, union
+from sqlalchemy.orm import Session
+
+from app.search.plan import PAll, PAnd, PlanNode, PNot, PNothing, POr, PTag
+from app.store.models import Embedding, ImageTag
+
+
+def to_select(plan: PlanNode, generation_id: int) -> Select[Any]:
+    """A SELECT of the matching image ids (unordered, distinct)."""
+    if isinstance(plan, PAll):
+        return select(Embedding.image_id).where(Embedding.generation_id == generation_id)
+    if isinstance(plan, PNothing):
+        return select(ImageTag.image_id).where(false())
+    if isinstance(plan, PTag):
+        return _tag(plan, generation_id)
+    if isinstance(plan, PNot):
+        return _flat(
+            except_(to_select(PAll(), generation_id), to_select(plan.child, generation_id))
+        )
+    if isinstance(plan, POr):
+        return _flat(union(*(to_select(c, generation_id) for c in plan.children)))
+    assert isinstance(plan, PAnd)
+    positives = [to_select(c, generation_id) for c in plan.children if not isinstance(c, PNot)]
+    negatives = [to_select(c.child, generation_id) for c in plan.children if isinstance(c, PNot)]
+    if not positives:
+        positives = [to_select(PAll(), generation_id)]
+    result = positives[0] if len(positives) == 1 else _flat(intersect(*positives))
+    if negatives:
+        removed = negatives[0] if len(negatives) == 1 else _flat(union(*negatives))
+        result = _flat(except_(result, removed))
+    return result
+
+
+def _tag(plan: PTag, generation_id: int) -> Select[Any]:
+    score = ImageTag.score
+    query = select(ImageTag.image_id).where(
+        ImageTag.generation_id == generation_id,
+        ImageTag.tag_id == plan.tag_id,
+        score >= plan.lo if plan.lo_inclusive else score > plan.lo,
+    )
+    if plan.hi is not None:
+        query = query.where(score <= plan.hi if plan.hi_inclusive else score < plan.hi)
+    return query
+
+
+def _flat(compound: object) -> Select[Any]:
+    """Wrap a compound select as a plain one: SQLite rejects a compound select as a member
+    of another, so every operand of INTERSECT/UNION/EXCEPT is a plain SELECT."""
+    sub = compound.subquery()  # type: ignore[attr-defined]
+    return select(sub.c[0])
+
+
+def execute(session: Session, plan: PlanNode, generation_id: int) -> list[int]:
+    """The matching image ids, ascending."""
+    sub = to_select(plan, generation_id).subquery()
+    column = sub.c[0]
+    return [int(i) for i in session.scalars(select(column).distinct().order_by(column)).all()]

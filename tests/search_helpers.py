@@ -1,0 +1,74 @@
+"""Fixtures for search tests: a small index written through the store, and a brute-force
+evaluator of bound plans over plain dictionaries (the oracle)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from sqlalchemy import Engine, select
+
+from app.search.plan import Catalog, PAll, PAnd, PlanNode, PNot, PNothing, POr, PTag
+from app.store import repository as repo
+from app.store.db import session_factory
+from app.store.models import Tag
+from app.tagger.preprocess import Preprocess
+from app.tagger.protocol import ModelInfo
+from app.tagger.vocab import GROUP_CODE
+
+INFO = ModelInfo(
+    name="fixture",
+    family="pixai",
+    vocabulary_digest="f" * 64,
+    embedding_dim=4,
+    num_tags=0,
+    preprocess=Preprocess(56, "stretch", "bilinear", (0.5,) * 3, (0.5,) * 3, "RGB"),
+)
+
+
+def build_index(
+    engine: Engine, images: list[Mapping[str, float]], groups: Mapping[str, str] | None = None
+) -> tuple[int, dict[int, dict[int, float]], Catalog]:
+    """Write images (tag name -> score) and return (generation, {image: {tag id: score}},
+    catalog). Scores are stored as float32, as the tagger stores them."""
+    groups = groups or {}
+    names = sorted({n for tags in images for n in tags})
+    with session_factory(engine)() as session:
+        generation = repo.generation_for_index(session, INFO)
+        ids = repo.ensure_tags(session, {n: GROUP_CODE[groups.get(n, "general")] for n in names})
+        items = []
+        for i, tags in enumerate(images):
+            tag_ids = np.array([ids[n] for n in tags], dtype=np.int64)
+            scores = np.array(list(tags.values()), dtype=np.float32)
+            facts = repo.FileFacts(f"/fixture/{i:05d}.png", f"{i:064x}", 1, 1, 10, 10, "png")
+            items.append(
+                (facts, repo.Prediction(tag_ids, scores, np.ones(4, np.float32) / 2), None)
+            )
+        image_ids = repo.write_images(session, generation.id, items)
+        repo.refresh_tag_counts(session, generation.id)
+        session.commit()
+        rows = session.execute(select(Tag.id, Tag.name, Tag.group, Tag.image_count)).all()
+    data = {
+        image_id: {ids[n]: float(np.float32(s)) for n, s in tags.items()}
+        for image_id, tags in zip(image_ids, images, strict=True)
+    }
+    return generation.id, data, Catalog.from_rows([tuple(r) for r in rows], {})
+
+
+def brute(plan: PlanNode, data: Mapping[int, Mapping[int, float]]) -> list[int]:
+    return sorted(i for i, tags in data.items() if _matches(plan, tags))
+
+
+def _matches(plan: PlanNode, tags: Mapping[int, float]) -> bool:
+    if isinstance(plan, PAll):
+        return True
+    if isinstance(plan, PNothing):
+        return False
+    if isinstance(plan, PTag):
+        return plan.tag_id in tags and plan.contains(tags[plan.tag_id])
+    if isinstance(plan, PNot):
+        return not _matches(plan.child, tags)
+    if isinstance(plan, PAnd):
+        return all(_matches(c, tags) for c in plan.children)
+    assert isinstance(plan, POr)
+    return any(_matches(c, tags) for c in plan.children)
