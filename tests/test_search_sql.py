@@ -123,3 +123,48 @@ def test_sql_engine_equals_brute_force_on_random_queries(migrated_url: str) -> N
             checked += 1
     engine.dispose()
     assert checked >= 900
+
+
+def test_posting_engine_equals_sql_and_brute_force(migrated_url: str) -> None:
+    from app.search.postings import PostingEngine
+
+    rng = random.Random(11)
+    images = [
+        {t: round(rng.uniform(0.05, 1.0), 3) for t in rng.sample(TAGS, rng.randint(0, 6))}
+        for _ in range(150)
+    ]
+    engine = create_db_engine(migrated_url)
+    generation, data, catalog = build_index(engine, images)
+    checked = 0
+    with session_factory(engine)() as session:
+        postings = PostingEngine.load(session, generation)
+        assert postings.is_current(session)
+        for _ in range(1000):
+            text = random_query(rng)
+            try:
+                plan = bind(parse(text).root, catalog)
+            except QueryError:
+                continue
+            expected = brute(plan, data)
+            assert postings.search(plan) == expected, text
+            if checked < 300:  # SQL is slower; a third of the queries is plenty for it
+                assert execute(session, plan, generation) == expected, text
+            checked += 1
+    engine.dispose()
+    assert checked >= 900
+
+
+def test_posting_engine_notices_a_newer_index(migrated_url: str) -> None:
+    from app.search.postings import PostingEngine
+    from app.store import repository as repo
+
+    engine = create_db_engine(migrated_url)
+    generation, data, _catalog = build_index(engine, [{"a": 0.9}, {"b": 0.8}])
+    with session_factory(engine)() as session:
+        postings = PostingEngine.load(session, generation)
+        repo.mark_deleted(session, [min(data)])
+        session.commit()
+        assert not postings.is_current(session)
+        reloaded = PostingEngine.load(session, generation)
+        assert list(reloaded.live) == [max(data)]
+    engine.dispose()
