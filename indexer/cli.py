@@ -40,7 +40,7 @@ from indexer.importer import Importer, ImportError_, ImportOptions, read_rows
 from indexer.pipeline import Indexer, IndexOptions
 from indexer.progress import progress_bar, rate_text
 from indexer.reindex import Reindexer, ReindexError, drop_generation, list_generations
-from indexer.runs import abort, finish, tracked
+from indexer.runs import Run, abort, finish, tracked
 from indexer.scan import iter_image_paths
 
 log = logging.getLogger("sagashi")
@@ -356,26 +356,15 @@ def index(
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
     engine = open_store(settings)
     tagger = load_tagger(settings)
-    aliases = _aliases(settings)
-    options = IndexOptions(
-        batch_size=settings.batch_size,
-        workers=settings.effective_decode_workers(),
-        max_pixels=settings.max_image_pixels,
-        jpeg_draft=settings.jpeg_draft,
-        score_floor=settings.score_floor,
-        aliases=aliases,
-    )
+    options = index_options(settings)
     params = {"paths": [str(p) for p in paths], "model": tagger.info.name}
     with writer_guard(), tracked(engine, "index", params, "indexing", "files") as run:
         try:
             summary = Indexer(engine, tagger, options).run(paths, run.update)
         except GenerationMismatch as exc:
-            abort(run, str(exc))
-            fail(str(exc))
+            stop(run, str(exc))
         except SQLAlchemyError as exc:
-            message = f"database error, stopped cleanly (rerun to resume): {first_line(exc)}"
-            abort(run, message)
-            fail(message)
+            stop(run, f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
         refresh_faiss(engine, settings)
         failures = [(p.path, p.code, p.message) for p in summary.failures]
         finish(run, summary.as_dict(), failures)
@@ -394,6 +383,23 @@ def writer_guard() -> Iterator[None]:
         yield
     except WriterBusy as exc:
         fail(f"{exc}; wait for it to finish (see 'sagashi jobs list')")
+
+
+def index_options(settings: Settings) -> IndexOptions:
+    return IndexOptions(
+        batch_size=settings.batch_size,
+        workers=settings.effective_decode_workers(),
+        max_pixels=settings.max_image_pixels,
+        jpeg_draft=settings.jpeg_draft,
+        score_floor=settings.score_floor,
+        aliases=_aliases(settings),
+    )
+
+
+def stop(run: Run, message: str) -> NoReturn:
+    """Record why the run stopped on its job, then exit with the same one-line reason."""
+    abort(run, message)
+    fail(message)
 
 
 def refresh_faiss(engine: Engine, settings: Settings) -> None:
@@ -446,12 +452,9 @@ def import_(
         try:
             summary = Importer(engine, options).run(read_rows(file, embeddings), run.update)
         except (ImportError_, GenerationMismatch) as exc:
-            abort(run, str(exc))
-            fail(str(exc))
+            stop(run, str(exc))
         except SQLAlchemyError as exc:
-            message = f"database error, stopped cleanly (rerun to resume): {first_line(exc)}"
-            abort(run, message)
-            fail(message)
+            stop(run, f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
         refresh_faiss(engine, settings)
         finish(
             run,
@@ -511,14 +514,7 @@ def reindex(
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
     engine = open_store(settings)
     tagger = load_tagger(settings)
-    options = IndexOptions(
-        batch_size=settings.batch_size,
-        workers=settings.effective_decode_workers(),
-        max_pixels=settings.max_image_pixels,
-        jpeg_draft=settings.jpeg_draft,
-        score_floor=settings.score_floor,
-        aliases=_aliases(settings),
-    )
+    options = index_options(settings)
     with (
         writer_guard(),
         tracked(engine, "reindex", {"model": tagger.info.name}, "reindexing", "img") as run,
@@ -526,12 +522,9 @@ def reindex(
         try:
             summary = Reindexer(engine, tagger, options, settings.data_dir).run(run.update)
         except ReindexError as exc:
-            abort(run, str(exc))
-            fail(str(exc))
+            stop(run, str(exc))
         except SQLAlchemyError as exc:
-            message = f"database error, stopped cleanly (rerun to resume): {first_line(exc)}"
-            abort(run, message)
-            fail(message)
+            stop(run, f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
         finish(run, summary.as_dict(), [(p.path, p.code, p.message) for p in summary.failures])
     for problem in summary.failures:
         log.warning("failed: %s: %s: %s", problem.path, problem.code, problem.message)

@@ -26,7 +26,7 @@ from app.store.models import Embedding, Image, ImageTag, IndexState, ModelGenera
 from app.tagger.batching import lookahead, ordered_map, predict_stacked
 from app.tagger.protocol import Tagger
 from indexer.pipeline import IndexOptions, Loaded, load_candidate
-from indexer.scan import Found, Problem
+from indexer.scan import Found, Problem, os_problem
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +147,7 @@ class Reindexer:
             try:
                 info = os.stat(path)
             except OSError as exc:
-                return Problem(
-                    path,
-                    "not_found" if isinstance(exc, FileNotFoundError) else "unreadable",
-                    f"cannot read file: {exc.strerror or exc}",
-                )
+                return os_problem(path, exc)
             return load_candidate(
                 Found(path, info.st_size, info.st_mtime_ns), preprocess, options, skip_decode=set()
             )

@@ -52,6 +52,12 @@ class Problem:
     message: str
 
 
+def os_problem(path: str, exc: OSError) -> Problem:
+    """A failed stat or open, as a per-file problem."""
+    code = "not_found" if isinstance(exc, FileNotFoundError) else "unreadable"
+    return Problem(path, code, f"cannot open: {exc.strerror or exc}")
+
+
 def has_image_extension(path: Path | str) -> bool:
     return os.path.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
 
@@ -73,11 +79,7 @@ def walk(roots: Iterable[Path]) -> Iterator[Found | Problem]:
         try:
             info = os.stat(absolute)
         except OSError as exc:
-            yield Problem(
-                absolute,
-                "not_found" if isinstance(exc, FileNotFoundError) else "unreadable",
-                f"cannot open: {exc.strerror or exc}",
-            )
+            yield os_problem(absolute, exc)
             continue
         if stat.S_ISDIR(info.st_mode):
             yield from _walk_dir(absolute, info, visited)

@@ -90,6 +90,13 @@ def test_metatags_are_refused_until_supported(migrated_url: str) -> None:
 TAGS = ["a", "b", "c", "ab", "abc", "bc", "d", "dd", "e", "f_(x)"]
 
 
+def random_images(rng: random.Random, count: int = 150) -> list[dict[str, float]]:
+    return [
+        {t: round(rng.uniform(0.05, 1.0), 3) for t in rng.sample(TAGS, rng.randint(0, 6))}
+        for _ in range(count)
+    ]
+
+
 def random_query(rng: random.Random, depth: int = 0) -> str:
     roll = rng.random()
     if depth >= 3 or roll < 0.4:
@@ -105,10 +112,7 @@ def random_query(rng: random.Random, depth: int = 0) -> str:
 
 def test_sql_engine_equals_brute_force_on_random_queries(migrated_url: str) -> None:
     rng = random.Random(7)
-    images = [
-        {t: round(rng.uniform(0.05, 1.0), 3) for t in rng.sample(TAGS, rng.randint(0, 6))}
-        for _ in range(150)
-    ]
+    images = random_images(rng)
     engine = create_db_engine(migrated_url)
     generation, data, catalog = build_index(engine, images)
     checked = 0
@@ -129,10 +133,7 @@ def test_posting_engine_equals_sql_and_brute_force(migrated_url: str) -> None:
     from app.search.postings import PostingEngine
 
     rng = random.Random(11)
-    images = [
-        {t: round(rng.uniform(0.05, 1.0), 3) for t in rng.sample(TAGS, rng.randint(0, 6))}
-        for _ in range(150)
-    ]
+    images = random_images(rng)
     engine = create_db_engine(migrated_url)
     generation, data, catalog = build_index(engine, images)
     checked = 0
