@@ -8,7 +8,18 @@ from collections.abc import Mapping
 import numpy as np
 from sqlalchemy import Engine, select
 
-from app.search.plan import Catalog, PAll, PAnd, PlanNode, PNot, PNothing, POr, PTag
+from app.search.plan import (
+    Catalog,
+    PAll,
+    PAnd,
+    PAttr,
+    PlanNode,
+    PNot,
+    PNothing,
+    POr,
+    PSha,
+    PTag,
+)
 from app.store import repository as repo
 from app.store.db import session_factory
 from app.store.models import Tag
@@ -40,7 +51,15 @@ def build_index(
         for i, tags in enumerate(images):
             tag_ids = np.array([ids[n] for n in tags], dtype=np.int64)
             scores = np.array(list(tags.values()), dtype=np.float32)
-            facts = repo.FileFacts(f"/fixture/{i:05d}.png", f"{i:064x}", 1, 1, 10, 10, "png")
+            facts = repo.FileFacts(
+                f"/fixture/{i:05d}.png",
+                fixture_sha(i),
+                1000 + 37 * i,
+                1,
+                100 + (13 * i) % 400,
+                100 + (29 * i) % 300,
+                "png",
+            )
             items.append(
                 (facts, repo.Prediction(tag_ids, scores, np.ones(4, np.float32) / 2), None)
             )
@@ -52,23 +71,48 @@ def build_index(
         image_id: {ids[n]: float(np.float32(s)) for n, s in tags.items()}
         for image_id, tags in zip(image_ids, images, strict=True)
     }
+    ATTRIBUTES.clear()
+    ATTRIBUTES.update(
+        {
+            image_id: {
+                "id": image_id,
+                "size_bytes": 1000 + 37 * i,
+                "width": 100 + (13 * i) % 400,
+                "height": 100 + (29 * i) % 300,
+                "sha256": fixture_sha(i),
+            }
+            for i, image_id in enumerate(image_ids)
+        }
+    )
     return generation.id, data, Catalog.from_rows([tuple(r) for r in rows], {})
 
 
+def fixture_sha(i: int) -> str:
+    return f"{i:064x}"
+
+
+# Image properties of the last index built, for the oracle's metatag terms.
+ATTRIBUTES: dict[int, dict[str, object]] = {}
+
+
 def brute(plan: PlanNode, data: Mapping[int, Mapping[int, float]]) -> list[int]:
-    return sorted(i for i, tags in data.items() if _matches(plan, tags))
+    return sorted(i for i, tags in data.items() if _matches(plan, tags, ATTRIBUTES[i]))
 
 
-def _matches(plan: PlanNode, tags: Mapping[int, float]) -> bool:
+def _matches(plan: PlanNode, tags: Mapping[int, float], attrs: Mapping[str, object]) -> bool:
     if isinstance(plan, PAll):
         return True
     if isinstance(plan, PNothing):
         return False
     if isinstance(plan, PTag):
         return plan.tag_id in tags and plan.contains(tags[plan.tag_id])
+    if isinstance(plan, PAttr):
+        return plan.ranges.contains(attrs[plan.column])  # type: ignore[arg-type]
+    if isinstance(plan, PSha):
+        return attrs["sha256"] == plan.sha256
     if isinstance(plan, PNot):
-        return not _matches(plan.child, tags)
+        return not _matches(plan.child, tags, attrs)
     if isinstance(plan, PAnd):
-        return all(_matches(c, tags) for c in plan.children)
+        return all(_matches(c, tags, attrs) for c in plan.children)
     assert isinstance(plan, POr)
-    return any(_matches(c, tags) for c in plan.children)
+    return any(_matches(c, tags, attrs) for c in plan.children)

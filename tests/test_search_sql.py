@@ -78,16 +78,49 @@ def test_thresholds_and_group_defaults(migrated_url: str) -> None:
     ]
 
 
-def test_metatags_are_refused_until_supported(migrated_url: str) -> None:
+def test_metatags_without_an_executor_are_refused(migrated_url: str) -> None:
     engine = create_db_engine(migrated_url)
     _generation, _data, catalog = build_index(engine, [{"a": 0.9}])
     with pytest.raises(QueryError) as info:
-        bind(parse("a width:>100").root, catalog)
+        bind(parse("a date:2024-01-01").root, catalog)
     assert (info.value.code, info.value.position) == ("unsupported", 2)
     engine.dispose()
 
 
+def test_image_property_metatags(migrated_url: str) -> None:
+    images = [{"a": 0.9}] * 4  # sizes 100/113/126/139 wide, 1000/1037/1074/1111 bytes
+    queries = [
+        "width:>110",
+        "filesize:1037..1074",
+        "a -width:113",
+        f"sha256:{2:064x}",
+        "unaliased:a",
+        "id:>0 -filesize:<1100",
+    ]
+    assert search(migrated_url, images, queries) == [
+        [2, 3, 4],
+        [2, 3],
+        [1, 3, 4],
+        [3],
+        [1, 2, 3, 4],
+        [4],
+    ]
+
+
 TAGS = ["a", "b", "c", "ab", "abc", "bc", "d", "dd", "e", "f_(x)"]
+
+
+METATAGS = [
+    "width:>300",
+    "height:100..200",
+    "filesize:<3000",
+    "id:3,5,7",
+    "width:<=150,>=450",
+    f"sha256:{7:064x}",
+    "unaliased:ab",
+    "height:250...350",
+    "filesize:>=5kb",
+]
 
 
 def random_images(rng: random.Random, count: int = 150) -> list[dict[str, float]]:
@@ -100,6 +133,8 @@ def random_images(rng: random.Random, count: int = 150) -> list[dict[str, float]
 def random_query(rng: random.Random, depth: int = 0) -> str:
     roll = rng.random()
     if depth >= 3 or roll < 0.4:
+        if rng.random() < 0.15:
+            return rng.choice(["", "-"]) + rng.choice(METATAGS)
         term = rng.choice([*TAGS, "a*", "*c", "b*", "zz*", "nope"])
         if rng.random() < 0.3:
             term += rng.choice([",>=0.5", ",0.2..0.7", ",<0.4", ",0.9", ",>0.05"])

@@ -16,10 +16,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from app.query import All, And, ErrorCode, Meta, Not, Or, QueryError, Tag, Wildcard
 from app.query.ast import Node
-from app.query.ranges import ScoreRange
+from app.query.ranges import RangeSet, ScoreRange
 from app.tagger.vocab import GROUPS
 
 WILDCARD_LIMIT = 100
@@ -72,7 +73,23 @@ class POr:
     children: tuple[PlanNode, ...]
 
 
-PlanNode = PAll | PNothing | PTag | PNot | PAnd | POr
+@dataclass(frozen=True)
+class PAttr:
+    """An image property in a set of ranges (``id``, ``width``, ``height``, ``filesize``)."""
+
+    column: str
+    ranges: RangeSet[int]
+
+
+@dataclass(frozen=True)
+class PSha:
+    sha256: str
+
+
+PlanNode = PAll | PNothing | PTag | PAttr | PSha | PNot | PAnd | POr
+
+# Metatags bound to image columns; the rest are refused until their executors exist.
+ATTRIBUTE_COLUMNS = {"id": "id", "width": "width", "height": "height", "filesize": "size_bytes"}
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,17 @@ def bind(
     if isinstance(node, Or):
         return _or([bind(c, catalog, thresholds) for c in node.children])
     assert isinstance(node, Meta)
+    return _meta(node, catalog, thresholds)
+
+
+def _meta(node: Meta, catalog: Catalog, thresholds: Mapping[str, float]) -> PlanNode:
+    if node.name in ATTRIBUTE_COLUMNS and isinstance(node.value, RangeSet):
+        return PAttr(ATTRIBUTE_COLUMNS[node.name], cast(RangeSet[int], node.value))
+    if node.name == "sha256" and isinstance(node.value, str):
+        return PSha(node.value)
+    if node.name == "unaliased" and isinstance(node.value, str):
+        info = catalog.tags.get(node.value)  # the name as typed: no alias applied
+        return _tag(info, None, thresholds) if info else PNothing()
     raise QueryError(
         ErrorCode.UNSUPPORTED,
         f"the metatag '{node.name}:' is not supported by the search engine yet",

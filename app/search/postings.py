@@ -20,8 +20,8 @@ from pyroaring import BitMap
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.search.plan import PAll, PAnd, PlanNode, PNot, PNothing, POr, PTag
-from app.store.models import Embedding, ImageTag
+from app.search.plan import PAll, PAnd, PAttr, PlanNode, PNot, PNothing, POr, PSha, PTag
+from app.store.models import Embedding, Image, ImageTag
 from app.store.repository import index_version
 
 CACHE_SIZE = 4096
@@ -46,14 +46,41 @@ class Postings:
         return self.ids[start:end] if start < end else self.ids[:0]
 
 
+@dataclass(frozen=True)
+class Attributes:
+    """Per-image columns of the live images, aligned with ``ids`` (ascending)."""
+
+    ids: np.ndarray
+    columns: dict[str, np.ndarray]
+    sha256: dict[str, list[int]]
+
+    def select(self, plan: PAttr) -> BitMap:
+        values = self.columns[plan.column]
+        mask = np.zeros(len(values), dtype=bool)
+        for part in plan.ranges.ranges:
+            inside = np.ones(len(values), dtype=bool)
+            if part.lo is not None:
+                inside &= values >= part.lo if part.lo_inclusive else values > part.lo
+            if part.hi is not None:
+                inside &= values <= part.hi if part.hi_inclusive else values < part.hi
+            mask |= inside
+        return BitMap(self.ids[mask])
+
+
 class PostingEngine:
     def __init__(
-        self, generation_id: int, version: int, live: BitMap, postings: dict[int, Postings]
+        self,
+        generation_id: int,
+        version: int,
+        live: BitMap,
+        postings: dict[int, Postings],
+        attributes: Attributes,
     ) -> None:
         self.generation_id = generation_id
         self.version = version
         self.live = live
         self.postings = postings
+        self.attributes = attributes
         self._cache: OrderedDict[PTag, BitMap] = OrderedDict()
 
     @classmethod
@@ -73,7 +100,9 @@ class PostingEngine:
             tags.append(tag_id)
             scores.append(score)
             images.append(image_id)
-        return cls(generation_id, version, BitMap(live_ids), _group(tags, scores, images))
+        live = BitMap(live_ids)
+        attributes = _attributes(session, live)
+        return cls(generation_id, version, live, _group(tags, scores, images), attributes)
 
     def is_current(self, session: Session) -> bool:
         return index_version(session, self.generation_id) == self.version
@@ -85,6 +114,10 @@ class PostingEngine:
             return BitMap()
         if isinstance(plan, PTag):
             return self._tag(plan)
+        if isinstance(plan, PAttr):
+            return self.attributes.select(plan) & self.live
+        if isinstance(plan, PSha):
+            return BitMap(self.attributes.sha256.get(plan.sha256, ())) & self.live
         if isinstance(plan, PNot):
             return self.live - self.evaluate(plan.child)
         if isinstance(plan, POr):
@@ -113,6 +146,31 @@ class PostingEngine:
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return bitmap
+
+
+def _attributes(session: Session, live: BitMap) -> Attributes:
+    rows = [
+        row
+        for row in session.execute(
+            select(Image.id, Image.width, Image.height, Image.size_bytes, Image.sha256)
+            .where(Image.deleted_at.is_(None))
+            .order_by(Image.id)
+        ).all()
+        if row[0] in live
+    ]
+    by_sha: dict[str, list[int]] = {}
+    for row in rows:
+        by_sha.setdefault(row[4], []).append(row[0])
+    return Attributes(
+        ids=np.array([r[0] for r in rows], dtype=np.uint32),
+        columns={
+            "id": np.array([r[0] for r in rows], dtype=np.int64),
+            "width": np.array([r[1] for r in rows], dtype=np.int64),
+            "height": np.array([r[2] for r in rows], dtype=np.int64),
+            "size_bytes": np.array([r[3] for r in rows], dtype=np.int64),
+        },
+        sha256=by_sha,
+    )
 
 
 def _group(tags: list[int], scores: list[float], images: list[int]) -> dict[int, Postings]:

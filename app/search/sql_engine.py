@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, except_, false, intersect, select, union
+from sqlalchemy import Select, and_, except_, false, intersect, or_, select, true, union
 from sqlalchemy.orm import Session
 
-from app.search.plan import PAll, PAnd, PlanNode, PNot, PNothing, POr, PTag
-from app.store.models import Embedding, ImageTag
+from app.query.ranges import Range
+from app.search.plan import PAll, PAnd, PAttr, PlanNode, PNot, PNothing, POr, PSha, PTag
+from app.store.models import Embedding, Image, ImageTag
 
 
 def to_select(plan: PlanNode, generation_id: int) -> Select[Any]:
@@ -25,6 +26,8 @@ def to_select(plan: PlanNode, generation_id: int) -> Select[Any]:
         return select(ImageTag.image_id).where(false())
     if isinstance(plan, PTag):
         return _tag(plan, generation_id)
+    if isinstance(plan, PAttr | PSha):
+        return _image_filter(plan, generation_id)
     if isinstance(plan, PNot):
         return _flat(
             except_(to_select(PAll(), generation_id), to_select(plan.child, generation_id))
@@ -53,6 +56,24 @@ def _tag(plan: PTag, generation_id: int) -> Select[Any]:
     if plan.hi is not None:
         query = query.where(score <= plan.hi if plan.hi_inclusive else score < plan.hi)
     return query
+
+
+def _image_filter(plan: PAttr | PSha, generation_id: int) -> Select[Any]:
+    live = select(Embedding.image_id).where(Embedding.generation_id == generation_id)
+    query = select(Image.id).where(Image.deleted_at.is_(None), Image.id.in_(live))
+    if isinstance(plan, PSha):
+        return query.where(Image.sha256 == plan.sha256)
+    column = getattr(Image, plan.column)
+    return query.where(or_(*(_in_range(column, part) for part in plan.ranges.ranges)))
+
+
+def _in_range(column: Any, part: Range[int]) -> Any:
+    conditions = []
+    if part.lo is not None:
+        conditions.append(column >= part.lo if part.lo_inclusive else column > part.lo)
+    if part.hi is not None:
+        conditions.append(column <= part.hi if part.hi_inclusive else column < part.hi)
+    return and_(*conditions) if conditions else true()
 
 
 def _flat(compound: object) -> Select[Any]:
