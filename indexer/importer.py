@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from app.store import repository as repo
 from app.store.aliases import canonical
 from app.store.db import session_factory
+from app.store.formats import canonical_format
 from app.store.models import Image, Tag
 from app.tagger.vocab import GENERAL, GROUP_CODE, TagVocabulary
 
@@ -196,7 +197,7 @@ def validate(row: Row, dim: int | None, options: ImportOptions, known: set[str])
         0,
         width,
         height,
-        os.path.splitext(path)[1].lstrip(".").lower()[:16],
+        canonical_format(os.path.splitext(path)[1])[:16],
     )
     return Valid(facts, tags, embedding)
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from app.store import repository as repo
 from app.store.db import session_factory
+from app.store.formats import canonical_format
 from app.store.models import Image
 from app.tagger.batching import lookahead, ordered_map, predict_stacked
 from app.tagger.decode import decode_with_meta
@@ -306,6 +307,12 @@ def load_candidate(
         loaded.error = exc
         return loaded
     loaded.facts = repo.FileFacts(
-        item.path, loaded.sha256, item.size, item.mtime_ns, meta.width, meta.height, meta.format
+        item.path,
+        loaded.sha256,
+        item.size,
+        item.mtime_ns,
+        meta.width,
+        meta.height,
+        canonical_format(meta.format),
     )
     return loaded

@@ -13,10 +13,12 @@ from app.search.plan import (
     PAll,
     PAnd,
     PAttr,
+    PFormat,
     PlanNode,
     PNot,
     PNothing,
     POr,
+    PPath,
     PSha,
     PTag,
 )
@@ -52,13 +54,13 @@ def build_index(
             tag_ids = np.array([ids[n] for n in tags], dtype=np.int64)
             scores = np.array(list(tags.values()), dtype=np.float32)
             facts = repo.FileFacts(
-                f"/fixture/{i:05d}.png",
+                fixture_path(i),
                 fixture_sha(i),
                 1000 + 37 * i,
                 1,
                 100 + (13 * i) % 400,
                 100 + (29 * i) % 300,
-                "png",
+                FORMATS[i % 3],
             )
             items.append(
                 (facts, repo.Prediction(tag_ids, scores, np.ones(4, np.float32) / 2), None)
@@ -80,6 +82,8 @@ def build_index(
                 "width": 100 + (13 * i) % 400,
                 "height": 100 + (29 * i) % 300,
                 "sha256": fixture_sha(i),
+                "format": FORMATS[i % 3],
+                "path": fixture_path(i),
             }
             for i, image_id in enumerate(image_ids)
         }
@@ -89,6 +93,14 @@ def build_index(
 
 def fixture_sha(i: int) -> str:
     return f"{i:064x}"
+
+
+FORMATS = ("png", "jpeg", "webp")
+
+
+def fixture_path(i: int) -> str:
+    folder = ("art", "Art_[1]", "photos")[i % 5 % 3]
+    return f"/fixture/{folder}/{i:05d}.{('png', 'jpg', 'webp')[i % 3]}"
 
 
 # Image properties of the last index built, for the oracle's metatag terms.
@@ -110,6 +122,10 @@ def _matches(plan: PlanNode, tags: Mapping[int, float], attrs: Mapping[str, obje
         return plan.ranges.contains(attrs[plan.column])  # type: ignore[arg-type]
     if isinstance(plan, PSha):
         return attrs["sha256"] == plan.sha256
+    if isinstance(plan, PFormat):
+        return attrs["format"] in plan.formats
+    if isinstance(plan, PPath):
+        return plan.regex().fullmatch(str(attrs["path"])) is not None
     if isinstance(plan, PNot):
         return not _matches(plan.child, tags, attrs)
     if isinstance(plan, PAnd):

@@ -111,16 +111,11 @@ TAGS = ["a", "b", "c", "ab", "abc", "bc", "d", "dd", "e", "f_(x)"]
 
 
 METATAGS = [
-    "width:>300",
-    "height:100..200",
-    "filesize:<3000",
-    "id:3,5,7",
-    "width:<=150,>=450",
-    f"sha256:{7:064x}",
-    "unaliased:ab",
-    "height:250...350",
-    "filesize:>=5kb",
-]
+    "width:>300", "height:100..200", "filesize:<3000", "id:3,5,7", "width:<=150,>=450",
+    f"sha256:{7:064x}", "unaliased:ab", "height:250...350", "filesize:>=5kb",
+    "filetype:jpg", "filetype:png,webp", "path:/fixture/art/*", "path:*[1]*", "path:*0?.png",
+    "path:/FIXTURE/*", "path:*_*",
+]  # fmt: skip
 
 
 def random_images(rng: random.Random, count: int = 150) -> list[dict[str, float]]:
@@ -204,3 +199,19 @@ def test_posting_engine_notices_a_newer_index(migrated_url: str) -> None:
         reloaded = PostingEngine.load(session, generation)
         assert list(reloaded.live) == [max(data)]
     engine.dispose()
+
+
+def test_filetype_and_path_metatags(migrated_url: str) -> None:
+    images = [{"a": 0.9}] * 4
+    # /fixture/art/00000.png, /fixture/Art_[1]/00001.jpg (jpeg), /fixture/photos/00002.webp,
+    # /fixture/art/00003.png
+    queries = [
+        "filetype:jpg",
+        "filetype:jpeg,webp",
+        "path:*.png",
+        "path:/fixture/Art_[1]/*",
+        "path:*ART*",
+        "-path:*/art/*",
+        "path:/fixture/????/*",
+    ]
+    assert search(migrated_url, images, queries) == [[2], [2, 3], [1, 4], [2], [], [2, 3], []]

@@ -21,6 +21,7 @@ from typing import cast
 from app.query import All, And, ErrorCode, Meta, Not, Or, QueryError, Tag, Wildcard
 from app.query.ast import Node
 from app.query.ranges import RangeSet, ScoreRange
+from app.store.formats import canonical_format
 from app.tagger.vocab import GROUPS
 
 WILDCARD_LIMIT = 100
@@ -86,7 +87,26 @@ class PSha:
     sha256: str
 
 
-PlanNode = PAll | PNothing | PTag | PAttr | PSha | PNot | PAnd | POr
+@dataclass(frozen=True)
+class PFormat:
+    """``filetype:``: canonical format names (``jpg`` is ``jpeg``)."""
+
+    formats: frozenset[str]
+
+
+@dataclass(frozen=True)
+class PPath:
+    """``path:``: a case-sensitive glob over the whole path; ``*`` is any run of characters
+    (``/`` included), ``?`` one character, everything else literal."""
+
+    pattern: str
+
+    def regex(self) -> re.Pattern[str]:
+        parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in self.pattern)
+        return re.compile("".join(parts), re.DOTALL)
+
+
+PlanNode = PAll | PNothing | PTag | PAttr | PSha | PFormat | PPath | PNot | PAnd | POr
 
 # Metatags bound to image columns; the rest are refused until their executors exist.
 ATTRIBUTE_COLUMNS = {"id": "id", "width": "width", "height": "height", "filesize": "size_bytes"}
@@ -154,6 +174,10 @@ def _meta(node: Meta, catalog: Catalog, thresholds: Mapping[str, float]) -> Plan
         return PAttr(ATTRIBUTE_COLUMNS[node.name], cast(RangeSet[int], node.value))
     if node.name == "sha256" and isinstance(node.value, str):
         return PSha(node.value)
+    if node.name == "filetype" and isinstance(node.value, tuple):
+        return PFormat(frozenset(canonical_format(str(v)) for v in node.value))
+    if node.name == "path" and isinstance(node.value, str):
+        return PPath(node.value)
     if node.name == "unaliased" and isinstance(node.value, str):
         info = catalog.tags.get(node.value)  # the name as typed: no alias applied
         return _tag(info, None, thresholds) if info else PNothing()

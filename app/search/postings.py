@@ -20,7 +20,19 @@ from pyroaring import BitMap
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.search.plan import PAll, PAnd, PAttr, PlanNode, PNot, PNothing, POr, PSha, PTag
+from app.search.plan import (
+    PAll,
+    PAnd,
+    PAttr,
+    PFormat,
+    PlanNode,
+    PNot,
+    PNothing,
+    POr,
+    PPath,
+    PSha,
+    PTag,
+)
 from app.store.models import Embedding, Image, ImageTag
 from app.store.repository import index_version
 
@@ -53,6 +65,19 @@ class Attributes:
     ids: np.ndarray
     columns: dict[str, np.ndarray]
     sha256: dict[str, list[int]]
+    formats: np.ndarray  # str objects
+    paths: list[str]
+
+    def with_format(self, plan: PFormat) -> BitMap:
+        return BitMap(self.ids[np.isin(self.formats, sorted(plan.formats))])
+
+    def with_path(self, plan: PPath) -> BitMap:
+        regex = plan.regex()
+        return BitMap(
+            int(i)
+            for i, path in zip(self.ids.tolist(), self.paths, strict=True)
+            if regex.fullmatch(path)
+        )
 
     def select(self, plan: PAttr) -> BitMap:
         values = self.columns[plan.column]
@@ -118,6 +143,10 @@ class PostingEngine:
             return self.attributes.select(plan) & self.live
         if isinstance(plan, PSha):
             return BitMap(self.attributes.sha256.get(plan.sha256, ())) & self.live
+        if isinstance(plan, PFormat):
+            return self.attributes.with_format(plan) & self.live
+        if isinstance(plan, PPath):
+            return self.attributes.with_path(plan) & self.live
         if isinstance(plan, PNot):
             return self.live - self.evaluate(plan.child)
         if isinstance(plan, POr):
@@ -152,7 +181,15 @@ def _attributes(session: Session, live: BitMap) -> Attributes:
     rows = [
         row
         for row in session.execute(
-            select(Image.id, Image.width, Image.height, Image.size_bytes, Image.sha256)
+            select(
+                Image.id,
+                Image.width,
+                Image.height,
+                Image.size_bytes,
+                Image.sha256,
+                Image.format,
+                Image.path,
+            )
             .where(Image.deleted_at.is_(None))
             .order_by(Image.id)
         ).all()
@@ -170,6 +207,8 @@ def _attributes(session: Session, live: BitMap) -> Attributes:
             "size_bytes": np.array([r[3] for r in rows], dtype=np.int64),
         },
         sha256=by_sha,
+        formats=np.array([r[5] for r in rows], dtype=object),
+        paths=[r[6] for r in rows],
     )
 
 

@@ -148,7 +148,7 @@ def _decode_stream(
             meta = SourceMeta(
                 height if rotated else width,
                 width if rotated else height,
-                (image.format or "unknown").lower(),
+                (image.format or "unknown").lower(),  # see app.store.formats for aliases
             )
             return to_rgb(upright), meta
         except Image.DecompressionBombError as exc:
