@@ -12,3 +12,5 @@ def configure_logging(level: str = "INFO") -> None:
         datefmt="%H:%M:%S",
         force=True,
     )
+    # Alembic narrates every schema check at INFO; only its warnings matter to a user.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -20,6 +20,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.logs import configure_logging
+from app.query import QueryError
+from app.search.service import EmptyIndex
+from app.search.service import search as run_search
 from app.settings import Settings
 from app.store import migrate, vectors
 from app.store.aliases import AliasError, load_aliases
@@ -606,6 +609,36 @@ def jobs_show(job_id: Annotated[int, typer.Argument(help="Job id (see 'jobs list
         {"path": f.path, "code": f.code, "message": f.message} for f in job_failures(engine, job_id)
     ]
     sys.stdout.write(json.dumps(record, indent=2) + "\n")
+
+
+@app.command(
+    epilog='Example: sagashi search "1girl solo -monochrome hu_tao_(genshin_impact),>=0.9"'
+)
+def search(
+    query: Annotated[str, typer.Argument(help="Danbooru-syntax query (quote it).")],
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="Most hits printed.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines: id, path, size.")] = False,
+) -> None:
+    """Search the index with Danbooru's syntax and print matching paths, newest first.
+
+    Tag terms take confidence thresholds (tag,>=0.9; tag,0.5..0.8); a term without one uses
+    its group's default. A malformed query exits 2 with the reason and its position. A query
+    that starts with "-" goes after "--": sagashi search -- "-monochrome 1girl".
+    """
+    settings = load_settings()
+    engine = open_store(settings)
+    try:
+        total, hits = run_search(engine, query, _aliases(settings), limit)
+    except QueryError as exc:
+        fail(f"bad query at character {exc.position} ({exc.code}): {exc.message}")
+    except EmptyIndex as exc:
+        fail(str(exc))
+    for hit in hits:
+        if as_json:
+            sys.stdout.write(json.dumps(hit.__dict__) + "\n")
+        else:
+            sys.stdout.write(hit.path + "\n")
+    log.info("%d images match; %d shown", total, len(hits))
 
 
 def current_generation_id(engine: Engine) -> int | None:
