@@ -66,6 +66,8 @@ def test_tag_queries_agree_with_negation(indexed: dict[str, str]) -> None:
         ("a --solo", "bad query at character 3 (syntax): only one prefix per term"),
         ("date:2024-01-01", "bad query at character 0 (unsupported): the metatag 'date:'"),
         ("ratng:s", "bad query at character 0 (unknown_metatag)"),
+        ("1girl order:id", "bad query at character 6 (unsupported): the metatag 'order:'"),
+        ("similar:3", "bad query at character 0 (unsupported): the metatag 'similar:'"),
     ],
 )
 def test_bad_queries_exit_2_with_the_position(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
 
-from app.query import parse
+from app.query import ErrorCode, QueryError, parse
 from app.search.plan import DEFAULT_THRESHOLDS, Catalog, bind
 from app.search.sql_engine import execute
 from app.store.db import session_factory
@@ -36,6 +36,13 @@ def search(
 ) -> tuple[int, list[Hit]]:
     """(total matches, the first ``limit`` hits by id descending, newest first)."""
     query = parse(text)
+    for name, value in (("order", query.order), ("similar", query.similar)):
+        if value is not None:
+            raise QueryError(
+                ErrorCode.UNSUPPORTED,
+                f"the metatag '{name}:' is not supported by the search engine yet",
+                max(0, text.lower().find(f"{name}:")),
+            )
     with session_factory(engine)() as session:
         generation = active_generation(session)
         if generation is None:
