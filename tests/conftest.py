@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,21 @@ def tiny_pixai_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_wd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_wd(tmp_path_factory.mktemp("wd"))
+
+
+SAGASHI = str(Path(sys.executable).with_name("sagashi"))
+
+
+def run_sagashi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``sagashi`` command as a user would, over this process's environment."""
+    return subprocess.run(
+        [SAGASHI, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 PG_URL = os.environ.get("SAGASHI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,16 +18,12 @@ from app.tagger.config import ModelConfig
 from app.tagger.decode import decode_image
 from app.tagger.model import locate_model_files
 from app.tagger.timm_tagger import preprocess_for
+from tests.conftest import run_sagashi
 from tests.test_tagger_load import direct_forward
-
-SAGASHI = str(Path(sys.executable).with_name("sagashi"))
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "SAGASHI_LOG_LEVEL": "WARNING", **(env or {})}
-    return subprocess.run(
-        [SAGASHI, *args], capture_output=True, text=True, timeout=300, env=full_env, check=False
-    )
+    return run_sagashi(*args, env={"SAGASHI_LOG_LEVEL": "WARNING", **(env or {})})
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +15,8 @@ from app.store.db import create_db_engine, session_factory
 from app.store.models import Image
 from app.tagger import TimmTagger
 from indexer.pipeline import Indexer, IndexOptions
+from tests.conftest import run_sagashi
 from tests.index_helpers import make_image, snapshot
-
-SAGASHI = str(Path(sys.executable).with_name("sagashi"))
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +118,7 @@ def test_bad_files_are_recorded_and_the_run_goes_on(
     }
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [SAGASHI, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env},
-        check=False,
-    )
+run_cli = run_sagashi
 
 
 def test_cli_refuses_an_unmigrated_database_then_indexes(

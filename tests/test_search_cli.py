@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_sagashi
 from tests.index_helpers import make_image
 
-SAGASHI = str(Path(sys.executable).with_name("sagashi"))
-
-
-def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [SAGASHI, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env},
-        check=False,
-    )
+run = run_sagashi  # every call passes the index's environment
 
 
 @pytest.fixture(scope="module")

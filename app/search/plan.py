@@ -22,15 +22,9 @@ from app.query import All, And, ErrorCode, Meta, Not, Or, QueryError, Tag, Wildc
 from app.query.ast import Node
 from app.query.ranges import RangeSet, ScoreRange
 from app.store.formats import canonical_format
-from app.tagger.vocab import GROUPS
+from app.tagger.vocab import DEFAULT_THRESHOLDS, GROUPS
 
 WILDCARD_LIMIT = 100
-DEFAULT_THRESHOLDS: Mapping[str, float] = {
-    "general": 0.30,
-    "character": 0.75,
-    "copyright": 0.75,
-    "rating": 0.5,
-}
 
 
 @dataclass(frozen=True)

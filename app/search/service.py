@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, select
 
 from app.query import ErrorCode, QueryError, parse
-from app.search.plan import DEFAULT_THRESHOLDS, Catalog, bind
+from app.search.plan import Catalog, bind
 from app.search.sql_engine import execute
 from app.store.db import session_factory
 from app.store.models import Image, Tag
 from app.store.repository import active_generation
+from app.tagger.vocab import DEFAULT_THRESHOLDS
 
 
 class EmptyIndex(Exception):

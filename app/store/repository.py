@@ -26,9 +26,7 @@ from app.store.models import (
     Tag,
 )
 from app.tagger.protocol import ModelInfo
-from app.tagger.vocab import GROUP_CODE, GROUPS, TagVocabulary
-
-DEFAULT_GROUP_THRESHOLDS = {"general": 0.30, "character": 0.75, "copyright": 0.75, "rating": 0.5}
+from app.tagger.vocab import DEFAULT_THRESHOLDS, GROUP_CODE, GROUPS, TagVocabulary
 
 
 def now() -> datetime:
@@ -343,7 +341,7 @@ def mark_deleted(session: Session, image_ids: Sequence[int]) -> None:
 def refresh_tag_counts(session: Session, generation_id: int) -> None:
     """image_count: images of the generation tagged at the group's default threshold."""
     session.execute(update(Tag).values(image_count=0))
-    for group, threshold in DEFAULT_GROUP_THRESHOLDS.items():
+    for group, threshold in DEFAULT_THRESHOLDS.items():
         counts = (
             select(ImageTag.tag_id, func.count().label("n"))
             .join(Tag, Tag.id == ImageTag.tag_id)
