@@ -21,8 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.logs import configure_logging
 from app.query import QueryError
-from app.search.service import EmptyIndex
-from app.search.service import search as run_search
+from app.search.paging import CursorError
+from app.search.service import EmptyIndex, NotFound, SearchRequest, SearchService
 from app.settings import Settings
 from app.store import migrate, vectors
 from app.store.aliases import AliasError, load_aliases
@@ -617,28 +617,54 @@ def jobs_show(job_id: Annotated[int, typer.Argument(help="Job id (see 'jobs list
 def search(
     query: Annotated[str, typer.Argument(help="Danbooru-syntax query (quote it).")],
     limit: Annotated[int, typer.Option(min=1, max=100_000, help="Most hits printed.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines: id, path, size.")] = False,
+    cursor: Annotated[
+        str | None, typer.Option(help="Continue after a page: the 'next' cursor it printed.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON lines: id, path, size, similarity.")
+    ] = False,
+    engine_kind: Annotated[
+        str, typer.Option("--engine", help="memory (posting engine) or sql.")
+    ] = "memory",
+    hide_duplicates: Annotated[
+        bool, typer.Option(help="With similar:, hide near-duplicates of the query image.")
+    ] = False,
 ) -> None:
     """Search the index with Danbooru's syntax and print matching paths, newest first.
 
     Tag terms take confidence thresholds (tag,>=0.9; tag,0.5..0.8); a term without one uses
-    its group's default. A malformed query exits 2 with the reason and its position. A query
-    that starts with "-" goes after "--": sagashi search -- "-monochrome 1girl".
+    its group's default. order: sorts (order:filesize, order:score:1girl, order:random);
+    similar:ID finds the images most like image ID, filtered by the rest of the query. The
+    count and the cursor of the next page go to stderr. A malformed query exits 2 with the
+    reason and its position. A query that starts with "-" goes after "--":
+    sagashi search -- "-monochrome 1girl".
     """
+    if engine_kind not in ("memory", "sql"):
+        fail(f"--engine must be memory or sql, not {engine_kind!r}")
     settings = load_settings()
     engine = open_store(settings)
+    service = SearchService(
+        engine,
+        settings.data_dir,
+        _aliases(settings),
+        "memory" if engine_kind == "memory" else "sql",
+    )
+    request = SearchRequest(query, limit, cursor, hide_duplicates=hide_duplicates)
     try:
-        total, hits = run_search(engine, query, _aliases(settings), limit)
+        result = service.search(request)
     except QueryError as exc:
         fail(f"bad query at character {exc.position} ({exc.code}): {exc.message}")
-    except EmptyIndex as exc:
+    except (EmptyIndex, NotFound, CursorError) as exc:
         fail(str(exc))
-    for hit in hits:
+    for hit in result.hits:
         if as_json:
-            sys.stdout.write(json.dumps(hit.__dict__) + "\n")
+            record = {k: v for k, v in hit.__dict__.items() if v is not None}
+            sys.stdout.write(json.dumps(record) + "\n")
         else:
             sys.stdout.write(hit.path + "\n")
-    log.info("%d images match; %d shown", total, len(hits))
+    log.info("%d images match; %d shown", result.count, len(result.hits))
+    if result.next_cursor:
+        log.info("next page: --cursor %s", result.next_cursor)
 
 
 def current_generation_id(engine: Engine) -> int | None:

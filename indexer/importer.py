@@ -323,6 +323,7 @@ class Importer:
                         progress(summary.new + summary.updated + summary.failed)
             self._write(session, generation.id, pending, summary)
             repo.refresh_tag_counts(session, generation.id)
+            repo.prune_changes(session)
             session.commit()
         return summary
 

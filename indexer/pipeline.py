@@ -131,6 +131,7 @@ class Indexer:
                 repo.mark_deleted(session, gone)
                 summary.deleted = len(gone)
             repo.refresh_tag_counts(session, generation.id)
+            repo.prune_changes(session)
             session.commit()
         summary.new, summary.modified = batch.new, batch.modified
         return summary

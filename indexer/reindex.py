@@ -219,6 +219,7 @@ class Reindexer:
             update(Image).where(Image.deleted_at.is_(None)).values(generation_id=generation_id)
         )
         repo.refresh_tag_counts(session, generation_id)
+        repo.prune_changes(session)
         session.commit()
         log.info("generation %d is now active", generation_id)
 

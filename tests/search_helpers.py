@@ -19,12 +19,15 @@ from app.search.plan import (
     PNothing,
     POr,
     PPath,
+    PRating,
     PSha,
     PTag,
+    PTagCount,
 )
+from app.search.postings import micros
 from app.store import repository as repo
 from app.store.db import session_factory
-from app.store.models import Tag
+from app.store.models import Image, Tag
 from app.tagger.preprocess import Preprocess
 from app.tagger.protocol import ModelInfo
 from app.tagger.vocab import GROUP_CODE
@@ -69,6 +72,9 @@ def build_index(
         repo.refresh_tag_counts(session, generation.id)
         session.commit()
         rows = session.execute(select(Tag.id, Tag.name, Tag.group, Tag.image_count)).all()
+        indexed = dict(session.execute(select(Image.id, Image.indexed_at)).all())
+    TAG_GROUPS.clear()
+    TAG_GROUPS.update({int(r[0]): int(r[2]) for r in rows})
     data = {
         image_id: {ids[n]: float(np.float32(s)) for n, s in tags.items()}
         for image_id, tags in zip(image_ids, images, strict=True)
@@ -84,6 +90,9 @@ def build_index(
                 "sha256": fixture_sha(i),
                 "format": FORMATS[i % 3],
                 "path": fixture_path(i),
+                "mpixels": (100 + (13 * i) % 400) * (100 + (29 * i) % 300) / 1_000_000.0,
+                "ratio": (100 + (13 * i) % 400) / (100 + (29 * i) % 300),
+                "indexed_us": micros(indexed[image_id]),
             }
             for i, image_id in enumerate(image_ids)
         }
@@ -103,8 +112,9 @@ def fixture_path(i: int) -> str:
     return f"/fixture/{folder}/{i:05d}.{('png', 'jpg', 'webp')[i % 3]}"
 
 
-# Image properties of the last index built, for the oracle's metatag terms.
+# Image properties and tag groups of the last index built, for the oracle's metatag terms.
 ATTRIBUTES: dict[int, dict[str, object]] = {}
+TAG_GROUPS: dict[int, int] = {}
 
 
 def brute(plan: PlanNode, data: Mapping[int, Mapping[int, float]]) -> list[int]:
@@ -120,6 +130,16 @@ def _matches(plan: PlanNode, tags: Mapping[int, float], attrs: Mapping[str, obje
         return plan.tag_id in tags and plan.contains(tags[plan.tag_id])
     if isinstance(plan, PAttr):
         return plan.ranges.contains(attrs[plan.column])  # type: ignore[arg-type]
+    if isinstance(plan, PRating):
+        return _rating(plan, tags) in plan.wanted
+    if isinstance(plan, PTagCount):
+        thresholds = dict(plan.groups)
+        count = sum(
+            1
+            for tag_id, score in tags.items()
+            if TAG_GROUPS[tag_id] in thresholds and score >= thresholds[TAG_GROUPS[tag_id]]
+        )
+        return plan.ranges.contains(count)
     if isinstance(plan, PSha):
         return attrs["sha256"] == plan.sha256
     if isinstance(plan, PFormat):
@@ -132,3 +152,12 @@ def _matches(plan: PlanNode, tags: Mapping[int, float], attrs: Mapping[str, obje
         return all(_matches(c, tags, attrs) for c in plan.children)
     assert isinstance(plan, POr)
     return any(_matches(c, tags, attrs) for c in plan.children)
+
+
+def _rating(plan: PRating, tags: Mapping[int, float]) -> int:
+    """The index of the highest-scoring stored rating tag, ties to the first; -1 if none."""
+    best, best_score = -1, -1.0
+    for index, tag_id in enumerate(plan.tag_ids):
+        if tag_id is not None and tag_id in tags and tags[tag_id] > best_score:
+            best, best_score = index, tags[tag_id]
+    return best

@@ -51,10 +51,11 @@ def test_tag_queries_agree_with_negation(indexed: dict[str, str]) -> None:
     [
         ("1girl (solo", "bad query at character 6 (unbalanced_parens)"),
         ("a --solo", "bad query at character 3 (syntax): only one prefix per term"),
-        ("date:2024-01-01", "bad query at character 0 (unsupported): the metatag 'date:'"),
+        ("md5:" + "0" * 32, "bad query at character 0 (unsupported): Sagashi does not store MD5"),
+        ("rating:g", "(unsupported): rating: needs a model that predicts ratings"),
         ("ratng:s", "bad query at character 0 (unknown_metatag)"),
-        ("1girl order:id", "bad query at character 6 (unsupported): the metatag 'order:'"),
-        ("similar:3", "bad query at character 0 (unsupported): the metatag 'similar:'"),
+        ("1girl order:similarity", "bad query at character 6 (bad_value): order:similarity needs"),
+        ("similar:3 order:id", "character 10 (conflicting_singleton): a similarity search is"),
     ],
 )
 def test_bad_queries_exit_2_with_the_position(
@@ -64,3 +65,67 @@ def test_bad_queries_exit_2_with_the_position(
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("sagashi: error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_order_and_cursor_pages_cover_every_image_once(indexed: dict[str, str]) -> None:
+    for order in ("", "order:id", "order:filesize", "order:mpixels_asc", "order:random"):
+        seen: list[str] = []
+        cursor: list[str] = []
+        for _ in range(10):
+            result = run("search", order, "--limit", "4", *cursor, env=indexed)
+            assert result.returncode == 0, result.stderr
+            seen += result.stdout.splitlines()
+            nexts = [
+                line.split("--cursor ")[1]
+                for line in result.stderr.splitlines()
+                if "--cursor" in line
+            ]
+            if not nexts:
+                break
+            cursor = ["--cursor", nexts[0]]
+        assert len(seen) == 6 and len(set(seen)) == 6, order
+    by_pixels = [
+        json.loads(line)
+        for line in run("search", "order:mpixels", "--json", env=indexed).stdout.splitlines()
+    ]
+    pixels = [h["width"] * h["height"] for h in by_pixels]
+    assert pixels == sorted(pixels, reverse=True)
+
+
+def test_similar_by_id_ranks_by_cosine_and_excludes_the_image(indexed: dict[str, str]) -> None:
+    first = json.loads(run("search", "limit:1", "--json", env=indexed).stdout.splitlines()[0])
+    result = run("search", f"similar:{first['id']}", "--json", env=indexed)
+    assert result.returncode == 0, result.stderr
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(hits) == 5 and first["id"] not in {h["id"] for h in hits}
+    scores = [h["similarity"] for h in hits]
+    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
+    filtered = run("search", f"similar:{first['id']} width:>=80", "--json", env=indexed)
+    widths = sorted(json.loads(line)["width"] for line in filtered.stdout.splitlines())
+    assert widths == [w for w in (80, 88) if w != first["width"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["similar:999999"], "no image 999999 in the index"),
+        (["", "--cursor", "not-a-cursor"], "the cursor is malformed"),
+        (
+            ["order:filesize", "--cursor", "eyJvIjoiaWRfZGVzYyIsImsiOjUsImkiOjUsInMiOjB9"],
+            "belongs to order 'id_desc'",
+        ),
+        (["", "--engine", "nosql"], "--engine must be memory or sql"),
+    ],
+)
+def test_bad_similar_ids_and_cursors_exit_2(
+    indexed: dict[str, str], args: list[str], message: str
+) -> None:
+    result = run("search", *args, env=indexed)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_sql_engine_gives_the_same_pages(indexed: dict[str, str]) -> None:
+    for query in ("", "order:filesize", "order:score:1girl", "width:>50 order:tagcount"):
+        memory = run("search", query, "--json", env=indexed).stdout
+        sql = run("search", query, "--json", "--engine", "sql", env=indexed).stdout
+        assert memory == sql and memory, query

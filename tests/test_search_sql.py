@@ -19,10 +19,11 @@ def search(
     images: list[dict[str, float]],
     queries: list[str],
     aliases: dict[str, str] | None = None,
+    groups: dict[str, str] | None = None,
 ) -> list[list[int]]:
     """1-based positions of the matching images, per query."""
     engine = create_db_engine(url)
-    generation, _data, catalog = build_index(engine, images)
+    generation, _data, catalog = build_index(engine, images, groups)
     catalog = Catalog(catalog.tags, aliases or {})
     results = []
     with session_factory(engine)() as session:
@@ -78,13 +79,105 @@ def test_thresholds_and_group_defaults(migrated_url: str) -> None:
     ]
 
 
-def test_metatags_without_an_executor_are_refused(migrated_url: str) -> None:
+@pytest.mark.parametrize(
+    ("query", "position", "words"),
+    [
+        (f"a md5:{'0' * 32}", 2, "sha256"),
+        ("a rating:g", 2, "predicts none"),
+        ("(b or rating:s,q)", 6, "ratings"),
+    ],
+)
+def test_filters_the_index_cannot_answer_are_refused(
+    migrated_url: str, query: str, position: int, words: str
+) -> None:
     engine = create_db_engine(migrated_url)
-    _generation, _data, catalog = build_index(engine, [{"a": 0.9}])
+    _generation, _data, catalog = build_index(engine, [{"a": 0.9}])  # no rating tags
     with pytest.raises(QueryError) as info:
-        bind(parse("a date:2024-01-01").root, catalog)
-    assert (info.value.code, info.value.position) == ("unsupported", 2)
+        bind(parse(query).root, catalog)
+    assert (info.value.code, info.value.position) == ("unsupported", position)
+    assert words in info.value.message
     engine.dispose()
+
+
+RATING_GROUPS = {r: "rating" for r in ("general", "sensitive", "questionable", "explicit")}
+
+
+def test_rating_is_the_most_likely_rating_tag(migrated_url: str) -> None:
+    images = [
+        {"general": 0.9, "sensitive": 0.2},
+        {"general": 0.4, "sensitive": 0.4},  # a tie goes to the milder rating
+        {"questionable": 0.6, "explicit": 0.61},
+        {"a": 0.9},  # no rating stored
+        {"sensitive": 0.07},
+    ]
+    queries = ["rating:g", "rating:s", "rating:explicit", "rating:q,e", "-rating:g"]
+    assert search(migrated_url, images, queries, groups=RATING_GROUPS) == [
+        [1, 2],
+        [5],
+        [3],
+        [3],
+        [3, 4, 5],
+    ]
+
+
+def test_tag_counts_use_each_groups_threshold(migrated_url: str) -> None:
+    groups = {"c1": "character", "c2": "character", "ip": "copyright"}
+    images = [
+        {"a": 0.9, "b": 0.31, "c": 0.29},  # 2 general
+        {"a": 0.9, "c1": 0.8, "c2": 0.7, "ip": 0.8},  # 1 general, 1 character, 1 copyright
+        {},
+        {"c1": 0.76, "c2": 0.99},
+    ]
+    queries = ["tagcount:2", "gentags:0", "chartags:>=1", "copytags:1", "tagcount:0", "tagcount:>2"]
+    assert search(migrated_url, images, queries, groups=groups) == [
+        [1, 4],
+        [3, 4],
+        [2, 4],
+        [2],
+        [3],
+        [2],
+    ]
+
+
+def test_mpixels_and_ratio_compare_rounded_values(migrated_url: str) -> None:
+    # sizes: 100x100, 113x129, 126x158, 139x187
+    images = [{"a": 0.9}] * 4
+    queries = [
+        "ratio:1",
+        "ratio:0.88",  # 113/129 = 0.8760 rounds to 0.88
+        "ratio:<0.8",  # 126/158 = 0.797 rounds to 0.80: not below
+        "ratio:1:1",
+        "mpixels:0.01",  # 0.01 and 0.014577
+        "mpixels:0.02..0.026",  # 0.019908; not 0.025993, which rounds to 0.03
+        "mpixels:>0.02",
+    ]
+    assert search(migrated_url, images, queries) == [
+        [1],
+        [2],
+        [4],
+        [1],
+        [1, 2],
+        [3],
+        [4],
+    ]
+
+
+def test_date_and_age_on_the_indexed_time(migrated_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    today = datetime.now(UTC).date()
+    images = [{"a": 0.9}] * 2
+    queries = [
+        f"date:{today}",
+        f"date:>={today}",
+        f"date:<{today}",
+        f"date:{today - timedelta(days=400)}..{today - timedelta(days=1)}",
+        "age:<1d",
+        "age:>1h",
+        "age:..1w",
+        "-age:<2y",
+    ]
+    assert search(migrated_url, images, queries) == [[1, 2], [1, 2], [], [], [1, 2], [], [1, 2], []]
 
 
 def test_image_property_metatags(migrated_url: str) -> None:
@@ -107,7 +200,9 @@ def test_image_property_metatags(migrated_url: str) -> None:
     ]
 
 
-TAGS = ["a", "b", "c", "ab", "abc", "bc", "d", "dd", "e", "f_(x)"]
+TAGS = ["a", "b", "c", "ab", "abc", "bc", "d", "dd", "e", "f_(x)", "char_a", "copy_b"]
+RATINGS = ["general", "sensitive", "questionable", "explicit"]
+GROUPS = {"char_a": "character", "copy_b": "copyright", **RATING_GROUPS}
 
 
 METATAGS = [
@@ -115,14 +210,19 @@ METATAGS = [
     f"sha256:{7:064x}", "unaliased:ab", "height:250...350", "filesize:>=5kb",
     "filetype:jpg", "filetype:png,webp", "path:/fixture/art/*", "path:*[1]*", "path:*0?.png",
     "path:/FIXTURE/*", "path:*_*",
+    "rating:g", "rating:s,q", "rating:e", "mpixels:<0.03", "mpixels:0.02..0.05", "ratio:1",
+    "ratio:>1.2", "ratio:4:3,<0.8", "date:2020-01-01..", "date:<2020-01-01", "age:<1d",
+    "age:>1h", "tagcount:2..4", "gentags:0", "chartags:>=1", "copytags:1", "tagcount:<=1,>=5",
 ]  # fmt: skip
 
 
 def random_images(rng: random.Random, count: int = 150) -> list[dict[str, float]]:
-    return [
-        {t: round(rng.uniform(0.05, 1.0), 3) for t in rng.sample(TAGS, rng.randint(0, 6))}
-        for _ in range(count)
-    ]
+    """Random general, character and copyright tags, and 0 to 4 rating tags (ties too)."""
+    images = []
+    for _ in range(count):
+        names = [*rng.sample(TAGS, rng.randint(0, 6)), *rng.sample(RATINGS, rng.randint(0, 4))]
+        images.append({t: round(rng.choice([0.5, rng.uniform(0.05, 1.0)]), 3) for t in names})
+    return images
 
 
 def random_query(rng: random.Random, depth: int = 0) -> str:
@@ -144,7 +244,7 @@ def test_sql_engine_equals_brute_force_on_random_queries(migrated_url: str) -> N
     rng = random.Random(7)
     images = random_images(rng)
     engine = create_db_engine(migrated_url)
-    generation, data, catalog = build_index(engine, images)
+    generation, data, catalog = build_index(engine, images, GROUPS)
     checked = 0
     with session_factory(engine)() as session:
         for _ in range(1000):
@@ -165,7 +265,7 @@ def test_posting_engine_equals_sql_and_brute_force(migrated_url: str) -> None:
     rng = random.Random(11)
     images = random_images(rng)
     engine = create_db_engine(migrated_url)
-    generation, data, catalog = build_index(engine, images)
+    generation, data, catalog = build_index(engine, images, GROUPS)
     checked = 0
     with session_factory(engine)() as session:
         postings = PostingEngine.load(session, generation)

@@ -2,22 +2,30 @@
 
 For each tag the image ids are held sorted by score, highest first, so any threshold is a
 prefix (and any range a slice) found by binary search. Slices become roaring bitmaps, and
-AND, OR and NOT are bitmap operations against the live images of the generation. Bitmaps of
-recent (tag, range) pairs are cached, since most terms use their group's default threshold.
+AND, OR and NOT are bitmap operations against the live images. Bitmaps of recent (tag,
+range) pairs are cached, since most terms use their group's default threshold.
 
-The engine is loaded from the database and knows the index version it reflects; a reader
-calls :meth:`PostingEngine.is_current` and reloads when the index has moved on.
+The engine is a short list of *segments*, each a complete small engine over a disjoint set
+of images, so a query is evaluated per segment and the answers are united (every operator,
+NOT included, decides each image from that image's data alone). The first segment is the
+bulk load; :meth:`PostingEngine.refresh` reads the ``image_changes`` log written in the same
+transactions as the index, drops the changed images from the older segments and loads their
+current state as a new, small segment. Many or large segments trigger one full reload.
+Refreshing builds new objects and never mutates what a concurrent reader may hold.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import numpy as np
 from pyroaring import BitMap
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.search.plan import (
@@ -30,14 +38,24 @@ from app.search.plan import (
     PNothing,
     POr,
     PPath,
+    PRating,
     PSha,
     PTag,
+    PTagCount,
 )
-from app.store.models import Embedding, Image, ImageTag
-from app.store.repository import index_version
+from app.store.models import Embedding, Image, ImageChange, ImageTag, Tag
+from app.store.repository import chunks
+
+log = logging.getLogger(__name__)
 
 CACHE_SIZE = 4096
-READ_CHUNK = 500_000
+READ_CHUNK = 200_000
+ID_CHUNK = 500
+MAX_SEGMENTS = 8
+# A refresh that would leave more than this share of the live images outside the bulk
+# segment reloads everything instead.
+MAX_DELTA_SHARE = 0.1
+MIN_DELTA_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -48,25 +66,56 @@ class Postings:
     neg_scores: np.ndarray  # float32, ascending: -score, for searchsorted
 
     def slice(self, plan: PTag) -> np.ndarray:
-        # -score ascending; score >= lo  <=>  -score <= -lo
-        lo_side: Literal["left", "right"] = "right" if plan.lo_inclusive else "left"
-        end = int(np.searchsorted(self.neg_scores, -np.float32(plan.lo), side=lo_side))
+        # Scores are float32 and the bounds doubles, compared as doubles (as SQL does): each
+        # bound becomes the float32 on the right side of it. In -score order, "score >= c" is
+        # a prefix ending after -c, "score > f" one ending before -f.
+        if plan.lo_inclusive:
+            end = self._find(-_f32_ceil(plan.lo), "right")
+        else:
+            end = self._find(-_f32_floor(plan.lo), "left")
         start = 0
         if plan.hi is not None:
-            hi_side: Literal["left", "right"] = "left" if plan.hi_inclusive else "right"
-            start = int(np.searchsorted(self.neg_scores, -np.float32(plan.hi), side=hi_side))
+            if plan.hi_inclusive:
+                start = self._find(-_f32_floor(plan.hi), "left")
+            else:
+                start = self._find(-_f32_ceil(plan.hi), "right")
         return self.ids[start:end] if start < end else self.ids[:0]
+
+    def at_least(self, threshold: float) -> np.ndarray:
+        return self.ids[: self._find(-_f32_ceil(threshold), "right")]
+
+    def _find(self, value: np.float32, side: Literal["left", "right"]) -> int:
+        return int(np.searchsorted(self.neg_scores, value, side=side))
+
+
+def _f32_ceil(value: float) -> np.float32:
+    """The smallest float32 at or above ``value``."""
+    near = np.float32(value)
+    return np.nextafter(near, np.float32(np.inf)) if float(near) < value else near
+
+
+def _f32_floor(value: float) -> np.float32:
+    """The largest float32 at or below ``value``."""
+    near = np.float32(value)
+    return np.nextafter(near, np.float32(-np.inf)) if float(near) > value else near
 
 
 @dataclass(frozen=True)
 class Attributes:
-    """Per-image columns of the live images, aligned with ``ids`` (ascending)."""
+    """Per-image values of a segment's images, aligned with ``ids`` (ascending)."""
 
-    ids: np.ndarray
+    ids: np.ndarray  # uint32
     columns: dict[str, np.ndarray]
     sha256: dict[str, list[int]]
     formats: np.ndarray  # str objects
     paths: list[str]
+
+    def positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, found mask) of image ids in this segment."""
+        pos = np.searchsorted(self.ids, ids)
+        pos = np.minimum(pos, max(len(self.ids) - 1, 0))
+        found = self.ids[pos] == ids if len(self.ids) else np.zeros(len(ids), dtype=bool)
+        return pos, found
 
     def with_format(self, plan: PFormat) -> BitMap:
         return BitMap(self.ids[np.isin(self.formats, sorted(plan.formats))])
@@ -80,57 +129,38 @@ class Attributes:
         )
 
     def select(self, plan: PAttr) -> BitMap:
-        values = self.columns[plan.column]
-        mask = np.zeros(len(values), dtype=bool)
-        for part in plan.ranges.ranges:
-            inside = np.ones(len(values), dtype=bool)
-            if part.lo is not None:
-                inside &= values >= part.lo if part.lo_inclusive else values > part.lo
-            if part.hi is not None:
-                inside &= values <= part.hi if part.hi_inclusive else values < part.hi
-            mask |= inside
-        return BitMap(self.ids[mask])
+        return BitMap(self.ids[in_ranges(self.columns[plan.column], plan.ranges.ranges)])
 
 
-class PostingEngine:
-    def __init__(
-        self,
-        generation_id: int,
-        version: int,
-        live: BitMap,
-        postings: dict[int, Postings],
-        attributes: Attributes,
-    ) -> None:
-        self.generation_id = generation_id
-        self.version = version
-        self.live = live
-        self.postings = postings
-        self.attributes = attributes
-        self._cache: OrderedDict[PTag, BitMap] = OrderedDict()
+def in_ranges(values: np.ndarray, ranges: Iterable[Any]) -> np.ndarray:
+    """A mask of the values inside any of the ranges."""
+    mask = np.zeros(len(values), dtype=bool)
+    for part in ranges:
+        inside = np.ones(len(values), dtype=bool)
+        if part.lo is not None:
+            inside &= values >= part.lo if part.lo_inclusive else values > part.lo
+        if part.hi is not None:
+            inside &= values <= part.hi if part.hi_inclusive else values < part.hi
+        mask |= inside
+    return mask
 
-    @classmethod
-    def load(cls, session: Session, generation_id: int) -> PostingEngine:
-        version = index_version(session, generation_id)
-        live_ids = session.scalars(
-            select(Embedding.image_id).where(Embedding.generation_id == generation_id)
-        ).all()
-        rows = session.execute(
-            select(ImageTag.tag_id, ImageTag.score, ImageTag.image_id)
-            .where(ImageTag.generation_id == generation_id)
-            .order_by(ImageTag.tag_id, ImageTag.score.desc(), ImageTag.image_id)
-            .execution_options(yield_per=READ_CHUNK)
-        )
-        tags, scores, images = [], [], []
-        for tag_id, score, image_id in rows:
-            tags.append(tag_id)
-            scores.append(score)
-            images.append(image_id)
-        live = BitMap(live_ids)
-        attributes = _attributes(session, live)
-        return cls(generation_id, version, live, _group(tags, scores, images), attributes)
 
-    def is_current(self, session: Session) -> bool:
-        return index_version(session, self.generation_id) == self.version
+@dataclass
+class Segment:
+    """A complete engine over one set of images; ``live`` may shrink as images change."""
+
+    live: BitMap
+    postings: dict[int, Postings]
+    attributes: Attributes
+    tag_groups: dict[int, int]
+    _cache: OrderedDict[object, BitMap] = field(default_factory=OrderedDict, repr=False)
+    # Per-image arrays derived from the postings (ratings, tag counts, scores by id); they
+    # ignore ``live``, so they survive ``without``.
+    _derived: dict[object, Any] = field(default_factory=dict, repr=False)
+
+    def without(self, image_ids: BitMap) -> Segment:
+        """This segment less some images; the big arrays are shared, the caches are not."""
+        return replace(self, live=self.live - image_ids, _cache=OrderedDict())
 
     def evaluate(self, plan: PlanNode) -> BitMap:
         if isinstance(plan, PAll):
@@ -138,9 +168,13 @@ class PostingEngine:
         if isinstance(plan, PNothing):
             return BitMap()
         if isinstance(plan, PTag):
-            return self._tag(plan)
+            return self._cached(plan, lambda: self._slice(plan))
         if isinstance(plan, PAttr):
             return self.attributes.select(plan) & self.live
+        if isinstance(plan, PRating):
+            return self._cached(plan, lambda: self._rating(plan))
+        if isinstance(plan, PTagCount):
+            return self._tag_count(plan)
         if isinstance(plan, PSha):
             return BitMap(self.attributes.sha256.get(plan.sha256, ())) & self.live
         if isinstance(plan, PFormat):
@@ -153,58 +187,205 @@ class PostingEngine:
             return BitMap.union(*(self.evaluate(c) for c in plan.children))
         assert isinstance(plan, PAnd)
         positives = [self.evaluate(c) for c in plan.children if not isinstance(c, PNot)]
+        # Smallest first: each intersection is then bounded by the rarest term.
+        positives.sort(key=len)
         result = BitMap.intersection(*positives) if positives else self.live
         for child in plan.children:
-            if isinstance(child, PNot):
+            if isinstance(child, PNot) and result:
                 result = result - self.evaluate(child.child)
         return result
 
-    def search(self, plan: PlanNode) -> list[int]:
-        """The matching image ids, ascending."""
-        return list(self.evaluate(plan))
-
-    def _tag(self, plan: PTag) -> BitMap:
-        cached = self._cache.get(plan)
+    def _cached(self, key: object, compute: Any) -> BitMap:
+        cached = self._cache.get(key)
         if cached is not None:
-            self._cache.move_to_end(plan)
+            self._cache.move_to_end(key)
             return cached
-        postings = self.postings.get(plan.tag_id)
-        bitmap = BitMap(postings.slice(plan)) if postings is not None else BitMap()
-        bitmap &= self.live
-        self._cache[plan] = bitmap
+        bitmap: BitMap = compute()
+        self._cache[key] = bitmap
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return bitmap
 
+    def _slice(self, plan: PTag) -> BitMap:
+        postings = self.postings.get(plan.tag_id)
+        bitmap = BitMap(postings.slice(plan)) if postings is not None else BitMap()
+        return bitmap & self.live
+
+    def _rating(self, plan: PRating) -> BitMap:
+        ratings = self.ratings(plan.tag_ids)
+        return BitMap(self.attributes.ids[np.isin(ratings, sorted(plan.wanted))]) & self.live
+
+    def ratings(self, tag_ids: Sequence[int | None]) -> np.ndarray:
+        """Per image (aligned with the attributes), the index of its most likely rating
+        (ties to the milder one), or -1 when it has none stored."""
+        key = ("ratings", tuple(tag_ids))
+        if key in self._derived:
+            return self._derived[key]  # type: ignore[no-any-return]
+        ids = self.attributes.ids
+        scores = np.full((len(ids), len(tag_ids)), -1.0, dtype=np.float32)
+        for column, tag_id in enumerate(tag_ids):
+            postings = self.postings.get(tag_id) if tag_id is not None else None
+            if postings is None:
+                continue
+            pos, found = self.attributes.positions(postings.ids)
+            scores[pos[found], column] = -postings.neg_scores[found]
+        best = np.argmax(scores, axis=1) if len(tag_ids) else np.zeros(len(ids), dtype=np.int64)
+        best[scores.max(axis=1, initial=-1.0) < 0] = -1
+        self._derived[key] = best
+        return best
+
+    def tag_counts(self, groups: tuple[tuple[int, float], ...]) -> np.ndarray:
+        """Per image, how many of its tags reach their group's threshold."""
+        key = ("counts", groups)
+        if key in self._derived:
+            return self._derived[key]  # type: ignore[no-any-return]
+        thresholds = dict(groups)
+        parts = [
+            postings.at_least(thresholds[group])
+            for tag_id, postings in self.postings.items()
+            if (group := self.tag_groups.get(tag_id, -1)) in thresholds
+        ]
+        counts = np.zeros(len(self.attributes.ids), dtype=np.int64)
+        if parts:
+            ids = np.concatenate(parts)
+            pos, found = self.attributes.positions(ids)
+            counts = np.bincount(pos[found], minlength=len(self.attributes.ids))
+        self._derived[key] = counts
+        return counts
+
+    def _tag_count(self, plan: PTagCount) -> BitMap:
+        counts = self.tag_counts(plan.groups)
+        return BitMap(self.attributes.ids[in_ranges(counts, plan.ranges.ranges)]) & self.live
+
+    def tag_scores(self, tag_id: int, image_ids: np.ndarray) -> np.ndarray:
+        """One tag's scores for the given images (0 where not stored)."""
+        postings = self.postings.get(tag_id)
+        scores = np.zeros(len(image_ids), dtype=np.float32)
+        if postings is None or not len(image_ids):
+            return scores
+        key = ("by_id", tag_id)
+        if key not in self._derived:
+            order = np.argsort(postings.ids, kind="stable")
+            self._derived[key] = (postings.ids[order], -postings.neg_scores[order])
+        sorted_ids, sorted_scores = self._derived[key]
+        pos = np.minimum(np.searchsorted(sorted_ids, image_ids), len(sorted_ids) - 1)
+        hit = sorted_ids[pos] == image_ids
+        scores[hit] = sorted_scores[pos[hit]]
+        return scores
+
+    @classmethod
+    def load(
+        cls,
+        session: Session,
+        generation_id: int,
+        tag_groups: dict[int, int],
+        image_ids: Sequence[int] | None = None,
+    ) -> Segment:
+        """The whole generation, or (``image_ids``) the current state of those images."""
+        if image_ids is None:
+            live = BitMap(
+                session.scalars(
+                    select(Embedding.image_id).where(Embedding.generation_id == generation_id)
+                ).all()
+            )
+            postings = _read_postings(session, generation_id, None)
+        else:
+            live = BitMap()
+            for chunk in chunks(sorted(image_ids), ID_CHUNK):
+                live.update(
+                    session.scalars(
+                        select(Embedding.image_id).where(
+                            Embedding.generation_id == generation_id,
+                            Embedding.image_id.in_(chunk),
+                        )
+                    ).all()
+                )
+            postings = _read_postings(session, generation_id, sorted(live))
+        attributes = _attributes(session, live)
+        live &= BitMap(attributes.ids)
+        return cls(live, postings, attributes, tag_groups)
+
+
+def _read_postings(
+    session: Session, generation_id: int, image_ids: Sequence[int] | None
+) -> dict[int, Postings]:
+    """Postings by tag, read in the clustered key's order and converted chunk by chunk, so
+    memory stays near the arrays' own size."""
+    statements = []
+    base = (
+        select(ImageTag.tag_id, ImageTag.score, ImageTag.image_id)
+        .where(ImageTag.generation_id == generation_id)
+        .order_by(ImageTag.tag_id, ImageTag.score.desc(), ImageTag.image_id)
+    )
+    if image_ids is None:
+        statements.append(base)
+    else:
+        statements.extend(base.where(ImageTag.image_id.in_(c)) for c in chunks(image_ids, ID_CHUNK))
+    blocks: list[np.ndarray] = []
+    for statement in statements:
+        result = session.execute(statement.execution_options(yield_per=READ_CHUNK))
+        for partition in result.partitions():
+            blocks.append(np.array(partition, dtype=np.float64).reshape(-1, 3))
+    if not blocks:
+        return {}
+    rows = np.concatenate(blocks)
+    if image_ids is not None:
+        # Chunks by image break the global order: restore (tag, -score, image).
+        rows = rows[np.lexsort((rows[:, 2], -rows[:, 1].astype(np.float32), rows[:, 0]))]
+    return _group(rows[:, 0].astype(np.int64), rows[:, 1], rows[:, 2])
+
+
+def _group(tags: np.ndarray, scores: np.ndarray, images: np.ndarray) -> dict[int, Postings]:
+    if not len(tags):
+        return {}
+    neg = -np.asarray(scores, dtype=np.float32)
+    ids = np.asarray(images, dtype=np.uint32)
+    bounds = np.flatnonzero(np.diff(tags)) + 1
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [len(tags)]))
+    return {
+        int(tags[s]): Postings(ids[s:e].copy(), neg[s:e].copy())
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
+    }
+
 
 def _attributes(session: Session, live: BitMap) -> Attributes:
-    rows = [
-        row
-        for row in session.execute(
-            select(
-                Image.id,
-                Image.width,
-                Image.height,
-                Image.size_bytes,
-                Image.sha256,
-                Image.format,
-                Image.path,
-            )
-            .where(Image.deleted_at.is_(None))
-            .order_by(Image.id)
-        ).all()
-        if row[0] in live
-    ]
+    columns = (
+        Image.id,
+        Image.width,
+        Image.height,
+        Image.size_bytes,
+        Image.sha256,
+        Image.format,
+        Image.path,
+        Image.indexed_at,
+    )
+    rows: list[Any] = []
+    live_rows = select(*columns).where(Image.deleted_at.is_(None)).order_by(Image.id)
+    if len(live) > MIN_DELTA_LIMIT:
+        statement = live_rows.where(Image.id >= live.min(), Image.id <= live.max())
+        rows = [row for row in session.execute(statement) if row[0] in live]
+    else:
+        for chunk in chunks(list(live), ID_CHUNK):
+            rows.extend(session.execute(live_rows.where(Image.id.in_(chunk))).all())
+    ids = np.array([r[0] for r in rows], dtype=np.uint32)
+    width = np.array([r[1] for r in rows], dtype=np.int64)
+    height = np.array([r[2] for r in rows], dtype=np.int64)
     by_sha: dict[str, list[int]] = {}
     for row in rows:
         by_sha.setdefault(row[4], []).append(row[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = width.astype(np.float64) / np.where(height == 0, np.nan, height)
     return Attributes(
-        ids=np.array([r[0] for r in rows], dtype=np.uint32),
+        ids=ids,
         columns={
-            "id": np.array([r[0] for r in rows], dtype=np.int64),
-            "width": np.array([r[1] for r in rows], dtype=np.int64),
-            "height": np.array([r[2] for r in rows], dtype=np.int64),
+            "id": ids.astype(np.int64),
+            "width": width,
+            "height": height,
             "size_bytes": np.array([r[3] for r in rows], dtype=np.int64),
+            "mpixels": width.astype(np.float64) * height / 1_000_000.0,
+            "ratio": ratio,
+            "indexed_us": np.array([micros(r[7]) for r in rows], dtype=np.int64),
         },
         sha256=by_sha,
         formats=np.array([r[5] for r in rows], dtype=object),
@@ -212,16 +393,81 @@ def _attributes(session: Session, live: BitMap) -> Attributes:
     )
 
 
-def _group(tags: list[int], scores: list[float], images: list[int]) -> dict[int, Postings]:
-    if not tags:
-        return {}
-    tag_array = np.asarray(tags, dtype=np.int64)
-    neg = -np.asarray(scores, dtype=np.float32)
-    ids = np.asarray(images, dtype=np.uint32)
-    bounds = np.flatnonzero(np.diff(tag_array)) + 1
-    starts = np.concatenate(([0], bounds))
-    ends = np.concatenate((bounds, [len(tag_array)]))
-    return {
-        int(tag_array[s]): Postings(ids[s:e].copy(), neg[s:e].copy())
-        for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
-    }
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros(moment: datetime) -> int:
+    """Microseconds since the epoch; SQLite hands back naive datetimes, which are UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def latest_change(session: Session) -> tuple[int, int]:
+    """(lowest, highest) sequence number in the change log; (0, 0) when it is empty."""
+    low, high = session.execute(select(func.min(ImageChange.seq), func.max(ImageChange.seq))).one()
+    return int(low or 0), int(high or 0)
+
+
+def tag_groups(session: Session) -> dict[int, int]:
+    return {int(i): int(g) for i, g in session.execute(select(Tag.id, Tag.group)).all()}
+
+
+class PostingEngine:
+    """The segments of one generation, current up to change ``seq``."""
+
+    def __init__(self, generation_id: int, seq: int, segments: list[Segment]) -> None:
+        self.generation_id = generation_id
+        self.seq = seq
+        self.segments = segments
+        self.live = BitMap.union(*(s.live for s in segments)) if segments else BitMap()
+
+    @classmethod
+    def load(cls, session: Session, generation_id: int) -> PostingEngine:
+        _low, seq = latest_change(session)
+        segment = Segment.load(session, generation_id, tag_groups(session))
+        log.info("loaded %d images of generation %d into memory", len(segment.live), generation_id)
+        return cls(generation_id, seq, [segment])
+
+    def is_current(self, session: Session) -> bool:
+        return latest_change(session)[1] == self.seq
+
+    def refresh(self, session: Session) -> PostingEngine:
+        """An engine current with the database: this one when nothing changed, else one with
+        the changed images in a new segment, or a full reload when that is cheaper."""
+        low, high = latest_change(session)
+        if high == self.seq:
+            return self
+        if low > self.seq + 1:  # the log was pruned past what this engine has seen
+            return PostingEngine.load(session, self.generation_id)
+        changed = BitMap(
+            session.scalars(
+                select(ImageChange.image_id).where(
+                    ImageChange.seq > self.seq, ImageChange.seq <= high
+                )
+            ).all()
+        )
+        delta = sum(len(s.live) for s in self.segments[1:]) + len(changed)
+        limit = max(MIN_DELTA_LIMIT, int(MAX_DELTA_SHARE * len(self.live)))
+        if len(self.segments) >= MAX_SEGMENTS or delta > limit:
+            return PostingEngine.load(session, self.generation_id)
+        fresh = Segment.load(session, self.generation_id, tag_groups(session), list(changed))
+        kept = [s.without(changed) for s in self.segments]
+        return PostingEngine(self.generation_id, high, [*kept, fresh])
+
+    def evaluate(self, plan: PlanNode) -> BitMap:
+        if len(self.segments) == 1:
+            return self.segments[0].evaluate(plan)
+        return BitMap.union(*(s.evaluate(plan) for s in self.segments))
+
+    def search(self, plan: PlanNode) -> list[int]:
+        """The matching image ids, ascending."""
+        return list(self.evaluate(plan))
+
+    def per_segment(self, image_ids: BitMap) -> Iterable[tuple[Segment, np.ndarray]]:
+        """The given live images, split by the segment that holds them (ids ascending)."""
+        for segment in self.segments:
+            mine = image_ids & segment.live
+            if mine:
+                yield segment, np.frombuffer(mine.to_array(), dtype=np.uint32)

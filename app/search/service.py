@@ -1,23 +1,65 @@
-"""One search, end to end: parse, bind to the active generation, execute, fetch paths."""
+"""One search, end to end: parse, bind to the active generation, execute on the posting
+engine (or SQL), order and page the matches, and fetch the page's rows.
+
+A :class:`SearchService` is long-lived (the server keeps one; the CLI makes one per run). It
+holds the in-memory state of the active generation (the tag catalog, the posting engine and
+the FAISS index) and brings it up to date before each search: a new generation is loaded
+in full, new changes are applied incrementally, and a FAISS file that a writer rewrote is
+reloaded. It is safe to call from several threads.
+"""
 
 from __future__ import annotations
 
+import logging
+import secrets
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
+import numpy as np
+from pyroaring import BitMap
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
-from app.query import ErrorCode, QueryError, parse
-from app.search.plan import Catalog, bind
+from app.query import All, ErrorCode, Order, Query, QueryError, parse
+from app.query.ast import Node
+from app.search import similar
+from app.search.keys import posting_keys, sql_keys
+from app.search.paging import DEFAULT_ORDER, Cursor, CursorError, KeySource, order_token, page
+from app.search.plan import COUNTED_GROUPS, Binder, Catalog
+from app.search.postings import PostingEngine, latest_change
 from app.search.sql_engine import execute
+from app.store import vectors
 from app.store.db import session_factory
-from app.store.models import Image, Tag
-from app.store.repository import active_generation
-from app.tagger.vocab import DEFAULT_THRESHOLDS
+from app.store.models import Embedding, Image, Tag
+from app.store.repository import active_generation, decode_vectors, index_version
+from app.tagger.vocab import DEFAULT_THRESHOLDS, GROUPS
+
+log = logging.getLogger(__name__)
+
+EngineKind = Literal["memory", "sql"]
+MAX_SIMILAR_RESULTS = 1000
+DEFAULT_DUPLICATE_SIMILARITY = 0.98
 
 
 class EmptyIndex(Exception):
     """There is no active generation to search."""
+
+
+class NotFound(LookupError):
+    """``similar:<id>`` names an image that is not in the index."""
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    query: str = ""
+    limit: int = 40
+    cursor: str | None = None
+    thresholds: Mapping[str, float] | None = None  # per group; missing groups use defaults
+    embedding: np.ndarray | None = None  # "looks like this" (an uploaded image's embedding)
+    hide_duplicates: bool = False
 
 
 @dataclass(frozen=True)
@@ -26,6 +68,230 @@ class Hit:
     path: str
     width: int
     height: int
+    similarity: float | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    hits: list[Hit]
+    count: int  # images matching the filter
+    estimated: bool
+    next_cursor: str | None
+    engine: str
+    plan: str | None = None  # the kNN strategy, for similarity searches
+
+
+@dataclass
+class _State:
+    generation_id: int
+    embedding_dim: int
+    seq: int
+    catalog: Catalog
+    postings: PostingEngine | None
+    index: vectors.FaissIndex | None = None
+    index_version: int = -1
+
+
+@dataclass
+class SearchService:
+    engine: Engine
+    data_dir: Path
+    aliases: Mapping[str, str]
+    kind: EngineKind = "memory"
+    duplicate_similarity: float = DEFAULT_DUPLICATE_SIMILARITY
+    exact_limit: int = similar.EXACT_LIMIT
+    _state: _State | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def search(self, request: SearchRequest) -> Page:
+        query = parse(request.query)
+        thresholds = {**DEFAULT_THRESHOLDS, **(request.thresholds or {})}
+        vector_query = query.similar is not None or request.embedding is not None
+        order = _check_order(query, request.query, vector_query)
+        limit = query.limit or request.limit  # limit: in the query wins, as on Danbooru
+        state = self.current()
+        binder = Binder(state.catalog, thresholds)
+        plan = binder.bind(query.root)
+        with session_factory(self.engine)() as session:
+            if state.postings is not None:
+                matches = state.postings.evaluate(plan)
+                live = state.postings.live
+            else:
+                matches = BitMap(execute(session, plan, state.generation_id))
+                live = BitMap(
+                    session.scalars(
+                        select(Embedding.image_id).where(
+                            Embedding.generation_id == state.generation_id
+                        )
+                    ).all()
+                )
+            if vector_query:
+                return self._similar(session, state, query, request, matches, live, limit)
+            keys = self._keys(session, state, binder, order, thresholds)
+            cursor = Cursor.decode(request.cursor, order) if request.cursor else None
+            found = page(matches, order, limit, cursor, keys, secrets.randbits(48))
+            hits = _rows(session, found.ids)
+        return Page(hits, len(matches), False, found.next_cursor, self._engine_name(state))
+
+    def current(self) -> _State:
+        """The state of the active generation, brought up to date."""
+        with self._lock, session_factory(self.engine)() as session:
+            generation = active_generation(session)
+            if generation is None:
+                raise EmptyIndex("the index is empty; run 'sagashi index' or 'sagashi import'")
+            state = self._state
+            if state is None or state.generation_id != generation.id:
+                state = self._load(session, generation.id, generation.embedding_dim)
+            else:
+                self._refresh(session, state)
+            self._state = state
+            return state
+
+    def _load(self, session: Session, generation_id: int, dim: int) -> _State:
+        _low, seq = latest_change(session)
+        postings = PostingEngine.load(session, generation_id) if self.kind == "memory" else None
+        return _State(generation_id, dim, seq, _catalog(session, self.aliases), postings)
+
+    def _refresh(self, session: Session, state: _State) -> None:
+        _low, seq = latest_change(session)
+        if seq == state.seq:
+            return
+        if state.postings is not None:
+            state.postings = state.postings.refresh(session)
+        state.catalog = _catalog(session, self.aliases)
+        state.seq = seq
+
+    def _vectors(self, session: Session, state: _State) -> vectors.FaissIndex:
+        """The FAISS index: loaded (or built) once, then reloaded when a writer has written
+        a newer file. Until then the older one serves, filtered by the live images."""
+        version = index_version(session, state.generation_id)
+        if state.index is None:
+            state.index = vectors.load_fresh(self.engine, self.data_dir, state.generation_id)
+        elif version != state.index.meta.version:
+            meta = vectors.read_meta(self.data_dir, state.generation_id)
+            if meta is not None and meta.version == version:
+                state.index = vectors.load_fresh(self.engine, self.data_dir, state.generation_id)
+        return state.index
+
+    def _similar(
+        self,
+        session: Session,
+        state: _State,
+        query: Query,
+        request: SearchRequest,
+        matches: BitMap,
+        live: BitMap,
+        limit: int,
+    ) -> Page:
+        vector = (
+            _embedding_of(session, state, query.similar)
+            if query.similar is not None
+            else _checked_embedding(request.embedding, state.embedding_dim)
+        )
+        allowed = None if _is_everything(query.root) else matches
+        if query.similar is not None:
+            allowed = (allowed if allowed is not None else live) - BitMap([query.similar])
+        seen = 0
+        if request.cursor:
+            seen = Cursor.decode(request.cursor, Order("similarity", True)).seed
+        wanted = min(seen + limit, MAX_SIMILAR_RESULTS)
+        with self._lock:
+            index = self._vectors(session, state)
+        extra = limit if request.hide_duplicates else 0
+        found, knn_plan = similar.nearest(
+            index, vector, wanted + extra, allowed, live, self.exact_limit
+        )
+        if request.hide_duplicates:
+            found = [(i, s) for i, s in found if s < self.duplicate_similarity]
+        window = found[seen:wanted]
+        next_cursor = None
+        if window and wanted < MAX_SIMILAR_RESULTS and len(found) > wanted:
+            last_id, last_score = window[-1]
+            next_cursor = Cursor("similarity_desc", last_score, last_id, wanted).encode()
+        rows = {hit.id: hit for hit in _rows(session, [i for i, _ in window])}
+        hits = [_with_similarity(rows[i], s) for i, s in window if i in rows]
+        count = len(allowed) if allowed is not None else len(live)
+        return Page(hits, count, False, next_cursor, self._engine_name(state), knn_plan.strategy)
+
+    def _keys(
+        self,
+        session: Session,
+        state: _State,
+        binder: Binder,
+        order: Order,
+        thresholds: Mapping[str, float],
+    ) -> KeySource:
+        counted = tuple((GROUPS.index(g), thresholds[g]) for g in COUNTED_GROUPS["tagcount"])
+        score_tag = None
+        if order.key == "score" and order.tag is not None:
+            info = state.catalog.lookup(order.tag)
+            score_tag = info.id if info is not None else None
+        if state.postings is not None:
+            return posting_keys(state.postings, counted, score_tag)
+        return sql_keys(session, state.generation_id, counted, score_tag)
+
+    def _engine_name(self, state: _State) -> str:
+        return "memory" if state.postings is not None else "sql"
+
+
+def _check_order(query: Query, text: str, vector_query: bool) -> Order:
+    order = query.order
+    position = max(0, text.lower().find("order:"))
+    if vector_query:
+        if order is not None and order.key != "similarity":
+            message = "a similarity search is ordered by similarity; drop the order: term"
+            raise QueryError(ErrorCode.CONFLICTING_SINGLETON, message, position)
+        return Order("similarity", True)
+    if order is not None and order.key == "similarity":
+        message = "order:similarity needs similar:<image id> or a query image"
+        raise QueryError(ErrorCode.BAD_VALUE, message, position)
+    return order or DEFAULT_ORDER
+
+
+def _is_everything(node: Node) -> bool:
+    return isinstance(node, All)
+
+
+def _catalog(session: Session, aliases: Mapping[str, str]) -> Catalog:
+    rows = session.execute(select(Tag.id, Tag.name, Tag.group, Tag.image_count)).all()
+    return Catalog.from_rows([(r[0], r[1], r[2], r[3]) for r in rows], aliases)
+
+
+def _rows(session: Session, ids: list[int]) -> list[Hit]:
+    if not ids:
+        return []
+    statement = select(Image.id, Image.path, Image.width, Image.height).where(Image.id.in_(ids))
+    found = {
+        row.id: Hit(row.id, row.path, row.width, row.height) for row in session.execute(statement)
+    }
+    return [found[i] for i in ids if i in found]
+
+
+def _with_similarity(hit: Hit, score: float) -> Hit:
+    return Hit(hit.id, hit.path, hit.width, hit.height, round(score, 6))
+
+
+def _embedding_of(session: Session, state: _State, image_id: int) -> np.ndarray:
+    blob = session.scalar(
+        select(Embedding.vector).where(
+            Embedding.generation_id == state.generation_id, Embedding.image_id == image_id
+        )
+    )
+    if blob is None:
+        raise NotFound(f"no image {image_id} in the index (similar:{image_id})")
+    vector: np.ndarray = decode_vectors([blob], state.embedding_dim)[0]
+    return vector
+
+
+def _checked_embedding(embedding: np.ndarray | None, dim: int) -> np.ndarray:
+    vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
+    if vector.shape[0] != dim:
+        raise ValueError(f"the query embedding has {vector.shape[0]} values; the index has {dim}")
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0:
+        raise ValueError("the query embedding must be finite and non-zero")
+    normalised: np.ndarray = vector / np.float32(norm)
+    return normalised
 
 
 def search(
@@ -34,28 +300,22 @@ def search(
     aliases: Mapping[str, str],
     limit: int = 100,
     thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS,
+    data_dir: Path | None = None,
+    kind: EngineKind = "memory",
 ) -> tuple[int, list[Hit]]:
-    """(total matches, the first ``limit`` hits by id descending, newest first)."""
-    query = parse(text)
-    for name, value in (("order", query.order), ("similar", query.similar)):
-        if value is not None:
-            raise QueryError(
-                ErrorCode.UNSUPPORTED,
-                f"the metatag '{name}:' is not supported by the search engine yet",
-                max(0, text.lower().find(f"{name}:")),
-            )
-    with session_factory(engine)() as session:
-        generation = active_generation(session)
-        if generation is None:
-            raise EmptyIndex("the index is empty; run 'sagashi index' first")
-        rows = session.execute(select(Tag.id, Tag.name, Tag.group, Tag.image_count)).all()
-        catalog = Catalog.from_rows([(r[0], r[1], r[2], r[3]) for r in rows], aliases)
-        ids = execute(session, bind(query.root, catalog, thresholds), generation.id)
-        wanted = sorted(ids, reverse=True)[: query.limit or limit]
-        found = {
-            row.id: Hit(row.id, row.path, row.width, row.height)
-            for row in session.execute(
-                select(Image.id, Image.path, Image.width, Image.height).where(Image.id.in_(wanted))
-            )
-        }
-    return len(ids), [found[i] for i in wanted if i in found]
+    """(total matches, the first page of hits): one search with a throwaway service."""
+    service = SearchService(engine, data_dir or Path("."), aliases, kind)
+    result = service.search(SearchRequest(text, limit, thresholds=thresholds))
+    return result.count, result.hits
+
+
+__all__ = [
+    "CursorError",
+    "EmptyIndex",
+    "Hit",
+    "NotFound",
+    "Page",
+    "SearchRequest",
+    "SearchService",
+    "order_token",
+]

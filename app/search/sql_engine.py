@@ -8,10 +8,24 @@ fallback and the oracle for the in-memory posting engine.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, except_, false, intersect, or_, select, true, union
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    Float,
+    Select,
+    and_,
+    cast,
+    except_,
+    false,
+    func,
+    intersect,
+    or_,
+    select,
+    true,
+    union,
+)
+from sqlalchemy.orm import Session, aliased
 
 from app.query.ranges import Range
 from app.search.plan import (
@@ -24,10 +38,14 @@ from app.search.plan import (
     PNothing,
     POr,
     PPath,
+    PRating,
     PSha,
     PTag,
+    PTagCount,
 )
-from app.store.models import Embedding, Image, ImageTag
+from app.store.models import Embedding, Image, ImageTag, Tag
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def to_select(plan: PlanNode, generation_id: int, dialect: str = "sqlite") -> Select[Any]:
@@ -40,6 +58,10 @@ def to_select(plan: PlanNode, generation_id: int, dialect: str = "sqlite") -> Se
         return _tag(plan, generation_id)
     if isinstance(plan, PAttr | PSha | PFormat | PPath):
         return _image_filter(plan, generation_id, dialect)
+    if isinstance(plan, PRating):
+        return _rating(plan, generation_id)
+    if isinstance(plan, PTagCount):
+        return _tag_count(plan, generation_id)
     if isinstance(plan, PNot):
         return _flat(
             except_(
@@ -88,8 +110,86 @@ def _image_filter(
         return query.where(Image.format.in_(sorted(plan.formats)))
     if isinstance(plan, PPath):
         return query.where(_glob(plan.pattern, dialect))
-    column = getattr(Image, plan.column)
-    return query.where(or_(*(_in_range(column, part) for part in plan.ranges.ranges)))
+    column, ranges = _attribute(plan)
+    return query.where(or_(*(_in_range(column, part) for part in ranges)))
+
+
+def _attribute(plan: PAttr) -> tuple[Any, list[Range[Any]]]:
+    """The SQL expression of an attribute, and the ranges in its terms. Derived values are
+    computed in double precision, as the posting engine computes them."""
+    ranges: list[Range[Any]] = list(plan.ranges.ranges)
+    if plan.column == "mpixels":
+        pixels = cast(Image.width, Float(precision=53)) * Image.height
+        return pixels / 1_000_000.0, ranges
+    if plan.column == "ratio":
+        return cast(Image.width, Float(precision=53)) / func.nullif(Image.height, 0), ranges
+    if plan.column == "indexed_us":
+        return Image.indexed_at, [_as_datetimes(part) for part in ranges]
+    return getattr(Image, plan.column), ranges
+
+
+def _as_datetimes(part: Range[Any]) -> Range[Any]:
+    def moment(micros: int | None) -> datetime | None:
+        return None if micros is None else _EPOCH + timedelta(microseconds=int(micros))
+
+    return Range(moment(part.lo), moment(part.hi), part.lo_inclusive, part.hi_inclusive)
+
+
+def _rating(plan: PRating, generation_id: int) -> Select[Any]:
+    """An image's rating is the rating tag it scores highest; a tie goes to the milder one,
+    so the chosen tag beats the milder ones strictly and the harsher ones or equals them.
+    A rating tag below the storage floor has no row and never wins."""
+    chosen = []
+    for wanted in sorted(plan.wanted):
+        tag_id = plan.tag_ids[wanted]
+        if tag_id is None:
+            continue
+        mine = aliased(ImageTag)
+        rivals = []
+        for index, other_id in enumerate(plan.tag_ids):
+            if other_id is None or index == wanted:
+                continue
+            other = aliased(ImageTag)
+            beaten = other.score >= mine.score if index < wanted else other.score > mine.score
+            rivals.append(
+                select(other.image_id)
+                .where(
+                    other.generation_id == generation_id,
+                    other.tag_id == other_id,
+                    other.image_id == mine.image_id,
+                    beaten,
+                )
+                .exists()
+            )
+        chosen.append(
+            select(mine.image_id).where(
+                mine.generation_id == generation_id, mine.tag_id == tag_id, *(~r for r in rivals)
+            )
+        )
+    if not chosen:
+        return select(ImageTag.image_id).where(false())
+    return chosen[0] if len(chosen) == 1 else _flat(union(*chosen))
+
+
+def _tag_count(plan: PTagCount, generation_id: int) -> Select[Any]:
+    """Images whose count of tags above their group's threshold lies in the ranges; images
+    with no such tag count zero."""
+    counted = or_(
+        *(and_(Tag.group == group, ImageTag.score >= threshold) for group, threshold in plan.groups)
+    )
+    count = (
+        select(func.count())
+        .select_from(ImageTag)
+        .join(Tag, Tag.id == ImageTag.tag_id)
+        .where(
+            ImageTag.generation_id == generation_id,
+            ImageTag.image_id == Embedding.image_id,
+            counted,
+        )
+        .scalar_subquery()
+    )
+    condition = or_(*(_in_range(count, part) for part in plan.ranges.ranges))
+    return select(Embedding.image_id).where(Embedding.generation_id == generation_id, condition)
 
 
 def _glob(pattern: str, dialect: str) -> Any:
@@ -101,7 +201,7 @@ def _glob(pattern: str, dialect: str) -> Any:
     return Image.path.like(escaped.replace("*", "%").replace("?", "_"), escape="\\")
 
 
-def _in_range(column: Any, part: Range[int]) -> Any:
+def _in_range(column: Any, part: Range[Any]) -> Any:
     conditions = []
     if part.lo is not None:
         conditions.append(column >= part.lo if part.lo_inclusive else column > part.lo)

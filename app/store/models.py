@@ -148,6 +148,20 @@ class IndexState(Base):
     version: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class ImageChange(Base):
+    """The change log: an image whose searchable state changed (indexed, re-tagged, moved,
+    deleted), written in the same transaction as the change, so an in-memory posting engine
+    can apply just those images. One writer at a time (the writer lock) keeps ``seq`` in
+    commit order. Old entries are pruned; a reader that falls behind reloads in full."""
+
+    __tablename__ = "image_changes"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    image_id: Mapped[int] = mapped_column(Integer)
+
+
 class Job(Base):
     """Index runs and queued admin jobs, with their progress."""
 

@@ -20,6 +20,7 @@ from app.store.aliases import canonical
 from app.store.models import (
     Embedding,
     Image,
+    ImageChange,
     ImageTag,
     IndexState,
     ModelGeneration,
@@ -213,6 +214,22 @@ def bump_version(session: Session, generation_id: int) -> None:
     )
 
 
+# Enough for any reader that refreshes now and then; one further behind reloads in full.
+CHANGES_KEPT = 2_000_000
+
+
+def record_changes(session: Session, image_ids: Sequence[int]) -> None:
+    """Log images whose searchable state changed, in the caller's transaction."""
+    if image_ids:
+        bulk.insert_rows(session, "image_changes", ("image_id",), [(int(i),) for i in image_ids])
+
+
+def prune_changes(session: Session, keep: int = CHANGES_KEPT) -> None:
+    newest = session.scalar(select(func.max(ImageChange.seq)))
+    if newest is not None and newest > keep:
+        session.execute(delete(ImageChange).where(ImageChange.seq <= newest - keep))
+
+
 def index_version(session: Session, generation_id: int) -> int:
     return int(
         session.scalar(select(IndexState.version).where(IndexState.generation_id == generation_id))
@@ -253,6 +270,7 @@ def write_images(
         session, generation_id, [(i, p) for (_f, p, _e), i in zip(items, ids, strict=True)]
     )
     bump_version(session, generation_id)
+    record_changes(session, ids)
     return ids
 
 
@@ -319,6 +337,7 @@ def move_image(session: Session, image_id: int, path: str, size_bytes: int, mtim
         .where(Image.id == image_id)
         .values(path=path, size_bytes=size_bytes, mtime_ns=mtime_ns)
     )
+    record_changes(session, [image_id])
 
 
 def touch_image(session: Session, image_id: int, size_bytes: int, mtime_ns: int) -> None:
@@ -336,6 +355,7 @@ def mark_deleted(session: Session, image_ids: Sequence[int]) -> None:
         session.execute(delete(Embedding).where(Embedding.image_id.in_(chunk)))
     for generation_id in session.scalars(select(IndexState.generation_id)).all():
         bump_version(session, generation_id)
+    record_changes(session, image_ids)
 
 
 def refresh_tag_counts(session: Session, generation_id: int) -> None:

@@ -1,0 +1,150 @@
+"""Result order and cursor pagination (keyset, never a deep OFFSET).
+
+Every order is a total order: the key, then the image id in the same direction, so a page
+boundary is a single (key, id) pair. The cursor carries that pair, the order it belongs to
+and, for ``order:random``, the seed, so the next page continues exactly where the last one
+stopped even while images are added or removed.
+
+The default order is newest first (id descending), as on Danbooru; ``order:id`` is oldest
+first. ``order:random`` is a shuffle that stays fixed across the pages of one cursor chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from pyroaring import BitMap
+
+from app.query import Order
+
+DEFAULT_ORDER = Order("id", descending=True)
+
+KeySource = Callable[[Order, np.ndarray], np.ndarray]
+"""Maps an order and image ids (ascending, uint32) to their sort keys (float64)."""
+
+
+_MALFORMED = "the cursor is malformed; use the next_cursor of a response"
+
+
+class CursorError(ValueError):
+    """A cursor that is not one of ours, or belongs to another order."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    order: str
+    key: float
+    id: int
+    seed: int = 0
+
+    def encode(self) -> str:
+        raw = json.dumps({"o": self.order, "k": self.key, "i": self.id, "s": self.seed})
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str, order: Order) -> Cursor:
+        try:
+            padded = text + "=" * (-len(text) % 4)
+            raw = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+            cursor = cls(str(raw["o"]), float(raw["k"]), int(raw["i"]), int(raw.get("s", 0)))
+        except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError):
+            raise CursorError(
+                "the cursor is malformed; use the next_cursor of a response"
+            ) from None
+        if not (0 <= cursor.id < 2**32 and np.isfinite(cursor.key) and 0 <= cursor.seed < 2**63):
+            raise CursorError("the cursor is malformed; use the next_cursor of a response")
+        if cursor.order != order_token(order):
+            raise CursorError(
+                f"the cursor belongs to order '{cursor.order}', not '{order_token(order)}'"
+            )
+        return cursor
+
+
+def order_token(order: Order) -> str:
+    name = f"score:{order.tag}" if order.key == "score" else order.key
+    return f"{name}_{'desc' if order.descending else 'asc'}"
+
+
+def random_keys(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A fixed pseudo-random key per (image, seed): splitmix64, exact in float64's 53 bits."""
+    with np.errstate(over="ignore"):
+        z = ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class PageIds:
+    ids: list[int]
+    next_cursor: str | None
+
+
+def page(
+    matches: BitMap,
+    order: Order,
+    limit: int,
+    cursor: Cursor | None,
+    keys: KeySource,
+    seed: int,
+) -> PageIds:
+    """The ``limit`` images after ``cursor`` in ``order``, and the cursor after them."""
+    if order.key == "id":
+        return _page_by_id(matches, order, limit, cursor)
+    ids = np.frombuffer(matches.to_array(), dtype=np.uint32)
+    if order.key == "random":
+        seed = cursor.seed if cursor is not None else seed
+        values = random_keys(ids, seed)
+    else:
+        values = keys(order, ids)
+    sign = -1.0 if order.descending else 1.0
+    # Ascending in (sign * key, sign * id): the requested direction for both.
+    primary, secondary = sign * values, sign * ids.astype(np.float64)
+    if cursor is not None:
+        after = (primary > sign * cursor.key) | (
+            (primary == sign * cursor.key) & (secondary > sign * cursor.id)
+        )
+        ids, values, primary, secondary = (
+            ids[after],
+            values[after],
+            primary[after],
+            secondary[after],
+        )
+    if len(ids) > limit:
+        top = np.argpartition(primary, limit - 1)[:limit]
+        # argpartition alone splits ties at the boundary arbitrarily; take every tie.
+        bound = primary[top].max()
+        top = np.flatnonzero(primary <= bound)
+    else:
+        top = np.arange(len(ids))
+    chosen = top[np.lexsort((secondary[top], primary[top]))][:limit]
+    more = len(ids) > len(chosen)
+    result = [int(i) for i in ids[chosen]]
+    next_cursor = None
+    if more and result:
+        last = chosen[-1]
+        token = order_token(order)
+        next_cursor = Cursor(token, float(values[last]), int(ids[last]), seed).encode()
+    return PageIds(result, next_cursor)
+
+
+def _page_by_id(matches: BitMap, order: Order, limit: int, cursor: Cursor | None) -> PageIds:
+    if order.descending:
+        end = len(matches) if cursor is None else matches.rank(cursor.id) - (cursor.id in matches)
+        start = max(0, end - limit)
+        chosen = list(reversed(matches[start:end])) if end > 0 else []
+        more = start > 0
+    else:
+        start = 0 if cursor is None else matches.rank(cursor.id)
+        chosen = list(matches[start : start + limit])
+        more = start + limit < len(matches)
+    next_cursor = None
+    if more and chosen:
+        next_cursor = Cursor(order_token(order), float(chosen[-1]), chosen[-1]).encode()
+    return PageIds(chosen, next_cursor)

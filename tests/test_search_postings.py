@@ -1,0 +1,123 @@
+"""The posting engine stays current through the change log: new, re-tagged, moved and
+deleted images are applied as small segments, and the answers equal a fresh load's."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from app.query import QueryError, parse
+from app.search import postings as postings_module
+from app.search.plan import Catalog, bind
+from app.search.postings import PostingEngine
+from app.store import repository as repo
+from app.store.db import create_db_engine, session_factory
+from app.store.models import Image, ImageChange, Tag
+from app.tagger.vocab import GROUP_CODE
+from tests.search_helpers import build_index
+from tests.test_search_sql import GROUPS, random_images, random_query
+
+
+def _write(session, generation_id, images, start, existing=None):  # type: ignore[no-untyped-def]
+    names = sorted({n for tags in images for n in tags})
+    ids = repo.ensure_tags(session, {n: GROUP_CODE[GROUPS.get(n, "general")] for n in names})
+    items = []
+    for offset, tags in enumerate(images):
+        i = start + offset
+        facts = repo.FileFacts(f"/more/{i:05d}.png", f"{i:064x}", 500 + i, 1, 64 + i, 80, "png")
+        prediction = repo.Prediction(
+            np.array([ids[n] for n in tags], dtype=np.int64),
+            np.array(list(tags.values()), dtype=np.float32),
+            np.ones(4, np.float32) / 2,
+        )
+        items.append((facts, prediction, None if existing is None else existing[offset]))
+    return repo.write_images(session, generation_id, items)
+
+
+def _catalog(session) -> Catalog:  # type: ignore[no-untyped-def]
+    rows = session.execute(select(Tag.id, Tag.name, Tag.group, Tag.image_count)).all()
+    return Catalog.from_rows([tuple(r) for r in rows], {})
+
+
+def test_refresh_applies_changes_and_equals_a_fresh_load(migrated_url: str) -> None:
+    rng = random.Random(5)
+    engine = create_db_engine(migrated_url)
+    generation, data, _catalog0 = build_index(engine, random_images(rng, 120), GROUPS)
+    with session_factory(engine)() as session:
+        current = PostingEngine.load(session, generation)
+        for round_ in range(4):
+            image_ids = sorted(current.live)
+            _write(session, generation, random_images(rng, 15), 1000 + 100 * round_)
+            retag = rng.sample(image_ids, 5)
+            _write(session, generation, random_images(rng, 5), 2000 + 10 * round_, retag)
+            repo.mark_deleted(session, rng.sample(sorted(set(image_ids) - set(retag)), 4))
+            moved = rng.choice(image_ids)
+            repo.move_image(session, moved, f"/moved/{round_}.png", 1, 1)
+            session.commit()
+            assert not current.is_current(session)
+            refreshed = current.refresh(session)
+            assert len(refreshed.segments) == len(current.segments) + 1
+            assert refreshed.is_current(session)
+            fresh = PostingEngine.load(session, generation)
+            catalog = _catalog(session)
+            assert refreshed.live == fresh.live
+            checked = 0
+            for _ in range(300):
+                try:
+                    plan = bind(parse(random_query(rng)).root, catalog)
+                except QueryError:
+                    continue
+                assert refreshed.search(plan) == fresh.search(plan)
+                checked += 1
+            assert checked > 250
+            path_plan = bind(parse(f"path:/moved/{round_}.png").root, catalog)
+            expected = [] if moved not in refreshed.live else [moved]
+            assert refreshed.search(path_plan) == expected
+            current = refreshed
+        assert current.refresh(session) is current  # nothing new: the same engine
+    engine.dispose()
+    assert data
+
+
+def test_many_segments_or_a_large_delta_reload_in_full(
+    migrated_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = create_db_engine(migrated_url)
+    generation, _data, _catalog = build_index(engine, [{"a": 0.9}] * 10)
+    monkeypatch.setattr(postings_module, "MAX_SEGMENTS", 3)
+    with session_factory(engine)() as session:
+        current = PostingEngine.load(session, generation)
+        counts = []
+        for round_ in range(4):
+            _write(session, generation, [{"a": 0.8}], 3000 + round_)
+            session.commit()
+            current = current.refresh(session)
+            counts.append(len(current.segments))
+        assert counts == [2, 3, 1, 2]
+        assert len(current.live) == 14
+        monkeypatch.setattr(postings_module, "MIN_DELTA_LIMIT", 2)
+        _write(session, generation, [{"a": 0.8}] * 3, 4000)
+        session.commit()
+        current = current.refresh(session)
+        assert len(current.segments) == 1 and len(current.live) == 17
+    engine.dispose()
+
+
+def test_an_engine_behind_a_pruned_log_reloads(migrated_url: str) -> None:
+    engine = create_db_engine(migrated_url)
+    generation, _data, _catalog = build_index(engine, [{"a": 0.9}] * 3)
+    with session_factory(engine)() as session:
+        current = PostingEngine.load(session, generation)
+        for round_ in range(3):
+            _write(session, generation, [{"b": 0.8}], 5000 + round_)
+        repo.prune_changes(session, keep=1)
+        session.commit()
+        assert len(session.scalars(select(ImageChange.seq)).all()) == 1
+        refreshed = current.refresh(session)
+        assert len(refreshed.segments) == 1 and len(refreshed.live) == 6
+        new_ids = session.scalars(select(Image.id).where(Image.path.like("/more/%"))).all()
+        assert set(new_ids) <= set(refreshed.live)
+    engine.dispose()
