@@ -197,7 +197,9 @@ class SearchService:
         wanted = min(seen + limit, MAX_SIMILAR_RESULTS)
         with self._lock:
             index = self._vectors(session, state)
-        extra = limit if request.hide_duplicates else 0
+        # One more than wanted tells whether a next page exists; duplicates dropped below
+        # are made up from extra candidates.
+        extra = 1 + (limit if request.hide_duplicates else 0)
         found, knn_plan = similar.nearest(
             index, vector, wanted + extra, allowed, live, self.exact_limit
         )

@@ -1,0 +1,224 @@
+"""The search service on both databases and both engines: pages in every order equal a
+brute-force sort, cursors cover every match exactly once, and filtered similarity search
+returns only matching images, with recall against an exact filtered scan."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyroaring import BitMap
+
+from app.query import QueryError
+from app.search import similar
+from app.search.paging import CursorError
+from app.search.service import NotFound, SearchRequest, SearchService
+from app.store import repository as repo
+from app.store import vectors
+from app.store.db import create_db_engine, session_factory
+from app.tagger.vocab import GROUP_CODE
+from tests.search_helpers import ATTRIBUTES, build_index
+from tests.test_search_sql import GROUPS, random_images
+
+ORDERS = [
+    ("", lambda a, t: -a["id"]),
+    ("order:id", lambda a, t: a["id"]),
+    ("order:filesize", lambda a, t: (-a["size_bytes"], -a["id"])),
+    ("order:filesize_asc", lambda a, t: (a["size_bytes"], a["id"])),
+    ("order:mpixels", lambda a, t: (-a["mpixels"], -a["id"])),
+    ("order:date_asc", lambda a, t: (a["indexed_us"], a["id"])),
+    ("order:tagcount", lambda a, t: (-t["count"], -a["id"])),
+    ("order:score:b", lambda a, t: (-t["b"], -a["id"])),
+]
+
+
+def _service(url: str, tmp_path: Path, kind: str) -> SearchService:
+    return SearchService(create_db_engine(url), tmp_path, {}, kind)  # type: ignore[arg-type]
+
+
+def _all_pages(service: SearchService, query: str, limit: int) -> list[int]:
+    seen: list[int] = []
+    cursor = None
+    for _ in range(1000):
+        result = service.search(SearchRequest(query, limit, cursor))
+        seen += [hit.id for hit in result.hits]
+        cursor = result.next_cursor
+        if cursor is None:
+            return seen
+    raise AssertionError("pagination did not end")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sql"])
+def test_every_order_pages_like_a_brute_force_sort(
+    migrated_url: str, tmp_path: Path, kind: str
+) -> None:
+    rng = random.Random(3)
+    images = random_images(rng, 60)
+    engine = create_db_engine(migrated_url)
+    _generation, data, catalog = build_index(engine, images, GROUPS)
+    b = catalog.tags["b"].id
+    counted = {name: info for name, info in catalog.tags.items() if info.group != "rating"}
+    thresholds = {"general": 0.3, "character": 0.75, "copyright": 0.75}
+    facts = {
+        image_id: {
+            "count": sum(
+                1
+                for info in counted.values()
+                if info.id in tags and tags[info.id] >= thresholds[info.group]
+            ),
+            "b": float(np.float32(tags.get(b, 0.0))),
+        }
+        for image_id, tags in data.items()
+    }
+    service = _service(migrated_url, tmp_path, kind)
+    for query, key in ORDERS:
+        expected = sorted(data, key=lambda i, key=key: key(ATTRIBUTES[i], facts[i]))
+        for limit in (1, 7, 100):
+            assert _all_pages(service, query, limit) == expected, (query, limit)
+    # random: a fixed shuffle across the pages of one cursor chain
+    shuffled = _all_pages(service, "order:random", 9)
+    assert sorted(shuffled) == sorted(data) and shuffled != sorted(data)
+    filtered = _all_pages(service, "a order:filesize", 5)
+    assert filtered == [i for i in expected_by(data, "size_bytes") if _has(data[i], catalog, "a")]
+    engine.dispose()
+
+
+def expected_by(data: dict[int, dict[int, float]], column: str) -> list[int]:
+    return sorted(data, key=lambda i: (-ATTRIBUTES[i][column], -i))  # type: ignore[operator]
+
+
+def _has(tags: dict[int, float], catalog: object, name: str) -> bool:
+    info = catalog.tags[name]  # type: ignore[attr-defined]
+    return info.id in tags and tags[info.id] >= 0.3
+
+
+def test_pages_stay_consistent_while_images_are_added(migrated_url: str, tmp_path: Path) -> None:
+    engine = create_db_engine(migrated_url)
+    build_index(engine, [{"a": 0.9}] * 10)
+    service = _service(migrated_url, tmp_path, "memory")
+    first = service.search(SearchRequest("a", 4))
+    with session_factory(engine)() as session:
+        generation = repo.active_generation(session)
+        assert generation is not None
+        ids = repo.ensure_tags(session, {"a": GROUP_CODE["general"]})
+        prediction = repo.Prediction(
+            np.array([ids["a"]]), np.array([0.9], np.float32), np.ones(4, np.float32) / 2
+        )
+        facts = repo.FileFacts("/new.png", "e" * 64, 1, 1, 10, 10, "png")
+        repo.write_images(session, generation.id, [(facts, prediction, None)])
+        session.commit()
+    second = service.search(SearchRequest("a", 4, first.next_cursor))
+    assert second.count == 11  # the new image counts, and belongs before the cursor
+    assert [h.id for h in second.hits] == [h.id - 4 for h in first.hits]
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("request_", "error"),
+    [
+        (SearchRequest("", 5, "garbage!"), CursorError),
+        (SearchRequest("similar:12345"), NotFound),
+        (SearchRequest("a order:similarity"), QueryError),
+        (SearchRequest("", embedding=np.zeros(4)), ValueError),
+        (SearchRequest("", embedding=np.ones(7)), ValueError),
+        (SearchRequest("", embedding=np.array([np.nan, 1, 1, 1])), ValueError),
+    ],
+)
+def test_bad_requests_raise_typed_errors(
+    migrated_url: str, tmp_path: Path, request_: SearchRequest, error: type[Exception]
+) -> None:
+    engine = create_db_engine(migrated_url)
+    build_index(engine, [{"a": 0.9}] * 3)
+    with pytest.raises(error):
+        _service(migrated_url, tmp_path, "memory").search(request_)
+    engine.dispose()
+
+
+def _clustered_vectors(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
+    """Vectors around 50 centres, as real embeddings cluster by content."""
+    centres = rng.standard_normal((50, dim)).astype(np.float32)
+    vectors_ = centres[rng.integers(0, 50, count)] + 0.6 * rng.standard_normal((count, dim))
+    vectors_ = vectors_.astype(np.float32)
+    return vectors_ / np.linalg.norm(vectors_, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_filtered_knn_returns_only_matches_with_high_recall(kind: str) -> None:
+    rng = np.random.default_rng(0)
+    count, dim = 20_000, 32
+    data = _clustered_vectors(rng, count, dim)
+    ids = np.arange(1, count + 1, dtype=np.int64)
+    params = {} if kind == "flat" else {"nlist": 200, "nprobe": 8}
+    built = vectors.build_index(data, ids, kind, params)
+    index = vectors.FaissIndex(built, vectors.IndexMeta(1, 0, count, dim, kind, params))
+    live = BitMap(ids.tolist())
+    recalls = {}
+    for share in (0.0005, 0.005, 0.05, 0.3, 1.0):
+        allowed = BitMap(rng.choice(ids, max(1, int(share * count)), replace=False).tolist())
+        hits_total, recall_total = 0, 0.0
+        for q in rng.choice(count, 20, replace=False):
+            query = data[q]
+            found, plan = similar.nearest(index, query, 10, allowed, live, exact_limit=2000)
+            assert all(i in allowed for i, _ in found)
+            member = np.frombuffer(allowed.to_array(), np.uint32).astype(np.int64)
+            exact = member[np.argsort(-(data[member - 1] @ query), kind="stable")[:10]]
+            recall_total += len({i for i, _ in found} & set(exact.tolist())) / len(exact)
+            hits_total += len(found)
+            scores = [s for _, s in found]
+            assert scores == sorted(scores, reverse=True)
+        recalls[share] = recall_total / 20
+        assert hits_total == 20 * min(10, len(allowed))
+        if kind == "ivf" and len(allowed) <= 2000:
+            assert plan.strategy == "exact"
+    assert min(recalls.values()) >= 0.95, recalls
+
+
+def test_deleted_images_never_come_back_from_a_stale_index(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    data = _clustered_vectors(rng, 500, 8)
+    ids = np.arange(1, 501, dtype=np.int64)
+    index = vectors.FaissIndex(
+        vectors.build_index(data, ids, "flat", {}), vectors.IndexMeta(1, 0, 500, 8, "flat", {})
+    )
+    live = BitMap(range(1, 501)) - BitMap(range(1, 501, 2))  # odd ids deleted since
+    found, _plan = similar.nearest(index, data[0], 10, None, live)
+    assert len(found) == 10 and all(i % 2 == 0 for i, _ in found)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sql"])
+def test_similarity_by_embedding_with_a_filter_and_duplicates(
+    migrated_url: str, tmp_path: Path, kind: str
+) -> None:
+    engine = create_db_engine(migrated_url)
+    build_index(engine, [{"a": 0.9}, {"a": 0.9}, {"b": 0.9}, {"a": 0.9}])
+    directions = {1: [1, 0, 0, 0], 2: [0.999, 0.04, 0, 0], 3: [0.9, 0.3, 0, 0], 4: [0, 1, 0, 0]}
+    with session_factory(engine)() as session:  # give the fixture images distinct embeddings
+        from sqlalchemy import update
+
+        from app.store.models import Embedding
+
+        for position, vector in directions.items():
+            unit = np.array(vector, np.float32) / np.linalg.norm(vector)
+            session.execute(
+                update(Embedding)
+                .where(Embedding.image_id == sorted(ATTRIBUTES)[position - 1])
+                .values(vector=repo.encode_vector(unit))
+            )
+            repo.bump_version(session, 1)
+        session.commit()
+    ids = sorted(ATTRIBUTES)
+    service = _service(migrated_url, tmp_path, kind)
+    query = np.array([1, 0, 0, 0], np.float32)
+    everything = service.search(SearchRequest("", 10, embedding=query))
+    assert [h.id for h in everything.hits] == [ids[0], ids[1], ids[2], ids[3]]
+    assert everything.hits[0].similarity == pytest.approx(1.0, abs=1e-3)
+    only_a = service.search(SearchRequest("a", 10, embedding=query, hide_duplicates=True))
+    assert [h.id for h in only_a.hits] == [ids[3]]  # 1 and 2 are duplicates, 3 lacks a
+    assert only_a.count == 3
+    by_id = service.search(SearchRequest(f"similar:{ids[0]}", 1))
+    assert [h.id for h in by_id.hits] == [ids[1]] and by_id.next_cursor
+    rest = service.search(SearchRequest(f"similar:{ids[0]}", 5, by_id.next_cursor))
+    assert [h.id for h in rest.hits] == [ids[2], ids[3]] and rest.next_cursor is None
+    engine.dispose()
