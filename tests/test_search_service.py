@@ -35,7 +35,8 @@ ORDERS = [
 
 
 def _service(url: str, tmp_path: Path, kind: str) -> SearchService:
-    return SearchService(create_db_engine(url), tmp_path, {}, kind)  # type: ignore[arg-type]
+    engine = create_db_engine(url)
+    return SearchService(engine, tmp_path, {}, kind, refresh_seconds=0)  # type: ignore[arg-type]
 
 
 def _all_pages(service: SearchService, query: str, limit: int) -> list[int]:
@@ -170,8 +171,10 @@ def test_filtered_knn_returns_only_matches_with_high_recall(kind: str) -> None:
             assert scores == sorted(scores, reverse=True)
         recalls[share] = recall_total / 20
         assert hits_total == 20 * min(10, len(allowed))
-        if kind == "ivf" and len(allowed) <= 2000:
-            assert plan.strategy == "exact"
+        if len(allowed) <= similar.GATHER_LIMIT:
+            assert plan.strategy == "gather"
+        elif kind == "ivf":
+            assert plan.strategy == "filtered"
     assert min(recalls.values()) >= 0.95, recalls
 
 

@@ -21,6 +21,7 @@ above the thresholds in force for the request.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -168,6 +169,8 @@ class Catalog:
     tags: Mapping[str, TagInfo]
     aliases: Mapping[str, str] = field(default_factory=dict)
     _by_count: list[tuple[str, TagInfo]] | None = None
+    _names: list[str] = field(default_factory=list)
+    _matches: dict[str, list[TagInfo]] = field(default_factory=dict)
 
     @classmethod
     def from_rows(
@@ -181,11 +184,25 @@ class Catalog:
 
     def matching(self, pattern: str) -> list[TagInfo]:
         """The most-used tags matching a ``*`` pattern, most used first."""
+        cached = self._matches.get(pattern)
+        if cached is not None:
+            return cached
         if self._by_count is None:
             self._by_count = sorted(self.tags.items(), key=lambda kv: (-kv[1].count, kv[0]))
+            self._names = sorted(self.tags)
+        prefix = pattern.split("*", 1)[0]
+        candidates = self._by_count
+        if prefix:  # most patterns start with letters: narrow by prefix with a binary search
+            start = bisect.bisect_left(self._names, prefix)
+            end = bisect.bisect_left(self._names, prefix + "\U0010ffff")
+            named = set(self._names[start:end])
+            candidates = [kv for kv in self._by_count if kv[0] in named] if named else []
         regex = re.compile("".join(".*" if c == "*" else re.escape(c) for c in pattern) + r"\Z")
-        found = [info for name, info in self._by_count if regex.match(name)]
-        return found[:WILDCARD_LIMIT]
+        found = [info for name, info in candidates if regex.match(name)][:WILDCARD_LIMIT]
+        if len(self._matches) >= 1024:
+            self._matches.clear()
+        self._matches[pattern] = found
+        return found
 
 
 @dataclass(frozen=True)

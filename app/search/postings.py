@@ -309,23 +309,19 @@ class Segment:
 def _read_postings(
     session: Session, generation_id: int, image_ids: Sequence[int] | None
 ) -> dict[int, Postings]:
-    """Postings by tag, read in the clustered key's order and converted chunk by chunk, so
-    memory stays near the arrays' own size."""
-    statements = []
+    """Postings by tag, read in the clustered key's order through the driver's own cursor
+    (SQLAlchemy rows are far too slow for tens of millions of postings) and converted chunk
+    by chunk, so memory stays near the arrays' own size."""
     base = (
         select(ImageTag.tag_id, ImageTag.score, ImageTag.image_id)
         .where(ImageTag.generation_id == generation_id)
         .order_by(ImageTag.tag_id, ImageTag.score.desc(), ImageTag.image_id)
     )
     if image_ids is None:
-        statements.append(base)
+        statements = [base]
     else:
-        statements.extend(base.where(ImageTag.image_id.in_(c)) for c in chunks(image_ids, ID_CHUNK))
-    blocks: list[np.ndarray] = []
-    for statement in statements:
-        result = session.execute(statement.execution_options(yield_per=READ_CHUNK))
-        for partition in result.partitions():
-            blocks.append(np.array(partition, dtype=np.float64).reshape(-1, 3))
+        statements = [base.where(ImageTag.image_id.in_(c)) for c in chunks(image_ids, ID_CHUNK)]
+    blocks = [block for statement in statements for block in _raw_blocks(session, statement)]
     if not blocks:
         return {}
     rows = np.concatenate(blocks)
@@ -333,6 +329,24 @@ def _read_postings(
         # Chunks by image break the global order: restore (tag, -score, image).
         rows = rows[np.lexsort((rows[:, 2], -rows[:, 1].astype(np.float32), rows[:, 0]))]
     return _group(rows[:, 0].astype(np.int64), rows[:, 1], rows[:, 2])
+
+
+def _raw_blocks(session: Session, statement: Any) -> Iterable[np.ndarray]:
+    """A numeric SELECT's rows as float64 blocks, fetched with the DB-API cursor (a named,
+    server-side cursor on PostgreSQL, so the result never sits whole in memory)."""
+    connection = session.connection()
+    sql = str(statement.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
+    raw = connection.connection.driver_connection
+    if connection.dialect.name == "postgresql":
+        cursor = raw.cursor(name=f"postings_{id(statement)}")  # type: ignore[union-attr]
+    else:
+        cursor = raw.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql)
+        while rows := cursor.fetchmany(READ_CHUNK):
+            yield np.array(rows, dtype=np.float64).reshape(-1, 3)
+    finally:
+        cursor.close()
 
 
 def _group(tags: np.ndarray, scores: np.ndarray, images: np.ndarray) -> dict[int, Postings]:
@@ -471,3 +485,18 @@ class PostingEngine:
             mine = image_ids & segment.live
             if mine:
                 yield segment, np.frombuffer(mine.to_array(), dtype=np.uint32)
+
+    def describe(self, image_ids: Sequence[int]) -> dict[int, tuple[str, int, int]]:
+        """(path, width, height) of live images, from memory."""
+        found: dict[int, tuple[str, int, int]] = {}
+        wanted = BitMap(image_ids)
+        for segment, mine in self.per_segment(wanted):
+            attributes = segment.attributes
+            positions, _ok = attributes.positions(mine)
+            for image_id, pos in zip(mine.tolist(), positions.tolist(), strict=True):
+                found[image_id] = (
+                    attributes.paths[pos],
+                    int(attributes.columns["width"][pos]),
+                    int(attributes.columns["height"][pos]),
+                )
+        return found

@@ -11,8 +11,10 @@ reloaded. It is safe to call from several threads.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +102,10 @@ class SearchService:
     kind: EngineKind = "memory"
     duplicate_similarity: float = DEFAULT_DUPLICATE_SIMILARITY
     exact_limit: int = similar.EXACT_LIMIT
+    # How stale a search may be: the database is asked for changes at most this often.
+    refresh_seconds: float = 1.0
     _state: _State | None = field(default=None, repr=False)
+    _checked_at: float = field(default=-math.inf, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def search(self, request: SearchRequest) -> Page:
@@ -130,11 +135,19 @@ class SearchService:
             keys = self._keys(session, state, binder, order, thresholds)
             cursor = Cursor.decode(request.cursor, order) if request.cursor else None
             found = page(matches, order, limit, cursor, keys, secrets.randbits(48))
-            hits = _rows(session, found.ids)
+            hits = self._hits(session, state, found.ids)
         return Page(hits, len(matches), False, found.next_cursor, self._engine_name(state))
 
     def current(self) -> _State:
-        """The state of the active generation, brought up to date."""
+        """The state of the active generation, brought up to date (at most
+        ``refresh_seconds`` old)."""
+        with self._lock:
+            if (
+                self._state is not None
+                and time.monotonic() - self._checked_at < self.refresh_seconds
+            ):
+                return self._state
+            self._checked_at = time.monotonic()
         with self._lock, session_factory(self.engine)() as session:
             generation = active_generation(session)
             if generation is None:
@@ -210,7 +223,7 @@ class SearchService:
         if window and wanted < MAX_SIMILAR_RESULTS and len(found) > wanted:
             last_id, last_score = window[-1]
             next_cursor = Cursor("similarity_desc", last_score, last_id, wanted).encode()
-        rows = {hit.id: hit for hit in _rows(session, [i for i, _ in window])}
+        rows = {hit.id: hit for hit in self._hits(session, state, [i for i, _ in window])}
         hits = [_with_similarity(rows[i], s) for i, s in window if i in rows]
         count = len(allowed) if allowed is not None else len(live)
         return Page(hits, count, False, next_cursor, self._engine_name(state), knn_plan.strategy)
@@ -231,6 +244,12 @@ class SearchService:
         if state.postings is not None:
             return posting_keys(state.postings, counted, score_tag)
         return sql_keys(session, state.generation_id, counted, score_tag)
+
+    def _hits(self, session: Session, state: _State, ids: list[int]) -> list[Hit]:
+        if state.postings is None:
+            return _rows(session, ids)
+        known = state.postings.describe(ids)
+        return [Hit(i, *known[i]) for i in ids if i in known]
 
     def _engine_name(self, state: _State) -> str:
         return "memory" if state.postings is not None else "sql"

@@ -26,6 +26,9 @@ from pyroaring import BitMap
 from app.store.vectors import FaissIndex
 
 EXACT_LIMIT = 30_000
+# Below this many matching images their vectors are fetched and scored directly, which beats
+# a selector pass over the whole index.
+GATHER_LIMIT = 4_000
 # Extra candidates asked of FAISS, to make up for ids dropped after the search.
 OVERFETCH = 16
 
@@ -63,6 +66,8 @@ def nearest(
     candidates = allowed & live if allowed is not None else None
     if candidates is not None and not candidates:
         return [], KnnPlan("exact")
+    if candidates is not None and len(candidates) <= GATHER_LIMIT:
+        return _gathered(index, query, k, candidates), KnnPlan("gather")
     plan = plan_knn(index, None if candidates is None else len(candidates), exact_limit)
     wanted = k + OVERFETCH
     params, _selector = _params(plan, candidates)  # FAISS holds a raw pointer: keep it
@@ -76,6 +81,23 @@ def nearest(
     ]
     found.sort(key=lambda pair: (-pair[1], pair[0]))
     return found[:k], plan
+
+
+def _gathered(
+    index: FaissIndex, query: np.ndarray, k: int, candidates: BitMap
+) -> list[tuple[int, float]]:
+    """Exact: the candidates' own vectors, scored in one matrix product."""
+    ids = np.frombuffer(candidates.to_array(), np.uint32).astype(np.int64)
+    ids = ids[index.contains(ids)]
+    if not len(ids):
+        return []
+    scores = index.reconstruct(ids) @ np.asarray(query, dtype=np.float32).reshape(-1)
+    top = np.argsort(-scores, kind="stable")[:k] if len(ids) <= k else None
+    if top is None:
+        top = np.argpartition(-scores, k - 1)[:k]
+    found = [(int(ids[i]), float(scores[i])) for i in top]
+    found.sort(key=lambda pair: (-pair[1], pair[0]))
+    return found
 
 
 def _params(plan: KnnPlan, candidates: BitMap | None) -> tuple[Any, Any]:

@@ -52,6 +52,28 @@ class FaissIndex:
     def __init__(self, index: Any, meta: IndexMeta) -> None:
         self.index = index
         self.meta = meta
+        self._ready_to_reconstruct = False
+        self._ids: np.ndarray | None = None
+
+    def contains(self, image_ids: np.ndarray) -> np.ndarray:
+        """A mask of the image ids that the index holds (it may lag the database)."""
+        if self._ids is None:
+            self._ids = np.sort(faiss.vector_to_array(self.index.id_map))
+        if not len(self._ids):
+            return np.zeros(len(image_ids), dtype=bool)
+        pos = np.minimum(np.searchsorted(self._ids, image_ids), len(self._ids) - 1)
+        found: np.ndarray = self._ids[pos] == image_ids
+        return found
+
+    def reconstruct(self, image_ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of these image ids (each must be in the index)."""
+        if not self._ready_to_reconstruct:
+            if self.meta.kind != "flat":
+                # IVF lists need a map from position to (list, offset) to fetch one vector.
+                faiss.extract_index_ivf(self.index.index).make_direct_map()
+            self._ready_to_reconstruct = True
+        vectors: np.ndarray = self.index.reconstruct_batch(np.asarray(image_ids, dtype=np.int64))
+        return vectors
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, image ids) of the k nearest, -1 ids where fewer exist."""
