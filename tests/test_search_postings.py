@@ -121,3 +121,29 @@ def test_an_engine_behind_a_pruned_log_reloads(migrated_url: str) -> None:
         new_ids = session.scalars(select(Image.id).where(Image.path.like("/more/%"))).all()
         assert set(new_ids) <= set(refreshed.live)
     engine.dispose()
+
+
+@pytest.mark.parametrize("ratio", [0, 10**9])
+def test_scans_within_candidates_equal_full_scans(
+    migrated_url: str, monkeypatch: pytest.MonkeyPatch, ratio: int
+) -> None:
+    """Metatags on image values are evaluated either over every image or only over the
+    candidates left by the indexed terms; both must give the brute-force answer."""
+    from tests.search_helpers import brute
+
+    monkeypatch.setattr(postings_module, "RESTRICT_RATIO", ratio)
+    rng = random.Random(23)
+    engine = create_db_engine(migrated_url)
+    generation, data, catalog = build_index(engine, random_images(rng), GROUPS)
+    checked = 0
+    with session_factory(engine)() as session:
+        current = PostingEngine.load(session, generation)
+        for _ in range(600):
+            try:
+                plan = bind(parse(random_query(rng)).root, catalog)
+            except QueryError:
+                continue
+            assert current.search(plan) == brute(plan, data)
+            checked += 1
+    engine.dispose()
+    assert checked > 500

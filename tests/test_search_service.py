@@ -161,7 +161,7 @@ def test_filtered_knn_returns_only_matches_with_high_recall(kind: str) -> None:
         hits_total, recall_total = 0, 0.0
         for q in rng.choice(count, 20, replace=False):
             query = data[q]
-            found, plan = similar.nearest(index, query, 10, allowed, live, exact_limit=2000)
+            found, plan = similar.nearest(index, query, 10, allowed, live, gather_limit=2000)
             assert all(i in allowed for i, _ in found)
             member = np.frombuffer(allowed.to_array(), np.uint32).astype(np.int64)
             exact = member[np.argsort(-(data[member - 1] @ query), kind="stable")[:10]]
@@ -171,7 +171,7 @@ def test_filtered_knn_returns_only_matches_with_high_recall(kind: str) -> None:
             assert scores == sorted(scores, reverse=True)
         recalls[share] = recall_total / 20
         assert hits_total == 20 * min(10, len(allowed))
-        if len(allowed) <= similar.GATHER_LIMIT:
+        if len(allowed) <= 2000:
             assert plan.strategy == "gather"
         elif kind == "ivf":
             assert plan.strategy == "filtered"

@@ -49,6 +49,9 @@ from app.store.repository import chunks
 log = logging.getLogger(__name__)
 
 CACHE_SIZE = 4096
+# Filters on image values scan only the images still in the running when those are fewer
+# than 1 in RESTRICT_RATIO of the live ones; else they scan all (once: the result is cached).
+RESTRICT_RATIO = 8
 READ_CHUNK = 200_000
 ID_CHUNK = 500
 MAX_SEGMENTS = 8
@@ -107,7 +110,8 @@ class Attributes:
     ids: np.ndarray  # uint32
     columns: dict[str, np.ndarray]
     sha256: dict[str, list[int]]
-    formats: np.ndarray  # str objects
+    format_codes: np.ndarray  # uint16 index into format_names
+    format_names: list[str]
     paths: list[str]
 
     def positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,19 +121,19 @@ class Attributes:
         found = self.ids[pos] == ids if len(self.ids) else np.zeros(len(ids), dtype=bool)
         return pos, found
 
-    def with_format(self, plan: PFormat) -> BitMap:
-        return BitMap(self.ids[np.isin(self.formats, sorted(plan.formats))])
-
-    def with_path(self, plan: PPath) -> BitMap:
+    def mask(self, plan: PAttr | PFormat | PPath, positions: np.ndarray) -> np.ndarray:
+        """Which of the images at ``positions`` the filter keeps."""
+        if isinstance(plan, PAttr):
+            return in_ranges(self.columns[plan.column][positions], plan.ranges.ranges)
+        if isinstance(plan, PFormat):
+            codes = [i for i, name in enumerate(self.format_names) if name in plan.formats]
+            return np.isin(self.format_codes[positions], codes)
         regex = plan.regex()
-        return BitMap(
-            int(i)
-            for i, path in zip(self.ids.tolist(), self.paths, strict=True)
-            if regex.fullmatch(path)
+        return np.fromiter(
+            (regex.fullmatch(self.paths[p]) is not None for p in positions.tolist()),
+            dtype=bool,
+            count=len(positions),
         )
-
-    def select(self, plan: PAttr) -> BitMap:
-        return BitMap(self.ids[in_ranges(self.columns[plan.column], plan.ranges.ranges)])
 
 
 def in_ranges(values: np.ndarray, ranges: Iterable[Any]) -> np.ndarray:
@@ -143,6 +147,9 @@ def in_ranges(values: np.ndarray, ranges: Iterable[Any]) -> np.ndarray:
             inside &= values <= part.hi if part.hi_inclusive else values < part.hi
         mask |= inside
     return mask
+
+
+SCANNED = (PAttr, PFormat, PPath, PTagCount)
 
 
 @dataclass
@@ -169,31 +176,58 @@ class Segment:
             return BitMap()
         if isinstance(plan, PTag):
             return self._cached(plan, lambda: self._slice(plan))
-        if isinstance(plan, PAttr):
-            return self.attributes.select(plan) & self.live
+        if isinstance(plan, SCANNED):
+            return self._cached(plan, lambda: self._scan(plan, None))
         if isinstance(plan, PRating):
             return self._cached(plan, lambda: self._rating(plan))
-        if isinstance(plan, PTagCount):
-            return self._tag_count(plan)
         if isinstance(plan, PSha):
             return BitMap(self.attributes.sha256.get(plan.sha256, ())) & self.live
-        if isinstance(plan, PFormat):
-            return self.attributes.with_format(plan) & self.live
-        if isinstance(plan, PPath):
-            return self.attributes.with_path(plan) & self.live
         if isinstance(plan, PNot):
             return self.live - self.evaluate(plan.child)
         if isinstance(plan, POr):
             return BitMap.union(*(self.evaluate(c) for c in plan.children))
         assert isinstance(plan, PAnd)
-        positives = [self.evaluate(c) for c in plan.children if not isinstance(c, PNot)]
-        # Smallest first: each intersection is then bounded by the rarest term.
-        positives.sort(key=len)
-        result = BitMap.intersection(*positives) if positives else self.live
-        for child in plan.children:
-            if isinstance(child, PNot) and result:
-                result = result - self.evaluate(child.child)
+        return self._and(plan)
+
+    def _and(self, plan: PAnd) -> BitMap:
+        """Indexed terms first, smallest first; then the terms that must look at each image
+        (metatags on image values), only at the images still in the running."""
+        positives = [c for c in plan.children if not isinstance(c, PNot)]
+        negatives: list[PlanNode] = [c.child for c in plan.children if isinstance(c, PNot)]
+        indexed = sorted(
+            (self.evaluate(c) for c in positives if not isinstance(c, SCANNED)), key=len
+        )
+        result = BitMap.intersection(*indexed) if indexed else self.live
+        for child in positives:
+            if isinstance(child, SCANNED) and result:
+                result = self._within(child, result)
+        # Indexed negations first: they are cheap and shrink what the scans must look at.
+        negatives.sort(key=lambda c: isinstance(c, SCANNED))
+        for negative in negatives:
+            if result:
+                result = result - self._within(negative, result)
         return result
+
+    def _within(self, plan: PlanNode, candidates: BitMap) -> BitMap:
+        """The candidates that match ``plan``: scanned at just those images when they are
+        few, else from the plan's full (cached) result."""
+        if isinstance(plan, SCANNED) and len(candidates) * RESTRICT_RATIO < len(self.live):
+            return self._scan(plan, candidates)
+        return self.evaluate(plan) & candidates
+
+    def _scan(self, plan: PAttr | PFormat | PPath | PTagCount, within: BitMap | None) -> BitMap:
+        attributes = self.attributes
+        if within is None:
+            ids, positions = attributes.ids, np.arange(len(attributes.ids))
+        else:
+            ids = np.frombuffer(within.to_array(), dtype=np.uint32)
+            positions, found = attributes.positions(ids)
+            ids, positions = ids[found], positions[found]
+        if isinstance(plan, PTagCount):
+            mask = in_ranges(self.tag_counts(plan.groups)[positions], plan.ranges.ranges)
+        else:
+            mask = attributes.mask(plan, positions)
+        return BitMap(ids[mask]) & self.live
 
     def _cached(self, key: object, compute: Any) -> BitMap:
         cached = self._cache.get(key)
@@ -252,10 +286,6 @@ class Segment:
             counts = np.bincount(pos[found], minlength=len(self.attributes.ids))
         self._derived[key] = counts
         return counts
-
-    def _tag_count(self, plan: PTagCount) -> BitMap:
-        counts = self.tag_counts(plan.groups)
-        return BitMap(self.attributes.ids[in_ranges(counts, plan.ranges.ranges)]) & self.live
 
     def tag_scores(self, tag_id: int, image_ids: np.ndarray) -> np.ndarray:
         """One tag's scores for the given images (0 where not stored)."""
@@ -388,6 +418,8 @@ def _attributes(session: Session, live: BitMap) -> Attributes:
     by_sha: dict[str, list[int]] = {}
     for row in rows:
         by_sha.setdefault(row[4], []).append(row[0])
+    format_names = sorted({str(r[5]) for r in rows})
+    code_of = {name: code for code, name in enumerate(format_names)}
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = width.astype(np.float64) / np.where(height == 0, np.nan, height)
     return Attributes(
@@ -402,7 +434,8 @@ def _attributes(session: Session, live: BitMap) -> Attributes:
             "indexed_us": np.array([micros(r[7]) for r in rows], dtype=np.int64),
         },
         sha256=by_sha,
-        formats=np.array([r[5] for r in rows], dtype=object),
+        format_codes=np.array([code_of[str(r[5])] for r in rows], dtype=np.uint16),
+        format_names=format_names,
         paths=[r[6] for r in rows],
     )
 

@@ -101,7 +101,7 @@ class SearchService:
     aliases: Mapping[str, str]
     kind: EngineKind = "memory"
     duplicate_similarity: float = DEFAULT_DUPLICATE_SIMILARITY
-    exact_limit: int = similar.EXACT_LIMIT
+    gather_limit: int = similar.GATHER_LIMIT
     # How stale a search may be: the database is asked for changes at most this often.
     refresh_seconds: float = 1.0
     _state: _State | None = field(default=None, repr=False)
@@ -214,7 +214,7 @@ class SearchService:
         # are made up from extra candidates.
         extra = 1 + (limit if request.hide_duplicates else 0)
         found, knn_plan = similar.nearest(
-            index, vector, wanted + extra, allowed, live, self.exact_limit
+            index, vector, wanted + extra, allowed, live, self.gather_limit
         )
         if request.hide_duplicates:
             found = [(i, s) for i, s in found if s < self.duplicate_similarity]

@@ -91,7 +91,7 @@ def choose_kind(count: int) -> tuple[str, dict[str, Any]]:
     if count < FLAT_LIMIT:
         return "flat", {}
     nlist = int(4 * math.sqrt(count))
-    return "ivf", {"nlist": nlist, "nprobe": max(16, nlist // 32)}
+    return "ivf", {"nlist": nlist, "nprobe": max(16, nlist // 16)}
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, params: dict[str, Any]) -> Any:
