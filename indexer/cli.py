@@ -502,17 +502,27 @@ def _import_vocabulary(
         fail(str(exc))
 
 
-@app.command(epilog="Example: sagashi reindex --model-dir ./models/pixai-v0.9")
+@app.command(
+    epilog="Example: sagashi reindex --model-dir ./models/pixai-v0.9 "
+    "(or: sagashi reindex --where 'path:/art/new/*')"
+)
 def reindex(
     model_dir: ModelDirOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    where: Annotated[
+        str | None,
+        typer.Option(help="Re-tag only what this search matches, in place (same model)."),
+    ] = None,
 ) -> None:
     """Re-tag every indexed image with a new or updated model, side by side.
 
     Search keeps serving the current generation until the new one is complete, then
     switches in one transaction. Interrupt it and run it again to resume. Exit status 1
     when some images could not be re-tagged (the switch then waits for a rerun).
+
+    With --where QUERY, only the images the query matches are re-tagged, in place, by the
+    model that built the index (another model must re-tag everything).
     """
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
     engine = open_store(settings)
@@ -520,12 +530,17 @@ def reindex(
     options = index_options(settings)
     with (
         writer_guard(),
-        tracked(engine, "reindex", {"model": tagger.info.name}, "reindexing", "img") as run,
+        tracked(
+            engine, "reindex", {"model": tagger.info.name, "where": where}, "reindexing", "img"
+        ) as run,
     ):
         try:
-            summary = Reindexer(engine, tagger, options, settings.data_dir).run(run.update)
+            reindexer = Reindexer(engine, tagger, options, settings.data_dir, where)
+            summary = reindexer.run(run.update)
         except ReindexError as exc:
             stop(run, str(exc))
+        except QueryError as exc:
+            stop(run, f"bad --where query at character {exc.position} ({exc.code}): {exc.message}")
         except SQLAlchemyError as exc:
             stop(run, f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
         finish(run, summary.as_dict(), [(p.path, p.code, p.message) for p in summary.failures])

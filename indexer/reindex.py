@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +19,13 @@ from pathlib import Path
 from sqlalchemy import Engine, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
+from app.query import ErrorCode, QueryError, parse
+from app.search.plan import Binder, Catalog
+from app.search.sql_engine import execute
 from app.store import repository as repo
 from app.store import vectors
 from app.store.db import session_factory
-from app.store.models import Embedding, Image, ImageTag, IndexState, ModelGeneration
+from app.store.models import Embedding, Image, ImageTag, IndexState, ModelGeneration, Tag
 from app.tagger.batching import lookahead, ordered_map, predict_stacked
 from app.tagger.protocol import Tagger
 from indexer.pipeline import IndexOptions, Loaded, load_candidate
@@ -57,15 +60,23 @@ class ReindexSummary:
 
 class Reindexer:
     def __init__(
-        self, engine: Engine, tagger: Tagger, options: IndexOptions, data_dir: Path
+        self,
+        engine: Engine,
+        tagger: Tagger,
+        options: IndexOptions,
+        data_dir: Path,
+        where: str | None = None,
     ) -> None:
         self.engine = engine
         self.tagger = tagger
         self.options = options
         self.data_dir = data_dir
+        self.where = where
         self.sessions = session_factory(engine)
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> ReindexSummary:
+        if self.where is not None:
+            return self._run_where(self.where, progress)
         summary = ReindexSummary()
         with self.sessions() as session:
             generation = self._building_generation(session)
@@ -87,6 +98,32 @@ class Reindexer:
             vectors.rebuild(self.engine, self.data_dir, generation.id)
             self._switch(session, generation.id)
             summary.switched = True
+        return summary
+
+    def _run_where(self, where: str, progress: Callable[[int, int], None] | None) -> ReindexSummary:
+        """Re-tag the images a query matches, in place in the active generation. Only the
+        model that built that generation may do this: another model's scores and embeddings
+        must not mix with the rest, so it re-tags everything, side by side."""
+        summary = ReindexSummary()
+        with self.sessions() as session:
+            active = repo.active_generation(session)
+            if active is None:
+                raise ReindexError("the index is empty; run 'sagashi index' first")
+            identity = repo.GenerationIdentity.of(self.tagger.info)
+            if active.model_name != identity.model_name or not identity.matches(active):
+                raise ReindexError(
+                    f"--where re-tags part of the index with the model that built it "
+                    f"('{active.model_name}'); '{identity.model_name}' must re-tag every "
+                    "image: run reindex without --where"
+                )
+            summary.generation_id = active.id
+            tag_map = repo.TagMap.ensure(session, self.tagger.vocab, self.options.aliases)
+            session.commit()
+            todo = matching_images(session, active.id, where, self.options.aliases)
+            self._retag(session, active.id, tag_map, todo, summary, progress, len(todo))
+            repo.refresh_tag_counts(session, active.id)
+            session.commit()
+        vectors.rebuild(self.engine, self.data_dir, summary.generation_id)
         return summary
 
     def _building_generation(self, session: Session) -> ModelGeneration:
@@ -199,6 +236,10 @@ class Reindexer:
         for row, (image_id, _loaded) in enumerate(batch):
             tag_ids, scores = tag_map.postings(prediction.probs[row], self.options.score_floor)
             rows.append((image_id, repo.Prediction(tag_ids, scores, prediction.embeddings[row])))
+        image_ids = [image_id for image_id, _ in rows]
+        if self.where is not None:  # in place: the old scores go in the same transaction
+            repo.clear_predictions(session, generation_id, image_ids)
+            repo.record_changes(session, image_ids)
         repo.insert_predictions(session, generation_id, rows)
         repo.bump_version(session, generation_id)
         session.commit()
@@ -222,6 +263,29 @@ class Reindexer:
         repo.prune_changes(session)
         session.commit()
         log.info("generation %d is now active", generation_id)
+
+
+def matching_images(
+    session: Session, generation_id: int, where: str, aliases: Mapping[str, str]
+) -> list[tuple[int, str]]:
+    """(id, path) of the live images a search query matches (QueryError if it is bad)."""
+    query = parse(where)
+    for name, value in (("order", query.order), ("similar", query.similar)):
+        if value is not None:
+            message = f"--where selects images by a filter; '{name}:' has no meaning there"
+            raise QueryError(ErrorCode.BAD_VALUE, message, max(0, where.find(f"{name}:")))
+    rows = session.execute(select(Tag.id, Tag.name, Tag.group, Tag.image_count)).all()
+    catalog = Catalog.from_rows([(r[0], r[1], r[2], r[3]) for r in rows], aliases)
+    ids = execute(session, Binder(catalog).bind(query.root), generation_id)
+    found: list[tuple[int, str]] = []
+    for chunk in repo.chunks(ids, 500):
+        found += [
+            (row.id, row.path)
+            for row in session.execute(
+                select(Image.id, Image.path).where(Image.id.in_(chunk)).order_by(Image.id)
+            )
+        ]
+    return found[: query.limit] if query.limit else found
 
 
 def drop_generation(engine: Engine, data_dir: Path, generation_id: int) -> None:

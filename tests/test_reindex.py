@@ -154,3 +154,46 @@ def test_reindex_refuses_an_empty_index_and_a_second_model(
     with pytest.raises(ReindexError, match="another reindex \\(generation 2\\) is unfinished"):
         Reindexer(engine, third, OPTIONS, tmp_path / "data").run()
     engine.dispose()
+
+
+def test_reindex_where_retags_only_the_matching_images_in_place(
+    migrated_url: str, pixai: TimmTagger, wd: TimmTagger, tmp_path: Path
+) -> None:
+    from sqlalchemy import delete
+
+    from app.query import QueryError
+    from app.search.postings import PostingEngine
+    from app.store.models import Image
+    from tests.index_helpers import snapshot
+
+    for folder in ("old", "new"):
+        for i in range(4):
+            make_image(
+                tmp_path / "art" / folder / f"{i}.png", seed=i + (10 if folder == "new" else 0)
+            )
+    engine = create_db_engine(migrated_url)
+    Indexer(engine, pixai, OPTIONS).run([tmp_path / "art"])
+    before = snapshot(engine)
+    with session_factory(engine)() as session:  # scores lost: as if tagged by a broken build
+        everything = session.scalars(select(Image.id)).all()
+        session.execute(delete(ImageTag).where(ImageTag.image_id.in_(everything)))
+        session.commit()
+        memory = PostingEngine.load(session, 1)
+    summary = Reindexer(engine, pixai, OPTIONS, tmp_path / "data", where="path:*/new/*").run()
+    assert (summary.retagged, summary.switched, summary.failures) == (4, False, [])
+    after = snapshot(engine)
+    for path, state in after.items():
+        if "/new/" in path:
+            assert state == before[path]  # the same model gives back the same scores
+        else:
+            assert state["tags"] == {} and state["vector"] == before[path]["vector"]
+    assert states(migrated_url) == {1: "active"}
+    with session_factory(engine)() as session:  # searches see the new scores
+        assert len(memory.refresh(session).segments) == 2
+
+    with pytest.raises(ReindexError, match="must re-tag every image"):
+        Reindexer(engine, wd, OPTIONS, tmp_path / "data", where="path:*").run()
+    for bad in ("path:*/new/* (", "similar:1", "order:random"):
+        with pytest.raises(QueryError):
+            Reindexer(engine, pixai, OPTIONS, tmp_path / "data", where=bad).run()
+    engine.dispose()

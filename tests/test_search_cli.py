@@ -129,3 +129,12 @@ def test_sql_engine_gives_the_same_pages(indexed: dict[str, str]) -> None:
         memory = run("search", query, "--json", env=indexed).stdout
         sql = run("search", query, "--json", "--engine", "sql", env=indexed).stdout
         assert memory == sql and memory, query
+
+
+def test_reindex_where_selects_with_a_query(indexed: dict[str, str]) -> None:
+    good = run("reindex", "--where", "width:>=80", env=indexed)
+    assert good.returncode == 0, good.stderr
+    assert '"retagged": 2' in good.stderr
+    bad = run("reindex", "--where", "width:>=80 (", env=indexed)
+    assert bad.returncode == 2
+    assert "bad --where query at character 11 (unbalanced_parens)" in bad.stderr
