@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.logs import configure_logging
 from app.query import QueryError
 from app.search.paging import CursorError
-from app.search.service import EmptyIndex, NotFound, SearchRequest, SearchService
+from app.search.service import EmptyIndex, EngineKind, NotFound, SearchRequest, SearchService
 from app.settings import Settings
 from app.store import migrate, vectors
 from app.store.aliases import AliasError, load_aliases
@@ -627,7 +627,8 @@ def jobs_show(job_id: Annotated[int, typer.Argument(help="Job id (see 'jobs list
 
 
 @app.command(
-    epilog='Example: sagashi search "1girl solo -monochrome hu_tao_(genshin_impact),>=0.9"'
+    epilog='Example: sagashi search "1girl solo -monochrome hu_tao_(genshin_impact),>=0.9" '
+    '(or: sagashi search "1girl" --like cover.png)'
 )
 def search(
     query: Annotated[str, typer.Argument(help="Danbooru-syntax query (quote it).")],
@@ -642,29 +643,33 @@ def search(
         str, typer.Option("--engine", help="memory (posting engine) or sql.")
     ] = "memory",
     hide_duplicates: Annotated[
-        bool, typer.Option(help="With similar:, hide near-duplicates of the query image.")
+        bool, typer.Option(help="With similar: or --like, hide near-duplicates of the query.")
     ] = False,
+    like: Annotated[
+        Path | None,
+        typer.Option(help="Images that look like this file, filtered by QUERY (needs the model)."),
+    ] = None,
+    model_dir: ModelDirOption = None,
 ) -> None:
     """Search the index with Danbooru's syntax and print matching paths, newest first.
 
     Tag terms take confidence thresholds (tag,>=0.9; tag,0.5..0.8); a term without one uses
     its group's default. order: sorts (order:filesize, order:score:1girl, order:random);
-    similar:ID finds the images most like image ID, filtered by the rest of the query. The
-    count and the cursor of the next page go to stderr. A malformed query exits 2 with the
-    reason and its position. A query that starts with "-" goes after "--":
-    sagashi search -- "-monochrome 1girl".
+    similar:ID (or --like FILE) finds the images most like image ID (or FILE), filtered by
+    the rest of the query. The count and the cursor of the next page go to stderr. A
+    malformed query exits 2 with the reason and its position. A query that starts with "-"
+    goes after "--": sagashi search -- "-monochrome 1girl".
     """
     if engine_kind not in ("memory", "sql"):
         fail(f"--engine must be memory or sql, not {engine_kind!r}")
-    settings = load_settings()
+    settings = load_settings(model_dir=model_dir)
     engine = open_store(settings)
-    service = SearchService(
-        engine,
-        settings.data_dir,
-        _aliases(settings),
-        "memory" if engine_kind == "memory" else "sql",
+    kind: EngineKind = "memory" if engine_kind == "memory" else "sql"
+    service = SearchService(engine, settings.data_dir, _aliases(settings), kind)
+    embedding = query_embedding(engine, settings, like) if like is not None else None
+    request = SearchRequest(
+        query, limit, cursor, embedding=embedding, hide_duplicates=hide_duplicates
     )
-    request = SearchRequest(query, limit, cursor, hide_duplicates=hide_duplicates)
     try:
         result = service.search(request)
     except QueryError as exc:
@@ -680,6 +685,35 @@ def search(
     log.info("%d images match; %d shown", result.count, len(result.hits))
     if result.next_cursor:
         log.info("next page: --cursor %s", result.next_cursor)
+
+
+def query_embedding(engine: Engine, settings: Settings, image: Path) -> Any:
+    """The embedding of a query image, by the model that built the index."""
+    tagger = load_tagger(settings)
+    with session_factory(engine)() as session:
+        active = active_generation(session)
+        if active is None:
+            fail("the index is empty; run 'sagashi index' or 'sagashi import'")
+        if not GenerationIdentity.of(tagger.info).matches(active):
+            fail(
+                f"--like needs the model that built the index ('{active.model_name}'); "
+                f"'{tagger.info.name}' embeds images differently"
+            )
+    outcome = next(
+        tag_sources(
+            tagger,
+            [image],
+            batch_size=1,
+            workers=1,
+            max_pixels=settings.max_image_pixels,
+            jpeg_draft=settings.jpeg_draft,
+        )
+    )
+    if outcome.error is not None or outcome.embedding is None:
+        reason = outcome.error.message if outcome.error else "no embedding"
+        code = outcome.error.code if outcome.error else "corrupt"
+        fail(f"{image}: {code}: {reason}")
+    return outcome.embedding
 
 
 def current_generation_id(engine: Engine) -> int | None:

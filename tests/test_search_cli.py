@@ -138,3 +138,22 @@ def test_reindex_where_selects_with_a_query(indexed: dict[str, str]) -> None:
     bad = run("reindex", "--where", "width:>=80 (", env=indexed)
     assert bad.returncode == 2
     assert "bad --where query at character 11 (unbalanced_parens)" in bad.stderr
+
+
+def test_like_an_image_file(indexed: dict[str, str], tmp_path: Path, tiny_wd_dir: Path) -> None:
+    art = Path(indexed["SAGASHI_DATA_DIR"]).parent / "art"
+    result = run("search", "", "--like", str(art / "2.png"), "--json", env=indexed)
+    assert result.returncode == 0, result.stderr
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    # The same file is in the index: it comes first, as itself (IQDB-style exact match).
+    assert hits[0]["path"].endswith("2.png") and hits[0]["similarity"] > 0.999
+    hidden = run("search", "", "--like", str(art / "2.png"), "--hide-duplicates", env=indexed)
+    assert not any(p.endswith("2.png") for p in hidden.stdout.splitlines())
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    bad = run("search", "", "--like", str(broken), env=indexed)
+    assert bad.returncode == 2 and "broken.png: not_an_image" in bad.stderr, bad.stderr
+    other = run(
+        "search", "", "--like", str(art / "2.png"), "--model-dir", str(tiny_wd_dir), env=indexed
+    )
+    assert other.returncode == 2 and "--like needs the model that built the index" in other.stderr
