@@ -82,6 +82,22 @@ class Settings(BaseSettings):
     threshold_character: Probability = Field(
         default=0.75, description="Default score threshold for character tags (PixAI card default)."
     )
+    search_engine: Literal["memory", "sql"] = Field(
+        default="memory",
+        description="Tag-query engine: memory (in-memory posting engine, loaded at start and "
+        "kept current) or sql (queries the database directly; less memory, far slower).",
+    )
+    max_query_terms: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Most tag, wildcard and metatag terms a query may hold.",
+    )
+    duplicate_similarity: Probability = Field(
+        default=0.98,
+        description="Cosine similarity at or above which a result counts as a near-duplicate "
+        "of the query image (hidden on request).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Logging level."
     )

@@ -640,8 +640,9 @@ def search(
         bool, typer.Option("--json", help="JSON lines: id, path, size, similarity.")
     ] = False,
     engine_kind: Annotated[
-        str, typer.Option("--engine", help="memory (posting engine) or sql.")
-    ] = "memory",
+        str | None,
+        typer.Option("--engine", help="memory (posting engine) or sql [SAGASHI_SEARCH_ENGINE]."),
+    ] = None,
     hide_duplicates: Annotated[
         bool, typer.Option(help="With similar: or --like, hide near-duplicates of the query.")
     ] = False,
@@ -660,12 +661,19 @@ def search(
     malformed query exits 2 with the reason and its position. A query that starts with "-"
     goes after "--": sagashi search -- "-monochrome 1girl".
     """
-    if engine_kind not in ("memory", "sql"):
+    if engine_kind not in (None, "memory", "sql"):
         fail(f"--engine must be memory or sql, not {engine_kind!r}")
     settings = load_settings(model_dir=model_dir)
     engine = open_store(settings)
-    kind: EngineKind = "memory" if engine_kind == "memory" else "sql"
-    service = SearchService(engine, settings.data_dir, _aliases(settings), kind)
+    kind: EngineKind = "sql" if (engine_kind or settings.search_engine) == "sql" else "memory"
+    service = SearchService(
+        engine,
+        settings.data_dir,
+        _aliases(settings),
+        kind,
+        duplicate_similarity=settings.duplicate_similarity,
+        max_terms=settings.max_query_terms,
+    )
     embedding = query_embedding(engine, settings, like) if like is not None else None
     request = SearchRequest(
         query, limit, cursor, embedding=embedding, hide_duplicates=hide_duplicates

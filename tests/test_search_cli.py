@@ -157,3 +157,13 @@ def test_like_an_image_file(indexed: dict[str, str], tmp_path: Path, tiny_wd_dir
         "search", "", "--like", str(art / "2.png"), "--model-dir", str(tiny_wd_dir), env=indexed
     )
     assert other.returncode == 2 and "--like needs the model that built the index" in other.stderr
+
+
+def test_search_settings_term_limit_and_engine(indexed: dict[str, str]) -> None:
+    limited = run("search", "a b c", env={**indexed, "SAGASHI_MAX_QUERY_TERMS": "2"})
+    assert limited.returncode == 2 and "(too_many_terms)" in limited.stderr, limited.stderr
+    memory = run("search", "order:filesize", env=indexed)
+    sql = run("search", "order:filesize", env={**indexed, "SAGASHI_SEARCH_ENGINE": "sql"})
+    assert sql.returncode == 0 and sql.stdout == memory.stdout and memory.stdout
+    bad = run("search", "", env={**indexed, "SAGASHI_SEARCH_ENGINE": "elastic"})
+    assert bad.returncode == 2 and "SAGASHI_SEARCH_ENGINE" in bad.stderr, bad.stderr

@@ -25,7 +25,7 @@ from pyroaring import BitMap
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from app.query import All, ErrorCode, Order, Query, QueryError, parse
+from app.query import MAX_TERMS, All, ErrorCode, Order, Query, QueryError, parse
 from app.query.ast import Node
 from app.search import similar
 from app.search.keys import posting_keys, sql_keys
@@ -104,12 +104,13 @@ class SearchService:
     gather_limit: int = similar.GATHER_LIMIT
     # How stale a search may be: the database is asked for changes at most this often.
     refresh_seconds: float = 1.0
+    max_terms: int = MAX_TERMS
     _state: _State | None = field(default=None, repr=False)
     _checked_at: float = field(default=-math.inf, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def search(self, request: SearchRequest) -> Page:
-        query = parse(request.query)
+        query = parse(request.query, max_terms=self.max_terms)
         thresholds = {**DEFAULT_THRESHOLDS, **(request.thresholds or {})}
         vector_query = query.similar is not None or request.embedding is not None
         order = _check_order(query, request.query, vector_query)
