@@ -29,7 +29,7 @@ from app.query import MAX_TERMS, All, ErrorCode, Order, Query, QueryError, parse
 from app.query.ast import Node
 from app.search import similar
 from app.search.keys import posting_keys, sql_keys
-from app.search.paging import DEFAULT_ORDER, Cursor, CursorError, KeySource, order_token, page
+from app.search.paging import DEFAULT_ORDER, Cursor, KeySource, page
 from app.search.plan import COUNTED_GROUPS, Binder, Catalog
 from app.search.postings import PostingEngine, latest_change
 from app.search.sql_engine import execute
@@ -133,7 +133,7 @@ class SearchService:
                 )
             if vector_query:
                 return self._similar(session, state, query, request, matches, live, limit)
-            keys = self._keys(session, state, binder, order, thresholds)
+            keys = self._keys(session, state, order, thresholds)
             cursor = Cursor.decode(request.cursor, order) if request.cursor else None
             found = page(matches, order, limit, cursor, keys, secrets.randbits(48))
             hits = self._hits(session, state, found.ids)
@@ -233,7 +233,6 @@ class SearchService:
         self,
         session: Session,
         state: _State,
-        binder: Binder,
         order: Order,
         thresholds: Mapping[str, float],
     ) -> KeySource:
@@ -315,29 +314,3 @@ def _checked_embedding(embedding: np.ndarray | None, dim: int) -> np.ndarray:
     normalised: np.ndarray = vector / np.float32(norm)
     return normalised
 
-
-def search(
-    engine: Engine,
-    text: str,
-    aliases: Mapping[str, str],
-    limit: int = 100,
-    thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS,
-    data_dir: Path | None = None,
-    kind: EngineKind = "memory",
-) -> tuple[int, list[Hit]]:
-    """(total matches, the first page of hits): one search with a throwaway service."""
-    service = SearchService(engine, data_dir or Path("."), aliases, kind)
-    result = service.search(SearchRequest(text, limit, thresholds=thresholds))
-    return result.count, result.hits
-
-
-__all__ = [
-    "CursorError",
-    "EmptyIndex",
-    "Hit",
-    "NotFound",
-    "Page",
-    "SearchRequest",
-    "SearchService",
-    "order_token",
-]
