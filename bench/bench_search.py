@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import resource
 import time
 from pathlib import Path
 
@@ -115,8 +116,19 @@ def tag_queries(url: str, work: Path, queries: int, sql_queries: int) -> None:
     mix = query_mix(tags, queries)
     memory = SearchService(engine, work / "data", load_aliases(), "memory", refresh_seconds=1.0)
     started = time.perf_counter()
-    memory.current()
-    log.info("posting engine loaded in %.1fs", time.perf_counter() - started)
+    state = memory.current()
+    assert state.postings is not None
+    arrays = sum(
+        p.ids.nbytes + p.neg_scores.nbytes
+        for segment in state.postings.segments
+        for p in segment.postings.values()
+    )
+    log.info(
+        "posting engine loaded in %.1fs: %.2f GB of postings; process peak RSS %.2f GB",
+        time.perf_counter() - started,
+        arrays / 1e9,
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+    )
     latencies(memory, mix[:50])  # warm the caches a server would have warm
     fast = latencies(memory, mix)
     sql = latencies(SearchService(engine, work / "data", load_aliases(), "sql"), mix[:sql_queries])
