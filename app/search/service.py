@@ -313,4 +313,3 @@ def _checked_embedding(embedding: np.ndarray | None, dim: int) -> np.ndarray:
         raise ValueError("the query embedding must be finite and non-zero")
     normalised: np.ndarray = vector / np.float32(norm)
     return normalised
-
