@@ -225,3 +225,50 @@ def test_similarity_by_embedding_with_a_filter_and_duplicates(
     rest = service.search(SearchRequest(f"similar:{ids[0]}", 5, by_id.next_cursor))
     assert [h.id for h in rest.hits] == [ids[2], ids[3]] and rest.next_cursor is None
     engine.dispose()
+
+
+def test_concurrent_searches_while_the_index_changes(migrated_url: str, tmp_path: Path) -> None:
+    """Four threads search one service while images are added and deleted: no error, every
+    page holds only matching live images, and counts never go backwards past a deletion."""
+    import threading
+
+    rng = random.Random(9)
+    engine = create_db_engine(migrated_url)
+    build_index(engine, random_images(rng, 80), GROUPS)
+    service = _service(migrated_url, tmp_path, "memory")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def searcher(seed: int) -> None:
+        local = random.Random(seed)
+        try:
+            while not stop.is_set():
+                query = local.choice(["a", "a -b", "b order:filesize", "~c ~d", "", "e*"])
+                result = service.search(SearchRequest(query, 7))
+                assert len(result.hits) <= 7 and result.count >= len(result.hits)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    with session_factory(engine)() as session:
+        generation = repo.active_generation(session)
+        assert generation is not None
+        ids = repo.ensure_tags(session, {"a": GROUP_CODE["general"]})
+        for i in range(20):
+            prediction = repo.Prediction(
+                np.array([ids["a"]]), np.array([0.9], np.float32), np.ones(4, np.float32) / 2
+            )
+            facts = repo.FileFacts(f"/c/{i}.png", f"{i + 500:064x}", 1, 1, 10, 10, "png")
+            new = repo.write_images(session, generation.id, [(facts, prediction, None)])
+            if i % 3 == 0:
+                repo.mark_deleted(session, new)
+            session.commit()
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors[0]
+    final = service.search(SearchRequest("a", 100))
+    assert sum(1 for hit in final.hits if hit.path.startswith("/c/")) == 13
+    engine.dispose()

@@ -17,6 +17,7 @@ Refreshing builds new objects and never mutates what a concurrent reader may hol
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -164,10 +165,13 @@ class Segment:
     # Per-image arrays derived from the postings (ratings, tag counts, scores by id); they
     # ignore ``live``, so they survive ``without``.
     _derived: dict[object, Any] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def without(self, image_ids: BitMap) -> Segment:
         """This segment less some images; the big arrays are shared, the caches are not."""
-        return replace(self, live=self.live - image_ids, _cache=OrderedDict())
+        return replace(
+            self, live=self.live - image_ids, _cache=OrderedDict(), _lock=threading.Lock()
+        )
 
     def evaluate(self, plan: PlanNode) -> BitMap:
         if isinstance(plan, PAll):
@@ -230,14 +234,18 @@ class Segment:
         return BitMap(ids[mask]) & self.live
 
     def _cached(self, key: object, compute: Any) -> BitMap:
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
+        # Searches run in a thread pool: the LRU's reordering is guarded, the computing not
+        # (two threads may compute the same bitmap once each; both results are equal).
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
         bitmap: BitMap = compute()
-        self._cache[key] = bitmap
-        if len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = bitmap
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
         return bitmap
 
     def _slice(self, plan: PTag) -> BitMap:

@@ -119,9 +119,10 @@ class SearchService:
         binder = Binder(state.catalog, thresholds)
         plan = binder.bind(query.root)
         with session_factory(self.engine)() as session:
-            if state.postings is not None:
-                matches = state.postings.evaluate(plan)
-                live = state.postings.live
+            postings = state.postings  # one engine for the whole search, even if refreshed
+            if postings is not None:
+                matches = postings.evaluate(plan)
+                live = postings.live
             else:
                 matches = BitMap(execute(session, plan, state.generation_id))
                 live = BitMap(
