@@ -223,14 +223,17 @@ def main() -> None:
     parser.add_argument("--sql-queries", type=int, default=100, help="of those, run on SQL")
     parser.add_argument("--knn-queries", type=int, default=100, help="per selectivity")
     parser.add_argument("--work", type=Path, default=Path("/tmp/sagashi-bench"))
+    parser.add_argument("--only", choices=["tags", "knn"], default=None, help="one part only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
     log.info("machine: %s", machine())
     url = prepared_database(args.work, args.images)
-    tag_queries(url, args.work, args.queries, min(args.sql_queries, args.queries))
-    knn(url, args.work, args.knn_queries)
+    if args.only in (None, "tags"):
+        tag_queries(url, args.work, args.queries, min(args.sql_queries, args.queries))
+    if args.only in (None, "knn"):
+        knn(url, args.work, args.knn_queries)
 
 
 if __name__ == "__main__":

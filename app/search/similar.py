@@ -112,14 +112,21 @@ def _gathered(
 
 
 def _params(plan: KnnPlan, candidates: BitMap | None) -> tuple[Any, Any]:
-    """FAISS search parameters, and the selector they point to."""
-    selector = None
-    if candidates is not None:
-        allowed = np.frombuffer(candidates.to_array(), np.uint32).astype(np.int64)
-        selector = faiss.IDSelectorBatch(allowed)
+    """FAISS search parameters, and what they point to (FAISS keeps raw pointers)."""
+    selector, keep = _selector(candidates) if candidates is not None else (None, None)
     if plan.nprobe is not None:
         ivf = faiss.SearchParametersIVF(sel=selector, nprobe=plan.nprobe)  # type: ignore[call-arg]
-        return ivf, selector
+        return ivf, (selector, keep)
     if selector is not None:
-        return faiss.SearchParameters(sel=selector), selector  # type: ignore[call-arg]
+        return faiss.SearchParameters(sel=selector), (selector, keep)  # type: ignore[call-arg]
     return None, None
+
+
+def _selector(candidates: BitMap) -> tuple[Any, np.ndarray]:
+    """A bit per image id: built in about a millisecond even for a million ids and checked
+    in constant time (IDSelectorBatch hashes every id first, several times slower)."""
+    allowed = np.frombuffer(candidates.to_array(), np.uint32)
+    mask = np.zeros(int(allowed[-1]) + 1, dtype=bool)
+    mask[allowed] = True
+    bits = np.packbits(mask, bitorder="little")
+    return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits
