@@ -344,9 +344,12 @@ def _days(ranges: RangeSet[date]) -> RangeSet[int]:
 
 
 def _ages(ranges: RangeSet[timedelta], now: datetime) -> RangeSet[int]:
-    """An age range as a range of indexed times: older means earlier, so bounds swap."""
+    """An age range as a range of indexed times: older means earlier, so bounds swap. A bare
+    age (``age:2d``) means at most that old: an exact age to the microsecond matches nothing."""
     parts: list[Range[int]] = []
     for part in ranges.ranges:
+        if part.lo is not None and part.lo == part.hi:
+            part = Range(None, part.hi)
         lo = None if part.hi is None else _micros(now - part.hi)
         hi = None if part.lo is None else _micros(now - part.lo)
         parts.append(Range(lo, hi, lo_inclusive=part.hi_inclusive, hi_inclusive=part.lo_inclusive))
