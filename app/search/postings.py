@@ -16,10 +16,11 @@ Refreshing builds new objects and never mutates what a concurrent reader may hol
 
 from __future__ import annotations
 
+import array
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -46,6 +47,7 @@ from app.search.plan import (
 )
 from app.store.models import Embedding, Image, ImageChange, ImageTag, Tag
 from app.store.repository import chunks
+from app.tagger.vocab import DEFAULT_THRESHOLDS, GROUPS
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,19 @@ def in_ranges(values: np.ndarray, ranges: Iterable[Any]) -> np.ndarray:
 
 
 SCANNED = (PAttr, PFormat, PPath, PTagCount)
+# Tags with at least this many stored scores get a prebuilt default-threshold bitmap.
+PREBUILD_MIN = 2_000
+
+
+def bitmap_of(ids: np.ndarray, presorted: bool = False) -> BitMap:
+    """A roaring bitmap of uint32 ids. Built from a sorted ``array.array`` it takes ~9 ms for
+    400k ids; pyroaring iterates a numpy array element by element (~120 ms)."""
+    values = np.asarray(ids, dtype=np.uint32)
+    if not presorted:
+        values = np.sort(values)
+    buffer = array.array("I")
+    buffer.frombytes(values.tobytes())
+    return BitMap(buffer)
 
 
 @dataclass
@@ -166,6 +181,8 @@ class Segment:
     # ignore ``live``, so they survive ``without``.
     _derived: dict[object, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Default-threshold bitmaps of common tags, not limited to the live images.
+    _prebuilt: dict[PTag, BitMap] = field(default_factory=dict, repr=False)
 
     def without(self, image_ids: BitMap) -> Segment:
         """This segment less some images; the big arrays are shared, the caches are not."""
@@ -231,7 +248,7 @@ class Segment:
             mask = in_ranges(self.tag_counts(plan.groups)[positions], plan.ranges.ranges)
         else:
             mask = attributes.mask(plan, positions)
-        return BitMap(ids[mask]) & self.live
+        return bitmap_of(ids[mask], presorted=True) & self.live
 
     def _cached(self, key: object, compute: Any) -> BitMap:
         # Searches run in a thread pool: the LRU's reordering is guarded, the computing not
@@ -249,13 +266,28 @@ class Segment:
         return bitmap
 
     def _slice(self, plan: PTag) -> BitMap:
+        prebuilt = self._prebuilt.get(plan)
+        if prebuilt is not None:
+            return prebuilt & self.live
         postings = self.postings.get(plan.tag_id)
-        bitmap = BitMap(postings.slice(plan)) if postings is not None else BitMap()
+        bitmap = bitmap_of(postings.slice(plan)) if postings is not None else BitMap()
         return bitmap & self.live
+
+    def prebuild(self, thresholds: Mapping[int, float]) -> None:
+        """Bitmaps of every common tag at its group's default threshold, built once at load:
+        a cold search for ``long_hair`` then costs an intersection, not a 400k-id sort."""
+        min_images = PREBUILD_MIN
+        for tag_id, postings in self.postings.items():
+            group = self.tag_groups.get(tag_id)
+            if group is None or group not in thresholds or len(postings.ids) < min_images:
+                continue
+            plan = PTag(tag_id, thresholds[group])
+            self._prebuilt[plan] = bitmap_of(postings.slice(plan))
 
     def _rating(self, plan: PRating) -> BitMap:
         ratings = self.ratings(plan.tag_ids)
-        return BitMap(self.attributes.ids[np.isin(ratings, sorted(plan.wanted))]) & self.live
+        wanted = np.isin(ratings, sorted(plan.wanted))
+        return bitmap_of(self.attributes.ids[wanted], presorted=True) & self.live
 
     def ratings(self, tag_ids: Sequence[int | None]) -> np.ndarray:
         """Per image (aligned with the attributes), the index of its most likely rating
@@ -340,8 +372,10 @@ class Segment:
                 )
             postings = _read_postings(session, generation_id, sorted(live))
         attributes = _attributes(session, live)
-        live &= BitMap(attributes.ids)
-        return cls(live, postings, attributes, tag_groups)
+        live &= bitmap_of(attributes.ids, presorted=True)
+        segment = cls(live, postings, attributes, tag_groups)
+        segment.prebuild({GROUPS.index(g): t for g, t in DEFAULT_THRESHOLDS.items()})
+        return segment
 
 
 def _read_postings(
