@@ -7,13 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pyroaring import BitMap
 from sqlalchemy import Float, and_, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.query import Order
 from app.search.paging import KeySource
-from app.search.postings import PostingEngine, micros
+from app.search.postings import PostingEngine, bitmap_of, micros
 from app.store.models import Image, ImageTag, Tag
 from app.store.repository import chunks
 
@@ -27,9 +26,15 @@ def posting_keys(
 ) -> KeySource:
     def keys(order: Order, ids: np.ndarray) -> np.ndarray:
         values = np.zeros(len(ids), dtype=np.float64)
-        for segment, mine in engine.per_segment(BitMap(ids)):
+        if len(engine.segments) == 1:  # the usual case: every match is in the one segment
+            parts = [(engine.segments[0], np.arange(len(ids)), ids)]
+        else:
             # per_segment yields ascending ids; so does ``ids``: match them by position.
-            where = np.searchsorted(ids, mine)
+            parts = [
+                (segment, np.searchsorted(ids, mine), mine)
+                for segment, mine in engine.per_segment(bitmap_of(ids, presorted=True))
+            ]
+        for segment, where, mine in parts:
             pos, _found = segment.attributes.positions(mine)
             if order.key in ATTRIBUTE_KEYS:
                 values[where] = segment.attributes.columns[ATTRIBUTE_KEYS[order.key]][pos]

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -117,12 +118,23 @@ class Attributes:
     format_names: list[str]
     paths: list[str]
 
+    @cached_property
+    def _dense(self) -> np.ndarray:
+        """Image id -> position (-1 where absent): one gather instead of a binary search."""
+        size = int(self.ids[-1]) + 1 if len(self.ids) else 0
+        dense = np.full(size, -1, dtype=np.int64)
+        dense[self.ids] = np.arange(len(self.ids))
+        return dense
+
     def positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions, found mask) of image ids in this segment."""
-        pos = np.searchsorted(self.ids, ids)
-        pos = np.minimum(pos, max(len(self.ids) - 1, 0))
-        found = self.ids[pos] == ids if len(self.ids) else np.zeros(len(ids), dtype=bool)
-        return pos, found
+        dense = self._dense
+        ids = np.asarray(ids, dtype=np.int64)
+        inside = ids < len(dense)
+        pos = np.full(len(ids), -1, dtype=np.int64)
+        pos[inside] = dense[ids[inside]]
+        found = pos >= 0
+        return np.where(found, pos, 0), found
 
     def mask(self, plan: PAttr | PFormat | PPath, positions: np.ndarray) -> np.ndarray:
         """Which of the images at ``positions`` the filter keeps."""

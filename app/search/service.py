@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 from pyroaring import BitMap
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.query import MAX_TERMS, All, ErrorCode, Order, Query, QueryError, parse
 from app.query.ast import Node
@@ -107,6 +107,14 @@ class SearchService:
     max_terms: int = MAX_TERMS
     _state: _State | None = field(default=None, repr=False)
     _checked_at: float = field(default=-math.inf, repr=False)
+    _sessions: sessionmaker[Session] | None = field(default=None, repr=False)
+
+    def _session(self) -> Session:
+        # One sessionmaker: making one per search costs more than a whole in-memory search.
+        if self._sessions is None:
+            self._sessions = session_factory(self.engine)
+        return self._sessions()
+
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def search(self, request: SearchRequest) -> Page:
@@ -118,7 +126,7 @@ class SearchService:
         state = self.current()
         binder = Binder(state.catalog, thresholds)
         plan = binder.bind(query.root)
-        with session_factory(self.engine)() as session:
+        with self._session() as session:
             postings = state.postings  # one engine for the whole search, even if refreshed
             if postings is not None:
                 matches = postings.evaluate(plan)
@@ -150,7 +158,7 @@ class SearchService:
             ):
                 return self._state
             self._checked_at = time.monotonic()
-        with self._lock, session_factory(self.engine)() as session:
+        with self._lock, self._session() as session:
             generation = active_generation(session)
             if generation is None:
                 raise EmptyIndex("the index is empty; run 'sagashi index' or 'sagashi import'")
