@@ -218,9 +218,14 @@ class Segment:
         if isinstance(plan, PNot):
             return self.live - self.evaluate(plan.child)
         if isinstance(plan, POr):
-            return BitMap.union(*(self.evaluate(c) for c in plan.children))
+            if all(isinstance(c, PTag) for c in plan.children):  # a wildcard's expansion
+                return self._cached(plan, lambda: self._union(plan))
+            return self._union(plan)
         assert isinstance(plan, PAnd)
         return self._and(plan)
+
+    def _union(self, plan: POr) -> BitMap:
+        return BitMap.union(*(self.evaluate(c) for c in plan.children))
 
     def _and(self, plan: PAnd) -> BitMap:
         """Indexed terms first, smallest first; then the terms that must look at each image
