@@ -104,26 +104,22 @@ def page(
     else:
         values = keys(order, ids)
     sign = -1.0 if order.descending else 1.0
-    # Ascending in (sign * key, sign * id): the requested direction for both.
-    primary, secondary = sign * values, sign * ids.astype(np.float64)
+    # Ascending in (sign * key, sign * id): the requested direction for both. The id only
+    # breaks ties, so it is looked at only where keys tie (a match set can be 1M images).
+    primary = values if sign > 0 else -values
     if cursor is not None:
-        after = (primary > sign * cursor.key) | (
-            (primary == sign * cursor.key) & (secondary > sign * cursor.id)
-        )
-        ids, values, primary, secondary = (
-            ids[after],
-            values[after],
-            primary[after],
-            secondary[after],
-        )
+        boundary = sign * cursor.key
+        after = primary > boundary
+        tied = np.flatnonzero(primary == boundary)
+        after[tied] = sign * ids[tied].astype(np.float64) > sign * cursor.id
+        ids, values, primary = ids[after], values[after], primary[after]
     if len(ids) > limit:
-        top = np.argpartition(primary, limit - 1)[:limit]
-        # argpartition alone splits ties at the boundary arbitrarily; take every tie.
-        bound = primary[top].max()
-        top = np.flatnonzero(primary <= bound)
+        bound = np.partition(primary, limit - 1)[limit - 1]
+        top = np.flatnonzero(primary <= bound)  # every tie at the boundary, too
     else:
         top = np.arange(len(ids))
-    chosen = top[np.lexsort((secondary[top], primary[top]))][:limit]
+    secondary = sign * ids[top].astype(np.float64)
+    chosen = top[np.lexsort((secondary, primary[top]))][:limit]
     more = len(ids) > len(chosen)
     result = [int(i) for i in ids[chosen]]
     next_cursor = None

@@ -113,7 +113,8 @@ class Attributes:
 
     ids: np.ndarray  # uint32
     columns: dict[str, np.ndarray]
-    sha256: dict[str, list[int]]
+    sha_keys: np.ndarray  # sorted digests (bytes): no per-image Python objects to traverse
+    sha_ids: np.ndarray  # image ids aligned with sha_keys
     format_codes: np.ndarray  # uint16 index into format_names
     format_names: list[str]
     paths: list[str]
@@ -135,6 +136,12 @@ class Attributes:
         pos[inside] = dense[ids[inside]]
         found = pos >= 0
         return np.where(found, pos, 0), found
+
+    def with_sha(self, digest: str) -> BitMap:
+        key = np.bytes_(digest.encode("ascii"))
+        start = int(np.searchsorted(self.sha_keys, key, side="left"))
+        end = int(np.searchsorted(self.sha_keys, key, side="right"))
+        return bitmap_of(self.sha_ids[start:end])
 
     def mask(self, plan: PAttr | PFormat | PPath, positions: np.ndarray) -> np.ndarray:
         """Which of the images at ``positions`` the filter keeps."""
@@ -214,7 +221,7 @@ class Segment:
         if isinstance(plan, PRating):
             return self._cached(plan, lambda: self._rating(plan))
         if isinstance(plan, PSha):
-            return BitMap(self.attributes.sha256.get(plan.sha256, ())) & self.live
+            return self.attributes.with_sha(plan.sha256) & self.live
         if isinstance(plan, PNot):
             return self.live - self.evaluate(plan.child)
         if isinstance(plan, POr):
@@ -474,9 +481,8 @@ def _attributes(session: Session, live: BitMap) -> Attributes:
     ids = np.array([r[0] for r in rows], dtype=np.uint32)
     width = np.array([r[1] for r in rows], dtype=np.int64)
     height = np.array([r[2] for r in rows], dtype=np.int64)
-    by_sha: dict[str, list[int]] = {}
-    for row in rows:
-        by_sha.setdefault(row[4], []).append(row[0])
+    digests = np.array([str(r[4]).encode("ascii") for r in rows], dtype="S64")
+    by_digest = np.argsort(digests, kind="stable")
     format_names = sorted({str(r[5]) for r in rows})
     code_of = {name: code for code, name in enumerate(format_names)}
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -492,7 +498,8 @@ def _attributes(session: Session, live: BitMap) -> Attributes:
             "ratio": ratio,
             "indexed_us": np.array([micros(r[7]) for r in rows], dtype=np.int64),
         },
-        sha256=by_sha,
+        sha_keys=digests[by_digest],
+        sha_ids=ids[by_digest],
         format_codes=np.array([code_of[str(r[5])] for r in rows], dtype=np.uint16),
         format_names=format_names,
         paths=[r[6] for r in rows],
