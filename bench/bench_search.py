@@ -23,6 +23,7 @@ import logging
 import random
 import resource
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,7 @@ def latencies(service: SearchService, queries: list[str]) -> np.ndarray:
     return np.array(times) * 1000
 
 
-def tag_queries(url: str, work: Path, queries: int, sql_queries: int) -> None:
+def tag_queries(url: str, data_dir: Path, queries: int, sql_queries: int) -> None:
     engine = create_db_engine(url)
     with session_factory(engine)() as session:
         tags = [
@@ -114,7 +115,7 @@ def tag_queries(url: str, work: Path, queries: int, sql_queries: int) -> None:
             ).all()
         ]
     mix = query_mix(tags, queries)
-    memory = SearchService(engine, work / "data", load_aliases(), "memory", refresh_seconds=1.0)
+    memory = SearchService(engine, data_dir, load_aliases(), "memory", refresh_seconds=1.0)
     started = time.perf_counter()
     state = memory.current()
     assert state.postings is not None
@@ -131,7 +132,7 @@ def tag_queries(url: str, work: Path, queries: int, sql_queries: int) -> None:
     )
     latencies(memory, mix[:50])  # warm the caches a server would have warm
     fast = latencies(memory, mix)
-    sql = latencies(SearchService(engine, work / "data", load_aliases(), "sql"), mix[:sql_queries])
+    sql = latencies(SearchService(engine, data_dir, load_aliases(), "sql"), mix[:sql_queries])
     fast_same = fast[:sql_queries]
     log.info("| engine | queries | p50 ms | p99 ms | mean ms |")
     log.info("|---|---|---|---|---|")
@@ -156,10 +157,10 @@ def tag_queries(url: str, work: Path, queries: int, sql_queries: int) -> None:
     engine.dispose()
 
 
-def knn(url: str, work: Path, queries: int) -> None:
+def knn(url: str, data_dir: Path, queries: int) -> None:
     engine = create_db_engine(url)
     started = time.perf_counter()
-    index = vectors.load_fresh(engine, work / "data", 1)
+    index = vectors.load_fresh(engine, data_dir, 1)
     log.info(
         "FAISS %s index ready in %.0fs: %s",
         index.meta.kind,
@@ -168,6 +169,12 @@ def knn(url: str, work: Path, queries: int) -> None:
     )
     ids, data = vectors.load_embeddings(engine, 1, index.meta.dim)
     engine.dispose()
+    if index.meta.kind == "ivf" and "calibrated_recall" not in index.meta.params:
+        # A file built before calibration: calibrate it as 'rebuild' now does.
+        started = time.perf_counter()
+        params = {**index.meta.params, **vectors.calibrate(index.index, data)}
+        index = vectors.FaissIndex(index.index, replace(index.meta, params=params))
+        log.info("calibrated in %.0fs: %s", time.perf_counter() - started, params)
     live = BitMap(ids.tolist())
     rng = np.random.default_rng(0)
     log.info(
@@ -230,10 +237,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     log.info("machine: %s", machine())
     url = prepared_database(args.work, args.images)
+    data_dir = args.work / f"data-{args.images}"  # FAISS files: one folder per database
     if args.only in (None, "tags"):
-        tag_queries(url, args.work, args.queries, min(args.sql_queries, args.queries))
+        tag_queries(url, data_dir, args.queries, min(args.sql_queries, args.queries))
     if args.only in (None, "knn"):
-        knn(url, args.work, args.knn_queries)
+        knn(url, data_dir, args.knn_queries)
 
 
 if __name__ == "__main__":

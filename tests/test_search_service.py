@@ -272,3 +272,25 @@ def test_concurrent_searches_while_the_index_changes(migrated_url: str, tmp_path
     final = service.search(SearchRequest("a", 100))
     assert sum(1 for hit in final.hits if hit.path.startswith("/c/")) == 13
     engine.dispose()
+
+
+def test_ivf_nprobe_is_calibrated_to_the_target_recall() -> None:
+    rng = np.random.default_rng(4)
+    count, dim = 20_000, 32
+    data = _clustered_vectors(rng, count, dim)
+    ids = np.arange(1, count + 1, dtype=np.int64)
+    built = vectors.build_index(data, ids, "ivf", {"nlist": 200, "nprobe": 8})
+    found = vectors.calibrate(built, data)
+    assert 8 <= found["nprobe"] < 200 and found["calibrated_recall"] >= vectors.TARGET_RECALL
+    # Fresh queries (not the calibration sample) reach about the same recall.
+    index = vectors.FaissIndex(
+        built, vectors.IndexMeta(1, 0, count, dim, "ivf", {"nlist": 200, **found})
+    )
+    live = BitMap(ids.tolist())
+    recall = []
+    for q in rng.choice(count, 30, replace=False):
+        hits, plan = similar.nearest(index, data[q], 10, None, live)
+        assert plan == similar.KnnPlan("index", found["nprobe"])
+        exact = ids[np.argsort(-(data @ data[q]))[:10]]
+        recall.append(len({i for i, _ in hits} & set(exact.tolist())) / 10)
+    assert np.mean(recall) >= 0.93

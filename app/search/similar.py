@@ -56,7 +56,10 @@ def plan_knn(index: FaissIndex, filter_size: int | None) -> KnnPlan:
     if meta.kind == "flat":
         return KnnPlan("index" if filter_size is None else "exact")
     nlist = int(meta.params["nlist"])
-    base = max(int(meta.params.get("nprobe", 0)), default_nprobe(nlist))
+    if "calibrated_recall" in meta.params:  # measured when the index was built
+        base = int(meta.params["nprobe"])
+    else:  # an older file: the rule of thumb
+        base = max(int(meta.params.get("nprobe", 0)), default_nprobe(nlist))
     if filter_size is None:
         return KnnPlan("index", min(nlist, base))
     selectivity = filter_size / max(meta.count, 1)
