@@ -17,7 +17,7 @@ from app.store import repository as repo
 from app.store.db import create_db_engine, session_factory
 from app.store.models import Image, ImageChange, Tag
 from app.tagger.vocab import GROUP_CODE
-from tests.search_helpers import build_index
+from tests.search_helpers import brute, build_index
 from tests.test_search_sql import GROUPS, random_images, random_query
 
 
@@ -129,24 +129,14 @@ def test_scans_within_candidates_equal_full_scans(
 ) -> None:
     """Metatags on image values are evaluated either over every image or only over the
     candidates left by the indexed terms; both must give the brute-force answer."""
-    from tests.search_helpers import brute
-
     monkeypatch.setattr(postings_module, "RESTRICT_RATIO", ratio)
     rng = random.Random(23)
     engine = create_db_engine(migrated_url)
     generation, data, catalog = build_index(engine, random_images(rng), GROUPS)
-    checked = 0
     with session_factory(engine)() as session:
         current = PostingEngine.load(session, generation)
-        for _ in range(600):
-            try:
-                plan = bind(parse(random_query(rng)).root, catalog)
-            except QueryError:
-                continue
-            assert current.search(plan) == brute(plan, data)
-            checked += 1
+        assert _agrees_with_brute_force(current, catalog, data, rng, 600) > 500
     engine.dispose()
-    assert checked > 500
 
 
 def test_prebuilt_default_threshold_bitmaps_agree(
@@ -154,8 +144,6 @@ def test_prebuilt_default_threshold_bitmaps_agree(
 ) -> None:
     """Every tag gets a prebuilt bitmap here; answers stay equal to the brute force, also
     after a refresh has dropped images from the prebuilt segment."""
-    from tests.search_helpers import brute
-
     monkeypatch.setattr(postings_module, "PREBUILD_MIN", 1)
     rng = random.Random(31)
     engine = create_db_engine(migrated_url)
@@ -169,13 +157,24 @@ def test_prebuilt_default_threshold_bitmaps_agree(
         current = current.refresh(session)
         for image_id in gone:
             del data[image_id]
-        checked = 0
-        for _ in range(500):
-            try:
-                plan = bind(parse(random_query(rng)).root, catalog)
-            except QueryError:
-                continue
-            assert current.search(plan) == brute(plan, data)
-            checked += 1
+        assert _agrees_with_brute_force(current, catalog, data, rng, 500) > 400
     engine.dispose()
-    assert checked > 400
+
+
+def _agrees_with_brute_force(
+    current: PostingEngine,
+    catalog: Catalog,
+    data: dict[int, dict[int, float]],
+    rng: random.Random,
+    queries: int,
+) -> int:
+    """Assert the engine's answer to random queries equals the brute force's; how many ran."""
+    checked = 0
+    for _ in range(queries):
+        try:
+            plan = bind(parse(random_query(rng)).root, catalog)
+        except QueryError:
+            continue
+        assert current.search(plan) == brute(plan, data)
+        checked += 1
+    return checked

@@ -92,7 +92,6 @@ class _State:
     catalog: Catalog
     postings: PostingEngine | None
     index: vectors.FaissIndex | None = None
-    index_version: int = -1
 
 
 @dataclass
@@ -109,14 +108,13 @@ class SearchService:
     _state: _State | None = field(default=None, repr=False)
     _checked_at: float = field(default=-math.inf, repr=False)
     _sessions: sessionmaker[Session] | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _session(self) -> Session:
         # One sessionmaker: making one per search costs more than a whole in-memory search.
         if self._sessions is None:
             self._sessions = session_factory(self.engine)
         return self._sessions()
-
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def search(self, request: SearchRequest) -> Page:
         query = parse(request.query, max_terms=self.max_terms)
@@ -131,23 +129,16 @@ class SearchService:
             postings = state.postings  # one engine for the whole search, even if refreshed
             if postings is not None:
                 matches = postings.evaluate(plan)
-                live = postings.live
             else:
                 matches = BitMap(execute(session, plan, state.generation_id))
-                live = BitMap(
-                    session.scalars(
-                        select(Embedding.image_id).where(
-                            Embedding.generation_id == state.generation_id
-                        )
-                    ).all()
-                )
             if vector_query:
-                return self._similar(session, state, query, request, matches, live, limit)
-            keys = self._keys(session, state, order, thresholds)
+                live = postings.live if postings is not None else _live(session, state)
+                return self._similar(session, state, postings, query, request, matches, live, limit)
+            keys = self._keys(session, state, postings, order, thresholds)
             cursor = Cursor.decode(request.cursor, order) if request.cursor else None
             found = page(matches, order, limit, cursor, keys, secrets.randbits(48))
-            hits = self._hits(session, state, found.ids)
-        return Page(hits, len(matches), False, found.next_cursor, self._engine_name(state))
+            hits = _hits(session, postings, found.ids)
+        return Page(hits, len(matches), False, found.next_cursor, self.kind)
 
     def current(self) -> _State:
         """The state of the active generation, brought up to date (at most
@@ -208,6 +199,7 @@ class SearchService:
         self,
         session: Session,
         state: _State,
+        postings: PostingEngine | None,
         query: Query,
         request: SearchRequest,
         matches: BitMap,
@@ -241,15 +233,16 @@ class SearchService:
         if window and wanted < MAX_SIMILAR_RESULTS and len(found) > wanted:
             last_id, last_score = window[-1]
             next_cursor = Cursor("similarity_desc", last_score, last_id, wanted).encode()
-        rows = {hit.id: hit for hit in self._hits(session, state, [i for i, _ in window])}
+        rows = {hit.id: hit for hit in _hits(session, postings, [i for i, _ in window])}
         hits = [_with_similarity(rows[i], s) for i, s in window if i in rows]
         count = len(allowed) if allowed is not None else len(live)
-        return Page(hits, count, False, next_cursor, self._engine_name(state), knn_plan.strategy)
+        return Page(hits, count, False, next_cursor, self.kind, knn_plan.strategy)
 
     def _keys(
         self,
         session: Session,
         state: _State,
+        postings: PostingEngine | None,
         order: Order,
         thresholds: Mapping[str, float],
     ) -> KeySource:
@@ -258,18 +251,9 @@ class SearchService:
         if order.key == "score" and order.tag is not None:
             info = state.catalog.lookup(order.tag)
             score_tag = info.id if info is not None else None
-        if state.postings is not None:
-            return posting_keys(state.postings, counted, score_tag)
+        if postings is not None:
+            return posting_keys(postings, counted, score_tag)
         return sql_keys(session, state.generation_id, counted, score_tag)
-
-    def _hits(self, session: Session, state: _State, ids: list[int]) -> list[Hit]:
-        if state.postings is None:
-            return _rows(session, ids)
-        known = state.postings.describe(ids)
-        return [Hit(i, *known[i]) for i in ids if i in known]
-
-    def _engine_name(self, state: _State) -> str:
-        return "memory" if state.postings is not None else "sql"
 
 
 def _check_order(query: Query, text: str, vector_query: bool) -> Order:
@@ -288,6 +272,19 @@ def _check_order(query: Query, text: str, vector_query: bool) -> Order:
 
 def _is_everything(node: Node) -> bool:
     return isinstance(node, All)
+
+
+def _live(session: Session, state: _State) -> BitMap:
+    """The generation's live images, for the SQL engine (deleted images have no embedding)."""
+    statement = select(Embedding.image_id).where(Embedding.generation_id == state.generation_id)
+    return BitMap(session.scalars(statement).all())
+
+
+def _hits(session: Session, postings: PostingEngine | None, ids: list[int]) -> list[Hit]:
+    if postings is None:
+        return _rows(session, ids)
+    known = postings.describe(ids)
+    return [Hit(i, *known[i]) for i in ids if i in known]
 
 
 def _catalog(session: Session, aliases: Mapping[str, str]) -> Catalog:
