@@ -3,8 +3,8 @@
 The planner picks by the filter's size, as Weaviate, Qdrant and the NeurIPS'23
 filtered-search entries do:
 
-- no filter: the FAISS index as built (exact below 100k images; IVF above, probing
-  ``default_nprobe`` lists);
+- no filter: the FAISS index as built (exact below 100k images; IVF above, probing the
+  number of lists calibrated when it was built, or ``default_nprobe`` for an older file);
 - a small filter (at most ``gather_limit`` images): exact, the matching vectors fetched from
   the index and scored in one matrix product;
 - a larger filter on an exact (flat) index: exact, through an id selector (every other
@@ -106,9 +106,7 @@ def _gathered(
     if not len(ids):
         return []
     scores = index.reconstruct(ids) @ np.asarray(query, dtype=np.float32).reshape(-1)
-    top = np.argsort(-scores, kind="stable")[:k] if len(ids) <= k else None
-    if top is None:
-        top = np.argpartition(-scores, k - 1)[:k]
+    top = np.argpartition(-scores, k - 1)[:k] if len(ids) > k else np.arange(len(ids))
     found = [(int(ids[i]), float(scores[i])) for i in top]
     found.sort(key=lambda pair: (-pair[1], pair[0]))
     return found
