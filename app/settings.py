@@ -6,12 +6,13 @@ so tests can construct them with explicit values.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -98,6 +99,48 @@ class Settings(BaseSettings):
         description="Cosine similarity at or above which a result counts as a near-duplicate "
         "of the query image (hidden on request).",
     )
+    host: str = Field(default="127.0.0.1", description="Address 'sagashi serve' listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port 'sagashi serve' listens on.")
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for the /api/admin endpoints. Unset: admin endpoints are "
+        "disabled.",
+    )
+    model_load: Literal["lazy", "startup"] = Field(
+        default="lazy",
+        description="When the server loads the model: lazy (on the first upload to tag or "
+        "embed) or startup (before it reports ready).",
+    )
+    max_upload_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest image accepted by upload, base64 or URL (HTTP 413 above it).",
+    )
+    url_fetch: bool = Field(
+        default=False,
+        description="Allow the API to download query images from http(s) URLs. Private, "
+        "loopback, link-local and metadata addresses are always refused.",
+    )
+    url_fetch_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="Seconds a URL download may take in all."
+    )
+    url_fetch_allow: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR, comma-separated) that URL downloads may reach even "
+        "though they are private, e.g. an internal image host: 10.1.2.0/24.",
+    )
+    media_roots: list[Path] = Field(
+        default_factory=list,
+        description="Extra folders (comma-separated) the server may serve files from, besides "
+        "the folders 'sagashi index' was run on; for imported predictions.",
+    )
+    thumb_size: int = Field(
+        default=320, ge=32, le=2048, description="Longest side of thumbnails, in pixels."
+    )
+    worker_poll_seconds: float = Field(
+        default=2.0, gt=0, le=3600, description="How often 'sagashi worker' looks for jobs."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Logging level."
     )
@@ -107,6 +150,24 @@ class Settings(BaseSettings):
     def _check_device(cls, value: str) -> str:
         if not _DEVICE_RE.match(value):
             raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
+        return value
+
+    @field_validator("url_fetch_allow", "media_roots", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        # Environment variables give "a,b"; JSON lists still work.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("url_fetch_allow")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a network (CIDR such as 10.1.2.0/24)") from exc
         return value
 
     @field_validator("log_level", mode="before")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,25 +26,24 @@ from app.query import QueryError
 from app.search.paging import CursorError
 from app.search.service import EmptyIndex, EngineKind, NotFound, SearchRequest, SearchService
 from app.settings import Settings
-from app.store import migrate, vectors
-from app.store.aliases import AliasError, load_aliases
+from app.store import migrate
 from app.store.db import create_db_engine, database_url, safe_url, session_factory
-from app.store.jobs import get_job, job_failures, recent_jobs
+from app.store.jobs import failure_records, get_job, job_record, recent_jobs
 from app.store.locks import WriterBusy
 from app.store.migrate import SchemaMismatch, check_schema
-from app.store.models import Job
 from app.store.repository import GenerationIdentity, GenerationMismatch, active_generation
 from app.tagger import ModelLoadError, OutputPolicy, TimmTagger
 from app.tagger.batching import TagOutcome, tag_sources
 from app.tagger.caption import format_caption
 from app.tagger.fetch import PUBLISHED, FetchError, fetch_model
 from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary, load_wd_vocabulary
+from indexer import jobs
 from indexer.export import EPILOG as EXPORT_EPILOG
 from indexer.export import export_command
 from indexer.importer import Importer, ImportError_, ImportOptions, read_rows
-from indexer.pipeline import Indexer, IndexOptions
+from indexer.jobs import first_line
 from indexer.progress import progress_bar, rate_text
-from indexer.reindex import Reindexer, ReindexError, drop_generation, list_generations
+from indexer.reindex import ReindexError, drop_generation, list_generations
 from indexer.runs import Run, abort, finish, tracked
 from indexer.scan import iter_image_paths
 
@@ -327,10 +328,6 @@ def open_store(settings: Settings) -> Engine:
     return engine
 
 
-def first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 @db_app.command("upgrade", epilog="Example: sagashi db upgrade")
 def db_upgrade() -> None:
     """Create the database, or migrate it to this code's schema (Alembic)."""
@@ -359,18 +356,13 @@ def index(
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
     engine = open_store(settings)
     tagger = load_tagger(settings)
-    options = index_options(settings)
     params = {"paths": [str(p) for p in paths], "model": tagger.info.name}
     with writer_guard(), tracked(engine, "index", params, "indexing", "files") as run:
         try:
-            summary = Indexer(engine, tagger, options).run(paths, run.update)
-        except GenerationMismatch as exc:
+            summary = jobs.run_index(engine, settings, tagger, paths, run)
+        except jobs.JobStopped as exc:
             stop(run, str(exc))
-        except SQLAlchemyError as exc:
-            stop(run, f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
-        refresh_faiss(engine, settings)
-        failures = [(p.path, p.code, p.message) for p in summary.failures]
-        finish(run, summary.as_dict(), failures)
+    failures = [(p.path, p.code, p.message) for p in summary.failures]
     for path, code, message in failures:
         log.warning("failed: %s: %s: %s", path, code, message)
     log.info(
@@ -388,27 +380,10 @@ def writer_guard() -> Iterator[None]:
         fail(f"{exc}; wait for it to finish (see 'sagashi jobs list')")
 
 
-def index_options(settings: Settings) -> IndexOptions:
-    return IndexOptions(
-        batch_size=settings.batch_size,
-        workers=settings.effective_decode_workers(),
-        max_pixels=settings.max_image_pixels,
-        jpeg_draft=settings.jpeg_draft,
-        score_floor=settings.score_floor,
-        aliases=_aliases(settings),
-    )
-
-
 def stop(run: Run, message: str) -> NoReturn:
     """Record why the run stopped on its job, then exit with the same one-line reason."""
     abort(run, message)
     fail(message)
-
-
-def refresh_faiss(engine: Engine, settings: Settings) -> None:
-    generation = current_generation_id(engine)
-    if generation is not None:
-        vectors.load_fresh(engine, settings.data_dir, generation)
 
 
 @app.command(
@@ -458,7 +433,7 @@ def import_(
             stop(run, str(exc))
         except SQLAlchemyError as exc:
             stop(run, f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
-        refresh_faiss(engine, settings)
+        jobs.refresh_faiss(engine, settings.data_dir)
         finish(
             run,
             summary.as_dict(),
@@ -481,8 +456,8 @@ def import_(
 
 def _aliases(settings: Settings) -> dict[str, str]:
     try:
-        return load_aliases(settings.alias_file)
-    except AliasError as exc:
+        return jobs.aliases_of(settings)
+    except jobs.JobStopped as exc:
         fail(str(exc))
 
 
@@ -527,23 +502,12 @@ def reindex(
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
     engine = open_store(settings)
     tagger = load_tagger(settings)
-    options = index_options(settings)
-    with (
-        writer_guard(),
-        tracked(
-            engine, "reindex", {"model": tagger.info.name, "where": where}, "reindexing", "img"
-        ) as run,
-    ):
+    params = {"model": tagger.info.name, "where": where}
+    with writer_guard(), tracked(engine, "reindex", params, "reindexing", "img") as run:
         try:
-            reindexer = Reindexer(engine, tagger, options, settings.data_dir, where)
-            summary = reindexer.run(run.update)
-        except ReindexError as exc:
+            summary = jobs.run_reindex(engine, settings, tagger, where, run)
+        except jobs.JobStopped as exc:
             stop(run, str(exc))
-        except QueryError as exc:
-            stop(run, f"bad --where query at character {exc.position} ({exc.code}): {exc.message}")
-        except SQLAlchemyError as exc:
-            stop(run, f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
-        finish(run, summary.as_dict(), [(p.path, p.code, p.message) for p in summary.failures])
     for problem in summary.failures:
         log.warning("failed: %s: %s: %s", problem.path, problem.code, problem.message)
     if summary.failures:
@@ -585,23 +549,6 @@ def generations_drop(
 app.command("export", epilog=EXPORT_EPILOG)(export_command)
 
 
-def _job_record(job: Job) -> dict[str, object]:
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "state": job.state,
-        "done": job.done,
-        "total": job.total,
-        "failed": job.failed,
-        "params": json.loads(job.params),
-        "summary": json.loads(job.summary),
-        "error": job.error,
-        "created_at": job.created_at.isoformat(),
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
-    }
-
-
 @jobs_app.command("list", epilog="Example: sagashi jobs list --limit 5")
 def jobs_list(
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="Most recent jobs shown.")] = 20,
@@ -609,7 +556,7 @@ def jobs_list(
     """One JSON object per job, newest first: kind, state, progress, summary."""
     engine = open_store(load_settings())
     for job in recent_jobs(engine, limit):
-        sys.stdout.write(json.dumps(_job_record(job)) + "\n")
+        sys.stdout.write(json.dumps(job_record(job)) + "\n")
 
 
 @jobs_app.command("show", epilog="Example: sagashi jobs show 12")
@@ -619,10 +566,8 @@ def jobs_show(job_id: Annotated[int, typer.Argument(help="Job id (see 'jobs list
     job = get_job(engine, job_id)
     if job is None:
         fail(f"no job {job_id}; see 'sagashi jobs list'")
-    record = _job_record(job)
-    record["failures"] = [
-        {"path": f.path, "code": f.code, "message": f.message} for f in job_failures(engine, job_id)
-    ]
+    record = job_record(job)
+    record["failures"] = failure_records(engine, job_id)
     sys.stdout.write(json.dumps(record, indent=2) + "\n")
 
 
@@ -724,10 +669,67 @@ def query_embedding(engine: Engine, settings: Settings, image: Path) -> Any:
     return outcome.embedding
 
 
-def current_generation_id(engine: Engine) -> int | None:
-    with session_factory(engine)() as session:
-        generation = active_generation(session)
-        return generation.id if generation else None
+@app.command(epilog="Example: SAGASHI_ADMIN_TOKEN=s3cret sagashi serve --host 0.0.0.0 --port 8000")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address [SAGASHI_HOST].")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Listen port [SAGASHI_PORT].")
+    ] = None,
+    model_dir: ModelDirOption = None,
+) -> None:
+    """Serve the web gallery and the HTTP API (OpenAPI docs at /docs) with uvicorn.
+
+    The index loads in the background (GET /readyz answers 503 until it is ready); the
+    model loads on the first upload, or at start with SAGASHI_MODEL_LOAD=startup.
+    """
+    import uvicorn
+
+    from app.api import create_app
+
+    settings = load_settings(host=host, port=port, model_dir=model_dir)
+    open_store(settings).dispose()  # refuse a missing or foreign schema before listening
+    _aliases(settings)
+    application = create_app(settings)
+    log.info("serving on http://%s:%d (API docs at /docs)", settings.host, settings.port)
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+    )
+
+
+@app.command(epilog="Example: SAGASHI_MODEL_DIR=./models/pixai-v0.9 sagashi worker")
+def worker(
+    once: Annotated[
+        bool, typer.Option(help="Run the jobs queued now, then exit (for cron or tests).")
+    ] = False,
+    model_dir: ModelDirOption = None,
+) -> None:
+    """Run the index, reindex and FAISS-rebuild jobs queued through the admin API.
+
+    Runs on any host that reaches the database (a GPU machine, say), one job at a time,
+    under the same writer lock as the CLI commands. Stop it with Ctrl-C or SIGTERM: a job
+    cut short goes back to the queue and resumes where it stopped.
+    """
+    from indexer.worker import Worker
+
+    settings = load_settings(model_dir=model_dir)
+    engine = open_store(settings)
+    stop_event = threading.Event()
+    signal.signal(signal.SIGTERM, _interrupt)
+    log.info("worker waiting for jobs (every %.1fs)", settings.worker_poll_seconds)
+    try:
+        ran = Worker(engine, settings).serve(stop_event, once=once)
+    except KeyboardInterrupt:
+        log.info("worker stopped")
+        raise typer.Exit(130) from None
+    log.info("worker ran %d jobs", ran)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:

@@ -640,7 +640,8 @@ def export_command(
     Exit status: 0 when every caption was written or skipped, 1 when some failed (the
     summary lists why), 2 for a usage error or an empty index.
     """
-    from indexer.cli import fail, first_line, load_settings, open_store, split_list
+    from indexer.cli import fail, load_settings, open_store, split_list
+    from indexer.jobs import first_line
 
     settings = load_settings()
     out_dir = _output_dir(captions, layout, fail)

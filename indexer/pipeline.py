@@ -26,6 +26,7 @@ from app.store import repository as repo
 from app.store.db import session_factory
 from app.store.formats import canonical_format
 from app.store.models import Image
+from app.store.roots import add_roots
 from app.tagger.batching import lookahead, ordered_map, predict_stacked
 from app.tagger.decode import decode_with_meta
 from app.tagger.errors import ImageDecodeError
@@ -110,6 +111,7 @@ class Indexer:
         with self.sessions() as session:
             generation = repo.generation_for_index(session, self.tagger.info)
             tag_map = repo.TagMap.ensure(session, self.tagger.vocab, self.options.aliases)
+            add_roots(session, roots)
             session.commit()
             existing = self._existing(session, roots)
             batch = _Batch(session, generation.id, tag_map, self.options.score_floor)

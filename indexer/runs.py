@@ -48,11 +48,17 @@ class Run:
 
 @contextmanager
 def tracked(
-    engine: Engine, kind: str, params: dict[str, Any], label: str, unit: str
+    engine: Engine,
+    kind: str,
+    params: dict[str, Any],
+    label: str,
+    unit: str,
+    job_id: int | None = None,
 ) -> Iterator[Run]:
-    """Open a job record and a progress bar; mark the job failed if the body raises."""
+    """Open a job record (or adopt ``job_id``, a claimed queued job) and a progress bar;
+    mark the job failed if the body raises."""
     with writer_lock(engine):
-        recorder = JobRecorder(engine, kind, params)
+        recorder = JobRecorder(engine, kind, params, job_id)
         with _progress(recorder, label, unit) as run:
             yield run
 

@@ -171,6 +171,7 @@ class Catalog:
     _by_count: list[tuple[str, TagInfo]] | None = None
     _names: list[str] = field(default_factory=list)
     _matches: dict[str, list[TagInfo]] = field(default_factory=dict)
+    _alias_names: list[str] = field(default_factory=list)
 
     @classmethod
     def from_rows(
@@ -181,6 +182,23 @@ class Catalog:
 
     def lookup(self, name: str) -> TagInfo | None:
         return self.tags.get(self.aliases.get(name, name))
+
+    def complete(self, prefix: str, limit: int) -> list[tuple[str, TagInfo, str | None]]:
+        """Autocomplete: tags whose name, or an alias of which, starts with ``prefix``, most
+        used first, as (tag name, tag, the alias typed or None)."""
+        if self._by_count is None:
+            self._by_count = sorted(self.tags.items(), key=lambda kv: (-kv[1].count, kv[0]))
+            self._names = sorted(self.tags)
+        if not self._alias_names:
+            self._alias_names = sorted(a for a, tag in self.aliases.items() if tag in self.tags)
+        found: dict[str, tuple[str, TagInfo, str | None]] = {}
+        for alias in _with_prefix(self._alias_names, prefix):
+            name = self.aliases[alias]
+            found.setdefault(name, (name, self.tags[name], alias))
+        for name in _with_prefix(self._names, prefix):
+            found[name] = (name, self.tags[name], None)  # a direct match beats an alias
+        ranked = sorted(found.values(), key=lambda item: (-item[1].count, item[0]))
+        return ranked[:limit]
 
     def matching(self, pattern: str) -> list[TagInfo]:
         """The most-used tags matching a ``*`` pattern, most used first."""
@@ -203,6 +221,12 @@ class Catalog:
             self._matches.clear()
         self._matches[pattern] = found
         return found
+
+
+def _with_prefix(names: list[str], prefix: str) -> list[str]:
+    start = bisect.bisect_left(names, prefix)
+    end = bisect.bisect_left(names, prefix + "\U0010ffff")
+    return names[start:end]
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,36 @@ class SearchService:
             hits = _hits(session, postings, found.ids)
         return Page(hits, len(matches), False, found.next_cursor, self.kind)
 
+    def matching(self, query: str | Node, thresholds: Mapping[str, float] | None = None) -> BitMap:
+        """Every image a filter matches: query text (order, limit and similarity ignored)
+        or an already parsed node, such as one tag whatever characters its name holds."""
+        root = parse(query, max_terms=self.max_terms).root if isinstance(query, str) else query
+        state = self.current()
+        plan = Binder(state.catalog, {**DEFAULT_THRESHOLDS, **(thresholds or {})}).bind(root)
+        if state.postings is not None:
+            return state.postings.evaluate(plan)
+        with self._session() as session:
+            return BitMap(execute(session, plan, state.generation_id))
+
+    def catalog(self) -> Catalog:
+        return self.current().catalog
+
+    def generation_id(self) -> int:
+        return self.current().generation_id
+
+    def loaded_images(self) -> int | None:
+        """Live images of the loaded generation, without touching the database; None
+        before the first load (or with the SQL engine)."""
+        state = self._state
+        return len(state.postings.live) if state is not None and state.postings else None
+
+    def reload(self) -> _State:
+        """Drop everything held in memory and load the active generation afresh."""
+        with self._lock:
+            self._state = None
+            self._checked_at = -math.inf
+        return self.current()
+
     def current(self) -> _State:
         """The state of the active generation, brought up to date (at most
         ``refresh_seconds`` old)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
@@ -16,10 +17,21 @@ from app.store.db import session_factory
 from app.store.models import Job, JobFailure
 from app.store.repository import now
 
+JOB_KINDS = ("index", "reindex", "rebuild_faiss")  # what can be queued for a worker
+
 
 class JobRecorder:
-    def __init__(self, engine: Engine, kind: str, params: dict[str, Any]) -> None:
+    """Writes one job's progress. Opens a new running job, or adopts ``job_id``: a queued
+    job a worker has just claimed."""
+
+    def __init__(
+        self, engine: Engine, kind: str, params: dict[str, Any], job_id: int | None = None
+    ) -> None:
         self.sessions = session_factory(engine)
+        self.finished = False
+        if job_id is not None:
+            self.id = job_id
+            return
         with self.sessions() as session:
             job = Job(
                 kind=kind,
@@ -36,7 +48,6 @@ class JobRecorder:
             session.add(job)
             session.commit()
             self.id = job.id
-        self.finished = False
 
     def progress(self, done: int, total: int, failed: int) -> None:
         with self.sessions() as session:
@@ -92,3 +103,102 @@ def job_failures(engine: Engine, job_id: int, limit: int = 1000) -> list[JobFail
                 .limit(limit)
             ).all()
         )
+
+
+def enqueue(engine: Engine, kind: str, params: dict[str, Any]) -> Job:
+    """Queue a job for ``sagashi worker``."""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"unknown job kind {kind!r}; one of {', '.join(JOB_KINDS)}")
+    with session_factory(engine)() as session:
+        job = Job(
+            kind=kind,
+            params=json.dumps(params),
+            state="queued",
+            created_at=now(),
+            total=0,
+            done=0,
+            failed=0,
+            summary="{}",
+        )
+        session.add(job)
+        session.commit()
+        return job
+
+
+def claim_next(engine: Engine) -> Job | None:
+    """Take the oldest queued job, marking it running. Safe with several workers: the
+    conditional update lets exactly one of them win each job."""
+    sessions = session_factory(engine)
+    with sessions() as session:
+        while True:
+            queued = select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(1)
+            candidate = session.scalar(queued)
+            if candidate is None:
+                return None
+            stamp = now()
+            claimed = session.execute(
+                update(Job)
+                .where(Job.id == candidate, Job.state == "queued")
+                .values(state="running", started_at=stamp, heartbeat_at=stamp)
+            )
+            session.commit()
+            if getattr(claimed, "rowcount", 0) == 1:
+                return session.get(Job, candidate)
+
+
+def job_record(job: Job) -> dict[str, Any]:
+    """A job as plain JSON values (CLI and API print the same thing)."""
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state,
+        "done": job.done,
+        "total": job.total,
+        "failed": job.failed,
+        "params": json.loads(job.params),
+        "summary": json.loads(job.summary),
+        "error": job.error,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+    }
+
+
+def failure_records(engine: Engine, job_id: int, limit: int = 1000) -> list[dict[str, str]]:
+    return [
+        {"path": f.path, "code": f.code, "message": f.message}
+        for f in job_failures(engine, job_id, limit)
+    ]
+
+
+def requeue(engine: Engine, job_id: int) -> None:
+    """Put a claimed job back: its worker could not start it yet, or was stopped midway
+    (every job resumes where it stopped)."""
+    with session_factory(engine)() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state != "done")
+            .values(
+                state="queued", started_at=None, heartbeat_at=None, finished_at=None, error=None
+            )
+        )
+        session.commit()
+
+
+def fail_abandoned(engine: Engine, silent_seconds: float) -> int:
+    """Mark running jobs whose process died (no heartbeat for ``silent_seconds``) failed,
+    so they stop showing as running; their work is resumable by resubmitting."""
+    cutoff = now() - timedelta(seconds=silent_seconds)
+    message = (
+        f"abandoned: no progress for {silent_seconds:.0f} s (its process died?); "
+        "resubmit it to resume"
+    )
+    with session_factory(engine)() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.state == "running", Job.heartbeat_at < cutoff)
+            .values(state="failed", error=message, finished_at=now())
+        )
+        session.commit()
+        return int(getattr(result, "rowcount", 0) or 0)

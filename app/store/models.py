@@ -162,6 +162,17 @@ class ImageChange(Base):
     image_id: Mapped[int] = mapped_column(Integer)
 
 
+class LibraryRoot(Base):
+    """A folder 'sagashi index' was run on. Files are served only from inside these (and
+    SAGASHI_MEDIA_ROOTS), so a path in the database can never expose the rest of the disk."""
+
+    __tablename__ = "library_roots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Job(Base):
     """Index runs and queued admin jobs, with their progress."""
 

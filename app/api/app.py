@@ -1,0 +1,83 @@
+"""The FastAPI application: ``create_app(settings)`` builds it; nothing happens at import.
+
+The lifespan opens the database (refusing a schema this code does not know), builds the
+search service and the upload model holder, and starts loading the index in a background
+thread; /readyz answers 503 until it is loaded.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.errors import install_handlers
+from app.api.inference import Inference
+from app.api.limits import BodyLimitMiddleware
+from app.api.metrics import JobCollector, LatencyMiddleware, Metrics, StateCollector
+from app.api.resources import Resources
+from app.api.routes import admin, images, ops, search, tagging, tags
+from app.api.schemas import ErrorBody
+from app.search.service import SearchService
+from app.settings import Settings
+from app.store.aliases import load_aliases
+from app.store.db import create_db_engine, database_url
+from app.store.migrate import check_schema
+from app.store.thumbs import ThumbnailCache
+from app.tagger.protocol import Tagger
+
+DESCRIPTION = """Search an anime image collection by Danbooru-style tags (with confidence
+thresholds) and by image similarity, tag images with the PixAI or WD tagger, and run index
+jobs. Every error is `{"error": {"code", "message", "position"?}}`."""
+
+
+def build_resources(
+    settings: Settings, metrics: Metrics, tagger: Tagger | None = None
+) -> Resources:
+    engine = create_db_engine(database_url(settings))
+    check_schema(engine)
+    search_service = SearchService(
+        engine,
+        settings.data_dir,
+        load_aliases(settings.alias_file),
+        settings.search_engine,
+        duplicate_similarity=settings.duplicate_similarity,
+        max_terms=settings.max_query_terms,
+    )
+    thumbs = ThumbnailCache(
+        settings.data_dir / "thumbs", settings.thumb_size, settings.max_image_pixels
+    )
+    inference = Inference(settings, tagger)
+    metrics.watch(StateCollector(search_service.loaded_images, lambda: inference.loaded))
+    metrics.watch(JobCollector(engine))
+    return Resources(settings, engine, search_service, inference, thumbs, metrics)
+
+
+def create_app(settings: Settings, tagger: Tagger | None = None) -> FastAPI:
+    """The application. ``tagger`` replaces the model from SAGASHI_MODEL_DIR (tests)."""
+    metrics = Metrics()  # one registry per app
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resources = build_resources(settings, metrics, tagger)
+        app.state.resources = resources
+        threading.Thread(target=resources.warm, name="sagashi-warm", daemon=True).start()
+        yield
+        resources.engine.dispose()
+
+    app = FastAPI(
+        title="Sagashi",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses={"default": {"model": ErrorBody, "description": "Error"}},
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes * 2 + 1_048_576)
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
+    install_handlers(app)
+    for router in (search.router, images.router, tags.router, tagging.router, admin.router):
+        app.include_router(router)
+    app.include_router(ops.router)
+    return app

@@ -1,0 +1,64 @@
+"""What the server holds for its lifetime, built in the app's lifespan and kept on
+``app.state.resources``: the database engine, the search service (tag postings and FAISS
+in memory), the upload model, the thumbnail cache and the metrics registry."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from sqlalchemy import Engine
+
+from app.api.errors import ApiError
+from app.api.inference import Inference
+from app.api.metrics import Metrics
+from app.search.service import EmptyIndex, SearchService
+from app.settings import Settings
+from app.store.db import session_factory
+from app.store.roots import library_roots
+from app.store.thumbs import ThumbnailCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: Engine
+    search: SearchService
+    inference: Inference
+    thumbs: ThumbnailCache
+    metrics: Metrics
+    warmed: threading.Event = field(default_factory=threading.Event)
+    warm_error: str | None = None
+
+    def warm(self) -> None:
+        """Load the search state (and the model, when configured to) before reporting ready.
+        Runs in a background thread: a large index takes minutes to load."""
+        try:
+            try:
+                self.search.current()
+            except EmptyIndex:
+                log.info("the index is empty; serving anyway")
+            if self.settings.model_load == "startup":
+                self.inference.load()
+        except ApiError as exc:
+            self.warm_error = exc.message
+            log.error("start-up failed: %s", exc.message)
+        except Exception as exc:
+            self.warm_error = f"{type(exc).__name__}: {exc}"
+            log.exception("start-up failed")
+        finally:
+            self.warmed.set()
+
+    def roots(self) -> list[str]:
+        with session_factory(self.engine)() as session:
+            indexed = library_roots(session)
+        return [*indexed, *(str(p) for p in self.settings.media_roots)]
+
+
+def resources(request: Request) -> Resources:
+    found: Resources = request.app.state.resources
+    return found

@@ -1,0 +1,105 @@
+"""Admin endpoints: queue index, reindex and FAISS-rebuild jobs for 'sagashi worker', follow
+their progress, and reload the server's in-memory index.
+
+They need ``Authorization: Bearer <SAGASHI_ADMIN_TOKEN>``; without a configured token they
+are disabled (403), so a fresh install never exposes them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from app.api.errors import ApiError
+from app.api.resources import Resources, resources
+from app.api.routes.common import query_error
+from app.api.schemas import AdminJobRequest, JobOut, ReloadResponse
+from app.query import QueryError, parse
+from app.search.service import EmptyIndex
+from app.store.jobs import enqueue, failure_records, get_job, job_record, recent_jobs
+
+Res = Annotated[Resources, Depends(resources)]
+
+
+def require_admin(request: Request, res: Res) -> None:
+    token = res.settings.admin_token
+    if token is None:
+        raise ApiError(
+            403, "admin_disabled", "admin endpoints are disabled: set SAGASHI_ADMIN_TOKEN"
+        )
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise ApiError(
+            401,
+            "unauthorized",
+            "admin endpoints need Authorization: Bearer <SAGASHI_ADMIN_TOKEN>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        raise ApiError(403, "forbidden", "the admin token is not valid")
+
+
+router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+@router.post("/api/admin/reindex", response_model=JobOut, status_code=202)
+def queue_job(body: AdminJobRequest, res: Res) -> JobOut:
+    """Queue a job: index (paths, optional model_dir), reindex (optional model_dir and
+    where) or rebuild_faiss. A 'sagashi worker' process runs it; follow it at
+    /api/admin/jobs/{id}."""
+    params = _job_params(body)
+    job = enqueue(res.engine, body.action, params)
+    return JobOut(**job_record(job))
+
+
+@router.get("/api/admin/jobs", response_model=list[JobOut])
+def list_jobs(res: Res, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> list[JobOut]:
+    """Recent jobs, newest first (CLI runs and queued jobs alike)."""
+    return [JobOut(**job_record(job)) for job in recent_jobs(res.engine, limit)]
+
+
+@router.get("/api/admin/jobs/{job_id}", response_model=JobOut)
+def job_status(job_id: Annotated[int, Path(ge=1, le=2**31 - 1)], res: Res) -> JobOut:
+    """A job's state and progress (done of total, failed), summary, and failed files."""
+    job = get_job(res.engine, job_id)
+    if job is None:
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    return JobOut(**job_record(job), failures=failure_records(res.engine, job_id))
+
+
+@router.post("/api/admin/index/reload", response_model=ReloadResponse)
+def reload_index(res: Res) -> ReloadResponse:
+    """Reload the tag postings and FAISS index from the database now (the server also
+    follows changes by itself, within a second)."""
+    try:
+        state = res.search.reload()
+    except EmptyIndex:
+        return ReloadResponse(generation=None, images=0)
+    images = len(state.postings.live) if state.postings is not None else 0
+    return ReloadResponse(generation=state.generation_id, images=images)
+
+
+def _job_params(body: AdminJobRequest) -> dict[str, object]:
+    if body.action == "index":
+        if not body.paths:
+            raise ApiError(422, "invalid_request", "paths: an index job needs at least one folder")
+        relative = [p for p in body.paths if not os.path.isabs(p) or "\x00" in p]
+        if relative:
+            raise ApiError(
+                422, "invalid_request", f"paths: give absolute paths, not {relative[0]!r}"
+            )
+        return {"paths": body.paths, "model_dir": body.model_dir}
+    if body.paths:
+        raise ApiError(422, "invalid_request", "paths: only index jobs take paths")
+    if body.action == "reindex":
+        if body.where is not None:
+            try:
+                parse(body.where)
+            except QueryError as exc:
+                raise query_error(exc) from exc
+        return {"model_dir": body.model_dir, "where": body.where}
+    return {}

@@ -1,0 +1,103 @@
+"""Helpers shared by the routes: threshold parameters, search errors as API errors, and
+turning a search page into its JSON body."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+from fastapi import Query
+
+from app.api.errors import ApiError
+from app.api.resources import Resources
+from app.api.schemas import SearchItem, SearchResponse, TagScoreOut
+from app.query import QueryError
+from app.search.details import tags_of
+from app.search.paging import CursorError
+from app.search.service import EmptyIndex, NotFound, Page
+from app.store.db import session_factory
+from app.tagger.vocab import DEFAULT_THRESHOLDS
+
+ThresholdParam = Annotated[
+    float | None, Query(ge=0.0, le=1.0, description="Score threshold for this tag group.")
+]
+
+
+def thresholds(
+    threshold_general: ThresholdParam = None,
+    threshold_character: ThresholdParam = None,
+    threshold_copyright: ThresholdParam = None,
+    threshold_rating: ThresholdParam = None,
+) -> dict[str, float]:
+    """Per-group thresholds given in the request (the rest keep their defaults)."""
+    given = {
+        "general": threshold_general,
+        "character": threshold_character,
+        "copyright": threshold_copyright,
+        "rating": threshold_rating,
+    }
+    return {group: value for group, value in given.items() if value is not None}
+
+
+def query_error(exc: QueryError) -> ApiError:
+    return ApiError(400, f"query_{exc.code.value}", exc.message, exc.position)
+
+
+@contextmanager
+def search_errors() -> Iterator[None]:
+    """Search failures a caller caused, as 4xx errors."""
+    try:
+        yield
+    except QueryError as exc:
+        raise query_error(exc) from exc
+    except CursorError as exc:
+        raise ApiError(400, "bad_cursor", str(exc)) from exc
+    except NotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from exc
+    except EmptyIndex as exc:
+        raise ApiError(404, "empty_index", str(exc)) from exc
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from exc
+
+
+def page_body(
+    res: Resources, page: Page, wanted: dict[str, float], tags_per_item: int
+) -> SearchResponse:
+    ids = [hit.id for hit in page.hits]
+    tags: dict[int, list[TagScoreOut]] = {}
+    if ids and tags_per_item:
+        generation = res.search.generation_id()
+        with session_factory(res.engine)() as session:
+            found = tags_of(session, generation, ids, _with_defaults(wanted), tags_per_item)
+        tags = {
+            image_id: [TagScoreOut(name=t.name, score=t.score, group=t.group) for t in rows]
+            for image_id, rows in found.items()
+        }
+    items = [
+        SearchItem(
+            id=hit.id,
+            path=hit.path,
+            width=hit.width,
+            height=hit.height,
+            similarity=hit.similarity,
+            tags=tags.get(hit.id, []),
+        )
+        for hit in page.hits
+    ]
+    return SearchResponse(
+        items=items,
+        next_cursor=page.next_cursor,
+        count=page.count,
+        estimated=page.estimated,
+        engine=page.engine,
+        plan=page.plan,
+    )
+
+
+def empty_page(engine: str) -> SearchResponse:
+    return SearchResponse(items=[], next_cursor=None, count=0, estimated=False, engine=engine)
+
+
+def _with_defaults(wanted: dict[str, float]) -> dict[str, float]:
+    return {**DEFAULT_THRESHOLDS, **wanted}

@@ -1,0 +1,150 @@
+"""GET /api/images/{id}, its file and its thumbnail.
+
+Files are served only from inside the library roots (symlinks resolved), with ETags from
+the content hash, so browsers and proxies revalidate with a cheap 304.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.api.errors import ApiError
+from app.api.resources import Resources, resources
+from app.api.schemas import ImageDetail, TagScoreOut
+from app.search.details import image_row, tags_of
+from app.search.service import EmptyIndex
+from app.store.db import session_factory
+from app.store.models import Image
+from app.store.roots import resolve_within
+from app.tagger.errors import ImageDecodeError
+
+router = APIRouter(tags=["images"])
+
+Res = Annotated[Resources, Depends(resources)]
+ImageId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
+CACHE_CONTROL = "private, max-age=3600"
+MEDIA_TYPES = {  # by the canonical format names the index stores
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "tiff": "image/tiff",
+    "avif": "image/avif",
+    "heif": "image/heif",
+    "jxl": "image/jxl",
+    "ico": "image/vnd.microsoft.icon",
+}
+
+
+@router.get("/api/images/{image_id}", response_model=ImageDetail)
+def image_detail(image_id: ImageId, res: Res) -> ImageDetail:
+    """An image's metadata and every stored tag, with scores and groups."""
+    try:
+        generation = res.search.generation_id()
+    except EmptyIndex as exc:
+        raise _missing(image_id) from exc
+    with session_factory(res.engine)() as session:
+        image = image_row(session, image_id)
+        if image is None:
+            raise _missing(image_id)
+        tags = tags_of(session, generation, [image_id]).get(image_id, [])
+    return ImageDetail(
+        id=image.id,
+        path=image.path,
+        width=image.width,
+        height=image.height,
+        size_bytes=image.size_bytes,
+        format=image.format,
+        sha256=image.sha256,
+        indexed_at=image.indexed_at.isoformat(),
+        generation=generation,
+        tags=[TagScoreOut(name=t.name, score=t.score, group=t.group) for t in tags],
+    )
+
+
+@router.get(
+    "/api/images/{image_id}/file",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/*": {}}}, 304: {"description": "Not modified"}},
+)
+def image_file(image_id: ImageId, request: Request, res: Res) -> Response:
+    """The original file, with its content type and an ETag."""
+    image, real = _served(res, image_id)
+    etag = _file_etag(image, real)
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
+    return FileResponse(
+        real,
+        media_type=_media_type(image.format),
+        headers={"ETag": etag, "Cache-Control": CACHE_CONTROL},
+    )
+
+
+@router.get(
+    "/api/images/{image_id}/thumb",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/webp": {}}}, 304: {"description": "Not modified"}},
+)
+async def image_thumb(image_id: ImageId, request: Request, res: Res) -> Response:
+    """A WebP thumbnail (longest side SAGASHI_THUMB_SIZE), made once and cached."""
+    image, real = await run_in_threadpool(_served, res, image_id)
+    etag = f'"{image.sha256}-{res.thumbs.size}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    try:
+        thumb = await run_in_threadpool(res.thumbs.get, image.sha256, real)
+    except ImageDecodeError as exc:
+        raise ApiError(
+            415, "bad_image", f"image {image_id} no longer decodes ({exc.code}): {exc.message}"
+        ) from exc
+    return FileResponse(thumb, media_type="image/webp", headers=headers)
+
+
+def _served(res: Resources, image_id: int) -> tuple[Image, Path]:
+    with session_factory(res.engine)() as session:
+        image = image_row(session, image_id)
+    if image is None:
+        raise _missing(image_id)
+    real = resolve_within(image.path, res.roots())
+    if real is None:
+        if not os.path.exists(image.path):
+            raise ApiError(404, "file_missing", f"image {image_id}'s file is gone: {image.path}")
+        raise ApiError(
+            404,
+            "outside_roots",
+            f"image {image_id}'s file lies outside the library roots; add its folder to "
+            "SAGASHI_MEDIA_ROOTS to serve it",
+        )
+    return image, real
+
+
+def _file_etag(image: Image, real: Path) -> str:
+    info = real.stat()
+    if info.st_size == image.size_bytes and info.st_mtime_ns == image.mtime_ns:
+        return f'"{image.sha256}"'
+    return f'W/"{info.st_size:x}-{info.st_mtime_ns:x}"'  # changed since it was indexed
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    wanted = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return "*" in wanted or etag.removeprefix("W/") in wanted
+
+
+def _media_type(image_format: str) -> str:
+    return MEDIA_TYPES.get(image_format, "application/octet-stream")
+
+
+def _missing(image_id: int) -> ApiError:
+    return ApiError(404, "not_found", f"no image {image_id} in the index")

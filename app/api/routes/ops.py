@@ -1,0 +1,55 @@
+"""Operations: liveness (/healthz), readiness (/readyz) and Prometheus metrics (/metrics)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.api.errors import ApiError
+from app.api.resources import Resources, resources
+from app.api.schemas import Health
+from app.store.db import session_factory
+
+router = APIRouter(tags=["operations"])
+
+Res = Annotated[Resources, Depends(resources)]
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is up and answering."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"description": "Not ready"}})
+def readyz(res: Res) -> Health:
+    """Ready to serve searches: the database answers and the index (and, with
+    SAGASHI_MODEL_LOAD=startup, the model) is loaded. 503 until then, or when start-up
+    failed, with the reason."""
+    if not res.warmed.is_set():
+        raise ApiError(503, "starting", "still loading the index")
+    if res.warm_error is not None:
+        raise ApiError(503, "failed", f"start-up failed: {res.warm_error}")
+    try:
+        with session_factory(res.engine)() as session:
+            session.execute(text("select 1"))
+    except SQLAlchemyError as exc:
+        raise ApiError(503, "database", f"the database does not answer: {exc}") from exc
+    images = res.search.loaded_images()
+    return Health(
+        status="ready",
+        checks={
+            "database": "ok",
+            "index": f"{images} images" if images is not None else "sql engine",
+            "model": "loaded" if res.inference.loaded else res.settings.model_load,
+        },
+    )
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(res: Res) -> Response:
+    """Prometheus text format: request latencies, index size, jobs and their progress."""
+    return Response(res.metrics.render(), media_type="text/plain; version=0.0.4")

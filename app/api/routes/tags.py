@@ -1,0 +1,96 @@
+"""GET /api/tags (autocomplete) and GET /api/tags/{name}/related (co-occurrence)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from app.api.errors import ApiError
+from app.api.resources import Resources, resources
+from app.api.routes.common import search_errors, thresholds
+from app.api.schemas import RelatedResponse, RelatedTag, TagSuggestion
+from app.query.ast import Tag
+from app.search.details import co_occurrences, sample
+from app.search.service import EmptyIndex
+from app.store.db import session_factory
+from app.tagger.vocab import DEFAULT_THRESHOLDS
+
+router = APIRouter(tags=["tags"])
+
+Res = Annotated[Resources, Depends(resources)]
+
+
+def normalise_prefix(text: str) -> str:
+    """What a user types to what tags are named: Danbooru's lower case and underscores,
+    without a leading negation or or-marker."""
+    return text.strip().lstrip("-~").lower().replace(" ", "_")
+
+
+@router.get("/api/tags", response_model=list[TagSuggestion])
+def autocomplete(
+    res: Res,
+    prefix: Annotated[str, Query(max_length=200)] = "",
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> list[TagSuggestion]:
+    """Tags starting with prefix (or with an alias that does), most used first, with their
+    image counts (at the default thresholds) and groups."""
+    try:
+        catalog = res.search.catalog()
+    except EmptyIndex:
+        return []
+    found = catalog.complete(normalise_prefix(prefix), limit)
+    return [
+        TagSuggestion(name=name, group=info.group, count=info.count, alias_of=None)
+        if alias is None
+        else TagSuggestion(name=alias, group=info.group, count=info.count, alias_of=name)
+        for name, info, alias in found
+    ]
+
+
+@router.get("/api/tags/{name}/related", response_model=RelatedResponse)
+def related(
+    res: Res,
+    name: Annotated[str, Path(min_length=1, max_length=255)],
+    wanted: Annotated[dict[str, float], Depends(thresholds)],
+    order: Annotated[Literal["frequency", "cosine"], Query()] = "frequency",
+    limit: Annotated[int, Query(ge=1, le=500)] = 25,
+    sample_size: Annotated[int, Query(alias="sample", ge=10, le=20_000)] = 1000,
+) -> RelatedResponse:
+    """Tags that co-occur with name, counted on an even sample of its images: frequency is
+    the share of those images that carry the other tag; cosine divides the co-occurrence
+    by the geometric mean of both tags' counts, favouring specific companions."""
+    try:
+        catalog = res.search.catalog()
+    except EmptyIndex as exc:
+        raise ApiError(404, "not_found", f"no tag {name!r} in the index") from exc
+    canonical = catalog.aliases.get(name, name)
+    info = catalog.lookup(name)
+    if info is None or "*" in name:
+        raise ApiError(404, "not_found", f"no tag {name!r} in the index")
+    levels = {**DEFAULT_THRESHOLDS, **wanted}
+    with search_errors():
+        matches = res.search.matching(Tag(canonical), wanted)
+    ids = sample(list(matches), sample_size)
+    with session_factory(res.engine)() as session:
+        counts, groups = co_occurrences(session, res.search.generation_id(), ids, levels)
+    total, sampled = len(matches), len(ids)
+    rows = []
+    for other, together in counts.items():
+        tag = catalog.lookup(other)
+        if other == canonical or tag is None:
+            continue
+        estimated = together * total / sampled
+        denominator = math.sqrt(max(total, 1) * max(tag.count, 1))
+        rows.append(
+            RelatedTag(
+                name=other,
+                group=groups[other],
+                count=tag.count,
+                frequency=round(together / sampled, 6),
+                cosine=round(min(1.0, estimated / denominator), 6),
+            )
+        )
+    rows.sort(key=lambda r: (-(r.frequency if order == "frequency" else r.cosine), r.name))
+    return RelatedResponse(tag=canonical, count=total, sampled=sampled, related=rows[:limit])

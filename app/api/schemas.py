@@ -1,0 +1,165 @@
+"""Request and response bodies, as pydantic models (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.settings import Probability
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    position: int | None = Field(
+        default=None, description="Character offset in the query, for query errors."
+    )
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class TagScoreOut(BaseModel):
+    name: str
+    score: float
+    group: str
+
+
+class SearchItem(BaseModel):
+    id: int
+    path: str
+    width: int
+    height: int
+    similarity: float | None = None
+    tags: list[TagScoreOut] = Field(description="The image's top tags at the thresholds used.")
+
+
+class SearchResponse(BaseModel):
+    items: list[SearchItem]
+    next_cursor: str | None
+    count: int = Field(description="Images matching the filter.")
+    estimated: bool = Field(description="True when count is an estimate.")
+    engine: str
+    plan: str | None = Field(default=None, description="kNN strategy of a similarity search.")
+
+
+class ImageDetail(BaseModel):
+    id: int
+    path: str
+    width: int
+    height: int
+    size_bytes: int
+    format: str
+    sha256: str
+    indexed_at: str
+    generation: int
+    tags: list[TagScoreOut] = Field(description="Every stored tag, by score.")
+
+
+class SimilarRequest(BaseModel):
+    """Exactly one of image_id, image (base64) or url names the query image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_id: int | None = Field(default=None, ge=1)
+    image: str | None = Field(default=None, description="Base64 image bytes (or a data: URL).")
+    url: str | None = Field(default=None, max_length=4096)
+    q: str = Field(default="", max_length=10_000, description="Filter, in query syntax.")
+    k: int = Field(default=40, ge=1, le=1000)
+    hide_duplicates: bool = False
+    cursor: str | None = Field(default=None, max_length=512)
+
+
+class TagSuggestion(BaseModel):
+    name: str
+    group: str
+    count: int
+    alias_of: str | None = Field(
+        default=None, description="Set when the typed text matched an alias of this tag."
+    )
+
+
+class RelatedTag(BaseModel):
+    name: str
+    group: str
+    count: int
+    frequency: float = Field(description="Share of the tag's images that also have this tag.")
+    cosine: float = Field(description="Co-occurrence / sqrt(count(a) * count(b)).")
+
+
+class RelatedResponse(BaseModel):
+    tag: str
+    count: int
+    sampled: int = Field(description="Images of the tag the co-occurrences were counted on.")
+    related: list[RelatedTag]
+
+
+class PixaiInputs(BaseModel):
+    url: str | None = Field(default=None, max_length=4096)
+    image: str | None = Field(default=None, description="Base64 image bytes.")
+
+
+class PixaiParameters(BaseModel):
+    top_k: int = Field(default=128, ge=1, le=100_000)
+    threshold_general: Probability = 0.30
+    threshold_character: Probability = 0.75
+
+
+class PixaiRequest(BaseModel):
+    inputs: PixaiInputs
+    parameters: PixaiParameters = Field(default_factory=PixaiParameters)
+
+
+class PixaiTag(BaseModel):
+    tag: str
+    score: float
+    group: str
+
+
+class EvaluateItem(BaseModel):
+    filename: str
+    tags: dict[str, float]
+
+
+class AdminJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["index", "reindex", "rebuild_faiss"]
+    paths: list[str] = Field(
+        default_factory=list, max_length=1000, description="Absolute folders, for index."
+    )
+    model_dir: str | None = Field(
+        default=None, max_length=4096, description="Model directory on the worker's host."
+    )
+    where: str | None = Field(
+        default=None, max_length=10_000, description="reindex: only what this query matches."
+    )
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    state: str
+    done: int
+    total: int
+    failed: int
+    params: dict[str, Any]
+    summary: dict[str, Any]
+    error: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    heartbeat_at: str | None
+    failures: list[dict[str, str]] | None = None
+
+
+class ReloadResponse(BaseModel):
+    generation: int | None
+    images: int
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,50 @@
+"""Library roots: the folders the indexer was pointed at.
+
+The file and thumbnail endpoints serve a path only when its real location (symlinks
+resolved) lies inside a root, so neither a crafted database row nor a symlink placed in
+the collection can expose the rest of the disk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.store.models import LibraryRoot
+from app.store.repository import now
+
+
+def add_roots(session: Session, roots: Iterable[Path]) -> None:
+    """Record folders being indexed (absolute, as the scanner walks them); the caller commits."""
+    known = set(library_roots(session))
+    for root in roots:
+        absolute = os.path.abspath(root)
+        folder = absolute if os.path.isdir(absolute) else os.path.dirname(absolute)
+        if folder not in known:
+            session.add(LibraryRoot(path=folder, added_at=now()))
+            known.add(folder)
+
+
+def library_roots(session: Session) -> list[str]:
+    return list(session.scalars(select(LibraryRoot.path).order_by(LibraryRoot.path)).all())
+
+
+def resolve_within(path: str, roots: Sequence[str]) -> Path | None:
+    """The real path of ``path`` when it lies inside one of ``roots`` (also resolved), else
+    None. A missing file resolves to None too."""
+    try:
+        real = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop
+        return None
+    for root in roots:
+        try:
+            base = Path(root).resolve(strict=True)
+        except (OSError, RuntimeError):
+            continue
+        if real == base or real.is_relative_to(base):
+            return real
+    return None

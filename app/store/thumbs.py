@@ -1,0 +1,57 @@
+"""The thumbnail cache: one WebP per image content and size, made on first request.
+
+Thumbnails are keyed by the file's SHA-256, so a moved file keeps its thumbnail, an edited
+file gets a new one, and the key doubles as a strong ETag.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from app.tagger.decode import decode_image
+
+log = logging.getLogger(__name__)
+
+THUMB_QUALITY = 82
+
+
+class ThumbnailCache:
+    def __init__(self, directory: Path, size: int, max_pixels: int) -> None:
+        self.directory = directory
+        self.size = size
+        self.max_pixels = max_pixels
+
+    def path_for(self, sha256: str) -> Path:
+        return self.directory / str(self.size) / sha256[:2] / f"{sha256}.webp"
+
+    def get(self, sha256: str, source: Path) -> Path:
+        """The cached thumbnail, made from ``source`` when missing. Raises ImageDecodeError
+        for a file that no longer decodes."""
+        target = self.path_for(sha256)
+        if target.is_file():
+            return target
+        # A cheap JPEG draft decode: a thumbnail needs a fraction of the pixels.
+        image = decode_image(source, max_pixels=self.max_pixels, draft=self._draft)
+        image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside the target and renamed: a concurrent reader sees all or nothing.
+        handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                image.save(stream, "WEBP", quality=THUMB_QUALITY, method=4)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return target
+
+    def _draft(self, width: int, height: int) -> tuple[int, int] | None:
+        scale = max(width, height) / (self.size * 2)
+        if scale <= 1:
+            return None
+        return (max(1, int(width / scale)), max(1, int(height / scale)))

@@ -1,0 +1,118 @@
+"""The operations behind 'sagashi index', 'sagashi reindex' and FAISS rebuilds.
+
+The CLI commands and 'sagashi worker' (which runs jobs queued through the admin API) call
+these same functions, so a job does exactly what the command would. Each runs inside a
+:func:`indexer.runs.tracked` run and finishes its job record; a clean stop raises
+:class:`JobStopped` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.query import QueryError
+from app.settings import Settings
+from app.store import vectors
+from app.store.aliases import AliasError, load_aliases
+from app.store.db import session_factory
+from app.store.repository import GenerationMismatch, active_generation
+from app.tagger.protocol import Tagger
+from indexer.pipeline import Indexer, IndexOptions, IndexSummary
+from indexer.reindex import Reindexer, ReindexError, ReindexSummary
+from indexer.runs import Run, finish
+
+
+class JobStopped(Exception):
+    """The operation stopped cleanly; the message says why and what to do."""
+
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def database_stop(exc: SQLAlchemyError) -> JobStopped:
+    return JobStopped(f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
+
+
+def aliases_of(settings: Settings) -> dict[str, str]:
+    try:
+        return load_aliases(settings.alias_file)
+    except AliasError as exc:
+        raise JobStopped(str(exc)) from exc
+
+
+def index_options(settings: Settings) -> IndexOptions:
+    return IndexOptions(
+        batch_size=settings.batch_size,
+        workers=settings.effective_decode_workers(),
+        max_pixels=settings.max_image_pixels,
+        jpeg_draft=settings.jpeg_draft,
+        score_floor=settings.score_floor,
+        aliases=aliases_of(settings),
+    )
+
+
+def active_generation_id(engine: Engine) -> int | None:
+    with session_factory(engine)() as session:
+        generation = active_generation(session)
+        return generation.id if generation else None
+
+
+def refresh_faiss(engine: Engine, data_dir: Path) -> None:
+    generation = active_generation_id(engine)
+    if generation is not None:
+        vectors.load_fresh(engine, data_dir, generation)
+
+
+def run_index(
+    engine: Engine, settings: Settings, tagger: Tagger, paths: Sequence[Path], run: Run
+) -> IndexSummary:
+    options = index_options(settings)
+    try:
+        summary = Indexer(engine, tagger, options).run(paths, run.update)
+    except GenerationMismatch as exc:
+        raise JobStopped(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        raise database_stop(exc) from exc
+    refresh_faiss(engine, settings.data_dir)
+    finish(run, summary.as_dict(), [(p.path, p.code, p.message) for p in summary.failures])
+    return summary
+
+
+def run_reindex(
+    engine: Engine, settings: Settings, tagger: Tagger, where: str | None, run: Run
+) -> ReindexSummary:
+    options = index_options(settings)
+    try:
+        summary = Reindexer(engine, tagger, options, settings.data_dir, where).run(run.update)
+    except ReindexError as exc:
+        raise JobStopped(str(exc)) from exc
+    except QueryError as exc:
+        raise JobStopped(
+            f"bad --where query at character {exc.position} ({exc.code}): {exc.message}"
+        ) from exc
+    except SQLAlchemyError as exc:
+        raise database_stop(exc) from exc
+    finish(run, summary.as_dict(), [(p.path, p.code, p.message) for p in summary.failures])
+    return summary
+
+
+def run_rebuild_faiss(engine: Engine, settings: Settings, run: Run) -> dict[str, Any]:
+    """Rebuild the active generation's FAISS index from the embeddings table."""
+    generation = active_generation_id(engine)
+    if generation is None:
+        raise JobStopped("the index is empty; nothing to rebuild")
+    try:
+        index = vectors.rebuild(engine, settings.data_dir, generation)
+    except SQLAlchemyError as exc:
+        raise database_stop(exc) from exc
+    meta = index.meta
+    summary = {"generation": generation, "vectors": meta.count, "kind": meta.kind}
+    run.update(meta.count, meta.count)
+    finish(run, summary, [])
+    return summary

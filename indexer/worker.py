@@ -1,0 +1,119 @@
+"""'sagashi worker': runs the jobs queued through the admin API.
+
+Jobs live in the database, so the worker can run on another host (a GPU machine) than the
+server, sharing only the database. Each job runs through the same code as its CLI
+command, under the same writer lock, and records progress on its job row. Models are
+loaded once per directory and kept for later jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.settings import Settings
+from app.store.jobs import claim_next, fail_abandoned, requeue
+from app.store.locks import WriterBusy
+from app.store.models import Job
+from app.tagger import ModelLoadError, TimmTagger
+from app.tagger.protocol import Tagger
+from indexer import jobs
+from indexer.runs import Run, abort, tracked
+
+log = logging.getLogger(__name__)
+
+# A running job whose row has not moved for this long lost its process.
+ABANDONED_SECONDS = 1800.0
+
+
+class Worker:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self._taggers: dict[Path, Tagger] = {}
+
+    def serve(self, stop: threading.Event, once: bool = False) -> int:
+        """Run jobs until ``stop`` is set (or, with ``once``, until the queue is empty).
+        Returns how many jobs ran."""
+        ran = 0
+        while not stop.is_set():
+            try:
+                fail_abandoned(self.engine, ABANDONED_SECONDS)
+                job = claim_next(self.engine)
+            except SQLAlchemyError as exc:
+                log.warning("cannot reach the database (%s); retrying", jobs.first_line(exc))
+                job = None
+            if job is not None:
+                ran += self.execute(job)
+                continue
+            if once:
+                break
+            stop.wait(self.settings.worker_poll_seconds)
+        return ran
+
+    def execute(self, job: Job) -> int:
+        """Run one claimed job; 1 when it ran (done or failed), 0 when it went back to the
+        queue because another writer holds the lock."""
+        params: dict[str, Any] = json.loads(job.params)
+        log.info("job %d: %s %s", job.id, job.kind, json.dumps(params))
+        try:
+            with tracked(self.engine, job.kind, params, f"job {job.id}", "items", job.id) as run:
+                try:
+                    summary = self._dispatch(job.kind, params, run)
+                    log.info("job %d done: %s", job.id, json.dumps(summary))
+                except jobs.JobStopped as exc:
+                    abort(run, str(exc))
+                    log.warning("job %d stopped: %s", job.id, exc)
+        except KeyboardInterrupt:  # SIGINT or SIGTERM: the next worker resumes the job
+            requeue(self.engine, job.id)
+            log.warning("job %d interrupted; back in the queue", job.id)
+            raise
+        except WriterBusy:
+            requeue(self.engine, job.id)
+            log.info("job %d waits: another index, import or reindex run is writing", job.id)
+            time.sleep(self.settings.worker_poll_seconds)
+            return 0
+        except Exception:  # recorded on the job by tracked(); the worker goes on
+            log.exception("job %d failed", job.id)
+        return 1
+
+    def _dispatch(self, kind: str, params: dict[str, Any], run: Run) -> dict[str, Any]:
+        if kind == "index":
+            paths = [Path(p) for p in params.get("paths", [])]
+            if not paths:
+                raise jobs.JobStopped("an index job needs at least one path")
+            tagger = self._tagger(params.get("model_dir"))
+            index_summary = jobs.run_index(self.engine, self.settings, tagger, paths, run)
+            return index_summary.as_dict()
+        if kind == "reindex":
+            tagger = self._tagger(params.get("model_dir"))
+            where = params.get("where")
+            reindex_summary = jobs.run_reindex(self.engine, self.settings, tagger, where, run)
+            return reindex_summary.as_dict()
+        if kind == "rebuild_faiss":
+            return jobs.run_rebuild_faiss(self.engine, self.settings, run)
+        raise jobs.JobStopped(f"unknown job kind {kind!r}")
+
+    def _tagger(self, model_dir: str | None) -> Tagger:
+        directory = Path(model_dir) if model_dir else self.settings.model_dir
+        if directory is None:
+            raise jobs.JobStopped(
+                "no model directory: give model_dir in the job or set SAGASHI_MODEL_DIR "
+                "for the worker"
+            )
+        if directory not in self._taggers:
+            settings = self.settings
+            tagger = TimmTagger(directory, settings.device, settings.effective_torch_threads())
+            try:
+                tagger.load()
+            except ModelLoadError as exc:
+                raise jobs.JobStopped(str(exc)) from exc
+            self._taggers[directory] = tagger
+        return self._taggers[directory]

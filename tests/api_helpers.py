@@ -1,0 +1,95 @@
+"""A real index for the API tests: generated images tagged by the tiny PixAI model into
+SQLite or PostgreSQL, served by ``create_app`` through Starlette's TestClient (which runs
+the app's lifespan, so the same start-up path as ``sagashi serve``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from app.api import create_app
+from app.settings import Settings
+from app.store.db import create_db_engine
+from app.store.migrate import upgrade
+from app.tagger import TimmTagger
+from indexer.jobs import index_options
+from indexer.pipeline import Indexer
+from tests.conftest import _postgres_schema_url
+from tests.index_helpers import make_image
+
+ADMIN_TOKEN = "s3cret-token"
+IMAGES = 14
+
+
+@dataclass
+class ApiEnv:
+    client: TestClient
+    settings: Settings
+    engine: Engine
+    library: Path
+    tagger: TimmTagger
+    root: Path
+
+
+def make_library(library: Path, count: int = IMAGES) -> list[Path]:
+    paths = []
+    for i in range(count):
+        suffix = ".jpg" if i % 3 == 0 else ".png"
+        paths.append(make_image(library / f"img{i:02d}{suffix}", seed=i, size=(40 + i * 7, 60)))
+    return paths
+
+
+def settings_for(root: Path, url: str, model_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": root / "data",
+        "database_url": url,
+        "model_dir": model_dir,
+        "admin_token": ADMIN_TOKEN,
+        "batch_size": 4,
+        "decode_workers": 1,
+        "torch_threads": 1,
+        "device": "cpu",
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def wait_ready(client: TestClient, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not ready: {client.get('/readyz').json()}")
+
+
+def database_urls(request: pytest.FixtureRequest, root: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{root / 'sagashi.db'}"
+    else:
+        yield from _postgres_schema_url(request)
+
+
+def indexed_env(
+    request: pytest.FixtureRequest, root: Path, model_dir: Path, **overrides: Any
+) -> Iterator[ApiEnv]:
+    library = root / "library"
+    make_library(library)
+    for url in database_urls(request, root):
+        upgrade(url)
+        settings = settings_for(root, url, model_dir, **overrides)
+        engine = create_db_engine(url)
+        tagger = TimmTagger(model_dir, "cpu", 1)
+        tagger.load()
+        Indexer(engine, tagger, index_options(settings)).run([library])
+        with TestClient(create_app(settings, tagger)) as client:
+            wait_ready(client)
+            yield ApiEnv(client, settings, engine, library, tagger, root)
+        engine.dispose()
