@@ -7,13 +7,14 @@ so tests can construct them with explicit values.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -125,12 +126,12 @@ class Settings(BaseSettings):
     url_fetch_timeout: float = Field(
         default=10.0, gt=0, le=300, description="Seconds a URL download may take in all."
     )
-    url_fetch_allow: list[str] = Field(
+    url_fetch_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Networks (CIDR, comma-separated) that URL downloads may reach even "
         "though they are private, e.g. an internal image host: 10.1.2.0/24.",
     )
-    media_roots: list[Path] = Field(
+    media_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Extra folders (comma-separated) the server may serve files from, besides "
         "the folders 'sagashi index' was run on; for imported predictions.",
@@ -155,8 +156,10 @@ class Settings(BaseSettings):
     @field_validator("url_fetch_allow", "media_roots", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
-        # Environment variables give "a,b"; JSON lists still work.
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        # Environment variables give "a,b" (or a JSON list).
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 

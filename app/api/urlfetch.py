@@ -157,7 +157,9 @@ def _read_capped(response: urllib3.BaseHTTPResponse, policy: FetchPolicy, deadli
         raise too_large
     body = bytearray()
     try:
-        for chunk in response.stream(CHUNK):
+        # read1 returns whatever one receive brings, so a server dripping bytes still
+        # meets the deadline check after every receive.
+        while chunk := response.read1(CHUNK):
             body.extend(chunk)
             if len(body) > policy.max_bytes:
                 raise too_large
