@@ -100,6 +100,13 @@ class Settings(BaseSettings):
         description="Cosine similarity at or above which a result counts as a near-duplicate "
         "of the query image (hidden on request).",
     )
+    statement_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="PostgreSQL: seconds any one statement of the server may run before it is "
+        "cancelled (the request gets a 503).",
+    )
     host: str = Field(default="127.0.0.1", description="Address 'sagashi serve' listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port 'sagashi serve' listens on.")
     admin_token: SecretStr | None = Field(

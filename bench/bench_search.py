@@ -38,7 +38,7 @@ from app.store.db import create_db_engine, session_factory
 from app.store.models import Embedding, Tag
 from app.tagger.vocab import load_pixai_vocabulary
 from bench.bench_import import dataset
-from bench.common import machine
+from bench.common import latency_table, machine
 from indexer.importer import Importer, ImportOptions, read_rows
 
 log = logging.getLogger("bench.search")
@@ -134,17 +134,7 @@ def tag_queries(url: str, data_dir: Path, queries: int, sql_queries: int) -> Non
     fast = latencies(memory, mix)
     sql = latencies(SearchService(engine, data_dir, load_aliases(), "sql"), mix[:sql_queries])
     fast_same = fast[:sql_queries]
-    log.info("| engine | queries | p50 ms | p99 ms | mean ms |")
-    log.info("|---|---|---|---|---|")
-    for name, values in (("memory (posting engine)", fast), ("SQL on SQLite", sql)):
-        log.info(
-            "| %s | %d | %.2f | %.2f | %.2f |",
-            name,
-            len(values),
-            np.percentile(values, 50),
-            np.percentile(values, 99),
-            values.mean(),
-        )
+    latency_table(log, "engine", [("memory (posting engine)", fast), ("SQL on SQLite", sql)])
     log.info(
         "speed-up on the same %d queries: p50 %.0fx, mean %.0fx",
         sql_queries,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,3 +29,18 @@ def machine() -> str:
         f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__} "
         f"with {torch.get_num_threads()} threads, {gpu}"
     )
+
+
+def latency_table(log: logging.Logger, first: str, rows: Sequence[tuple[str, np.ndarray]]) -> None:
+    """Log a Markdown table of latencies in milliseconds: p50, p99 and mean per row."""
+    log.info("| %s | queries | p50 ms | p99 ms | mean ms |", first)
+    log.info("|---|---|---|---|---|")
+    for name, values in rows:
+        log.info(
+            "| %s | %d | %.2f | %.2f | %.2f |",
+            name,
+            len(values),
+            np.percentile(values, 50),
+            np.percentile(values, 99),
+            values.mean(),
+        )

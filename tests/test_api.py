@@ -17,6 +17,7 @@ from app.query import QueryError, parse
 from app.search.details import tags_of
 from app.store.db import session_factory
 from app.store.models import Image, ImageTag, Tag
+from app.store.repository import now
 from app.tagger.batching import predict_stacked, prepare
 from app.tagger.policy import OutputPolicy
 from app.tagger.vocab import DEFAULT_THRESHOLDS, GROUPS
@@ -601,3 +602,34 @@ def test_top_tags_helper_agrees_with_detail(env: ApiEnv) -> None:
     detail = env.client.get(f"/api/images/{image_id}").json()["tags"]
     assert [t.name for t in everything] == [t["name"] for t in detail]
     assert np.all(np.diff([t.score for t in everything]) <= 0)
+
+
+def test_a_file_that_no_longer_decodes_is_415_and_deleted_images_404(env: ApiEnv) -> None:
+    image_id = live_ids(env)[-2]
+    broken = env.library / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with session_factory(env.engine)() as session:
+        image = session.get(Image, image_id)
+        assert image is not None
+        original = (image.path, image.sha256)
+        session.execute(
+            update(Image).where(Image.id == image_id).values(path=str(broken), sha256="0" * 64)
+        )
+        session.commit()
+    try:
+        error = error_of(env.client.get(f"/api/images/{image_id}/thumb"), 415)
+        assert error["code"] == "bad_image"
+        with session_factory(env.engine)() as session:
+            session.execute(update(Image).where(Image.id == image_id).values(deleted_at=now()))
+            session.commit()
+        for suffix in ("", "/file", "/thumb"):
+            assert error_of(env.client.get(f"/api/images/{image_id}{suffix}"), 404)
+    finally:
+        broken.unlink()
+        with session_factory(env.engine)() as session:
+            session.execute(
+                update(Image)
+                .where(Image.id == image_id)
+                .values(path=original[0], sha256=original[1], deleted_at=None)
+            )
+            session.commit()

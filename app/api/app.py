@@ -27,6 +27,7 @@ from app.store.db import create_db_engine, database_url
 from app.store.migrate import check_schema
 from app.store.thumbs import ThumbnailCache
 from app.tagger.protocol import Tagger
+from app.web import install_web
 
 DESCRIPTION = """Search an anime image collection by Danbooru-style tags (with confidence
 thresholds) and by image similarity, tag images with the PixAI or WD tagger, and run index
@@ -36,7 +37,7 @@ jobs. Every error is `{"error": {"code", "message", "position"?}}`."""
 def build_resources(
     settings: Settings, metrics: Metrics, tagger: Tagger | None = None
 ) -> Resources:
-    engine = create_db_engine(database_url(settings))
+    engine = create_db_engine(database_url(settings), settings.statement_timeout)
     check_schema(engine)
     search_service = SearchService(
         engine,
@@ -80,4 +81,5 @@ def create_app(settings: Settings, tagger: Tagger | None = None) -> FastAPI:
     for router in (search.router, images.router, tags.router, tagging.router, admin.router):
         app.include_router(router)
     app.include_router(ops.router)
+    install_web(app)
     return app

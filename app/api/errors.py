@@ -14,6 +14,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ def error_response(
 
 def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    for unavailable in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
@@ -95,6 +99,20 @@ def describe_validation(errors: Any) -> str:
     message = str(first.get("msg", "invalid value"))
     more = f" (and {len(items) - 1} more problems)" if len(items) > 1 else ""
     return f"{where}: {message}{more}"
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The database is down, restarting, out of connections or cancelled a statement that
+    # ran past SAGASHI_STATEMENT_TIMEOUT: the client may retry; nothing it sent was wrong.
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    reason = detail[0] if detail else type(exc).__name__
+    return error_response(
+        503,
+        "database_unavailable",
+        f"the database is unavailable or too slow; retry shortly ({reason[:200]})",
+        headers={"Retry-After": "5"},
+    )
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:

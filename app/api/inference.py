@@ -43,6 +43,7 @@ class MicroBatcher:
         self.batch_size = batch_size
         self._queue: queue.Queue[tuple[torch.Tensor, Future[tuple[np.ndarray, np.ndarray]]]]
         self._queue = queue.Queue()
+        self.batches = 0  # forward passes run, for metrics and tests
         self._thread = threading.Thread(target=self._loop, name="sagashi-infer", daemon=True)
         self._thread.start()
 
@@ -62,6 +63,7 @@ class MicroBatcher:
             self._run(batch)
 
     def _run(self, batch: list[tuple[torch.Tensor, Future[tuple[np.ndarray, np.ndarray]]]]) -> None:
+        self.batches += 1
         try:
             prediction = predict_stacked(self.tagger, [tensor for tensor, _ in batch])
         except Exception as exc:  # the requests see the failure; the thread lives on

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from fastapi import Request
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.api.errors import ApiError
 from app.api.inference import Inference
@@ -21,6 +23,8 @@ from app.store.roots import library_roots
 from app.store.thumbs import ThumbnailCache
 
 log = logging.getLogger(__name__)
+
+DATABASE_RETRY_SECONDS = 2.0
 
 
 @dataclass
@@ -36,12 +40,10 @@ class Resources:
 
     def warm(self) -> None:
         """Load the search state (and the model, when configured to) before reporting ready.
-        Runs in a background thread: a large index takes minutes to load."""
+        Runs in a background thread: a large index takes minutes to load. A database that
+        is not up yet is waited for; anything else is reported by /readyz."""
         try:
-            try:
-                self.search.current()
-            except EmptyIndex:
-                log.info("the index is empty; serving anyway")
+            self._load_index()
             if self.settings.model_load == "startup":
                 self.inference.load()
         except ApiError as exc:
@@ -52,6 +54,18 @@ class Resources:
             log.exception("start-up failed")
         finally:
             self.warmed.set()
+
+    def _load_index(self) -> None:
+        while True:
+            try:
+                self.search.current()
+                return
+            except EmptyIndex:
+                log.info("the index is empty; serving anyway")
+                return
+            except (OperationalError, InterfaceError) as exc:
+                log.warning("the database is not answering (%s); retrying", exc.orig or exc)
+                time.sleep(DATABASE_RETRY_SECONDS)
 
     def roots(self) -> list[str]:
         with session_factory(self.engine)() as session:

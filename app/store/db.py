@@ -30,13 +30,29 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_db_engine(url: str, **kwargs: Any) -> Engine:
+def create_db_engine(url: str, statement_timeout: float | None = None, **kwargs: Any) -> Engine:
+    """An engine; on PostgreSQL ``statement_timeout`` (seconds) caps every statement, so one
+    pathological query cannot hold a pooled connection (the server sets it; writers don't)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 60}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
+    connect_args: dict[str, Any] = {"connect_timeout": 10}
+    if statement_timeout:
+        connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+    if "options" in parsed.query and "options" in connect_args:
+        # a URL that sets options itself (a search_path, say) keeps them, plus the timeout
+        connect_args["options"] = f"{parsed.query['options']} {connect_args['options']}"
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        pool_timeout=10,
+        connect_args=connect_args,
+        **kwargs,
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -1,0 +1,429 @@
+// Sagashi's web gallery: search with autocomplete, infinite scroll, image pages, similar
+// search (by image or by a dropped file) and per-group thresholds. Plain ES modules, no
+// build step; every piece of data is put in the page with textContent, never as HTML.
+
+const DEFAULTS = { general: 0.30, character: 0.75, copyright: 0.75, rating: 0.5 };
+const URL_KEYS = { general: "tg", character: "tc", copyright: "tp", rating: "tr" };
+const GROUP_ORDER = ["copyright", "character", "general", "rating"];
+const PAGE = 60;
+
+const $ = (selector) => document.querySelector(selector);
+const state = { cursor: null, loading: false, upload: null, generation: 0 };
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+// --- URL state ------------------------------------------------------------------------
+
+function params() {
+  return new URLSearchParams(location.search);
+}
+
+function thresholds() {
+  const p = params();
+  const found = {};
+  for (const [group, key] of Object.entries(URL_KEYS)) {
+    const value = parseFloat(p.get(key));
+    if (!Number.isNaN(value)) found[group] = value;
+  }
+  return found;
+}
+
+function navigate(changes, replace = false) {
+  const p = params();
+  for (const [key, value] of Object.entries(changes)) {
+    if (value === null || value === undefined || value === "") p.delete(key);
+    else p.set(key, value);
+  }
+  const url = `${location.pathname}${p.toString() ? "?" + p : ""}`;
+  if (replace) history.replaceState(null, "", url);
+  else history.pushState(null, "", url);
+  render();
+}
+
+function searchFor(q) {
+  state.upload = null;
+  navigate({ q, image: null });
+}
+
+// --- API --------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, error) {
+    super(error.message);
+    this.status = status;
+    this.code = error.code;
+    this.position = error.position;
+  }
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    body = null;
+  }
+  if (!response.ok) {
+    const error = body && body.error ? body.error : { code: "http", message: `HTTP ${response.status}` };
+    throw new ApiError(response.status, error);
+  }
+  return body;
+}
+
+function thresholdQuery() {
+  const query = new URLSearchParams();
+  for (const [group, value] of Object.entries(thresholds())) query.set(`threshold_${group}`, value);
+  return query;
+}
+
+// --- errors and status ----------------------------------------------------------------
+
+function showError(error, q) {
+  const box = $("#error");
+  box.replaceChildren();
+  box.hidden = false;
+  box.append(el("div", { class: "message" }, error.message));
+  if (typeof error.position === "number" && q) {
+    box.append(el("div", { class: "query" }, q));
+    box.append(el("div", { class: "caret" }, " ".repeat(error.position) + "^"));
+  }
+  box.dataset.code = error.code || "";
+}
+
+function clearError() {
+  $("#error").hidden = true;
+  $("#error").replaceChildren();
+}
+
+function setStatus(text) {
+  $("#status").textContent = text;
+}
+
+// --- results grid -----------------------------------------------------------------------
+
+function thumbnail(item) {
+  const link = el("a", { class: "thumb", href: `/?image=${item.id}&q=${encodeURIComponent(params().get("q") || "")}`, "data-id": item.id });
+  link.addEventListener("click", (event) => {
+    event.preventDefault();
+    navigate({ image: item.id });
+  });
+  const title = item.tags.map((t) => t.name).join(" ");
+  link.append(el("img", { src: `/api/images/${item.id}/thumb`, alt: title, title, loading: "lazy" }));
+  if (item.similarity !== null && item.similarity !== undefined) {
+    link.append(el("span", { class: "similarity" }, `${(item.similarity * 100).toFixed(1)}%`));
+  }
+  return link;
+}
+
+async function fetchPage(cursor) {
+  const q = params().get("q") || "";
+  if (state.upload) {
+    const form = new FormData();
+    form.append("file", state.upload);
+    form.append("q", q);
+    form.append("k", String(PAGE));
+    if (cursor) form.append("cursor", cursor);
+    return api(`/api/similar?${thresholdQuery()}`, { method: "POST", body: form });
+  }
+  const query = thresholdQuery();
+  query.set("q", q);
+  query.set("limit", String(PAGE));
+  query.set("tags", "12");
+  if (cursor) query.set("cursor", cursor);
+  return api(`/api/search?${query}`);
+}
+
+async function loadMore(reset) {
+  if (state.loading || (!reset && !state.cursor)) return;
+  const generation = state.generation;
+  state.loading = true;
+  const q = params().get("q") || "";
+  try {
+    const page = await fetchPage(reset ? null : state.cursor);
+    if (generation !== state.generation) return; // a newer search replaced this one
+    if (reset) $("#grid").replaceChildren();
+    clearError();
+    for (const item of page.items) $("#grid").append(thumbnail(item));
+    state.cursor = page.next_cursor;
+    const shown = $("#grid").children.length;
+    $("#clear-upload").hidden = !state.upload;
+    const count = `${page.count.toLocaleString()}${page.estimated ? " (estimated)" : ""}`;
+    setStatus(state.upload
+      ? `Most like ${state.upload.name} first, of ${count} images; ${shown} shown`
+      : `${count} images matching; ${shown} shown`);
+  } catch (error) {
+    if (generation !== state.generation) return;
+    if (reset) $("#grid").replaceChildren();
+    state.cursor = null;
+    setStatus("");
+    showError(error, q);
+  } finally {
+    if (generation === state.generation) state.loading = false;
+  }
+  if (state.cursor && sentinelVisible()) loadMore(false);
+}
+
+function sentinelVisible() {
+  const box = $("#sentinel").getBoundingClientRect();
+  return box.top < window.innerHeight + 400;
+}
+
+// --- image page -----------------------------------------------------------------------
+
+function similarQuery(imageId) {
+  // "Find similar" keeps the current filter, without its own similar: or order: terms.
+  const filter = (params().get("q") || "")
+    .split(/\s+/)
+    .filter((term) => term && !/^-?(similar|order):/i.test(term))
+    .join(" ");
+  return `similar:${imageId}${filter ? " " + filter : ""}`;
+}
+
+async function showImage(imageId) {
+  const detail = $("#detail");
+  detail.replaceChildren();
+  try {
+    const image = await api(`/api/images/${imageId}`);
+    const view = el("div", { class: "view" },
+      el("img", { src: `/api/images/${image.id}/file`, alt: image.path }),
+      el("div", { class: "meta" }, `${image.width}×${image.height} · ${image.format} · ${(image.size_bytes / 1024).toFixed(0)} KiB · ${image.path}`),
+      el("div", { class: "actions" },
+        el("button", { type: "button", id: "find-similar", onclick: () => searchFor(similarQuery(image.id)) }, "Find similar"),
+        el("a", { href: `/api/images/${image.id}/file`, target: "_blank", rel: "noopener" }, "Open file")));
+    detail.append(tagPanel(image.tags), view);
+    clearError();
+    setStatus("");
+  } catch (error) {
+    showError(error, null);
+  }
+}
+
+function tagPanel(tags) {
+  const panel = el("aside", { class: "tags" });
+  for (const group of GROUP_ORDER) {
+    const inGroup = tags.filter((t) => t.group === group);
+    if (!inGroup.length) continue;
+    panel.append(el("h3", { class: `group-${group}` }, group));
+    const list = el("ul", { "data-group": group });
+    for (const tag of inGroup) {
+      const link = el("a", { href: `/?q=${encodeURIComponent(tag.name)}`, class: `group-${group} tag-link` }, tag.name);
+      link.addEventListener("click", (event) => {
+        event.preventDefault();
+        $("#q").value = tag.name;
+        searchFor(tag.name);
+      });
+      list.append(el("li", {}, link, el("span", { class: "score" }, tag.score.toFixed(3))));
+    }
+    panel.append(list);
+  }
+  return panel;
+}
+
+// --- autocomplete -----------------------------------------------------------------------
+
+const complete = { timer: null, items: [], selected: -1, token: null };
+
+function currentToken(input) {
+  const caret = input.selectionStart ?? input.value.length;
+  const before = input.value.slice(0, caret);
+  const start = before.search(/\S*$/);
+  let end = input.value.slice(caret).search(/\s|$/);
+  end = caret + end;
+  const raw = input.value.slice(start, end);
+  const prefix = raw.match(/^[-~]*/)[0];
+  return { start, end, prefix, text: raw.slice(prefix.length) };
+}
+
+function closeSuggestions() {
+  $("#suggestions").hidden = true;
+  $("#suggestions").replaceChildren();
+  $("#q").setAttribute("aria-expanded", "false");
+  complete.items = [];
+  complete.selected = -1;
+}
+
+function suggest() {
+  const input = $("#q");
+  const token = currentToken(input);
+  complete.token = token;
+  if (!token.text || token.text.includes(":") || token.text.includes("*")) {
+    closeSuggestions();
+    return;
+  }
+  clearTimeout(complete.timer);
+  complete.timer = setTimeout(async () => {
+    try {
+      const items = await api(`/api/tags?prefix=${encodeURIComponent(token.text)}&limit=10`);
+      if (complete.token !== token) return;
+      showSuggestions(items);
+    } catch {
+      closeSuggestions();
+    }
+  }, 100);
+}
+
+function showSuggestions(items) {
+  const list = $("#suggestions");
+  list.replaceChildren();
+  complete.items = items;
+  complete.selected = -1;
+  if (!items.length) {
+    closeSuggestions();
+    return;
+  }
+  items.forEach((item, index) => {
+    const name = item.alias_of
+      ? el("span", {}, el("span", { class: "alias" }, `${item.name} → `), el("span", { class: `group-${item.group}` }, item.alias_of))
+      : el("span", { class: `group-${item.group}` }, item.name);
+    const row = el("li", { role: "option", "data-tag": item.alias_of || item.name, "aria-selected": "false" },
+      name, el("span", { class: "count" }, item.count.toLocaleString()));
+    row.addEventListener("mousedown", (event) => {
+      event.preventDefault();
+      accept(index);
+    });
+    list.append(row);
+  });
+  list.hidden = false;
+  $("#q").setAttribute("aria-expanded", "true");
+}
+
+function highlight(index) {
+  const rows = [...$("#suggestions").children];
+  complete.selected = (index + rows.length) % rows.length;
+  rows.forEach((row, i) => row.setAttribute("aria-selected", String(i === complete.selected)));
+}
+
+function accept(index) {
+  const item = complete.items[index];
+  const input = $("#q");
+  const token = complete.token;
+  if (!item || !token) return;
+  const name = item.alias_of || item.name;
+  const replaced = `${token.prefix}${name} `;
+  input.value = input.value.slice(0, token.start) + replaced + input.value.slice(token.end).replace(/^\s+/, "");
+  const caret = token.start + replaced.length;
+  input.setSelectionRange(caret, caret);
+  closeSuggestions();
+  input.focus();
+}
+
+function onKey(event) {
+  const open = !$("#suggestions").hidden;
+  if (!open) return;
+  if (event.key === "ArrowDown") highlight(complete.selected + 1);
+  else if (event.key === "ArrowUp") highlight(complete.selected - 1);
+  else if ((event.key === "Enter" || event.key === "Tab") && complete.selected >= 0) accept(complete.selected);
+  else if (event.key === "Escape") closeSuggestions();
+  else return;
+  event.preventDefault();
+}
+
+// --- thresholds -------------------------------------------------------------------------
+
+function syncSliders() {
+  const chosen = thresholds();
+  for (const slider of document.querySelectorAll("#thresholds input")) {
+    const group = slider.dataset.group;
+    slider.value = chosen[group] ?? DEFAULTS[group];
+    slider.nextElementSibling.textContent = Number(slider.value).toFixed(2);
+  }
+}
+
+function onSlider(event) {
+  const slider = event.target;
+  slider.nextElementSibling.textContent = Number(slider.value).toFixed(2);
+  const value = Number(slider.value);
+  const key = URL_KEYS[slider.dataset.group];
+  navigate({ [key]: value === DEFAULTS[slider.dataset.group] ? null : value.toFixed(2) }, true);
+}
+
+// --- drag and drop ----------------------------------------------------------------------
+
+function setUpDrop() {
+  let depth = 0;
+  const zone = $("#drop-zone");
+  const hasFile = (event) => [...(event.dataTransfer?.types || [])].includes("Files");
+  window.addEventListener("dragenter", (event) => {
+    if (!hasFile(event)) return;
+    depth += 1;
+    zone.hidden = false;
+  });
+  window.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) zone.hidden = true;
+  });
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => {
+    event.preventDefault();
+    depth = 0;
+    zone.hidden = true;
+    const file = event.dataTransfer?.files?.[0];
+    if (file) searchByFile(file);
+  });
+}
+
+function searchByFile(file) {
+  state.upload = file;
+  navigate({ image: null }, false);
+}
+
+// --- page -------------------------------------------------------------------------------
+
+function render() {
+  const p = params();
+  $("#q").value = p.get("q") || "";
+  syncSliders();
+  closeSuggestions();
+  state.generation += 1;
+  const image = p.get("image");
+  $("#detail").hidden = !image;
+  $("#results").hidden = Boolean(image);
+  if (image) {
+    showImage(image);
+    return;
+  }
+  state.cursor = null;
+  state.loading = false;
+  loadMore(true);
+}
+
+function start() {
+  $("#search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    // With a dropped image on screen the query filters it; otherwise a new search.
+    navigate({ q: $("#q").value.trim(), image: null });
+  });
+  $("#clear-upload").addEventListener("click", () => searchFor(params().get("q") || ""));
+  $(".brand").addEventListener("click", (event) => {
+    event.preventDefault();
+    searchFor("");
+  });
+  $("#q").addEventListener("input", suggest);
+  $("#q").addEventListener("keydown", onKey);
+  $("#q").addEventListener("blur", () => setTimeout(closeSuggestions, 150));
+  $("#toggle-thresholds").addEventListener("click", (event) => {
+    const panel = $("#thresholds");
+    panel.hidden = !panel.hidden;
+    event.target.setAttribute("aria-expanded", String(!panel.hidden));
+  });
+  for (const slider of document.querySelectorAll("#thresholds input")) slider.addEventListener("change", onSlider);
+  $("#reset-thresholds").addEventListener("click", () => navigate({ tg: null, tc: null, tp: null, tr: null }, true));
+  new IntersectionObserver((entries) => {
+    if (entries.some((entry) => entry.isIntersecting)) loadMore(false);
+  }, { rootMargin: "400px" }).observe($("#sentinel"));
+  window.addEventListener("popstate", render);
+  setUpDrop();
+  render();
+}
+
+start();
