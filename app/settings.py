@@ -160,6 +160,12 @@ class Settings(BaseSettings):
             raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
         return value
 
+    @field_validator("admin_token", "model_dir", "alias_file", "database_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # VAR= in an environment file or compose means "unset", not an empty token or path.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("url_fetch_allow", "media_roots", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:

@@ -172,6 +172,7 @@ class Catalog:
     _names: list[str] = field(default_factory=list)
     _matches: dict[str, list[TagInfo]] = field(default_factory=dict)
     _alias_names: list[str] = field(default_factory=list)
+    _by_id: dict[int, tuple[str, str]] | None = None
 
     @classmethod
     def from_rows(
@@ -182,6 +183,12 @@ class Catalog:
 
     def lookup(self, name: str) -> TagInfo | None:
         return self.tags.get(self.aliases.get(name, name))
+
+    def names_by_id(self) -> dict[int, tuple[str, str]]:
+        """Tag id -> (name, group), made once per catalog."""
+        if self._by_id is None:
+            self._by_id = {info.id: (name, info.group) for name, info in self.tags.items()}
+        return self._by_id
 
     def complete(self, prefix: str, limit: int) -> list[tuple[str, TagInfo, str | None]]:
         """Autocomplete: tags whose name, or an alias of which, starts with ``prefix``, most

@@ -67,9 +67,12 @@ def page_body(
     ids = [hit.id for hit in page.hits]
     tags: dict[int, list[TagScoreOut]] = {}
     if ids and tags_per_item:
-        generation = res.search.generation_id()
+        state = res.search.current()
+        names = state.catalog.names_by_id()
         with session_factory(res.engine)() as session:
-            found = tags_of(session, generation, ids, _with_defaults(wanted), tags_per_item)
+            found = tags_of(
+                session, state.generation_id, ids, _with_defaults(wanted), tags_per_item, names
+            )
         tags = {
             image_id: [TagScoreOut(name=t.name, score=t.score, group=t.group) for t in rows]
             for image_id, rows in found.items()

@@ -74,7 +74,9 @@ def related(
         matches = res.search.matching(Tag(canonical), wanted)
     ids = sample(list(matches), sample_size)
     with session_factory(res.engine)() as session:
-        counts, groups = co_occurrences(session, res.search.generation_id(), ids, levels)
+        counts, groups = co_occurrences(
+            session, res.search.generation_id(), ids, levels, catalog.names_by_id()
+        )
     total, sampled = len(matches), len(ids)
     rows = []
     for other, together in counts.items():
