@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.store.jobs import JobRecorder
+from app.store.jobs import JobRecorder, recover_dead
 from app.store.locks import writer_lock
 from indexer.progress import progress_bar, rate_text
 
@@ -55,10 +55,16 @@ def tracked(
     unit: str,
     job_id: int | None = None,
 ) -> Iterator[Run]:
-    """Open a job record (or adopt ``job_id``, a claimed queued job) and a progress bar;
-    mark the job failed if the body raises."""
+    """Take the writer lock, open a job record and a progress bar; mark the job failed if
+    the body raises. With ``job_id`` (a queued job a worker claimed) the caller already
+    holds the lock and the record exists."""
+    if job_id is not None:
+        with _progress(JobRecorder(engine, kind, params, job_id), label, unit) as run:
+            yield run
+        return
     with writer_lock(engine):
-        recorder = JobRecorder(engine, kind, params, job_id)
+        recover_dead(engine)  # runs that died before: their records say so now
+        recorder = JobRecorder(engine, kind, params)
         with _progress(recorder, label, unit) as run:
             yield run
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.settings import Settings
-from app.store.jobs import claim_next, fail_abandoned, requeue
-from app.store.locks import WriterBusy
+from app.store.jobs import claim_next, recover_dead, requeue
+from app.store.locks import WriterBusy, writer_lock
 from app.store.models import Job
 from app.tagger import ModelLoadError, TimmTagger
 from app.tagger.protocol import Tagger
@@ -28,9 +27,6 @@ from indexer import jobs
 from indexer.runs import Run, abort, tracked
 
 log = logging.getLogger(__name__)
-
-# A running job whose row has not moved for this long lost its process.
-ABANDONED_SECONDS = 1800.0
 
 
 class Worker:
@@ -40,27 +36,44 @@ class Worker:
         self._taggers: dict[Path, Tagger] = {}
 
     def serve(self, stop: threading.Event, once: bool = False) -> int:
-        """Run jobs until ``stop`` is set (or, with ``once``, until the queue is empty).
-        Returns how many jobs ran."""
+        """Run jobs until ``stop`` is set (or, with ``once``, until none is left that can
+        run now). Returns how many jobs ran."""
         ran = 0
         while not stop.is_set():
             try:
-                fail_abandoned(self.engine, ABANDONED_SECONDS)
-                job = claim_next(self.engine)
+                found = self.run_next()
             except SQLAlchemyError as exc:
                 log.warning("cannot reach the database (%s); retrying", jobs.first_line(exc))
-                job = None
-            if job is not None:
-                ran += self.execute(job)
+                found = False
+            ran += found
+            if found:
                 continue
             if once:
                 break
             stop.wait(self.settings.worker_poll_seconds)
         return ran
 
-    def execute(self, job: Job) -> int:
-        """Run one claimed job; 1 when it ran (done or failed), 0 when it went back to the
-        queue because another writer holds the lock."""
+    def run_next(self) -> bool:
+        """Take the writer lock if it is free, settle jobs whose process died, then claim
+        and run the oldest queued job. False when there was nothing to run, or another run
+        (a CLI command, another worker) holds the lock."""
+        try:
+            with writer_lock(self.engine, wait=0):
+                requeued, failed = recover_dead(self.engine)
+                if requeued or failed:
+                    log.warning(
+                        "%d dead jobs back in the queue, %d marked failed", requeued, failed
+                    )
+                job = claim_next(self.engine)
+                if job is None:
+                    return False
+                self.execute(job)
+                return True
+        except WriterBusy:
+            return False
+
+    def execute(self, job: Job) -> None:
+        """Run one claimed job, the writer lock held; its outcome goes on its record."""
         params: dict[str, Any] = json.loads(job.params)
         log.info("job %d: %s %s", job.id, job.kind, json.dumps(params))
         try:
@@ -75,14 +88,8 @@ class Worker:
             requeue(self.engine, job.id)
             log.warning("job %d interrupted; back in the queue", job.id)
             raise
-        except WriterBusy:
-            requeue(self.engine, job.id)
-            log.info("job %d waits: another index, import or reindex run is writing", job.id)
-            time.sleep(self.settings.worker_poll_seconds)
-            return 0
         except Exception:  # recorded on the job by tracked(); the worker goes on
             log.exception("job %d failed", job.id)
-        return 1
 
     def _dispatch(self, kind: str, params: dict[str, Any], run: Run) -> dict[str, Any]:
         if kind == "index":

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.store.jobs import claim_next, enqueue, get_job
+from app.store.jobs import MAX_ATTEMPTS, JobRecorder, claim_next, enqueue, get_job, recover_dead
 from app.store.locks import writer_lock
 from indexer.worker import Worker
 from tests.api_helpers import ADMIN_TOKEN, ApiEnv, indexed_env
@@ -85,18 +85,37 @@ def test_failures_are_recorded_on_the_job(env: ApiEnv) -> None:
     assert "nomodel" in failed["error"]
 
 
-def test_a_busy_writer_puts_the_job_back(env: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("app.store.locks.WAIT_SECONDS", 0.2)
+def test_jobs_wait_while_another_run_writes(env: ApiEnv) -> None:
     job_id = queue(env.client, {"action": "rebuild_faiss"})
-    worker = Worker(env.engine, env.settings.model_copy(update={"worker_poll_seconds": 0.01}))
     with writer_lock(env.engine):
-        claimed = claim_next(env.engine)
-        assert claimed is not None and claimed.id == job_id
-        assert worker.execute(claimed) == 0
-    record = get_job(env.engine, job_id)
-    assert record is not None and record.state == "queued"
+        assert run_queue(env) == 0
+        record = get_job(env.engine, job_id)
+        assert record is not None and record.state == "queued"
     assert run_queue(env) == 1
     assert job(env.client, job_id)["state"] == "done"
+
+
+def test_dead_jobs_are_settled_by_the_next_lock_holder(env: ApiEnv) -> None:
+    queued = enqueue(env.engine, "rebuild_faiss", {})
+    claimed = claim_next(env.engine)  # its worker "dies" here, holding no lock
+    assert claimed is not None and claimed.id == queued.id
+    cli_run = JobRecorder(env.engine, "index", {"paths": ["/x"]})  # a command that died
+    assert run_queue(env) == 1
+    resumed = job(env.client, queued.id)
+    assert resumed["state"] == "done" and resumed["attempts"] == 2
+    died = job(env.client, cli_run.id)
+    assert died["state"] == "failed" and "process died" in died["error"]
+
+
+def test_a_job_that_keeps_dying_is_given_up(env: ApiEnv) -> None:
+    queued = enqueue(env.engine, "rebuild_faiss", {})
+    for _ in range(MAX_ATTEMPTS):
+        assert claim_next(env.engine) is not None
+        with writer_lock(env.engine):
+            recover_dead(env.engine)
+    record = job(env.client, queued.id)
+    assert record["state"] == "failed"
+    assert f"{MAX_ATTEMPTS} times" in record["error"]
 
 
 def test_each_job_is_claimed_once(env: ApiEnv) -> None:

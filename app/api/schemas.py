@@ -148,6 +148,8 @@ class JobOut(BaseModel):
     params: dict[str, Any]
     summary: dict[str, Any]
     error: str | None
+    origin: str = Field(description="cli (a command's run) or queue (run by sagashi worker).")
+    attempts: int
     created_at: str
     started_at: str | None
     finished_at: str | None

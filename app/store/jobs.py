@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
@@ -18,6 +17,7 @@ from app.store.models import Job, JobFailure
 from app.store.repository import now
 
 JOB_KINDS = ("index", "reindex", "rebuild_faiss")  # what can be queued for a worker
+MAX_ATTEMPTS = 3  # a queued job whose worker died this often is failed, not retried
 
 
 class JobRecorder:
@@ -114,6 +114,8 @@ def enqueue(engine: Engine, kind: str, params: dict[str, Any]) -> Job:
             kind=kind,
             params=json.dumps(params),
             state="queued",
+            origin="queue",
+            attempts=0,
             created_at=now(),
             total=0,
             done=0,
@@ -139,7 +141,12 @@ def claim_next(engine: Engine) -> Job | None:
             claimed = session.execute(
                 update(Job)
                 .where(Job.id == candidate, Job.state == "queued")
-                .values(state="running", started_at=stamp, heartbeat_at=stamp)
+                .values(
+                    state="running",
+                    started_at=stamp,
+                    heartbeat_at=stamp,
+                    attempts=Job.attempts + 1,
+                )
             )
             session.commit()
             if getattr(claimed, "rowcount", 0) == 1:
@@ -158,6 +165,8 @@ def job_record(job: Job) -> dict[str, Any]:
         "params": json.loads(job.params),
         "summary": json.loads(job.summary),
         "error": job.error,
+        "origin": job.origin,
+        "attempts": job.attempts,
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
@@ -186,19 +195,30 @@ def requeue(engine: Engine, job_id: int) -> None:
         session.commit()
 
 
-def fail_abandoned(engine: Engine, silent_seconds: float) -> int:
-    """Mark running jobs whose process died (no heartbeat for ``silent_seconds``) failed,
-    so they stop showing as running; their work is resumable by resubmitting."""
-    cutoff = now() - timedelta(seconds=silent_seconds)
-    message = (
-        f"abandoned: no progress for {silent_seconds:.0f} s (its process died?); "
-        "resubmit it to resume"
-    )
+def recover_dead(engine: Engine, keep: int | None = None) -> tuple[int, int]:
+    """Settle jobs whose process died. Call only while holding the writer lock: every run
+    holds it while it runs, so any other job still marked running has no live process.
+    Queued jobs go back to the queue (each run resumes where the last stopped), unless they
+    have died MAX_ATTEMPTS times; a command's own run is marked failed (run it again to
+    resume). Returns (requeued, failed)."""
+    stamp = now()
+    died = "its process died (killed, or the machine stopped); nothing was lost"
     with session_factory(engine)() as session:
-        result = session.execute(
-            update(Job)
-            .where(Job.state == "running", Job.heartbeat_at < cutoff)
-            .values(state="failed", error=message, finished_at=now())
+        running = list(
+            session.scalars(select(Job).where(Job.state == "running", Job.id != (keep or 0)))
         )
+        requeued = failed = 0
+        for job in running:
+            if job.origin == "queue" and job.attempts < MAX_ATTEMPTS:
+                job.state, job.started_at, job.heartbeat_at = "queued", None, None
+                requeued += 1
+                continue
+            job.state, job.finished_at = "failed", stamp
+            job.error = (
+                f"{died}; run the command again to resume"
+                if job.origin != "queue"
+                else f"{died}, {job.attempts} times; giving up (resubmit it to try again)"
+            )
+            failed += 1
         session.commit()
-        return int(getattr(result, "rowcount", 0) or 0)
+    return requeued, failed

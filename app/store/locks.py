@@ -30,24 +30,25 @@ class WriterBusy(Exception):
 
 
 @contextmanager
-def writer_lock(engine: Engine) -> Iterator[None]:
+def writer_lock(engine: Engine, wait: float = WAIT_SECONDS) -> Iterator[None]:
+    """Hold the writer lock, trying for ``wait`` seconds before raising WriterBusy."""
     if engine.dialect.name == "postgresql":
-        with _advisory_lock(engine):
+        with _advisory_lock(engine, wait):
             yield
         return
     database = engine.url.database
     if not database or database == ":memory:":
         yield
         return
-    with _file_lock(Path(f"{database}.writer.lock")):
+    with _file_lock(Path(f"{database}.writer.lock"), wait):
         yield
 
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def _file_lock(path: Path, wait: float) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        if not _retry(lambda: _try_flock(fd)):
+        if not _retry(lambda: _try_flock(fd), wait):
             raise WriterBusy(BUSY)
         yield
     finally:
@@ -63,7 +64,7 @@ def _try_flock(fd: int) -> bool:
 
 
 @contextmanager
-def _advisory_lock(engine: Engine) -> Iterator[None]:
+def _advisory_lock(engine: Engine, wait: float) -> Iterator[None]:
     with engine.connect() as connection:
 
         def attempt() -> bool:
@@ -72,7 +73,7 @@ def _advisory_lock(engine: Engine) -> Iterator[None]:
             connection.commit()
             return acquired
 
-        if not _retry(attempt):
+        if not _retry(attempt, wait):
             raise WriterBusy(BUSY)
         try:
             yield
@@ -82,8 +83,8 @@ def _advisory_lock(engine: Engine) -> Iterator[None]:
                 connection.commit()
 
 
-def _retry(attempt: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + WAIT_SECONDS
+def _retry(attempt: Callable[[], bool], wait: float) -> bool:
+    deadline = time.monotonic() + wait
     while True:
         if attempt():
             return True

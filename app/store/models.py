@@ -191,6 +191,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # cli: a command's own run; queue: queued through the API for 'sagashi worker'
+    origin: Mapped[str] = mapped_column(String(8), default="cli", server_default="cli")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class JobFailure(Base):

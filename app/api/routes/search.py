@@ -77,8 +77,8 @@ async def similar(request: Request, res: Res, wanted: Thresholds) -> SearchRespo
     The image is an indexed one (image_id), an upload (multipart field file), base64
     (image) or a URL (url; only when the server enables URL fetching). hide_duplicates
     drops near-copies of the query image."""
-    body, upload = await _similar_body(request)
-    given = [x for x in (body.image_id, upload, body.image, body.url) if x is not None]
+    body, uploaded = await _similar_body(request)
+    given = [x for x in (body.image_id, uploaded, body.image, body.url) if x is not None]
     if len(given) != 1:
         raise ApiError(
             422,
@@ -87,7 +87,7 @@ async def similar(request: Request, res: Res, wanted: Thresholds) -> SearchRespo
         )
     embedding = None
     if body.image_id is None:
-        data = await _query_image(body, upload, res)
+        data = uploaded if uploaded is not None else await _query_image(body, res)
         inferred = await run_in_threadpool(res.inference.infer, data)
         embedding = inferred.embedding
     query = body.q if body.image_id is None else f"similar:{body.image_id} {body.q}"
@@ -114,7 +114,8 @@ def _similar_page(
         return page_body(res, page, wanted, 8)
 
 
-async def _similar_body(request: Request) -> tuple[SimilarRequest, UploadFile | None]:
+async def _similar_body(request: Request) -> tuple[SimilarRequest, bytes | None]:
+    """The request's fields, and the uploaded file's bytes for a multipart request."""
     kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if kind == "application/json":
         try:
@@ -123,11 +124,14 @@ async def _similar_body(request: Request) -> tuple[SimilarRequest, UploadFile | 
             raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from exc
         return _validated(raw), None
     if kind == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=20)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, "invalid_request", "file: the multipart field file is required")
-        return _validated(_form_fields(form)), upload
+        async with request.form(max_files=1, max_fields=20) as form:  # closes spooled files
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(422, "invalid_request", "file: the multipart field file is required")
+            body = _validated(_form_fields(form))
+            return body, await read_upload(
+                upload, request.app.state.resources.settings.max_upload_bytes
+            )
     raise ApiError(
         415,
         "unsupported_media_type",
@@ -152,11 +156,8 @@ def _validated(raw: Any) -> SimilarRequest:
     return body
 
 
-async def _query_image(body: SimilarRequest, upload: UploadFile | None, res: Resources) -> bytes:
-    limit = res.settings.max_upload_bytes
-    if upload is not None:
-        return await read_upload(upload, limit)
+async def _query_image(body: SimilarRequest, res: Resources) -> bytes:
     if body.image is not None:
-        return decode_base64(body.image, limit)
+        return decode_base64(body.image, res.settings.max_upload_bytes)
     assert body.url is not None
     return await fetch_url(body.url, res.settings)
