@@ -141,13 +141,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/sagashi-bench"))
+    parser.add_argument(
+        "--database-url", default=None, help="e.g. postgresql://user@host/db (default: SQLite)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("alembic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
     log.info("machine: %s", machine())
-    url = prepared_database(args.work, args.images)
+    url = prepared_database(args.work, args.images, args.database_url)
+    backend = url.split(":", 1)[0]
     engine = create_db_engine(url)
     with session_factory(engine)() as session:
         tags = [
@@ -159,7 +163,8 @@ def main() -> None:
         max_id = session.scalar(select(func.max(Image.id))) or 1
     engine.dispose()
     model_dir = build_tiny_pixai(args.work / "tiny-model")
-    process, base = start_server(url, args.work / f"data-{args.images}", model_dir)
+    data_dir = args.work / f"data-{args.images}-{backend}"
+    process, base = start_server(url, data_dir, model_dir)
     try:
         httpx.post(f"{base}/api/similar", json={"image_id": 1, "k": 1}, timeout=600)  # FAISS
         for clients in (1, args.clients):

@@ -45,8 +45,10 @@ log = logging.getLogger("bench.search")
 SELECTIVITIES = (0.0001, 0.001, 0.01, 0.1, 1.0)
 
 
-def prepared_database(work: Path, images: int) -> str:
-    url = f"sqlite:///{work / f'search-{images}.db'}"
+def prepared_database(work: Path, images: int, url: str | None = None) -> str:
+    """The database of --images synthetic images: a SQLite file under ``work``, or ``url``
+    (PostgreSQL, say), imported once and reused."""
+    url = url or f"sqlite:///{work / f'search-{images}.db'}"
     migrate.upgrade(url)
     engine = create_db_engine(url)
     with session_factory(engine)() as session:
