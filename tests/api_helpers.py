@@ -78,10 +78,14 @@ def database_urls(request: pytest.FixtureRequest, root: Path) -> Iterator[str]:
 
 
 def indexed_env(
-    request: pytest.FixtureRequest, root: Path, model_dir: Path, **overrides: Any
+    request: pytest.FixtureRequest,
+    root: Path,
+    model_dir: Path,
+    images: int = IMAGES,
+    **overrides: Any,
 ) -> Iterator[ApiEnv]:
     library = root / "library"
-    make_library(library)
+    make_library(library, images)
     for url in database_urls(request, root):
         upgrade(url)
         settings = settings_for(root, url, model_dir, **overrides)

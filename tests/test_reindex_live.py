@@ -18,10 +18,13 @@ from indexer.reindex import Reindexer
 from tests.api_helpers import ApiEnv, indexed_env
 from tests.tiny_models import build_tiny_pixai
 
+IMAGES = 150
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def env(request: pytest.FixtureRequest, tmp_path: Path, tiny_pixai_dir: Path) -> Iterator[ApiEnv]:
-    yield from indexed_env(request, tmp_path, tiny_pixai_dir)
+    # enough images that the reindex outlasts many rounds of requests
+    yield from indexed_env(request, tmp_path, tiny_pixai_dir, images=IMAGES)
 
 
 def test_search_answers_throughout_a_reindex_and_its_swap(env: ApiEnv, tmp_path: Path) -> None:
@@ -63,4 +66,4 @@ def test_search_answers_throughout_a_reindex_and_its_swap(env: ApiEnv, tmp_path:
     while env.client.get(f"/api/images/{image_id}").json()["generation"] == before:
         assert time.monotonic() < deadline, "the server kept serving the old generation"
         time.sleep(0.1)
-    assert env.client.get("/api/search").json()["count"] == 14
+    assert env.client.get("/api/search").json()["count"] == IMAGES

@@ -145,8 +145,10 @@ def _clustered_vectors(rng: np.random.Generator, count: int, dim: int) -> np.nda
     return vectors_ / np.linalg.norm(vectors_, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf"])
-def test_filtered_knn_returns_only_matches_with_high_recall(kind: str) -> None:
+@pytest.mark.parametrize(("kind", "exhaustive_limit"), [("flat", 0), ("ivf", 0), ("ivf", 10_000)])
+def test_filtered_knn_returns_only_matches_with_high_recall(
+    kind: str, exhaustive_limit: int
+) -> None:
     rng = np.random.default_rng(0)
     count, dim = 20_000, 32
     data = _clustered_vectors(rng, count, dim)
@@ -161,7 +163,15 @@ def test_filtered_knn_returns_only_matches_with_high_recall(kind: str) -> None:
         hits_total, recall_total = 0, 0.0
         for q in rng.choice(count, 20, replace=False):
             query = data[q]
-            found, plan = similar.nearest(index, query, 10, allowed, live, gather_limit=2000)
+            found, plan = similar.nearest(
+                index,
+                query,
+                10,
+                allowed,
+                live,
+                gather_limit=2000,
+                exhaustive_limit=exhaustive_limit,
+            )
             assert all(i in allowed for i, _ in found)
             member = np.frombuffer(allowed.to_array(), np.uint32).astype(np.int64)
             exact = member[np.argsort(-(data[member - 1] @ query), kind="stable")[:10]]
@@ -174,7 +184,10 @@ def test_filtered_knn_returns_only_matches_with_high_recall(kind: str) -> None:
         if len(allowed) <= 2000:
             assert plan.strategy == "gather"
         elif kind == "ivf":
-            assert plan.strategy == "filtered"
+            expected = "exhaustive" if len(allowed) <= exhaustive_limit else "filtered"
+            assert plan.strategy == expected
+            if expected == "exhaustive":
+                assert recall_total / 20 == 1.0  # every list probed: exact
     assert min(recalls.values()) >= 0.95, recalls
 
 
