@@ -18,6 +18,7 @@ from app.search.details import tags_of
 from app.store.db import session_factory
 from app.store.models import Image, ImageTag, Tag
 from app.store.repository import now
+from app.store.thumbs import ThumbnailCache
 from app.tagger.batching import predict_stacked, prepare
 from app.tagger.policy import OutputPolicy
 from app.tagger.vocab import DEFAULT_THRESHOLDS, GROUPS
@@ -633,3 +634,13 @@ def test_a_file_that_no_longer_decodes_is_415_and_deleted_images_404(env: ApiEnv
                 .values(path=original[0], sha256=original[1], deleted_at=None)
             )
             session.commit()
+
+
+def test_thumbnail_paths_are_never_shaped_by_stored_values(tmp_path: Path) -> None:
+    cache = ThumbnailCache(tmp_path / "thumbs", 64, 10_000_000)
+    good = "ab" * 32
+    assert cache.path_for(good) == tmp_path / "thumbs" / "64" / "ab" / f"{good}.webp"
+    for hostile in ("../../../etc/passwd", "/abs", "AB" * 32, ""):
+        path = cache.path_for(hostile)
+        assert path.parent.parent.parent == tmp_path / "thumbs"
+        assert path.name != hostile and ".." not in path.parts

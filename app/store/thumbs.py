@@ -6,8 +6,10 @@ file gets a new one, and the key doubles as a strong ETag.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from app.tagger.decode import decode_image
 log = logging.getLogger(__name__)
 
 THUMB_QUALITY = 82
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class ThumbnailCache:
@@ -27,6 +30,8 @@ class ThumbnailCache:
         self.max_pixels = max_pixels
 
     def path_for(self, sha256: str) -> Path:
+        if not _HEX64.fullmatch(sha256):  # never let a stored value shape a path
+            sha256 = hashlib.sha256(sha256.encode("utf-8", "replace")).hexdigest()
         return self.directory / str(self.size) / sha256[:2] / f"{sha256}.webp"
 
     def get(self, sha256: str, source: Path) -> Path:
