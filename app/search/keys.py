@@ -11,7 +11,7 @@ from sqlalchemy import Float, and_, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.query import Order
-from app.search.paging import KeySource
+from app.search.paging import KeySource, Presorted
 from app.search.postings import PostingEngine, bitmap_of, micros
 from app.store.models import Image, ImageTag, Tag
 from app.store.repository import chunks
@@ -45,6 +45,17 @@ def posting_keys(
         return values
 
     return keys
+
+
+def posting_presorted(engine: PostingEngine) -> Presorted:
+    """Every image pre-sorted by an attribute order, for pages of large match sets."""
+
+    def presorted(order: Order) -> tuple[np.ndarray, np.ndarray] | None:
+        if order.key not in ATTRIBUTE_KEYS or len(engine.segments) != 1:
+            return None
+        return engine.segments[0].attributes.sorted_by(ATTRIBUTE_KEYS[order.key])
+
+    return presorted
 
 
 def sql_keys(

@@ -11,6 +11,7 @@ first. ``order:random`` is a shuffle that stays fixed across the pages of one cu
 
 from __future__ import annotations
 
+import array
 import base64
 import binascii
 import json
@@ -26,6 +27,13 @@ DEFAULT_ORDER = Order("id", descending=True)
 
 KeySource = Callable[[Order, np.ndarray], np.ndarray]
 """Maps an order and image ids (ascending, uint32) to their sort keys (float64)."""
+Presorted = Callable[[Order], "tuple[np.ndarray, np.ndarray] | None"]
+"""Every image's (ids, keys) ascending by (key, id) for an order, or None."""
+
+# With at least this share of the presorted images matching, a page is found by walking the
+# presorted images (a few chunks) rather than by sorting every match (30 ms at 700k).
+DENSE_SHARE = 0.05
+WALK_CHUNK = 2048
 
 
 _MALFORMED = "the cursor is malformed; use the next_cursor of a response"
@@ -93,10 +101,15 @@ def page(
     cursor: Cursor | None,
     keys: KeySource,
     seed: int,
+    presorted: Presorted | None = None,
 ) -> PageIds:
     """The ``limit`` images after ``cursor`` in ``order``, and the cursor after them."""
     if order.key == "id":
         return _page_by_id(matches, order, limit, cursor)
+    if presorted is not None and order.key != "random":
+        ready = presorted(order)
+        if ready is not None and len(matches) >= DENSE_SHARE * len(ready[0]):
+            return _page_by_walk(matches, order, limit, cursor, *ready)
     ids = np.frombuffer(matches.to_array(), dtype=np.uint32)
     if order.key == "random":
         seed = cursor.seed if cursor is not None else seed
@@ -144,3 +157,56 @@ def _page_by_id(matches: BitMap, order: Order, limit: int, cursor: Cursor | None
     if more and chosen:
         next_cursor = Cursor(order_token(order), float(chosen[-1]), chosen[-1]).encode()
     return PageIds(chosen, next_cursor)
+
+
+def _page_by_walk(
+    matches: BitMap,
+    order: Order,
+    limit: int,
+    cursor: Cursor | None,
+    ids: np.ndarray,
+    values: np.ndarray,
+) -> PageIds:
+    """Walk images presorted ascending by (key, id), forwards or backwards from the cursor,
+    keeping the matching ones: the same page as sorting every match."""
+    forward = not order.descending
+    position = _walk_start(ids, values, cursor, forward)
+    found_ids: list[np.ndarray] = []
+    found_keys: list[np.ndarray] = []
+    count = 0
+    while count <= limit and 0 <= position < len(ids):
+        if forward:
+            window = slice(position, min(len(ids), position + WALK_CHUNK))
+            position = window.stop
+        else:
+            window = slice(max(0, position - WALK_CHUNK + 1), position + 1)
+            position = window.start - 1
+        chunk_ids, chunk_keys = ids[window], values[window]
+        if not forward:
+            chunk_ids, chunk_keys = chunk_ids[::-1], chunk_keys[::-1]
+        window_map = BitMap(array.array("I", np.sort(chunk_ids).tobytes()))
+        inside = window_map & matches
+        keep = np.isin(chunk_ids, np.frombuffer(inside.to_array(), dtype=np.uint32))
+        found_ids.append(chunk_ids[keep])
+        found_keys.append(chunk_keys[keep])
+        count += int(keep.sum())
+    hits = np.concatenate(found_ids) if found_ids else np.zeros(0, dtype=np.uint32)
+    keys = np.concatenate(found_keys) if found_keys else np.zeros(0)
+    result = [int(i) for i in hits[:limit]]
+    next_cursor = None
+    if len(hits) > limit and result:
+        token = order_token(order)
+        next_cursor = Cursor(token, float(keys[limit - 1]), result[-1]).encode()
+    return PageIds(result, next_cursor)
+
+
+def _walk_start(ids: np.ndarray, values: np.ndarray, cursor: Cursor | None, forward: bool) -> int:
+    """Where the walk begins: the first (key, id) after the cursor in the walk's direction."""
+    if cursor is None:
+        return 0 if forward else len(ids) - 1
+    low = int(np.searchsorted(values, cursor.key, side="left"))
+    high = int(np.searchsorted(values, cursor.key, side="right"))
+    tie = ids[low:high]  # ascending ids among equal keys
+    if forward:
+        return low + int(np.searchsorted(tie, cursor.id, side="right"))
+    return low + int(np.searchsorted(tie, cursor.id, side="left")) - 1

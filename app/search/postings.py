@@ -118,6 +118,19 @@ class Attributes:
     format_codes: np.ndarray  # uint16 index into format_names
     format_names: list[str]
     paths: list[str]
+    _sorted: dict[str, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def sorted_by(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, keys) of every image, ascending by (key, id): one sort per column, kept."""
+        found = self._sorted.get(column)
+        if found is None:
+            values = self.columns[column].astype(np.float64)
+            order = np.lexsort((self.ids, values))
+            found = (self.ids[order], values[order])
+            self._sorted[column] = found
+        return found
 
     @cached_property
     def _dense(self) -> np.ndarray:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.query import MAX_TERMS, All, ErrorCode, Order, Query, QueryError, parse
 from app.query.ast import Node
 from app.search import similar
-from app.search.keys import posting_keys, sql_keys
+from app.search.keys import posting_keys, posting_presorted, sql_keys
 from app.search.paging import DEFAULT_ORDER, Cursor, KeySource, page
 from app.search.plan import COUNTED_GROUPS, Binder, Catalog
 from app.search.postings import PostingEngine, latest_change
@@ -136,7 +136,8 @@ class SearchService:
                 return self._similar(session, state, postings, query, request, matches, live, limit)
             keys = self._keys(session, state, postings, order, thresholds)
             cursor = Cursor.decode(request.cursor, order) if request.cursor else None
-            found = page(matches, order, limit, cursor, keys, secrets.randbits(48))
+            walk = posting_presorted(postings) if postings is not None else None
+            found = page(matches, order, limit, cursor, keys, secrets.randbits(48), walk)
             hits = _hits(session, postings, found.ids)
         return Page(hits, len(matches), False, found.next_cursor, self.kind)
 
