@@ -145,33 +145,24 @@ def _clustered_vectors(rng: np.random.Generator, count: int, dim: int) -> np.nda
     return vectors_ / np.linalg.norm(vectors_, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize(("kind", "exhaustive_limit"), [("flat", 0), ("ivf", 0), ("ivf", 10_000)])
-def test_filtered_knn_returns_only_matches_with_high_recall(
-    kind: str, exhaustive_limit: int
-) -> None:
+@pytest.mark.parametrize(("kind", "nlist"), [("flat", 0), ("ivf", 200), ("ivf", 20)])
+def test_filtered_knn_returns_only_matches_with_high_recall(kind: str, nlist: int) -> None:
     rng = np.random.default_rng(0)
     count, dim = 20_000, 32
     data = _clustered_vectors(rng, count, dim)
     ids = np.arange(1, count + 1, dtype=np.int64)
-    params = {} if kind == "flat" else {"nlist": 200, "nprobe": 8}
+    params = {} if kind == "flat" else {"nlist": nlist, "nprobe": 8}
     built = vectors.build_index(data, ids, kind, params)
     index = vectors.FaissIndex(built, vectors.IndexMeta(1, 0, count, dim, kind, params))
     live = BitMap(ids.tolist())
     recalls = {}
+    strategies: list[str] = []
     for share in (0.0005, 0.005, 0.05, 0.3, 1.0):
         allowed = BitMap(rng.choice(ids, max(1, int(share * count)), replace=False).tolist())
         hits_total, recall_total = 0, 0.0
         for q in rng.choice(count, 20, replace=False):
             query = data[q]
-            found, plan = similar.nearest(
-                index,
-                query,
-                10,
-                allowed,
-                live,
-                gather_limit=2000,
-                exhaustive_limit=exhaustive_limit,
-            )
+            found, plan = similar.nearest(index, query, 10, allowed, live, gather_limit=2000)
             assert all(i in allowed for i, _ in found)
             member = np.frombuffer(allowed.to_array(), np.uint32).astype(np.int64)
             exact = member[np.argsort(-(data[member - 1] @ query), kind="stable")[:10]]
@@ -180,15 +171,18 @@ def test_filtered_knn_returns_only_matches_with_high_recall(
             scores = [s for _, s in found]
             assert scores == sorted(scores, reverse=True)
         recalls[share] = recall_total / 20
+        strategies.append(plan.strategy)
         assert hits_total == 20 * min(10, len(allowed))
         if len(allowed) <= 2000:
             assert plan.strategy == "gather"
         elif kind == "ivf":
-            expected = "exhaustive" if len(allowed) <= exhaustive_limit else "filtered"
-            assert plan.strategy == expected
-            if expected == "exhaustive":
+            probes = similar.plan_knn(index, len(allowed)).nprobe
+            assert plan.strategy == ("exhaustive" if probes == nlist else "filtered")
+            if plan.strategy == "exhaustive":
                 assert recall_total / 20 == 1.0  # every list probed: exact
     assert min(recalls.values()) >= 0.95, recalls
+    if nlist == 20:  # few lists: a 30% filter asks for all of them
+        assert "exhaustive" in strategies, strategies
 
 
 def test_deleted_images_never_come_back_from_a_stale_index(tmp_path: Path) -> None:
