@@ -38,10 +38,10 @@ GATHER_LIMIT = 4_000
 # base being the calibrated unfiltered count. Fitted at 1M images (nlist 4,000, base 16),
 # where recall@10 against nprobe was measured: at 1% 0.905 / 0.950 / 0.987 for 300 / 600 /
 # 1,200 lists (3.1 / 4.9 / 8.6 ms), at 10% 0.946 / 0.968 / 0.977 for 51 / 160 / 300 lists;
-# the sqrt rule used before gave 160 and 51, recall 0.85 and 0.95. Probing every list (exact)
-# took 21 ms at 1%.
-PROBE_FACTOR = 1.25
-PROBE_POWER = 0.9
+# the sqrt rule used before gave 160 and 51, recall 0.85 and 0.95. This gives 900 and 160.
+# Probing every list (exact) took 21 ms at 1%.
+PROBE_FACTOR = 1.8
+PROBE_POWER = 0.75
 # Extra candidates asked of FAISS, to make up for ids dropped after the search.
 OVERFETCH = 16
 
