@@ -137,10 +137,15 @@ def test_kill_minus_nine_then_resume_equals_a_clean_run(
 
     migrate.upgrade(db_url)
     env = environment(db_url, tmp_path / "data", tiny_pixai_dir)
+    midway = []
     for kill_at in (1, 40, 100, 160):
         status, committed = index_until_killed(collection, env, db_url, kill_at)
-        assert status == -signal.SIGKILL, "the run must die mid-way, not finish"
-        assert kill_at <= committed < IMAGES
+        assert status == -signal.SIGKILL, "the run must die, not finish"
+        # A fast run may commit its last batch before the kill lands; it then dies in its
+        # closing steps (tag counts, FAISS), which is a crash point worth resuming from too.
+        assert kill_at <= committed <= IMAGES
+        midway.append(committed < IMAGES)
+    assert sum(midway) >= 2, "most kills must land while images are still being indexed"
     finish(collection, env)
     engine = create_db_engine(db_url)
     assert_same_index(snapshot(engine), expected)
