@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from app.store.db import create_db_engine, session_factory
 from app.store.jobs import enqueue, get_job
@@ -58,6 +58,14 @@ def start(*args: str, environment: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def live_images(engine: Engine) -> int:
+    with session_factory(engine)() as session:
+        count = session.scalar(
+            select(func.count()).select_from(Image).where(Image.deleted_at.is_(None))
+        )
+        return int(count or 0)
+
+
 def test_killed_workers_resume_the_job_without_loss_or_duplicates(
     environment: dict[str, str], tmp_path: Path
 ) -> None:
@@ -67,20 +75,25 @@ def test_killed_workers_resume_the_job_without_loss_or_duplicates(
     engine = create_db_engine(environment["SAGASHI_DATABASE_URL"])
     job_id = enqueue(engine, "index", {"paths": [str(library)]}).id
     rng = random.Random(7)
+    committed = 0
     for attempt in (1, 2):
         worker = start("worker", environment=environment)
+        # a random moment while images are being committed, well before the last batch
+        target = committed + rng.randint(5, (IMAGES - committed) // 3)
 
-        def running(attempt: int = attempt) -> bool:
+        def reached(attempt: int = attempt, target: int = target) -> bool:
             record = get_job(engine, job_id)
-            return record is not None and record.state == "running" and record.attempts == attempt
+            claimed = record is not None and record.attempts == attempt
+            return claimed and live_images(engine) >= target
 
-        wait_for(running, 120)
-        time.sleep(rng.uniform(0.5, 2.5))  # the model loads, then images are tagged
+        wait_for(reached, 120)
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
+        committed = live_images(engine)
         record = get_job(engine, job_id)
         assert record is not None
         assert record.state == "running", "the job ended before the kill; make it longer"
+        assert committed < IMAGES
 
     finisher = run_sagashi("worker", "--once", env=environment)
     assert finisher.returncode == 0, finisher.stderr
