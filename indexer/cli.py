@@ -432,7 +432,7 @@ def import_(
         except (ImportError_, GenerationMismatch) as exc:
             stop(run, str(exc))
         except SQLAlchemyError as exc:
-            stop(run, f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
+            stop(run, str(jobs.database_stop(exc)))
         jobs.refresh_faiss(engine, settings.data_dir)
         finish(
             run,

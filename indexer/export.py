@@ -36,10 +36,10 @@ from sqlalchemy.orm import Session
 from app.store.aliases import AliasError, canonical, load_aliases
 from app.store.db import session_factory
 from app.store.models import Embedding, Image, ImageTag, Tag
-from app.store.repository import active_generation
 from app.tagger.caption import DEFAULT_ORDER, format_caption
 from app.tagger.policy import TagScore
 from app.tagger.vocab import CHARACTER, COPYRIGHT, GENERAL, GROUPS, RATING
+from indexer.jobs import active_generation_id, first_line
 from indexer.progress import progress_bar, rate_text
 
 log = logging.getLogger("sagashi")
@@ -457,11 +457,10 @@ def _prepare(
 
 
 def _active_generation_id(engine: Engine) -> int:
-    with session_factory(engine)() as session:
-        generation = active_generation(session)
-        if generation is None:
-            raise EmptyIndexError("no active generation")
-        return generation.id
+    generation_id = active_generation_id(engine)
+    if generation_id is None:
+        raise EmptyIndexError("no active generation")
+    return generation_id
 
 
 def _destination(out_dir: Path | None, layout: Layout, root: str | None) -> Destination:
@@ -641,7 +640,6 @@ def export_command(
     summary lists why), 2 for a usage error or an empty index.
     """
     from indexer.cli import fail, load_settings, open_store, split_list
-    from indexer.jobs import first_line
 
     settings = load_settings()
     out_dir = _output_dir(captions, layout, fail)

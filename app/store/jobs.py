@@ -32,22 +32,11 @@ class JobRecorder:
         if job_id is not None:
             self.id = job_id
             return
-        with self.sessions() as session:
-            job = Job(
-                kind=kind,
-                params=json.dumps(params),
-                state="running",
-                created_at=now(),
-                started_at=now(),
-                heartbeat_at=now(),
-                total=0,
-                done=0,
-                failed=0,
-                summary="{}",
-            )
-            session.add(job)
-            session.commit()
-            self.id = job.id
+        stamp = now()
+        job = _insert_job(
+            engine, kind, params, state="running", started_at=stamp, heartbeat_at=stamp
+        )
+        self.id = job.id
 
     def progress(self, done: int, total: int, failed: int) -> None:
         with self.sessions() as session:
@@ -109,18 +98,22 @@ def enqueue(engine: Engine, kind: str, params: dict[str, Any]) -> Job:
     """Queue a job for ``sagashi worker``."""
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job kind {kind!r}; one of {', '.join(JOB_KINDS)}")
+    return _insert_job(engine, kind, params, state="queued", origin="queue")
+
+
+def _insert_job(engine: Engine, kind: str, params: dict[str, Any], **fields: Any) -> Job:
+    """A new job row with no progress yet; ``fields`` set its state and origin."""
     with session_factory(engine)() as session:
         job = Job(
             kind=kind,
             params=json.dumps(params),
-            state="queued",
-            origin="queue",
-            attempts=0,
             created_at=now(),
+            attempts=0,
             total=0,
             done=0,
             failed=0,
             summary="{}",
+            **fields,
         )
         session.add(job)
         session.commit()
@@ -195,7 +188,7 @@ def requeue(engine: Engine, job_id: int) -> None:
         session.commit()
 
 
-def recover_dead(engine: Engine, keep: int | None = None) -> tuple[int, int]:
+def recover_dead(engine: Engine) -> tuple[int, int]:
     """Settle jobs whose process died. Call only while holding the writer lock: every run
     holds it while it runs, so any other job still marked running has no live process.
     Queued jobs go back to the queue (each run resumes where the last stopped), unless they
@@ -204,9 +197,7 @@ def recover_dead(engine: Engine, keep: int | None = None) -> tuple[int, int]:
     stamp = now()
     died = "its process died (killed, or the machine stopped); nothing was lost"
     with session_factory(engine)() as session:
-        running = list(
-            session.scalars(select(Job).where(Job.state == "running", Job.id != (keep or 0)))
-        )
+        running = list(session.scalars(select(Job).where(Job.state == "running")))
         requeued = failed = 0
         for job in running:
             if job.origin == "queue" and job.attempts < MAX_ATTEMPTS:
