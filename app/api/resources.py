@@ -8,8 +8,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -76,3 +77,7 @@ class Resources:
 def resources(request: Request) -> Resources:
     found: Resources = request.app.state.resources
     return found
+
+
+# A route's parameter for the server's resources: ``res: Res``.
+Res = Annotated[Resources, Depends(resources)]

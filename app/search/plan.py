@@ -171,7 +171,7 @@ class Catalog:
     _by_count: list[tuple[str, TagInfo]] | None = None
     _names: list[str] = field(default_factory=list)
     _matches: dict[str, list[TagInfo]] = field(default_factory=dict)
-    _alias_names: list[str] = field(default_factory=list)
+    _alias_names: list[str] | None = None
     _by_id: dict[int, tuple[str, str]] | None = None
 
     @classmethod
@@ -184,6 +184,13 @@ class Catalog:
     def lookup(self, name: str) -> TagInfo | None:
         return self.tags.get(self.aliases.get(name, name))
 
+    def _sorted(self) -> tuple[list[tuple[str, TagInfo]], list[str]]:
+        """The tags most used first, and their names in order: sorted once per catalog."""
+        if self._by_count is None:
+            self._by_count = sorted(self.tags.items(), key=lambda kv: (-kv[1].count, kv[0]))
+            self._names = sorted(self.tags)
+        return self._by_count, self._names
+
     def names_by_id(self) -> dict[int, tuple[str, str]]:
         """Tag id -> (name, group), made once per catalog."""
         if self._by_id is None:
@@ -193,16 +200,13 @@ class Catalog:
     def complete(self, prefix: str, limit: int) -> list[tuple[str, TagInfo, str | None]]:
         """Autocomplete: tags whose name, or an alias of which, starts with ``prefix``, most
         used first, as (tag name, tag, the alias typed or None)."""
-        if self._by_count is None:
-            self._by_count = sorted(self.tags.items(), key=lambda kv: (-kv[1].count, kv[0]))
-            self._names = sorted(self.tags)
-        if not self._alias_names:
+        if self._alias_names is None:  # aliases of tags the index has, sorted once
             self._alias_names = sorted(a for a, tag in self.aliases.items() if tag in self.tags)
         found: dict[str, tuple[str, TagInfo, str | None]] = {}
         for alias in _with_prefix(self._alias_names, prefix):
             name = self.aliases[alias]
             found.setdefault(name, (name, self.tags[name], alias))
-        for name in _with_prefix(self._names, prefix):
+        for name in _with_prefix(self._sorted()[1], prefix):
             found[name] = (name, self.tags[name], None)  # a direct match beats an alias
         ranked = sorted(found.values(), key=lambda item: (-item[1].count, item[0]))
         return ranked[:limit]
@@ -212,16 +216,12 @@ class Catalog:
         cached = self._matches.get(pattern)
         if cached is not None:
             return cached
-        if self._by_count is None:
-            self._by_count = sorted(self.tags.items(), key=lambda kv: (-kv[1].count, kv[0]))
-            self._names = sorted(self.tags)
+        by_count, names = self._sorted()
         prefix = pattern.split("*", 1)[0]
-        candidates = self._by_count
+        candidates = by_count
         if prefix:  # most patterns start with letters: narrow by prefix with a binary search
-            start = bisect.bisect_left(self._names, prefix)
-            end = bisect.bisect_left(self._names, prefix + "\U0010ffff")
-            named = set(self._names[start:end])
-            candidates = [kv for kv in self._by_count if kv[0] in named] if named else []
+            named = set(_with_prefix(names, prefix))
+            candidates = [kv for kv in by_count if kv[0] in named] if named else []
         regex = re.compile("".join(".*" if c == "*" else re.escape(c) for c in pattern) + r"\Z")
         found = [info for name, info in candidates if regex.match(name)][:WILDCARD_LIMIT]
         if len(self._matches) >= 1024:

@@ -31,7 +31,7 @@ from app.query.ast import Node
 from app.search import similar
 from app.search.keys import posting_keys, posting_presorted, sql_keys
 from app.search.paging import DEFAULT_ORDER, Cursor, KeySource, page
-from app.search.plan import COUNTED_GROUPS, Binder, Catalog
+from app.search.plan import COUNTED_GROUPS, Binder, Catalog, PlanNode
 from app.search.postings import PostingEngine, latest_change
 from app.search.sql_engine import execute
 from app.store import vectors
@@ -127,10 +127,7 @@ class SearchService:
         plan = binder.bind(query.root)
         with self._session() as session:
             postings = state.postings  # one engine for the whole search, even if refreshed
-            if postings is not None:
-                matches = postings.evaluate(plan)
-            else:
-                matches = BitMap(execute(session, plan, state.generation_id))
+            matches = _evaluate(session, state, postings, plan)
             if vector_query:
                 live = postings.live if postings is not None else _live(session, state)
                 return self._similar(session, state, postings, query, request, matches, live, limit)
@@ -147,10 +144,8 @@ class SearchService:
         root = parse(query, max_terms=self.max_terms).root if isinstance(query, str) else query
         state = self.current()
         plan = Binder(state.catalog, {**DEFAULT_THRESHOLDS, **(thresholds or {})}).bind(root)
-        if state.postings is not None:
-            return state.postings.evaluate(plan)
-        with self._session() as session:
-            return BitMap(execute(session, plan, state.generation_id))
+        with self._session() as session:  # opens a connection only for the SQL engine
+            return _evaluate(session, state, state.postings, plan)
 
     def catalog(self) -> Catalog:
         return self.current().catalog
@@ -303,6 +298,15 @@ def _check_order(query: Query, text: str, vector_query: bool) -> Order:
 
 def _is_everything(node: Node) -> bool:
     return isinstance(node, All)
+
+
+def _evaluate(
+    session: Session, state: _State, postings: PostingEngine | None, plan: PlanNode
+) -> BitMap:
+    """The images a bound query matches, on the posting engine or in SQL."""
+    if postings is not None:
+        return postings.evaluate(plan)
+    return BitMap(execute(session, plan, state.generation_id))
 
 
 def _live(session: Session, state: _State) -> BitMap:

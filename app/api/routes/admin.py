@@ -14,14 +14,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from app.api.errors import ApiError
-from app.api.resources import Resources, resources
+from app.api.resources import Res
 from app.api.routes.common import query_error
 from app.api.schemas import AdminJobRequest, JobOut, ReloadResponse
 from app.query import QueryError, parse
 from app.search.service import EmptyIndex
 from app.store.jobs import enqueue, failure_records, get_job, job_record, recent_jobs
-
-Res = Annotated[Resources, Depends(resources)]
 
 
 def require_admin(request: Request, res: Res) -> None:
@@ -79,8 +77,7 @@ def reload_index(res: Res) -> ReloadResponse:
         state = res.search.reload()
     except EmptyIndex:
         return ReloadResponse(generation=None, images=0)
-    images = len(state.postings.live) if state.postings is not None else 0
-    return ReloadResponse(generation=state.generation_id, images=images)
+    return ReloadResponse(generation=state.generation_id, images=res.search.loaded_images() or 0)
 
 
 def _job_params(body: AdminJobRequest) -> dict[str, object]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import Query
+from fastapi import Depends, Query
 
 from app.api.errors import ApiError
 from app.api.resources import Resources
@@ -104,3 +104,7 @@ def empty_page(engine: str) -> SearchResponse:
 
 def _with_defaults(wanted: dict[str, float]) -> dict[str, float]:
     return {**DEFAULT_THRESHOLDS, **wanted}
+
+
+# A route's parameter for the per-group thresholds it was given: ``wanted: Thresholds``.
+Thresholds = Annotated[dict[str, float], Depends(thresholds)]

@@ -10,13 +10,13 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import ApiError
-from app.api.resources import Resources, resources
+from app.api.resources import Res, Resources
 from app.api.schemas import ImageDetail, TagScoreOut
 from app.search.details import image_row, tags_of
 from app.search.service import EmptyIndex
@@ -27,7 +27,6 @@ from app.tagger.errors import ImageDecodeError
 
 router = APIRouter(tags=["images"])
 
-Res = Annotated[Resources, Depends(resources)]
 ImageId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 CACHE_CONTROL = "private, max-age=3600"
 MEDIA_TYPES = {  # by the canonical format names the index stores

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.errors import ApiError
-from app.api.resources import Resources, resources
+from app.api.resources import Res
 from app.api.schemas import Health
 from app.store.db import session_factory
 
 router = APIRouter(tags=["operations"])
-
-Res = Annotated[Resources, Depends(resources)]
 
 
 @router.get("/healthz", response_model=Health)

@@ -5,22 +5,20 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from app.api.errors import ApiError, describe_validation
-from app.api.resources import Resources, resources
-from app.api.routes.common import empty_page, page_body, search_errors, thresholds
+from app.api.resources import Res, Resources
+from app.api.routes.common import Thresholds, empty_page, page_body, search_errors
 from app.api.schemas import SearchResponse, SimilarRequest
 from app.api.uploads import decode_base64, fetch_url, read_upload
 from app.search.service import EmptyIndex, SearchRequest
 
 router = APIRouter(tags=["search"])
 
-Res = Annotated[Resources, Depends(resources)]
-Thresholds = Annotated[dict[str, float], Depends(thresholds)]
 TagsPerItem = Annotated[int, Query(ge=0, le=100, description="Top tags listed per result.")]
 
 

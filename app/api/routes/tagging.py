@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import ApiError
 from app.api.inference import Inferred
-from app.api.resources import Resources, resources
+from app.api.resources import Res, Resources
 from app.api.schemas import EvaluateItem, PixaiRequest, PixaiTag
 from app.api.uploads import decode_base64, fetch_url, read_upload
 from app.search.plan import RATING_LETTERS, RATING_TAGS
@@ -19,7 +19,6 @@ from app.tagger.vocab import RATING
 
 router = APIRouter(tags=["tagging"])
 
-Res = Annotated[Resources, Depends(resources)]
 MAX_EVALUATE_FILES = 32
 
 

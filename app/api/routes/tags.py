@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Path, Query
 
 from app.api.errors import ApiError
-from app.api.resources import Resources, resources
-from app.api.routes.common import search_errors, thresholds
+from app.api.resources import Res
+from app.api.routes.common import Thresholds, search_errors
 from app.api.schemas import RelatedResponse, RelatedTag, TagSuggestion
 from app.query.ast import Tag
 from app.search.details import co_occurrences, sample
@@ -18,8 +18,6 @@ from app.store.db import session_factory
 from app.tagger.vocab import DEFAULT_THRESHOLDS
 
 router = APIRouter(tags=["tags"])
-
-Res = Annotated[Resources, Depends(resources)]
 
 
 def normalise_prefix(text: str) -> str:
@@ -53,7 +51,7 @@ def autocomplete(
 def related(
     res: Res,
     name: Annotated[str, Path(min_length=1, max_length=255)],
-    wanted: Annotated[dict[str, float], Depends(thresholds)],
+    wanted: Thresholds,
     order: Annotated[Literal["frequency", "cosine"], Query()] = "frequency",
     limit: Annotated[int, Query(ge=1, le=500)] = 25,
     sample_size: Annotated[int, Query(alias="sample", ge=10, le=20_000)] = 1000,
