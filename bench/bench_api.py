@@ -30,13 +30,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
-from sqlalchemy import select
 
 from app.search.service import SearchService
 from app.store.aliases import load_aliases
-from app.store.db import create_db_engine, session_factory
-from app.store.models import Tag
-from bench.bench_search import latencies, prepared_database, query_mix
+from app.store.db import create_db_engine
+from bench.bench_search import latencies, prepared_database, query_mix, ranked_tags
 from bench.common import latency_table, machine
 from tests.tiny_models import build_tiny_pixai
 
@@ -98,11 +96,7 @@ def concurrent_rate(clients: int, work: list[object], call: object) -> float:
 
 def search_part(url: str, data_dir: Path, base: str, queries: int, clients: int) -> None:
     engine = create_db_engine(url)
-    with session_factory(engine)() as session:
-        tags = list(
-            session.execute(select(Tag.name, Tag.image_count).order_by(Tag.image_count.desc()))
-        )
-    mix = query_mix([(n, c) for n, c in tags], queries)
+    mix = query_mix(ranked_tags(engine), queries)
     service = SearchService(engine, data_dir, load_aliases(), "memory")
     latencies(service, mix[:50])
     direct = latencies(service, mix)

@@ -25,10 +25,10 @@ import numpy as np
 from sqlalchemy import func, select
 
 from app.store.db import create_db_engine, session_factory
-from app.store.models import Image, Tag
+from app.store.models import Image
 from bench.bench_api import start_server
-from bench.bench_search import prepared_database, query_mix
-from bench.common import machine
+from bench.bench_search import prepared_database, query_mix, ranked_tags
+from bench.common import latency_table, machine
 from tests.tiny_models import build_tiny_pixai
 
 log = logging.getLogger("bench.load")
@@ -107,17 +107,8 @@ async def run_load(base: str, traffic: Traffic, clients: int, seconds: float) ->
         len(errors),
         total / elapsed,
     )
-    log.info("| kind | requests | p50 ms | p99 ms |")
-    log.info("|---|---|---|---|")
-    for kind, values in sorted(results.items()):
-        ms = np.array(values) * 1000
-        log.info(
-            "| %s | %d | %.1f | %.1f |",
-            kind,
-            len(ms),
-            np.percentile(ms, 50),
-            np.percentile(ms, 99),
-        )
+    rows = [(kind, np.array(values) * 1000) for kind, values in sorted(results.items())]
+    latency_table(log, "kind", rows)
     for reason in errors[:10]:
         log.info("error: %s", reason)
 
@@ -153,13 +144,8 @@ def main() -> None:
     url = prepared_database(args.work, args.images, args.database_url)
     backend = url.split(":", 1)[0]
     engine = create_db_engine(url)
+    tags = ranked_tags(engine)
     with session_factory(engine)() as session:
-        tags = [
-            (name, count)
-            for name, count in session.execute(
-                select(Tag.name, Tag.image_count).order_by(Tag.image_count.desc())
-            )
-        ]
         max_id = session.scalar(select(func.max(Image.id))) or 1
     engine.dispose()
     model_dir = build_tiny_pixai(args.work / "tiny-model")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from pyroaring import BitMap
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from app.search import similar
 from app.search.service import SearchRequest, SearchService
@@ -62,6 +62,13 @@ def prepared_database(work: Path, images: int, url: str | None = None) -> str:
         log.info("imported %d images in %.0fs", images, time.perf_counter() - started)
     engine.dispose()
     return url
+
+
+def ranked_tags(engine: Engine) -> list[tuple[str, int]]:
+    """(name, image count) of every tag, most used first: what query_mix draws from."""
+    with session_factory(engine)() as session:
+        statement = select(Tag.name, Tag.image_count).order_by(Tag.image_count.desc())
+        return [(name, count) for name, count in session.execute(statement)]
 
 
 def query_mix(session_tags: list[tuple[str, int]], count: int, seed: int = 0) -> list[str]:
@@ -109,14 +116,7 @@ def latencies(service: SearchService, queries: list[str]) -> np.ndarray:
 
 def tag_queries(url: str, data_dir: Path, queries: int, sql_queries: int) -> None:
     engine = create_db_engine(url)
-    with session_factory(engine)() as session:
-        tags = [
-            (n, c)
-            for n, c in session.execute(
-                select(Tag.name, Tag.image_count).order_by(Tag.image_count.desc())
-            ).all()
-        ]
-    mix = query_mix(tags, queries)
+    mix = query_mix(ranked_tags(engine), queries)
     memory = SearchService(engine, data_dir, load_aliases(), "memory", refresh_seconds=1.0)
     started = time.perf_counter()
     state = memory.current()
