@@ -13,13 +13,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from app.api.errors import ApiError
 from app.api.inference import Inference
 from app.api.metrics import Metrics
 from app.search.service import EmptyIndex, SearchService
 from app.settings import Settings
-from app.store.db import session_factory
 from app.store.roots import library_roots
 from app.store.thumbs import ThumbnailCache
 
@@ -68,10 +68,9 @@ class Resources:
                 log.warning("the database is not answering (%s); retrying", exc.orig or exc)
                 time.sleep(DATABASE_RETRY_SECONDS)
 
-    def roots(self) -> list[str]:
-        with session_factory(self.engine)() as session:
-            indexed = library_roots(session)
-        return [*indexed, *(str(p) for p in self.settings.media_roots)]
+    def roots(self, session: Session) -> list[str]:
+        """The folders files may be served from: those indexed, and SAGASHI_MEDIA_ROOTS."""
+        return [*library_roots(session), *(str(p) for p in self.settings.media_roots)]
 
 
 def resources(request: Request) -> Resources:

@@ -109,11 +109,12 @@ async def image_thumb(image_id: ImageId, request: Request, res: Res) -> Response
 
 
 def _served(res: Resources, image_id: int) -> tuple[Image, Path]:
-    with session_factory(res.engine)() as session:
+    with session_factory(res.engine)() as session:  # one session per file request
         image = image_row(session, image_id)
+        roots = res.roots(session) if image is not None else []
     if image is None:
         raise _missing(image_id)
-    real = resolve_within(image.path, res.roots())
+    real = resolve_within(image.path, roots)
     if real is None:
         if not os.path.exists(image.path):
             raise ApiError(404, "file_missing", f"image {image_id}'s file is gone: {image.path}")
