@@ -11,8 +11,9 @@ from sqlalchemy import Float, and_, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.query import Order
+from app.search.bitmaps import bitmap_of
 from app.search.paging import KeySource, Presorted
-from app.search.postings import PostingEngine, bitmap_of, micros
+from app.search.postings import PostingEngine, micros
 from app.store.models import Image, ImageTag, Tag
 from app.store.repository import chunks
 

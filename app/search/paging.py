@@ -11,7 +11,6 @@ first. ``order:random`` is a shuffle that stays fixed across the pages of one cu
 
 from __future__ import annotations
 
-import array
 import base64
 import binascii
 import json
@@ -22,6 +21,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from app.query import Order
+from app.search.bitmaps import bitmap_of
 
 DEFAULT_ORDER = Order("id", descending=True)
 
@@ -184,8 +184,7 @@ def _page_by_walk(
         chunk_ids, chunk_keys = ids[window], values[window]
         if not forward:
             chunk_ids, chunk_keys = chunk_ids[::-1], chunk_keys[::-1]
-        window_map = BitMap(array.array("I", np.sort(chunk_ids).tobytes()))
-        inside = window_map & matches
+        inside = bitmap_of(chunk_ids) & matches
         keep = np.isin(chunk_ids, np.frombuffer(inside.to_array(), dtype=np.uint32))
         found_ids.append(chunk_ids[keep])
         found_keys.append(chunk_keys[keep])
