@@ -33,8 +33,6 @@ BATCH_WINDOW_SECONDS = 0.004
 class Inferred:
     probs: np.ndarray
     embedding: np.ndarray
-    width: int
-    height: int
 
 
 class MicroBatcher:
@@ -131,4 +129,4 @@ class Inference:
             raise ApiError(415, "bad_image", f"not a decodable image ({code}): {message}")
         assert self._batcher is not None
         probs, embedding = self._batcher.submit(prepared.tensor).result()
-        return Inferred(probs, embedding, prepared.width, prepared.height)
+        return Inferred(probs, embedding)
