@@ -2,6 +2,7 @@
 
     python -m bench.bench_index                 # 16 real images, batch 8, SQLite
     python -m bench.bench_index --images 64 --database-url postgresql://postgres@127.0.0.1/test
+    python -m bench.bench_index --device cuda --images 2048 --batch-size 64
 
 The model is the real-size architecture with random weights (see bench_tagger). The index
 run includes everything a user pays for: the scan, reading and hashing, decoding, the
@@ -17,6 +18,9 @@ import tempfile
 import time
 from itertools import cycle, islice
 from pathlib import Path
+
+import torch
+from sqlalchemy import text
 
 from app.store import migrate
 from app.store.aliases import load_aliases
@@ -35,11 +39,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda")
+    parser.add_argument("--workers", type=int, default=0, help="decode threads (0: all cores)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        tagger = TimmTagger(build_random_pixai(work), device="cpu")
+        tagger = TimmTagger(build_random_pixai(work), device=args.device)
         tagger.load()
         folder = work / "collection"
         folder.mkdir()
@@ -51,7 +57,7 @@ def main() -> None:
         engine = create_db_engine(url)
         options = IndexOptions(
             batch_size=args.batch_size,
-            workers=2,
+            workers=args.workers or torch.get_num_threads(),
             max_pixels=10**9,
             jpeg_draft=True,
             score_floor=0.05,
@@ -64,6 +70,9 @@ def main() -> None:
         summary = Indexer(engine, tagger, options).run([folder])
         rebuild(engine, work / "data", 1)
         indexed = summary.new / (time.perf_counter() - started)
+        with engine.connect() as connection:
+            postings = connection.execute(text("SELECT count(*) FROM image_tags")).scalar_one()
+        log.info("postings stored: %.1f per image", postings / max(summary.new, 1))
         after = bare_forward_rate(tagger, args.batch_size, args.images)
         bare = (before + after) / 2
         log.info(

@@ -14,7 +14,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from app.tagger.batching import lookahead, ordered_map, predict_stacked
 from app.tagger.decode import decode_with_meta
 from app.tagger.errors import ImageDecodeError
 from app.tagger.preprocess import Preprocess
-from app.tagger.protocol import Tagger
+from app.tagger.protocol import Prediction, Tagger
 from indexer.scan import Found, Problem, walk
 
 log = logging.getLogger(__name__)
@@ -108,13 +108,16 @@ class Indexer:
         found: list[Found] = []
         for item in walk(roots):
             (found if isinstance(item, Found) else summary.failures).append(item)  # type: ignore[arg-type]
-        with self.sessions() as session:
+        with (
+            self.sessions() as session,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="sagashi-model") as model,
+        ):
             generation = repo.generation_for_index(session, self.tagger.info)
             tag_map = repo.TagMap.ensure(session, self.tagger.vocab, self.options.aliases)
             add_roots(session, roots)
             session.commit()
             existing = self._existing(session, roots)
-            batch = _Batch(session, generation.id, tag_map, self.options.score_floor)
+            batch = _Batch(session, generation.id, tag_map, self.options.score_floor, model)
             candidates, missing = self._classify(found, existing, generation.id, summary)
             total = len(found)
             done = summary.unchanged
@@ -128,6 +131,7 @@ class Indexer:
                 if progress:
                     progress(done, total)
             batch.flush(self.tagger)
+            batch.drain()
             gone = [row.id for rows in missing.values() for row in rows]
             if gone:
                 repo.mark_deleted(session, gone)
@@ -241,17 +245,31 @@ class Indexer:
         batch.add(loaded, row.id if row is not None else None)
 
 
+Waiting = list[tuple[Loaded, int | None]]
+
+
 class _Batch:
-    """Files waiting for one forward pass and one transaction."""
+    """Files waiting for one forward pass and one transaction.
+
+    The forward of a batch runs in the model thread while the main thread writes the batch
+    before it, so the accelerator is not idle during database work. Writes stay in input
+    order, each batch one transaction."""
 
     def __init__(
-        self, session: Session, generation_id: int, tag_map: repo.TagMap, floor: float
+        self,
+        session: Session,
+        generation_id: int,
+        tag_map: repo.TagMap,
+        floor: float,
+        model: Executor,
     ) -> None:
         self.session = session
         self.generation_id = generation_id
         self.tag_map = tag_map
         self.floor = floor
-        self.to_tag: list[tuple[Loaded, int | None]] = []
+        self.model = model
+        self.to_tag: Waiting = []
+        self.in_flight: tuple[Waiting, Future[Prediction]] | None = None
         self.new = 0
         self.modified = 0
 
@@ -259,21 +277,36 @@ class _Batch:
         self.to_tag.append((loaded, existing_id))
 
     def flush(self, tagger: Tagger) -> None:
-        if self.to_tag:
-            prediction = predict_stacked(tagger, [item.tensor for item, _ in self.to_tag])  # type: ignore[misc]
-            items = []
-            for row, (loaded, existing_id) in enumerate(self.to_tag):
-                tag_ids, scores = self.tag_map.postings(prediction.probs[row], self.floor)
-                stored = repo.Prediction(tag_ids, scores, prediction.embeddings[row])
-                assert loaded.facts is not None
-                items.append((loaded.facts, stored, existing_id))
-                if existing_id is None:
-                    self.new += 1
-                else:
-                    self.modified += 1
-            repo.write_images(self.session, self.generation_id, items)
-            self.to_tag = []
+        """Start the forward of the files waiting, then write the batch before them."""
+        waiting, self.to_tag = self.to_tag, []
+        future = None
+        if waiting:
+            tensors = [item.tensor for item, _ in waiting]
+            future = self.model.submit(predict_stacked, tagger, tensors)  # type: ignore[arg-type]
+        self.drain()
+        if future is not None:
+            self.in_flight = (waiting, future)
+
+    def drain(self) -> None:
+        """Write the batch in flight, if any, and commit what the session holds."""
+        if self.in_flight is not None:
+            waiting, future = self.in_flight
+            self.in_flight = None
+            self._write(waiting, future.result())
         self.session.commit()
+
+    def _write(self, waiting: Waiting, prediction: Prediction) -> None:
+        items = []
+        for row, (loaded, existing_id) in enumerate(waiting):
+            tag_ids, scores = self.tag_map.postings(prediction.probs[row], self.floor)
+            stored = repo.Prediction(tag_ids, scores, prediction.embeddings[row])
+            assert loaded.facts is not None
+            items.append((loaded.facts, stored, existing_id))
+            if existing_id is None:
+                self.new += 1
+            else:
+                self.modified += 1
+        repo.write_images(self.session, self.generation_id, items)
 
 
 def load_candidate(

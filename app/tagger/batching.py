@@ -127,10 +127,16 @@ def lookahead(batch_size: int, workers: int) -> int:
 
 
 def predict_stacked(tagger: Tagger, tensors: list[torch.Tensor]) -> Prediction:
-    batch = torch.stack(tensors)
     device = getattr(tagger, "device", None)
     if isinstance(device, torch.device) and device.type == "cuda":
-        batch = batch.pin_memory()  # lets the copy to the GPU run asynchronously
+        # Stacked straight into page-locked memory: one copy, and the copy to the GPU
+        # runs at full speed.
+        batch = torch.empty(
+            (len(tensors), *tensors[0].shape), dtype=tensors[0].dtype, pin_memory=True
+        )
+        torch.stack(tensors, out=batch)
+    else:
+        batch = torch.stack(tensors)
     return tagger.predict(batch)
 
 
