@@ -433,7 +433,10 @@ def import_(
             stop(run, str(exc))
         except SQLAlchemyError as exc:
             stop(run, str(jobs.database_stop(exc)))
-        jobs.refresh_faiss(engine, settings.data_dir)
+        try:
+            jobs.refresh_faiss(engine, settings.data_dir)
+        except jobs.JobStopped as exc:
+            stop(run, str(exc))
         finish(
             run,
             summary.as_dict(),

@@ -36,7 +36,18 @@ def first_line(exc: BaseException) -> str:
 
 
 def database_stop(exc: SQLAlchemyError) -> JobStopped:
-    return JobStopped(f"database error, stopped cleanly (rerun to resume): {first_line(exc)}")
+    hint = ""
+    name = str(getattr(getattr(exc, "orig", None), "sqlite_errorname", ""))
+    if name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR"):
+        hint = " (SQLite could not write its files: check free disk space)"
+    return JobStopped(f"database error, stopped cleanly (rerun to resume): {first_line(exc)}{hint}")
+
+
+def faiss_stop(exc: vectors.IndexWriteError) -> JobStopped:
+    return JobStopped(
+        f"{exc}; stopped (the database holds every result: free some space and rerun to "
+        "write the index; a reader rebuilds it from the database meanwhile)"
+    )
 
 
 def aliases_of(settings: Settings) -> dict[str, str]:
@@ -66,7 +77,10 @@ def active_generation_id(engine: Engine) -> int | None:
 def refresh_faiss(engine: Engine, data_dir: Path) -> None:
     generation = active_generation_id(engine)
     if generation is not None:
-        vectors.load_fresh(engine, data_dir, generation)
+        try:
+            vectors.load_fresh(engine, data_dir, generation)
+        except vectors.IndexWriteError as exc:
+            raise faiss_stop(exc) from exc
 
 
 def run_index(
@@ -98,6 +112,8 @@ def run_reindex(
         ) from exc
     except SQLAlchemyError as exc:
         raise database_stop(exc) from exc
+    except vectors.IndexWriteError as exc:
+        raise faiss_stop(exc) from exc
     finish(run, summary.as_dict(), [(p.path, p.code, p.message) for p in summary.failures])
     return summary
 
@@ -111,6 +127,8 @@ def run_rebuild_faiss(engine: Engine, settings: Settings, run: Run) -> dict[str,
         index = vectors.rebuild(engine, settings.data_dir, generation)
     except SQLAlchemyError as exc:
         raise database_stop(exc) from exc
+    except vectors.IndexWriteError as exc:
+        raise faiss_stop(exc) from exc
     meta = index.meta
     summary = {"generation": generation, "vectors": meta.count, "kind": meta.kind}
     run.update(meta.count, meta.count)

@@ -214,11 +214,15 @@ class SearchService:
         a newer file. Until then the older one serves, filtered by the live images."""
         version = index_version(session, state.generation_id)
         if state.index is None:
-            state.index = vectors.load_fresh(self.engine, self.data_dir, state.generation_id)
+            state.index = vectors.load_fresh(
+                self.engine, self.data_dir, state.generation_id, keep_unwritten=True
+            )
         elif version != state.index.meta.version:
             meta = vectors.read_meta(self.data_dir, state.generation_id)
             if meta is not None and meta.version == version:
-                state.index = vectors.load_fresh(self.engine, self.data_dir, state.generation_id)
+                state.index = vectors.load_fresh(
+                    self.engine, self.data_dir, state.generation_id, keep_unwritten=True
+                )
         return state.index
 
     def _similar(

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +41,15 @@ class IndexMeta:
     dim: int
     kind: str
     params: dict[str, Any]
+
+
+class IndexWriteError(Exception):
+    """The index was built but could not be written (a full disk, say). ``built`` holds it,
+    correct and usable from memory; the file on disk is left as it was."""
+
+    def __init__(self, message: str, built: FaissIndex | None = None) -> None:
+        super().__init__(message)
+        self.built = built
 
 
 class VectorIndex(Protocol):
@@ -202,7 +212,10 @@ def rebuild(engine: Engine, data_dir: Path, generation_id: int) -> FaissIndex:
     if kind == "ivf":
         params = {**params, **calibrate(index, vectors)}
     meta = IndexMeta(generation_id, version, len(ids), dim, kind, params)
-    write_atomically(index, meta, data_dir)
+    try:
+        write_atomically(index, meta, data_dir)
+    except IndexWriteError as exc:
+        raise IndexWriteError(str(exc), FaissIndex(index, meta)) from exc.__cause__
     log.info("built %s FAISS index of %d vectors for generation %d", kind, len(ids), generation_id)
     return FaissIndex(index, meta)
 
@@ -215,16 +228,29 @@ def write_atomically(index: Any, meta: IndexMeta, data_dir: Path) -> None:
 
 
 def _replace(target: Path, write: Any) -> None:
-    fd, temp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise IndexWriteError(f"cannot write the FAISS index {target}: {_reason(exc)}") from exc
     try:
         write(temp)
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, target)
+    except (OSError, RuntimeError) as exc:  # FAISS reports its failed writes as RuntimeError
+        raise IndexWriteError(f"cannot write the FAISS index {target}: {_reason(exc)}") from exc
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    # FAISS ends its message with the system's reason in parentheses: "... (File too large)".
+    found = re.search(r"\(([^()]+)\)\s*$", str(exc))
+    return found.group(1) if found else str(exc).strip().splitlines()[0]
 
 
 def read_meta(data_dir: Path, generation_id: int) -> IndexMeta | None:
@@ -236,8 +262,12 @@ def read_meta(data_dir: Path, generation_id: int) -> IndexMeta | None:
         return None
 
 
-def load_fresh(engine: Engine, data_dir: Path, generation_id: int) -> FaissIndex:
-    """The generation's index from disk when it matches the database, else rebuilt."""
+def load_fresh(
+    engine: Engine, data_dir: Path, generation_id: int, keep_unwritten: bool = False
+) -> FaissIndex:
+    """The generation's index from disk when it matches the database, else rebuilt.
+    With ``keep_unwritten`` (a server), a rebuilt index that cannot be written is still
+    returned, to serve from memory, instead of raising :class:`IndexWriteError`."""
     meta = read_meta(data_dir, generation_id)
     with session_factory(engine)() as session:
         version = index_version(session, generation_id)
@@ -251,4 +281,10 @@ def load_fresh(engine: Engine, data_dir: Path, generation_id: int) -> FaissIndex
             log.warning("FAISS index %s is unreadable; rebuilding", index_path)
     else:
         log.info("FAISS index for generation %d is stale or missing; rebuilding", generation_id)
-    return rebuild(engine, data_dir, generation_id)
+    try:
+        return rebuild(engine, data_dir, generation_id)
+    except IndexWriteError as exc:
+        if not keep_unwritten or exc.built is None:
+            raise
+        log.warning("%s; serving the rebuilt index from memory", exc)
+        return exc.built
