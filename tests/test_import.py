@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from indexer.importer import (
     Importer,
     ImportError_,
     ImportOptions,
+    Row,
     _validate_tags,
     _validate_tags_exactly,
     read_rows,
@@ -224,3 +226,38 @@ def test_cli_import(tmp_path: Path) -> None:
 def test_fast_tag_validation_agrees_with_the_exact_one(tags: dict[str, float]) -> None:
     options = ImportOptions("m", None, {"doughnut": "donut"}, 0.05, strict=False)
     assert _validate_tags(tags, options, set()) == _validate_tags_exactly(tags, options, set())
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_import_keeps_whole_commits_and_a_rerun_finishes_it(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    source = write_jsonl(tmp_path / "p.jsonl", [record(i) for i in range(20)])
+    options = ImportOptions(
+        "cluster-pixai", None, load_aliases(), 0.05, False, batch_size=2, commit_every=6
+    )
+
+    def until_row_15() -> Iterator[Row]:
+        for row in read_rows(source, None):
+            if row.number == 15:
+                raise Interrupted  # the input stops mid-import, as a killed reader would
+            yield row
+
+    engine = create_db_engine(migrated_url)
+    with pytest.raises(Interrupted):
+        Importer(engine, options).run(until_row_15())
+    kept = snapshot(engine)
+    # Batches of 2 are committed every 6 rows: rows 1-12 are in, 13-14 were rolled back.
+    assert sorted(kept) == [f"/cluster/img/{i:03d}.jpg" for i in range(12)]
+    assert all(state["tags"] and state["vector"] is not None for state in kept.values())
+
+    summary = Importer(engine, options).run(read_rows(source, None))
+    assert (summary.new, summary.updated, summary.failed) == (8, 12, 0)
+    final = snapshot(engine)
+    engine.dispose()
+    assert sorted(final) == [f"/cluster/img/{i:03d}.jpg" for i in range(20)]
+    for path, state in kept.items():  # updated in place: same ids, same content
+        assert final[path] == state

@@ -229,3 +229,27 @@ def test_empty_vocabulary_names_are_never_stored(migrated_url: str) -> None:
     assert "" not in names
     assert len(tag_ids) == 2 and sorted(scores.tolist()) == [0.5, pytest.approx(0.9)]
     engine.dispose()
+
+
+def _posting_keys(url: str) -> set[str]:
+    from sqlalchemy import inspect
+
+    engine = create_db_engine(url)
+    try:
+        return {fk["referred_table"] for fk in inspect(engine).get_foreign_keys("image_tags")}
+    finally:
+        engine.dispose()
+
+
+def test_postings_keep_foreign_keys_on_sqlite_only_and_the_migration_reverses(
+    migrated_url: str,
+) -> None:
+    from app.store import migrate
+
+    all_keys = {"model_generations", "tags", "images"}
+    sqlite = migrated_url.startswith("sqlite")
+    assert _posting_keys(migrated_url) == (all_keys if sqlite else set())
+    migrate.downgrade(migrated_url, "0004")
+    assert _posting_keys(migrated_url) == all_keys
+    migrate.upgrade(migrated_url)
+    assert _posting_keys(migrated_url) == (all_keys if sqlite else set())

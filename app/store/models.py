@@ -111,7 +111,9 @@ class Tag(Base):
 
 class ImageTag(Base):
     """The inverted table. Clustered by (generation, tag, score, image) so the postings of
-    one tag are read in score order and any threshold is a contiguous range."""
+    one tag are read in score order and any threshold is a contiguous range. The foreign
+    keys below exist on SQLite only: PostgreSQL checks each one per inserted row, which made
+    bulk loads 4x slower (migration 0005)."""
 
     __tablename__ = "image_tags"
 
