@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -71,15 +72,23 @@ def index_until_killed(root: Path, env: dict[str, str], url: str, kill_at: int) 
     return process.returncode, live_count(url)
 
 
-def finish(root: Path, env: dict[str, str]) -> None:
-    result = subprocess.run(
+def index_run(
+    root: Path, env: dict[str, str], preexec_fn: Callable[[], None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """One ``sagashi index`` run to its end, output captured."""
+    return subprocess.run(
         [SAGASHI, "index", str(root)],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
+        preexec_fn=preexec_fn,
         check=False,
     )
+
+
+def finish(root: Path, env: dict[str, str]) -> None:
+    result = index_run(root, env)
     assert result.returncode == 0, result.stderr
 
 

@@ -22,7 +22,13 @@ from app.store import migrate, vectors
 from app.store.db import create_db_engine, session_factory
 from app.store.repository import active_generation
 from tests.index_helpers import make_image, snapshot
-from tests.test_index_crash import SAGASHI, assert_same_index, environment, faiss_state, finish
+from tests.test_index_crash import (
+    assert_same_index,
+    environment,
+    faiss_state,
+    finish,
+    index_run,
+)
 
 IMAGES = 96
 
@@ -75,15 +81,7 @@ def index_with_file_limit(
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    return subprocess.run(
-        [SAGASHI, "index", str(root)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        preexec_fn=limited,
-        check=False,
-    )
+    return index_run(root, env, preexec_fn=limited)
 
 
 def test_a_failed_write_stops_the_run_cleanly_and_a_rerun_resumes(
