@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -32,8 +32,7 @@ from app.store.jobs import failure_records, get_job, job_record, recent_jobs
 from app.store.locks import WriterBusy
 from app.store.migrate import SchemaMismatch, check_schema
 from app.store.repository import GenerationIdentity, GenerationMismatch, active_generation
-from app.tagger import ModelLoadError, OutputPolicy, TimmTagger
-from app.tagger.batching import TagOutcome, tag_sources
+from app.tagger import ModelLoadError, OutputPolicy
 from app.tagger.caption import format_caption
 from app.tagger.fetch import PUBLISHED, FetchError, fetch_model
 from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary, load_wd_vocabulary
@@ -46,6 +45,10 @@ from indexer.progress import progress_bar, rate_text
 from indexer.reindex import ReindexError, drop_generation, list_generations
 from indexer.runs import Run, abort, finish, tracked
 from indexer.scan import iter_image_paths
+
+if TYPE_CHECKING:  # torch and timm load only in the commands that run a model
+    from app.tagger import TimmTagger
+    from app.tagger.batching import TagOutcome
 
 log = logging.getLogger("sagashi")
 
@@ -108,6 +111,8 @@ def load_settings(**overrides: object) -> Settings:
 def load_tagger(settings: Settings) -> TimmTagger:
     if settings.model_dir is None:
         fail("no model directory: pass --model-dir DIR or set SAGASHI_MODEL_DIR")
+    from app.tagger import TimmTagger
+
     tagger = TimmTagger(settings.model_dir, settings.device, settings.effective_torch_threads())
     try:
         tagger.load()
@@ -220,6 +225,8 @@ class OutputView:
 def _tag_and_print(
     tagger: TimmTagger, files: list[Path], settings: Settings, view: OutputView
 ) -> int:
+    from app.tagger.batching import tag_sources
+
     started = time.perf_counter()
     errors: Counter[str] = Counter()
     outcomes = tag_sources(
@@ -645,6 +652,8 @@ def search(
 
 def query_embedding(engine: Engine, settings: Settings, image: Path) -> Any:
     """The embedding of a query image, by the model that built the index."""
+    from app.tagger.batching import tag_sources
+
     tagger = load_tagger(settings)
     with session_factory(engine)() as session:
         active = active_generation(session)

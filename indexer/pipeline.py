@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,9 @@ from app.tagger.errors import ImageDecodeError
 from app.tagger.preprocess import Preprocess
 from app.tagger.protocol import Prediction, Tagger
 from indexer.scan import Found, Problem, walk
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 

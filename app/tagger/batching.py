@@ -13,15 +13,17 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 
 from app.tagger.decode import decode_image
 from app.tagger.errors import ImageDecodeError
 from app.tagger.preprocess import Preprocess
 from app.tagger.protocol import Prediction, Tagger
+
+if TYPE_CHECKING:
+    import torch
 
 Source = str | os.PathLike[str] | bytes
 T = TypeVar("T")
@@ -127,6 +129,8 @@ def lookahead(batch_size: int, workers: int) -> int:
 
 
 def predict_stacked(tagger: Tagger, tensors: list[torch.Tensor]) -> Prediction:
+    import torch  # the tensors exist, so torch is loaded already
+
     device = getattr(tagger, "device", None)
     if isinstance(device, torch.device) and device.type == "cuda":
         # Stacked straight into page-locked memory: one copy, and the copy to the GPU

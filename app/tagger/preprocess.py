@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 ResizeMode = Literal["stretch", "pad"]
 ChannelOrder = Literal["RGB", "BGR"]
@@ -78,6 +80,8 @@ class Preprocess:
         pixels /= np.asarray(self.std, dtype=np.float32)
         if self.channel_order == "BGR":
             pixels = pixels[:, :, ::-1]
+        import torch  # lazily: the modules that only read a Preprocess start without torch
+
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 

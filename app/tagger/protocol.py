@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
 from app.tagger.preprocess import Preprocess
 from app.tagger.vocab import TagVocabulary
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
