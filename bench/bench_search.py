@@ -26,6 +26,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import faiss
 import numpy as np
 from pyroaring import BitMap
 from sqlalchemy import Engine, func, select
@@ -149,7 +150,21 @@ def tag_queries(url: str, data_dir: Path, queries: int, sql_queries: int) -> Non
     engine.dispose()
 
 
-def knn(url: str, data_dir: Path, queries: int) -> None:
+def older_layout(
+    index: vectors.FaissIndex, data: np.ndarray, ids: np.ndarray
+) -> vectors.FaissIndex:
+    """The same trained IVF laid out as before 2026-11-28 (positions in the lists, image ids
+    in an IndexIDMap2 around them): the same-run baseline of --baseline."""
+    started = time.perf_counter()
+    inner = faiss.clone_index(faiss.extract_index_ivf(index.index))
+    inner.reset()
+    wrapped = faiss.IndexIDMap2(inner)
+    wrapped.add_with_ids(data, ids)
+    log.info("older layout built in %.0fs", time.perf_counter() - started)
+    return vectors.FaissIndex(wrapped, index.meta)
+
+
+def knn(url: str, data_dir: Path, queries: int, baseline: bool = False) -> None:
     engine = create_db_engine(url)
     started = time.perf_counter()
     index = vectors.load_fresh(engine, data_dir, 1)
@@ -164,16 +179,18 @@ def knn(url: str, data_dir: Path, queries: int) -> None:
     if index.meta.kind == "ivf" and "calibrated_recall" not in index.meta.params:
         # A file built before calibration: calibrate it as 'rebuild' now does.
         started = time.perf_counter()
-        params = {**index.meta.params, **vectors.calibrate(index.index, data)}
+        params = {**index.meta.params, **vectors.calibrate(index.index, data, ids)}
         index = vectors.FaissIndex(index.index, replace(index.meta, params=params))
         log.info("calibrated in %.0fs: %s", time.perf_counter() - started, params)
     live = BitMap(ids.tolist())
+    older = older_layout(index, data, ids) if baseline and index.meta.kind == "ivf" else None
     rng = np.random.default_rng(0)
     log.info(
         "| selectivity | matching | plan | recall@10 | p50 ms | QPS "
-        "| numpy score-all+mask QPS | numpy gathered QPS | speed-up vs score-all |"
+        "| numpy score-all+mask QPS | numpy gathered QPS | speed-up vs score-all "
+        "| older layout p50 ms | older recall@10 |"
     )
-    log.info("|---|---|---|---|---|---|---|---|---|")
+    log.info("|---|---|---|---|---|---|---|---|---|---|---|")
     mask = np.zeros(len(ids), dtype=bool)
     for share in SELECTIVITIES:
         size = max(10, int(share * len(ids)))
@@ -183,12 +200,21 @@ def knn(url: str, data_dir: Path, queries: int) -> None:
         mask[:] = False
         mask[chosen] = True
         recall, times, exact_times, naive_times, strategy = [], [], [], [], ""
-        for q in picks:
+        older_times, older_found, older_recall = [], [], []
+        for turn, q in enumerate(picks):
             query = data[q]
-            started = time.perf_counter()
-            found, plan = similar.nearest(index, query, 10, allowed, live)
-            times.append(time.perf_counter() - started)
-            strategy = plan.strategy
+            # The two layouts take turns going first, so neither gets the other's warm caches.
+            for layout in (index, older) if turn % 2 else (older, index):
+                if layout is None:
+                    continue
+                started = time.perf_counter()
+                hits, plan = similar.nearest(layout, query, 10, allowed, live)
+                if layout is index:
+                    times.append(time.perf_counter() - started)
+                    found, strategy = hits, plan.strategy
+                else:
+                    older_times.append(time.perf_counter() - started)
+                    older_found.append(hits)
             started = time.perf_counter()
             members = data[chosen] if allowed is not None else data
             scores = members @ query
@@ -200,9 +226,11 @@ def knn(url: str, data_dir: Path, queries: int) -> None:
             np.argpartition(-every, 9)[:10]
             naive_times.append(time.perf_counter() - started)
             recall.append(len(exact & {i for i, _ in found}) / 10)
+            if older_found:
+                older_recall.append(len(exact & {i for i, _ in older_found[-1]}) / 10)
         t, e, n = np.array(times), np.array(exact_times), np.array(naive_times)
         log.info(
-            "| %s%% | %d | %s | %.3f | %.2f | %.0f | %.0f | %.0f | %.1fx |",
+            "| %s%% | %d | %s | %.3f | %.2f | %.0f | %.0f | %.0f | %.1fx | %s | %s |",
             f"{share * 100:g}",
             size if allowed is not None else len(ids),
             strategy,
@@ -212,6 +240,8 @@ def knn(url: str, data_dir: Path, queries: int) -> None:
             1 / n.mean(),
             1 / e.mean(),
             n.mean() / t.mean(),
+            f"{np.percentile(older_times, 50) * 1000:.2f}" if older_times else "-",
+            f"{np.mean(older_recall):.3f}" if older_recall else "-",
         )
 
 
@@ -223,6 +253,9 @@ def main() -> None:
     parser.add_argument("--knn-queries", type=int, default=100, help="per selectivity")
     parser.add_argument("--work", type=Path, default=Path("/tmp/sagashi-bench"))
     parser.add_argument("--only", choices=["tags", "knn"], default=None, help="one part only")
+    parser.add_argument(
+        "--baseline", action="store_true", help="kNN: also time the older IVF layout, same run"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -233,7 +266,7 @@ def main() -> None:
     if args.only in (None, "tags"):
         tag_queries(url, data_dir, args.queries, min(args.sql_queries, args.queries))
     if args.only in (None, "knn"):
-        knn(url, data_dir, args.knn_queries)
+        knn(url, data_dir, args.knn_queries, args.baseline)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 from sqlalchemy import func, select
@@ -104,10 +103,10 @@ def faiss_state(url: str, data_dir: Path) -> dict[str, np.ndarray]:
                     select(Image.id, Image.path).where(Image.deleted_at.is_(None))
                 ).all()
             )
-        index = vectors.load_fresh(engine, data_dir, generation.id).index
-        ids = faiss.vector_to_array(index.id_map).tolist()
-        assert sorted(ids) == sorted(paths), "FAISS ids must be exactly the live image ids"
-        return {paths[i]: index.reconstruct(i) for i in ids}
+        index = vectors.load_fresh(engine, data_dir, generation.id)
+        ids = vectors.stored_ids(index.index)
+        assert sorted(ids.tolist()) == sorted(paths), "FAISS ids must be exactly the live images"
+        return dict(zip([paths[i] for i in ids.tolist()], index.reconstruct(ids), strict=True))
     finally:
         engine.dispose()
 

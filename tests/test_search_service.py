@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
+import faiss
 import numpy as np
 import pytest
 from pyroaring import BitMap
@@ -145,14 +147,33 @@ def _clustered_vectors(rng: np.random.Generator, count: int, dim: int) -> np.nda
     return vectors_ / np.linalg.norm(vectors_, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize(("kind", "nlist"), [("flat", 0), ("ivf", 200), ("ivf", 20)])
-def test_filtered_knn_returns_only_matches_with_high_recall(kind: str, nlist: int) -> None:
+def _as_older_file(ivf: Any, data: np.ndarray, ids: np.ndarray) -> Any:
+    """The same trained IVF laid out as files written before 2026-11-28: positions in the
+    lists, image ids in an IndexIDMap2 around them."""
+    inner = faiss.clone_index(ivf)
+    inner.reset()
+    wrapped = faiss.IndexIDMap2(inner)
+    wrapped.add_with_ids(data, ids)
+    return wrapped
+
+
+@pytest.mark.parametrize(
+    ("kind", "nlist", "older"),
+    [("flat", 0, False), ("ivf", 200, False), ("ivf", 20, False), ("ivf", 200, True)],
+    ids=["flat", "ivf-200", "ivf-20", "ivf-200-older-file"],
+)
+def test_filtered_knn_returns_only_matches_with_high_recall(
+    kind: str, nlist: int, older: bool
+) -> None:
     rng = np.random.default_rng(0)
     count, dim = 20_000, 32
     data = _clustered_vectors(rng, count, dim)
     ids = np.arange(1, count + 1, dtype=np.int64)
     params = {} if kind == "flat" else {"nlist": nlist, "nprobe": 8}
     built = vectors.build_index(data, ids, kind, params)
+    if older:
+        built = _as_older_file(built, data, ids)
+    assert sorted(vectors.stored_ids(built).tolist()) == ids.tolist()
     index = vectors.FaissIndex(built, vectors.IndexMeta(1, 0, count, dim, kind, params))
     live = BitMap(ids.tolist())
     recalls = {}
@@ -287,7 +308,7 @@ def test_ivf_nprobe_is_calibrated_to_the_target_recall() -> None:
     data = _clustered_vectors(rng, count, dim)
     ids = np.arange(1, count + 1, dtype=np.int64)
     built = vectors.build_index(data, ids, "ivf", {"nlist": 200, "nprobe": 8})
-    found = vectors.calibrate(built, data)
+    found = vectors.calibrate(built, data, ids)
     assert 8 <= found["nprobe"] < 200 and found["calibrated_recall"] >= vectors.TARGET_RECALL
     # Fresh queries (not the calibration sample) reach about the same recall.
     index = vectors.FaissIndex(

@@ -1,10 +1,15 @@
 """The FAISS index: derived from the ``embeddings`` table, rebuildable at any time.
 
-FAISS ids are image ids (an IndexIDMap2). The index type follows the collection's size:
-exact inner product (cosine on L2-normalised vectors) below ``FLAT_LIMIT`` images, IVF
-above it, with its parameters recorded beside the file. Files are written atomically
-(temporary file, then rename), index first and its JSON sidecar last, so a reader that
-finds a sidecar finds the index it describes.
+FAISS ids are image ids. The index type follows the collection's size: exact inner product
+(cosine on L2-normalised vectors, in an IndexIDMap2) below ``FLAT_LIMIT`` images, IVF above
+it, with its parameters recorded beside the file. The IVF lists hold the image ids
+themselves, with no IndexIDMap2 around them: a filtered search then checks its id selector
+on each listed id directly instead of translating every position through the id map
+(docs/benchmarks.md: filtered searches at 1% of 1M images). Files written before that, IVF
+inside an IndexIDMap2, still load and search the same.
+
+Files are written atomically (temporary file, then rename), index first and its JSON
+sidecar last, so a reader that finds a sidecar finds the index it describes.
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ class FaissIndex:
     def contains(self, image_ids: np.ndarray) -> np.ndarray:
         """A mask of the image ids that the index holds (it may lag the database)."""
         if self._ids is None:
-            self._ids = np.sort(faiss.vector_to_array(self.index.id_map))
+            self._ids = np.sort(stored_ids(self.index))
         if not len(self._ids):
             return np.zeros(len(image_ids), dtype=bool)
         pos = np.minimum(np.searchsorted(self._ids, image_ids), len(self._ids) - 1)
@@ -79,8 +84,13 @@ class FaissIndex:
         """The stored vectors of these image ids (each must be in the index)."""
         if not self._ready_to_reconstruct:
             if self.meta.kind != "flat":
-                # IVF lists need a map from position to (list, offset) to fetch one vector.
-                faiss.extract_index_ivf(self.index.index).make_direct_map()
+                # IVF lists need a map from id (or position) to (list, offset) to fetch one
+                # vector: a hash table where the lists hold image ids, an array otherwise.
+                ivf = faiss.extract_index_ivf(self.index)
+                if hasattr(self.index, "id_map"):
+                    ivf.make_direct_map()
+                else:
+                    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
             self._ready_to_reconstruct = True
         vectors: np.ndarray = self.index.reconstruct_batch(np.asarray(image_ids, dtype=np.int64))
         return vectors
@@ -106,6 +116,7 @@ def choose_kind(count: int) -> tuple[str, dict[str, Any]]:
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, params: dict[str, Any]) -> Any:
     dim = vectors.shape[1]
+    index: Any
     if kind == "flat":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     else:
@@ -114,7 +125,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, params: dict[st
         sample = vectors[np.random.default_rng(0).permutation(len(vectors))[: params["nlist"] * 64]]
         ivf.train(sample)
         ivf.nprobe = params["nprobe"]
-        index = faiss.IndexIDMap2(ivf)
+        index = ivf
     if len(ids):
         index.add_with_ids(vectors, ids.astype(np.int64))
     return index
@@ -125,7 +136,22 @@ TARGET_RECALL = 0.97
 CALIBRATION_QUERIES = 64
 
 
-def calibrate(index: Any, vectors: np.ndarray) -> dict[str, Any]:
+def stored_ids(index: Any) -> np.ndarray:
+    """Every image id the index holds: from the id map around a flat index (or an older IVF
+    file), else from the IVF lists themselves."""
+    if hasattr(index, "id_map"):
+        mapped: np.ndarray = faiss.vector_to_array(index.id_map)
+        return mapped
+    invlists: Any = faiss.extract_index_ivf(index).invlists
+    parts = [
+        faiss.rev_swig_ptr(invlists.get_ids(i), size).copy()
+        for i in range(invlists.nlist)
+        if (size := invlists.list_size(i))
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def calibrate(index: Any, vectors: np.ndarray, ids: np.ndarray) -> dict[str, Any]:
     """The fewest IVF lists to probe for recall@10 >= TARGET_RECALL on sample queries drawn
     from the collection itself, against an exact search. How many lists the true neighbours
     span depends on the data, not only on its size (1/16 of the lists gave 0.95 at 100k
@@ -136,7 +162,6 @@ def calibrate(index: Any, vectors: np.ndarray) -> dict[str, Any]:
     picks = rng.choice(len(vectors), min(CALIBRATION_QUERIES, len(vectors)), replace=False)
     queries = np.ascontiguousarray(vectors[picks])
     exact = _exact_top(vectors, queries, 10)
-    external = faiss.vector_to_array(index.id_map)
     nprobe, recall = ivf.nlist, 1.0
     for candidate in (8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512):
         if candidate >= ivf.nlist:
@@ -144,7 +169,7 @@ def calibrate(index: Any, vectors: np.ndarray) -> dict[str, Any]:
         params = faiss.SearchParametersIVF(nprobe=candidate)  # type: ignore[call-arg]
         _scores, found = index.search(queries, 10, params=params)
         hits = sum(
-            len(set(row.tolist()) & set(external[truth].tolist()))
+            len(set(row.tolist()) & set(ids[truth].tolist()))
             for row, truth in zip(found, exact, strict=True)
         )
         recall = hits / exact.size
@@ -210,7 +235,7 @@ def rebuild(engine: Engine, data_dir: Path, generation_id: int) -> FaissIndex:
     kind, params = choose_kind(len(ids))
     index = build_index(vectors, ids, kind, params)
     if kind == "ivf":
-        params = {**params, **calibrate(index, vectors)}
+        params = {**params, **calibrate(index, vectors, ids)}
     meta = IndexMeta(generation_id, version, len(ids), dim, kind, params)
     try:
         write_atomically(index, meta, data_dir)
