@@ -148,10 +148,12 @@ def _clustered_vectors(rng: np.random.Generator, count: int, dim: int) -> np.nda
 
 
 def _as_older_file(ivf: Any, data: np.ndarray, ids: np.ndarray) -> Any:
-    """The same trained IVF laid out as files written before 2026-11-28: positions in the
-    lists, image ids in an IndexIDMap2 around them."""
-    inner = faiss.clone_index(ivf)
-    inner.reset()
+    """The same trained lists laid out as files written before 2026-11-28: float32 vectors,
+    positions in the lists, image ids in an IndexIDMap2 around them."""
+    inner = faiss.IndexIVFFlat(
+        faiss.clone_index(ivf.quantizer), ivf.d, ivf.nlist, faiss.METRIC_INNER_PRODUCT
+    )
+    inner.is_trained = True
     wrapped = faiss.IndexIDMap2(inner)
     wrapped.add_with_ids(data, ids)
     return wrapped
@@ -204,6 +206,20 @@ def test_filtered_knn_returns_only_matches_with_high_recall(
     assert min(recalls.values()) >= 0.95, recalls
     if nlist == 20:  # few lists: a 30% filter asks for all of them
         assert "exhaustive" in strategies, strategies
+
+
+def test_ivf_holds_the_stored_float16_vectors_exactly_in_half_the_bytes() -> None:
+    rng = np.random.default_rng(2)
+    stored = _clustered_vectors(rng, 5_000, 64).astype(np.float16)  # as the database holds
+    data = stored.astype(np.float32)
+    ids = np.arange(10, 5_010, dtype=np.int64)
+    built = vectors.build_index(data, ids, "ivf", {"nlist": 50, "nprobe": 50})
+    index = vectors.FaissIndex(built, vectors.IndexMeta(1, 0, 5_000, 64, "ivf", {}))
+    picks = np.array([10, 11, 2_500, 5_009])
+    np.testing.assert_array_equal(index.reconstruct(picks), data[picks - 10])
+    assert built.code_size == 64 * 2
+    scores, found = built.search(data[:1], 1)
+    assert found[0, 0] == 10 and scores[0, 0] == pytest.approx(float(data[0] @ data[0]), abs=1e-5)
 
 
 def test_deleted_images_never_come_back_from_a_stale_index(tmp_path: Path) -> None:

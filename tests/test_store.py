@@ -196,7 +196,7 @@ def test_faiss_index_is_rebuilt_when_stale(migrated_url: str, tmp_path: Path) ->
 def test_choose_kind_by_collection_size() -> None:
     assert vectors.choose_kind(99_999) == ("flat", {})
     kind, params = vectors.choose_kind(1_000_000)
-    assert kind == "ivf" and params == {"nlist": 4000, "nprobe": 250}
+    assert kind == "ivf" and params == {"nlist": 4000, "nprobe": 250, "codes": "fp16"}
 
 
 def test_alias_file_errors(tmp_path: Path) -> None:
