@@ -15,7 +15,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
  && rm -rf /var/lib/apt/lists/* \
  && ln -sf /usr/bin/python3.11 /usr/local/bin/python
-ENV TORCH_INDEX=https://download.pytorch.org/whl/cu128 EXTRAS=postgres,gpu
+# FAISS stays faiss-cpu here too: searches and index builds run on the CPU (README).
+ENV TORCH_INDEX=https://download.pytorch.org/whl/cu128 EXTRAS=postgres
 
 FROM base-${VARIANT} AS final
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
