@@ -25,6 +25,7 @@ import resource
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -150,19 +151,25 @@ def tag_queries(url: str, data_dir: Path, queries: int, sql_queries: int) -> Non
     engine.dispose()
 
 
-def older_layout(
-    index: vectors.FaissIndex, data: np.ndarray, ids: np.ndarray
-) -> vectors.FaissIndex:
-    """The index as built before 2026-11-28, on the same trained lists: float32 vectors
-    (IndexIVFFlat), positions in the lists and image ids in an IndexIDMap2 around them. The
-    same-run baseline of --baseline."""
-    started = time.perf_counter()
-    ivf = faiss.extract_index_ivf(index.index)
+def older_ivf(index: Any, data: np.ndarray, ids: np.ndarray) -> Any:
+    """An IVF index laid out as files written before 2026-11-28, on the same trained lists:
+    float32 vectors (IndexIVFFlat), positions in the lists and image ids in an IndexIDMap2
+    around them. Also what tests/test_search_service.py checks older files against."""
+    ivf = faiss.extract_index_ivf(index)
     quantizer = faiss.clone_index(ivf.quantizer)
     inner = faiss.IndexIVFFlat(quantizer, ivf.d, ivf.nlist, faiss.METRIC_INNER_PRODUCT)
     inner.is_trained = True  # the coarse centroids are the new index's: nothing else to train
     wrapped = faiss.IndexIDMap2(inner)
     wrapped.add_with_ids(data, ids)
+    return wrapped
+
+
+def older_layout(
+    index: vectors.FaissIndex, data: np.ndarray, ids: np.ndarray
+) -> vectors.FaissIndex:
+    """The same-run baseline of --baseline: :func:`older_ivf` of the index just loaded."""
+    started = time.perf_counter()
+    wrapped = older_ivf(index.index, data, ids)
     log.info("older layout built in %.0fs", time.perf_counter() - started)
     return vectors.FaissIndex(wrapped, index.meta)
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
-import faiss
 import numpy as np
 import pytest
 from pyroaring import BitMap
@@ -21,6 +19,7 @@ from app.store import repository as repo
 from app.store import vectors
 from app.store.db import create_db_engine, session_factory
 from app.tagger.vocab import GROUP_CODE
+from bench.bench_search import older_ivf
 from tests.search_helpers import ATTRIBUTES, build_index
 from tests.test_search_sql import GROUPS, random_images
 
@@ -147,18 +146,6 @@ def _clustered_vectors(rng: np.random.Generator, count: int, dim: int) -> np.nda
     return vectors_ / np.linalg.norm(vectors_, axis=1, keepdims=True)
 
 
-def _as_older_file(ivf: Any, data: np.ndarray, ids: np.ndarray) -> Any:
-    """The same trained lists laid out as files written before 2026-11-28: float32 vectors,
-    positions in the lists, image ids in an IndexIDMap2 around them."""
-    inner = faiss.IndexIVFFlat(
-        faiss.clone_index(ivf.quantizer), ivf.d, ivf.nlist, faiss.METRIC_INNER_PRODUCT
-    )
-    inner.is_trained = True
-    wrapped = faiss.IndexIDMap2(inner)
-    wrapped.add_with_ids(data, ids)
-    return wrapped
-
-
 @pytest.mark.parametrize(
     ("kind", "nlist", "older"),
     [("flat", 0, False), ("ivf", 200, False), ("ivf", 20, False), ("ivf", 200, True)],
@@ -174,7 +161,7 @@ def test_filtered_knn_returns_only_matches_with_high_recall(
     params = {} if kind == "flat" else {"nlist": nlist, "nprobe": 8}
     built = vectors.build_index(data, ids, kind, params)
     if older:
-        built = _as_older_file(built, data, ids)
+        built = older_ivf(built, data, ids)  # as files written before 2026-11-28
     assert sorted(vectors.stored_ids(built).tolist()) == ids.tolist()
     index = vectors.FaissIndex(built, vectors.IndexMeta(1, 0, count, dim, kind, params))
     live = BitMap(ids.tolist())
