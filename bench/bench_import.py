@@ -2,32 +2,39 @@
 
     python -m bench.bench_import --images 100000                     # SQLite
     python -m bench.bench_import --images 1000000 --database-url postgresql+psycopg://postgres@127.0.0.1/test
-    python -m bench.bench_import --images 100000 --baseline   # the previous settings first
+    python -m bench.bench_import --images 100000 --baseline   # the previous code's way first
 
 Generates the synthetic predictions (bench/synthetic.py, JSONL + row-aligned .npy, real
 PixAI tag frequencies, ~60 tags per image) once into --work, then times the import alone:
 parsing, validation, alias normalisation and every database write. The FAISS build that
-follows an import is timed separately.
+follows an import is timed separately (--no-faiss skips it).
+
+--baseline first imports the same data as the code before 2026-11-28 (second session) did,
+into a fresh database in the same run: the file read in the importer's own process and, on
+SQLite, 4 KiB pages. --split adds a run with 16 KiB pages still read in-process, to tell the
+two changes apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import time
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
 from app.store import migrate
 from app.store.aliases import load_aliases
-from app.store.db import create_db_engine
+from app.store.db import SQLITE_PAGE_SIZE, create_db_engine
 from app.store.vectors import rebuild
 from app.tagger.vocab import load_pixai_vocabulary
 from bench.common import machine
 from bench.synthetic import SyntheticCorpus, write_dataset
-from indexer.importer import Importer, ImportOptions, read_rows
+from indexer.importer import Importer, ImportOptions
 
 log = logging.getLogger("bench.import")
 
@@ -73,24 +80,49 @@ def fresh_database(url: str | None, work: Path, name: str) -> tuple[str, Path | 
     return f"{url}{separator}options=-csearch_path%3D{name}", None
 
 
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    child: bool  # read the file in a child process
+    page_size: int  # SQLite only
+
+
+def pin_page_size(sqlite_file: Path, page_size: int) -> None:
+    """Create the file with this page size; a table makes it stick (the migrations would
+    otherwise set theirs on the still-empty file)."""
+    connection = sqlite3.connect(sqlite_file)
+    connection.execute(f"PRAGMA page_size={page_size}")
+    connection.execute("CREATE TABLE bench_page_size (x)")
+    connection.close()
+
+
 def measure(
-    url: str, sqlite_file: Path | None, source: Path, options: ImportOptions, revision: str
-) -> dict[str, float]:
-    migrate.upgrade(url, revision)
+    url: str,
+    sqlite_file: Path | None,
+    source: Path,
+    options: ImportOptions,
+    variant: Variant,
+    faiss: bool,
+) -> dict[str, Any]:
+    if sqlite_file is not None:
+        pin_page_size(sqlite_file, variant.page_size)
+    migrate.upgrade(url)
     engine = create_db_engine(url)
     started = time.perf_counter()
-    summary = Importer(engine, options).run(read_rows(source, None))
+    summary = Importer(engine, options).run_file(source, child=variant.child)
     imported = time.perf_counter() - started
-    started = time.perf_counter()
-    index = rebuild(engine, source.parent / "data", 1)
-    faiss_seconds = time.perf_counter() - started
+    faiss_seconds, kind = float("nan"), "skipped"
+    if faiss:
+        started = time.perf_counter()
+        kind = rebuild(engine, source.parent / "data", 1).meta.kind
+        faiss_seconds = time.perf_counter() - started
     engine.dispose()
     return {
         "images": summary.new,
         "seconds": imported,
         "size": database_size(url, sqlite_file),
         "faiss": faiss_seconds,
-        "kind": index.meta.kind,  # type: ignore[dict-item]
+        "kind": kind,
     }
 
 
@@ -102,25 +134,32 @@ def main() -> None:
     parser.add_argument(
         "--baseline",
         action="store_true",
-        help="first import the same data as the code before 2026-11-28 did: a commit per "
-        "5,000 rows, the 64 MiB page cache, and (PostgreSQL) the postings' foreign keys",
+        help="first import the same data as the previous code did: read in-process with "
+        "4 KiB pages (see above)",
     )
+    parser.add_argument(
+        "--split", action="store_true", help="with --baseline: also 16 KiB pages, in-process"
+    )
+    parser.add_argument("--no-faiss", action="store_true", help="skip the FAISS builds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
     source = dataset(args.work, args.images)
     vocab = load_pixai_vocabulary(Path(f"{source}.vocab.json"), None)
-    current = ImportOptions("synthetic", vocab, load_aliases(), 0.05, strict=False)
-    runs = [("current", current, "head")]
+    options = ImportOptions("synthetic", vocab, load_aliases(), 0.05, strict=False)
+    runs = [Variant("current", True, SQLITE_PAGE_SIZE)]
     if args.baseline:
-        before = replace(current, commit_every=current.batch_size, cache_mb=64)
-        runs.insert(0, ("baseline", before, "0004"))
+        runs.insert(0, Variant("baseline", False, 4096))
+        if args.split and not args.database_url:  # pages are SQLite's
+            runs.insert(1, Variant("16 KiB pages only", False, 16384))
     log.info("machine: %s", machine())
     results = []
-    for label, options, revision in runs:
-        url, sqlite_file = fresh_database(args.database_url, args.work, f"import_{label}")
-        results.append((label, measure(url, sqlite_file, source, options, revision)))
+    for number, variant in enumerate(runs):
+        url, sqlite_file = fresh_database(args.database_url, args.work, f"import_{number}")
+        results.append(
+            (variant.label, measure(url, sqlite_file, source, options, variant, not args.no_faiss))
+        )
     log.info("| run | database | images | import s | images/s | DB size GB | FAISS build s |")
     log.info("|---|---|---|---|---|---|---|")
     dialect = "postgresql" if args.database_url else "sqlite"

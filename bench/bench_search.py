@@ -41,7 +41,7 @@ from app.store.models import Embedding, Tag
 from app.tagger.vocab import load_pixai_vocabulary
 from bench.bench_import import dataset
 from bench.common import latency_table, machine
-from indexer.importer import Importer, ImportOptions, read_rows
+from indexer.importer import Importer, ImportOptions
 
 log = logging.getLogger("bench.search")
 SELECTIVITIES = (0.0001, 0.001, 0.01, 0.1, 1.0)
@@ -60,7 +60,7 @@ def prepared_database(work: Path, images: int, url: str | None = None) -> str:
         vocab = load_pixai_vocabulary(Path(f"{source}.vocab.json"), None)
         options = ImportOptions("synthetic", vocab, load_aliases(), 0.05, strict=False)
         started = time.perf_counter()
-        Importer(engine, options).run(read_rows(source, None))
+        Importer(engine, options).run_file(source)
         log.info("imported %d images in %.0fs", images, time.perf_counter() - started)
     engine.dispose()
     return url

@@ -39,7 +39,7 @@ from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary, load_wd_vocab
 from indexer import jobs
 from indexer.export import EPILOG as EXPORT_EPILOG
 from indexer.export import export_command
-from indexer.importer import Importer, ImportError_, ImportOptions, read_rows
+from indexer.importer import Importer, ImportError_, ImportOptions
 from indexer.jobs import first_line
 from indexer.progress import progress_bar, rate_text
 from indexer.reindex import ReindexError, drop_generation, list_generations
@@ -435,7 +435,7 @@ def import_(
     params = {"file": str(file), "model": model_name}
     with writer_guard(), tracked(engine, "import", params, "importing", "rows") as run:
         try:
-            summary = Importer(engine, options).run(read_rows(file, embeddings), run.update)
+            summary = Importer(engine, options).run_file(file, embeddings, run.update)
         except (ImportError_, GenerationMismatch) as exc:
             stop(run, str(exc))
         except SQLAlchemyError as exc:

@@ -16,6 +16,11 @@ normalised through the alias table, a unique path. A bad row is reported with it
 reason and skipped; the import goes on. Rows are written in batches of 5,000, and committed
 every 50,000: an interrupted import keeps what it committed, and running it again updates
 those images in place (never duplicates them) and adds the rest.
+
+Reading and validating rows is a large share of an import's time, and all of it Python, so
+a large file is read in a child process (:mod:`indexer.import_reader`) while this one
+writes: the two halves overlap on two cores. What crosses between them is compact: per batch, the
+distinct tag names, one small integer per posting, and a float16 matrix of embeddings.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +54,8 @@ log = logging.getLogger(__name__)
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_SIDE = 1_000_000
+# Below this size a file is read in this process: starting a child costs about a second.
+CHILD_READER_MIN_BYTES = 8 << 20
 
 
 class ImportError_(Exception):
@@ -292,60 +302,188 @@ def _validate_embedding(vector: np.ndarray, dim: int | None) -> np.ndarray:
     return vector / norm
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A batch of validated rows in the compact form that crosses between processes."""
+
+    facts: list[repo.FileFacts]
+    names: list[str]  # the distinct tag names of the batch
+    name_index: np.ndarray  # int32 per posting, into ``names``
+    scores: np.ndarray  # float32 per posting
+    counts: np.ndarray  # int64 postings per row
+    embeddings: np.ndarray  # float16 (rows x dim), L2-normalised: what the store keeps
+    failures: list[tuple[int, str]]  # (line, reason) of the rows left out
+
+
+def prepare(
+    rows: Iterator[Row], options: ImportOptions, known: set[str]
+) -> Iterator[int | Prepared]:
+    """Validate ``rows``: first the embedding dimension (an int, from the first row), then
+    batches of ``options.batch_size`` valid rows. Nothing at all for an empty input."""
+    first = next(rows, None)
+    if first is None:
+        return
+    dim = _dimension(first)
+    yield dim
+    seen: set[str] = set()
+    pending: list[Valid] = []
+    failures: list[tuple[int, str]] = []
+    for row in _chain(first, rows):
+        try:
+            valid = validate(row, dim, options, known)
+            if valid.facts.path in seen:
+                raise RowError(f"duplicate path {valid.facts.path!r} in this import")
+        except RowError as exc:
+            failures.append((row.number, str(exc)))
+            continue
+        seen.add(valid.facts.path)
+        pending.append(valid)
+        if len(pending) >= options.batch_size:
+            yield _pack(pending, failures, dim)
+            pending, failures = [], []
+    if pending or failures:
+        yield _pack(pending, failures, dim)
+
+
+def _pack(batch: list[Valid], failures: list[tuple[int, str]], dim: int) -> Prepared:
+    slots: dict[str, int] = {}
+    index = [slots.setdefault(name, len(slots)) for item in batch for name in item.tags]
+    scores = [score for item in batch for score in item.tags.values()]
+    embeddings = np.empty((len(batch), dim), dtype=np.float16)
+    for row, item in enumerate(batch):
+        embeddings[row] = item.embedding
+    return Prepared(
+        [item.facts for item in batch],
+        list(slots),
+        np.array(index, dtype=np.int32),
+        np.array(scores, dtype=np.float32),
+        np.array([len(item.tags) for item in batch], dtype=np.int64),
+        embeddings,
+        failures,
+    )
+
+
+def _dimension(first: Row) -> int:
+    if first.embedding is not None:
+        return int(first.embedding.size)
+    vector = first.raw.get("embedding")
+    if isinstance(vector, list) and vector:
+        return len(vector)
+    raise ImportError_(f"line {first.number}: no embedding; cannot tell the dimension")
+
+
+def prepared_in_child(
+    path: Path, embeddings: Path | None, options: ImportOptions, known: set[str]
+) -> Iterator[int | Prepared]:
+    """:func:`prepare` over ``read_rows(path, embeddings)``, run in a child process
+    (:mod:`indexer.import_reader`) that reads ahead while this one writes. Its errors come
+    back as they would in this process."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "indexer.import_reader"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        with suppress(BrokenPipeError):  # a child that died early is reported below
+            pickle.dump((path, embeddings, options, known), child.stdin, pickle.HIGHEST_PROTOCOL)
+            child.stdin.close()
+        while True:
+            try:
+                kind, payload = pickle.load(child.stdout)
+            except EOFError:
+                raise ImportError_(
+                    f"the import's reader process ended unexpectedly (exit code {child.wait()})"
+                ) from None
+            if kind == "item":
+                yield payload
+            elif kind == "end":
+                return
+            elif kind == "error":
+                raise ImportError_(payload)
+            else:  # a bug: the whole traceback to the log, its last line to the user
+                log.error("the import's reader process failed:\n%s", payload)
+                last = str(payload).strip().splitlines()[-1]
+                raise ImportError_(f"the import's reader process failed: {last}")
+    finally:
+        if child.poll() is None:
+            child.kill()  # the import stopped early: the rest of the file is not needed
+        child.wait()
+        for pipe in (child.stdin, child.stdout):
+            with suppress(BrokenPipeError):
+                pipe.close()
+
+
+Source = Callable[[set[str]], Iterator[int | Prepared]]
+
+
 class Importer:
     def __init__(self, engine: Engine, options: ImportOptions) -> None:
         self.engine = engine
         self.options = options
         self.sessions = session_factory(engine)
+        self._tag_ids: dict[str, int] = {}
 
     def run(self, rows: Iterator[Row], progress: Any = None) -> ImportSummary:
+        """Import ``rows``, read and validated in this process."""
+        return self._run(lambda known: prepare(rows, self.options, known), progress)
+
+    def run_file(
+        self,
+        path: Path,
+        embeddings: Path | None = None,
+        progress: Any = None,
+        child: bool | None = None,
+    ) -> ImportSummary:
+        """Import a file, read in a child process when it is large (or ``child`` says so),
+        so that reading and writing overlap."""
+        if child is None:
+            try:
+                child = path.stat().st_size >= CHILD_READER_MIN_BYTES
+            except OSError:
+                child = False  # read_rows reports the error
+        if child:
+            return self._run(
+                lambda known: prepared_in_child(path, embeddings, self.options, known), progress
+            )
+        return self.run(read_rows(path, embeddings), progress)
+
+    def _run(self, source: Source, progress: Any) -> ImportSummary:
         summary = ImportSummary()
-        seen: set[str] = set()
+        self._tag_ids = {}  # ids inserted by an earlier, rolled-back run would be stale
         with self.sessions() as session, _page_cache(session, self.options.cache_mb):
             known = set(session.scalars(select(Tag.name)).all())
             vocab = self.options.vocabulary
             if vocab is not None:
                 known |= {canonical(n, self.options.aliases) for n in vocab.names}
-            first = next(rows, None)
-            if first is None:
-                return summary
-            dim = self._dimension(first)
-            generation = repo.generation_for_index(session, self._identity(dim))
-            self._ensure_vocabulary(session)
-            pending: list[Valid] = []
-            uncommitted = 0
-            for row in _chain(first, rows):
-                try:
-                    valid = validate(row, dim, self.options, known)
-                    if valid.facts.path in seen:
-                        raise RowError(f"duplicate path {valid.facts.path!r} in this import")
-                except RowError as exc:
-                    summary.failures.append((row.number, str(exc)))
-                    continue
-                seen.add(valid.facts.path)
-                pending.append(valid)
-                if len(pending) >= self.options.batch_size:
-                    self._write(session, generation.id, pending, summary)
-                    uncommitted += len(pending)
-                    pending = []
+            messages = source(known)
+            try:
+                dim = next(messages, None)
+                if dim is None:
+                    return summary
+                assert isinstance(dim, int)
+                generation = repo.generation_for_index(session, self._identity(dim))
+                self._ensure_vocabulary(session)
+                uncommitted = 0
+                for batch in messages:
+                    assert isinstance(batch, Prepared)
+                    summary.failures.extend(batch.failures)
+                    self._write(session, generation.id, batch, summary)
+                    uncommitted += len(batch.facts)
                     if uncommitted >= self.options.commit_every:
                         session.commit()
                         uncommitted = 0
                     if progress:
-                        progress(summary.new + summary.updated + summary.failed)
-            self._write(session, generation.id, pending, summary)
+                        done = summary.new + summary.updated + summary.failed
+                        progress(done, record=uncommitted == 0)
+            finally:
+                close = getattr(messages, "close", None)
+                if close is not None:
+                    close()  # stops a child reader at once when the import fails
             repo.refresh_tag_counts(session, generation.id)
             repo.prune_changes(session)
             session.commit()
         return summary
-
-    def _dimension(self, first: Row) -> int:
-        if first.embedding is not None:
-            return int(first.embedding.size)
-        vector = first.raw.get("embedding")
-        if isinstance(vector, list) and vector:
-            return len(vector)
-        raise ImportError_(f"line {first.number}: no embedding; cannot tell the dimension")
 
     def _identity(self, dim: int) -> repo.GenerationIdentity:
         if self.options.identity is not None:
@@ -365,31 +503,34 @@ class Importer:
             repo.TagMap.ensure(session, vocab, self.options.aliases)
             session.commit()
 
+    def _ids_of(self, session: Session, names: list[str]) -> np.ndarray:
+        missing = {n: GROUP_CODE[GENERAL] for n in names if n not in self._tag_ids}
+        if missing:
+            self._tag_ids.update(repo.ensure_tags(session, missing))
+        return np.array([self._tag_ids[n] for n in names], dtype=np.int64)
+
     def _write(
-        self, session: Session, generation_id: int, batch: list[Valid], summary: ImportSummary
+        self, session: Session, generation_id: int, batch: Prepared, summary: ImportSummary
     ) -> None:
-        if not batch:
+        if not batch.facts:
             return
-        names = {tag for item in batch for tag in item.tags}
-        ids = repo.ensure_tags(session, {n: GROUP_CODE[GENERAL] for n in names})
+        tag_ids = self._ids_of(session, batch.names)[batch.name_index]
         existing = dict(
             session.execute(
                 select(Image.path, Image.id).where(
-                    Image.deleted_at.is_(None), Image.path.in_([b.facts.path for b in batch])
+                    Image.deleted_at.is_(None), Image.path.in_([f.path for f in batch.facts])
                 )
             ).all()
         )
+        ends = np.cumsum(batch.counts).tolist()
         items = []
-        for item in batch:
-            tag_ids = np.fromiter((ids[t] for t in item.tags), dtype=np.int64, count=len(item.tags))
-            scores = np.fromiter(item.tags.values(), dtype=np.float32, count=len(item.tags))
-            items.append(
-                (
-                    item.facts,
-                    repo.Prediction(tag_ids, scores, item.embedding),
-                    existing.get(item.facts.path),
-                )
+        start = 0
+        for row, (facts, end) in enumerate(zip(batch.facts, ends, strict=True)):
+            prediction = repo.Prediction(
+                tag_ids[start:end], batch.scores[start:end], batch.embeddings[row]
             )
+            items.append((facts, prediction, existing.get(facts.path)))
+            start = end
         repo.write_images(session, generation_id, items)
         updated = sum(1 for _f, _p, e in items if e is not None)
         summary.updated += updated

@@ -36,12 +36,16 @@ class Run:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
-    def update(self, done: int, total: int | None = None, failed: int = 0) -> None:
+    def update(
+        self, done: int, total: int | None = None, failed: int = 0, record: bool = True
+    ) -> None:
+        """``record=False`` while the caller holds an open write transaction: the job
+        record's own write would wait for it (SQLite has one writer) and time out."""
         self.last = (done, total or 0, failed)
         rate = rate_text(done, self.elapsed(), self.unit)
         self.progress.update(self.task, completed=done, total=total, rate=rate)
         now = time.monotonic()
-        if now - self._last_beat >= HEARTBEAT_SECONDS:
+        if record and now - self._last_beat >= HEARTBEAT_SECONDS:
             self._last_beat = now
             self.recorder.progress(done, total or 0, failed)
 

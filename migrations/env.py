@@ -9,8 +9,9 @@ revisions.
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import engine_from_config, pool
+from sqlalchemy import engine_from_config, event, pool
 
+from app.store.db import sqlite_page_size
 from app.store.models import Base
 
 config = context.config
@@ -33,6 +34,8 @@ def run_migrations_online() -> None:
         prefix="sqlalchemy.",
         poolclass=pool.NullPool,
     )
+    if connectable.dialect.name == "sqlite":
+        event.listen(connectable, "connect", sqlite_page_size)
     with connectable.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata)
         with context.begin_transaction():

@@ -58,9 +58,15 @@ def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
     return path
 
 
-def run_import(url: str, file: Path, strict: bool = False, embeddings: Path | None = None):  # type: ignore[no-untyped-def]
+def run_import(  # type: ignore[no-untyped-def]
+    url: str, file: Path, strict: bool = False, embeddings: Path | None = None, child=False
+):
     options = ImportOptions("cluster-pixai", None, load_aliases(), 0.05, strict, batch_size=2)
-    return Importer(create_db_engine(url), options).run(read_rows(file, embeddings))
+    return Importer(create_db_engine(url), options).run_file(file, embeddings, child=child)
+
+
+# Large files are read in a child process; both readers must give the same result.
+READERS = pytest.mark.parametrize("child", [False, True], ids=["inline", "child"])
 
 
 def expected_vector(i: int) -> np.ndarray:
@@ -84,12 +90,14 @@ def test_jsonl_round_trip(migrated_url: str, tmp_path: Path) -> None:
     assert snapshot(create_db_engine(migrated_url)) == state
 
 
-def test_jsonl_with_row_aligned_npy(migrated_url: str, tmp_path: Path) -> None:
-    rows = [record(i) for i in range(4)]
+@READERS
+def test_jsonl_with_row_aligned_npy(migrated_url: str, tmp_path: Path, child: bool) -> None:
+    rows = [record(i) for i in range(5)]
     matrix = np.asarray([r.pop("embedding") for r in rows], dtype=np.float16)
     file = write_jsonl(tmp_path / "p.jsonl", rows)
     np.save(tmp_path / "p.jsonl.npy", matrix)  # found beside the file automatically
-    assert run_import(migrated_url, file).as_dict() == {"new": 4, "updated": 0, "failed": 0}
+    summary = run_import(migrated_url, file, child=child)  # batches of 2: the last is short
+    assert summary.as_dict() == {"new": 5, "updated": 0, "failed": 0}
     state = snapshot(create_db_engine(migrated_url))
     got = np.frombuffer(state["/cluster/img/002.jpg"]["vector"], "<f2").astype(np.float32)  # type: ignore[arg-type]
     want = matrix[2].astype(np.float32)
@@ -122,7 +130,10 @@ def test_parquet_round_trip(migrated_url: str, tmp_path: Path) -> None:
     assert state["/cluster/img/001.jpg"]["tags"] == {"1girl": 0.97, "donut": 0.61, "long_hair": 0.4}
 
 
-def test_bad_rows_are_rejected_with_their_reason(migrated_url: str, tmp_path: Path) -> None:
+@READERS
+def test_bad_rows_are_rejected_with_their_reason(
+    migrated_url: str, tmp_path: Path, child: bool
+) -> None:
     lines = [
         json.dumps(record(0)),
         json.dumps(record(1, embedding=vector(1)[:5])),
@@ -140,7 +151,7 @@ def test_bad_rows_are_rejected_with_their_reason(migrated_url: str, tmp_path: Pa
     ]
     file = tmp_path / "bad.jsonl"
     file.write_text("\n".join(lines) + "\n")
-    summary = run_import(migrated_url, file)
+    summary = run_import(migrated_url, file, child=child)
     assert summary.new == 1
     assert dict(summary.failures) == {
         2: "embedding has 5 values, the index uses 8",
@@ -182,6 +193,22 @@ def test_file_level_errors(migrated_url: str, tmp_path: Path) -> None:
         list(read_rows(tmp_path / "a.jsonl", tmp_path / "flat.npy"))
 
 
+def test_the_child_reader_reports_file_level_errors_and_writes_nothing(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ImportError_, match="cannot open"):
+        run_import(migrated_url, tmp_path / "missing.jsonl", child=True)
+    rows = [record(i) for i in range(5)]
+    for r in rows:
+        r.pop("embedding")
+    file = write_jsonl(tmp_path / "p.jsonl", rows)
+    np.save(tmp_path / "short.npy", np.ones((3, DIM), np.float16))
+    # Rows 1-2 make a whole batch before row 4 finds no embedding; nothing was committed.
+    with pytest.raises(ImportError_, match="more lines than the 3 embedding rows"):
+        run_import(migrated_url, file, embeddings=tmp_path / "short.npy", child=True)
+    assert snapshot(create_db_engine(migrated_url)) == {}
+
+
 def test_a_different_dimension_is_refused_for_the_whole_file(
     migrated_url: str, tmp_path: Path
 ) -> None:
@@ -213,6 +240,22 @@ def test_cli_import(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2
     assert "sagashi: error: cannot open" in missing.stderr
+
+
+def test_cli_import_of_more_rows_than_a_batch_on_sqlite(tmp_path: Path) -> None:
+    """The job record's heartbeat waits for a commit: on SQLite a write from its own
+    connection during the import's open transaction waited, then failed as 'locked'."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    env = {**os.environ, "SAGASHI_DATABASE_URL": url, "SAGASHI_DATA_DIR": str(tmp_path / "data")}
+    subprocess.run([SAGASHI, "db", "upgrade"], env=env, check=True, capture_output=True)
+    rows = 12_001  # over two batches of 5,000
+    file = write_jsonl(tmp_path / "p.jsonl", [record(i, path=f"/c/{i}.jpg") for i in range(rows)])
+    result = subprocess.run(
+        [SAGASHI, "import", str(file)], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert f'"new": {rows}, "updated": 0, "failed": 0' in result.stderr
+    assert len(snapshot(create_db_engine(url))) == rows
 
 
 @settings(max_examples=300, deadline=None)

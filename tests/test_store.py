@@ -59,12 +59,14 @@ def test_database_newer_than_the_code_is_refused(migrated_url: str) -> None:
     engine.dispose()
 
 
-def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
+def test_sqlite_is_in_wal_mode_with_16k_pages(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
     migrate.upgrade(url)
     engine = create_db_engine(url)
     with engine.connect() as connection:
         assert connection.execute(text("pragma journal_mode")).scalar() == "wal"
+        # set when the file is created, so a 2 KiB embedding fits in its page
+        assert connection.execute(text("pragma page_size")).scalar() == 16384
     engine.dispose()
 
 

@@ -55,7 +55,20 @@ def create_db_engine(url: str, statement_timeout: float | None = None, **kwargs:
     )
 
 
+SQLITE_PAGE_SIZE = 16384
+
+
+def sqlite_page_size(dbapi_connection: Any, _record: Any = None) -> None:
+    """Takes effect only on a new, empty file (a no-op on others), so the migrations'
+    engine sets it too: they create the file. 16 KiB pages hold a 1024-d float16
+    embedding (2 KiB) inline, where 4 KiB pages spill each into an overflow page."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
+    cursor.close()
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    sqlite_page_size(dbapi_connection)
     cursor = dbapi_connection.cursor()
     # WAL: readers never block the indexer's writer; NORMAL is durable at checkpoints and
     # never corrupts on power loss.
