@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 
 from app.store import migrate, vectors
 from app.store import repository as repo
 from app.store.aliases import AliasError, canonical, load_aliases
 from app.store.db import create_db_engine, session_factory
+from app.store.jobs import JobRecorder, get_job
 from app.store.models import Embedding, Image, ImageTag, Tag
 from app.tagger.preprocess import Preprocess
 from app.tagger.protocol import ModelInfo
@@ -67,6 +68,25 @@ def test_sqlite_is_in_wal_mode_with_16k_pages(tmp_path: Path) -> None:
         assert connection.execute(text("pragma journal_mode")).scalar() == "wal"
         # set when the file is created, so a 2 KiB embedding fits in its page
         assert connection.execute(text("pragma page_size")).scalar() == 16384
+    engine.dispose()
+
+
+def test_a_job_heartbeat_never_waits_for_its_runs_open_transaction(migrated_url: str) -> None:
+    """SQLite has one writer: a heartbeat from its own connection used to wait out the busy
+    timeout behind the run's uncommitted batch, then fail the run as 'database is locked'."""
+    engine = create_db_engine(migrated_url)
+    recorder = JobRecorder(engine, "import", {"file": "x.jsonl"})
+    sqlite = migrated_url.startswith("sqlite")
+    with session_factory(engine)() as run:
+        run.execute(insert(Tag).values(name="held", group=0, image_count=0))  # not committed
+        assert recorder.progress(5, 10, 0) is not sqlite  # skipped on SQLite, written else
+        run.commit()
+    assert recorder.progress(6, 10, 0) is True
+    job = get_job(engine, recorder.id)
+    assert job is not None and (job.done, job.total) == (6, 10)
+    if sqlite:  # the skipped heartbeat left its connection's busy timeout as it was
+        with engine.connect() as connection:
+            assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 60000
     engine.dispose()
 
 

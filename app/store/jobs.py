@@ -10,7 +10,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from app.store.db import session_factory
 from app.store.models import Job, JobFailure
@@ -38,14 +39,32 @@ class JobRecorder:
         )
         self.id = job.id
 
-    def progress(self, done: int, total: int, failed: int) -> None:
+    def progress(self, done: int, total: int, failed: int) -> bool:
+        """Best effort: on SQLite, while the run itself holds the write lock (its batch
+        not yet committed), the heartbeat is skipped at once rather than waiting for the
+        lock. It only informs; the final state is written by :meth:`finish`. Returns
+        whether it was written."""
         with self.sessions() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == self.id)
-                .values(done=done, total=total, failed=failed, heartbeat_at=now())
-            )
-            session.commit()
+            sqlite = session.get_bind().dialect.name == "sqlite"
+            if sqlite:
+                waited = session.execute(text("PRAGMA busy_timeout")).scalar_one()
+                session.execute(text("PRAGMA busy_timeout=0"))
+            try:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == self.id)
+                    .values(done=done, total=total, failed=failed, heartbeat_at=now())
+                )
+                session.commit()
+                return True
+            except OperationalError as exc:
+                if not sqlite or "locked" not in str(exc.orig):
+                    raise
+                session.rollback()
+                return False
+            finally:
+                if sqlite:
+                    session.execute(text(f"PRAGMA busy_timeout={int(waited)}"))
 
     def failures(self, rows: Iterable[tuple[str, str, str]]) -> None:
         """(path, code, message) per file that could not be processed."""
