@@ -3,6 +3,7 @@
     python -m bench.bench_import --images 100000                     # SQLite
     python -m bench.bench_import --images 1000000 --database-url postgresql+psycopg://postgres@127.0.0.1/test
     python -m bench.bench_import --images 100000 --baseline   # the previous code's way first
+    python -m bench.bench_import --format parquet --reader-only --baseline   # Parquet reading
 
 Generates the synthetic predictions (bench/synthetic.py, JSONL + row-aligned .npy, real
 PixAI tag frequencies, ~60 tags per image) once into --work, then times the import alone:
@@ -21,10 +22,12 @@ import argparse
 import logging
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import text
 
 from app.store import migrate
@@ -34,16 +37,16 @@ from app.store.vectors import rebuild
 from app.tagger.vocab import load_pixai_vocabulary
 from bench.common import machine
 from bench.synthetic import SyntheticCorpus, write_dataset
-from indexer.importer import Importer, ImportOptions
+from indexer.importer import Importer, ImportOptions, Prepared, Row, prepare, read_rows
 
 log = logging.getLogger("bench.import")
 
 
-def dataset(work: Path, images: int) -> Path:
-    target = work / f"synthetic-{images}.jsonl"
+def dataset(work: Path, images: int, fmt: str = "jsonl") -> Path:
+    target = work / f"synthetic-{images}.{fmt}"
     if not target.exists():
         started = time.perf_counter()
-        write_dataset(SyntheticCorpus(images), target, "npy")
+        write_dataset(SyntheticCorpus(images), target, "npy" if fmt == "jsonl" else fmt)
         log.info("generated %d images in %.0fs", images, time.perf_counter() - started)
     return target
 
@@ -126,6 +129,51 @@ def measure(
     }
 
 
+def older_parquet_rows(path: Path) -> Iterator[Row]:
+    """The Parquet reader before 2026-11-28 (third session), kept as the baseline: every
+    column through ``to_pydict``, embeddings included."""
+    import pyarrow.parquet as pq
+
+    number = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
+        columns = batch.to_pydict()
+        for i in range(batch.num_rows):
+            number += 1
+            tags = columns.get("tag", [None] * batch.num_rows)[i]
+            scores = columns.get("score", [None] * batch.num_rows)[i]
+            raw: dict[str, Any] = {
+                k: columns[k][i] for k in ("path", "sha256", "width", "height") if k in columns
+            }
+            if tags is not None and scores is not None:
+                raw["tags"] = dict(zip(tags, scores, strict=False))
+            vector = columns.get("embedding", [None] * batch.num_rows)[i]
+            yield Row(number, raw, None if vector is None else np.asarray(vector, np.float32))
+
+
+def time_reader(rows: Iterator[Row], options: ImportOptions) -> tuple[int, float]:
+    """(valid rows, seconds) to read and validate, with no database."""
+    started = time.perf_counter()
+    count = sum(
+        len(item.facts) for item in prepare(rows, options, set()) if isinstance(item, Prepared)
+    )
+    return count, time.perf_counter() - started
+
+
+def readers(source: Path, options: ImportOptions, baseline: bool) -> None:
+    runs: list[tuple[str, Callable[[], Iterator[Row]]]] = [
+        ("current", lambda: read_rows(source, None))
+    ]
+    if baseline and source.suffix == ".parquet":
+        runs.insert(0, ("baseline (older Parquet reader)", lambda: older_parquet_rows(source)))
+    log.info("| reader | format | rows | s | rows/s |")
+    log.info("|---|---|---|---|---|")
+    for label, rows in runs:
+        count, seconds = time_reader(rows(), options)
+        log.info(
+            "| %s | %s | %d | %.1f | %.0f |", label, source.suffix, count, seconds, count / seconds
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100_000)
@@ -141,13 +189,26 @@ def main() -> None:
         "--split", action="store_true", help="with --baseline: also 16 KiB pages, in-process"
     )
     parser.add_argument("--no-faiss", action="store_true", help="skip the FAISS builds")
+    parser.add_argument(
+        "--format", choices=["jsonl", "parquet"], default="jsonl", help="jsonl: with a .npy"
+    )
+    parser.add_argument(
+        "--reader-only",
+        action="store_true",
+        help="time reading and validation alone, no database; with --baseline and "
+        "--format parquet, the older Parquet reader first",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
-    source = dataset(args.work, args.images)
+    source = dataset(args.work, args.images, args.format)
     vocab = load_pixai_vocabulary(Path(f"{source}.vocab.json"), None)
     options = ImportOptions("synthetic", vocab, load_aliases(), 0.05, strict=False)
+    if args.reader_only:
+        log.info("machine: %s", machine())
+        readers(source, options, args.baseline)
+        return
     runs = [Variant("current", True, SQLITE_PAGE_SIZE)]
     if args.baseline:
         runs.insert(0, Variant("baseline", False, 4096))

@@ -166,20 +166,50 @@ def _parquet_rows(path: Path) -> Iterator[Row]:
         raise ImportError_(f"{path}: not a readable Parquet file ({exc})") from exc
     number = 0
     for batch in table.iter_batches(batch_size=10_000):
-        columns = batch.to_pydict()
-        for i in range(batch.num_rows):
+        count = batch.num_rows
+        names = set(batch.schema.names)
+        columns = {
+            k: batch.column(k).to_pylist() if k in names else [None] * count
+            for k in ("path", "sha256", "width", "height", "tag", "score")
+        }
+        vectors = _embedding_column(path, batch.column("embedding")) if "embedding" in names else []
+        for i in range(count):
             number += 1
-            tags = columns.get("tag", [None] * batch.num_rows)[i]
-            scores = columns.get("score", [None] * batch.num_rows)[i]
+            tags, scores = columns["tag"][i], columns["score"][i]
             raw: dict[str, Any] = {
-                k: columns[k][i] for k in ("path", "sha256", "width", "height") if k in columns
+                k: columns[k][i] for k in ("path", "sha256", "width", "height") if k in names
             }
             if tags is not None and scores is not None:
                 if len(tags) != len(scores):
                     raw["__error__"] = "tag and score lists differ in length"
                 raw["tags"] = dict(zip(tags, scores, strict=False))
-            vector = columns.get("embedding", [None] * batch.num_rows)[i]
-            yield Row(number, raw, None if vector is None else np.asarray(vector, np.float32))
+            yield Row(number, raw, vectors[i] if vectors else None)
+
+
+def _embedding_column(path: Path, column: Any) -> list[np.ndarray | None]:
+    """Each row's embedding as a float32 view of one array for the whole batch: turning
+    10,000 x 1024 values into Python floats and back cost most of a Parquet import."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    listed = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    if not (listed or pa.types.is_fixed_size_list(kind)) or not (
+        pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)
+    ):
+        raise ImportError_(f"{path}: column 'embedding' must hold lists of numbers, not {kind}")
+    # flatten() leaves out null rows; a null inside a list becomes NaN, refused as such
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    vectors: list[np.ndarray | None] = []
+    start = 0
+    for length in lengths.tolist():
+        if length is None or length != length:  # a null row (NaN in a float array)
+            vectors.append(None)
+            continue
+        vectors.append(values[start : start + int(length)])
+        start += int(length)
+    return vectors
 
 
 @dataclass(frozen=True)

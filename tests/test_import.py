@@ -130,6 +130,51 @@ def test_parquet_round_trip(migrated_url: str, tmp_path: Path) -> None:
     assert state["/cluster/img/001.jpg"]["tags"] == {"1girl": 0.97, "donut": 0.61, "long_hair": 0.4}
 
 
+def test_parquet_embeddings_in_any_list_type_and_their_bad_rows(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    vectors = [vector(0), None, vector(2)[:5], [*vector(3)[:7], None], vector(4)]
+    rows = [record(i) for i in range(len(vectors))]
+    columns = {
+        "path": [r["path"] for r in rows],
+        "sha256": [r["sha256"] for r in rows],
+        "width": [800] * len(rows),
+        "height": [600] * len(rows),
+        "tag": [list(r["tags"]) for r in rows],  # type: ignore[call-overload]
+        "score": [list(r["tags"].values()) for r in rows],  # type: ignore[attr-defined]
+        "embedding": pa.array(vectors, pa.list_(pa.float32())),
+    }
+    pq.write_table(pa.table(columns), tmp_path / "p.parquet")
+    summary = run_import(migrated_url, tmp_path / "p.parquet")
+    assert summary.new == 2
+    assert dict(summary.failures) == {
+        2: "no 'embedding' (a list of floats, or a row-aligned .npy file)",
+        3: "embedding has 5 values, the index uses 8",
+        4: "embedding contains NaN or infinite values",
+    }
+    state = snapshot(create_db_engine(migrated_url))
+    got = np.frombuffer(state["/cluster/img/004.jpg"]["vector"], "<f2")  # type: ignore[arg-type]
+    assert got.tolist() == expected_vector(4).tolist()  # the right row's values, in order
+
+    fixed = pa.array([vector(i) for i in range(5)], pa.list_(pa.float64(), DIM))
+    pq.write_table(pa.table({**columns, "embedding": fixed}), tmp_path / "fixed.parquet")
+    assert run_import(migrated_url, tmp_path / "fixed.parquet").as_dict() == {
+        "new": 3,  # the rows refused above
+        "updated": 2,
+        "failed": 0,
+    }
+    state = snapshot(create_db_engine(migrated_url))
+    got = np.frombuffer(state["/cluster/img/003.jpg"]["vector"], "<f2")  # type: ignore[arg-type]
+    assert got.tolist() == expected_vector(3).tolist()
+    texts = {**columns, "embedding": [["a", "b"]] * 5}
+    pq.write_table(pa.table(texts), tmp_path / "text.parquet")
+    with pytest.raises(ImportError_, match="column 'embedding' must hold lists of numbers"):
+        run_import(migrated_url, tmp_path / "text.parquet")
+
+
 @READERS
 def test_bad_rows_are_rejected_with_their_reason(
     migrated_url: str, tmp_path: Path, child: bool
