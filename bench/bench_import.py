@@ -215,27 +215,30 @@ def main() -> None:
         if args.split and not args.database_url:  # pages are SQLite's
             runs.insert(1, Variant("16 KiB pages only", False, 16384))
     log.info("machine: %s", machine())
+    dialect = "postgresql" if args.database_url else "sqlite"
     results = []
     for number, variant in enumerate(runs):
         url, sqlite_file = fresh_database(args.database_url, args.work, f"import_{number}")
-        results.append(
-            (variant.label, measure(url, sqlite_file, source, options, variant, not args.no_faiss))
-        )
+        r = measure(url, sqlite_file, source, options, variant, not args.no_faiss)
+        results.append(row_text(variant.label, dialect, r))
+        log.info("done: %s", results[-1])  # a long run that is stopped keeps what it measured
     log.info("| run | database | images | import s | images/s | DB size GB | FAISS build s |")
     log.info("|---|---|---|---|---|---|---|")
-    dialect = "postgresql" if args.database_url else "sqlite"
-    for label, r in results:
-        log.info(
-            "| %s | %s | %d | %.0f | %.0f | %.2f | %.0f (%s) |",
-            label,
-            dialect,
-            r["images"],
-            r["seconds"],
-            r["images"] / r["seconds"],
-            r["size"] / 1e9,
-            r["faiss"],
-            r["kind"],
-        )
+    for line in results:
+        log.info("%s", line)
+
+
+def row_text(label: str, dialect: str, r: dict[str, Any]) -> str:
+    return "| {} | {} | {} | {:.0f} | {:.0f} | {:.2f} | {:.0f} ({}) |".format(
+        label,
+        dialect,
+        r["images"],
+        r["seconds"],
+        r["images"] / r["seconds"],
+        r["size"] / 1e9,
+        r["faiss"],
+        r["kind"],
+    )
 
 
 if __name__ == "__main__":
