@@ -47,7 +47,7 @@ from app.store import repository as repo
 from app.store.aliases import canonical
 from app.store.db import session_factory
 from app.store.formats import canonical_format
-from app.store.models import Image, Tag
+from app.store.models import Tag
 from app.tagger.vocab import GENERAL, GROUP_CODE, TagVocabulary
 
 log = logging.getLogger(__name__)
@@ -545,13 +545,7 @@ class Importer:
         if not batch.facts:
             return
         tag_ids = self._ids_of(session, batch.names)[batch.name_index]
-        existing = dict(
-            session.execute(
-                select(Image.path, Image.id).where(
-                    Image.deleted_at.is_(None), Image.path.in_([f.path for f in batch.facts])
-                )
-            ).all()
-        )
+        existing = repo.live_ids_by_path(session, [f.path for f in batch.facts])
         ends = np.cumsum(batch.counts).tolist()
         items = []
         start = 0

@@ -275,7 +275,11 @@ def _insert_images(session: Session, rows: list[dict[str, object]]) -> dict[str,
     if not rows:
         return {}
     session.execute(insert(cast(Table, Image.__table__)), rows)
-    paths = [str(row["path"]) for row in rows]
+    return live_ids_by_path(session, [str(row["path"]) for row in rows])
+
+
+def live_ids_by_path(session: Session, paths: Sequence[str]) -> dict[str, int]:
+    """The ids of the live images at these paths (a path has at most one)."""
     found: dict[str, int] = {}
     live = Image.deleted_at.is_(None)
     for chunk in chunks(paths, 1000):
