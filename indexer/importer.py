@@ -33,7 +33,7 @@ import pickle
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,7 +347,7 @@ class Prepared:
 
 def prepare(
     rows: Iterator[Row], options: ImportOptions, known: set[str]
-) -> Iterator[int | Prepared]:
+) -> Generator[int | Prepared, None, None]:
     """Validate ``rows``: first the embedding dimension (an int, from the first row), then
     batches of ``options.batch_size`` valid rows. Nothing at all for an empty input."""
     first = next(rows, None)
@@ -404,7 +404,7 @@ def _dimension(first: Row) -> int:
 
 def prepared_in_child(
     path: Path, embeddings: Path | None, options: ImportOptions, known: set[str]
-) -> Iterator[int | Prepared]:
+) -> Generator[int | Prepared, None, None]:
     """:func:`prepare` over ``read_rows(path, embeddings)``, run in a child process
     (:mod:`indexer.import_reader`) that reads ahead while this one writes. Its errors come
     back as they would in this process."""
@@ -444,7 +444,7 @@ def prepared_in_child(
                 pipe.close()
 
 
-Source = Callable[[set[str]], Iterator[int | Prepared]]
+Source = Callable[[set[str]], Generator[int | Prepared, None, None]]
 
 
 class Importer:
@@ -504,12 +504,9 @@ class Importer:
                         session.commit()
                         uncommitted = 0
                     if progress:
-                        done = summary.new + summary.updated + summary.failed
-                        progress(done, record=uncommitted == 0)
+                        progress(summary.new + summary.updated + summary.failed)
             finally:
-                close = getattr(messages, "close", None)
-                if close is not None:
-                    close()  # stops a child reader at once when the import fails
+                messages.close()  # stops a child reader at once when the import fails
             repo.refresh_tag_counts(session, generation.id)
             repo.prune_changes(session)
             session.commit()

@@ -15,6 +15,9 @@ from app.store.locks import writer_lock
 from indexer.progress import progress_bar, rate_text
 
 HEARTBEAT_SECONDS = 1.0
+# After a heartbeat skipped for the run's own uncommitted batch (SQLite), try again soon:
+# the next progress call may follow a commit.
+RETRY_SECONDS = 0.1
 
 
 class Run:
@@ -26,7 +29,7 @@ class Run:
         self.task = task
         self.unit = unit
         self.started = time.perf_counter()
-        self._last_beat = 0.0
+        self._next_beat = 0.0
         self.last: tuple[int, int, int] = (0, 0, 0)
 
     @property
@@ -36,18 +39,14 @@ class Run:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
-    def update(
-        self, done: int, total: int | None = None, failed: int = 0, record: bool = True
-    ) -> None:
-        """``record=False`` while the caller holds an open write transaction: the job
-        record's own write would wait for it (SQLite has one writer) and time out."""
+    def update(self, done: int, total: int | None = None, failed: int = 0) -> None:
         self.last = (done, total or 0, failed)
         rate = rate_text(done, self.elapsed(), self.unit)
         self.progress.update(self.task, completed=done, total=total, rate=rate)
         now = time.monotonic()
-        if record and now - self._last_beat >= HEARTBEAT_SECONDS:
-            self._last_beat = now
-            self.recorder.progress(done, total or 0, failed)
+        if now >= self._next_beat:
+            written = self.recorder.progress(done, total or 0, failed)
+            self._next_beat = now + (HEARTBEAT_SECONDS if written else RETRY_SECONDS)
 
 
 @contextmanager
