@@ -1,7 +1,7 @@
 """How fast SQLite itself can fill the postings table on this machine, with no Python per row.
 
     python -m bench.bench_sqlite_ceiling                # 3M postings (50k images' worth)
-    python -m bench.bench_sqlite_ceiling --scale 1000000  # the two layouts at 1M images
+    python -m bench.bench_sqlite_ceiling --scale 1000000  # the layouts at 1M images
 
 The rows are made inside SQLite (a recursive CTE) into a plain rowid staging table, then
 copied with one ``INSERT ... SELECT`` into a table shaped like ``image_tags``: WITHOUT
@@ -10,9 +10,11 @@ secondary index, in random and in key order. This is the rate no importer writte
 SQLite can beat on this machine, whatever it does in Python.
 
 ``--scale N`` fills N images' postings (60 each, Zipf-like tag frequencies) in batches of
-50,000 images through ``executemany``, as the importer does, in two layouts: the
-``image_tags`` table as it is (each batch sorted by the clustered key, the per-image index
-kept up as rows arrive), and a plain heap whose two keys are built once at the end.
+50,000 images through ``executemany``, as the importer does, 16 KiB pages, 1 GiB page cache,
+in the layouts of ``LAYOUTS``: the ``image_tags`` table as it is, the same without its
+per-image index, a plain heap whose two keys are built once at the end, a table clustered
+by (tag, image) instead of (tag, score), and postings packed into one row per tag and batch
+(what a block layout would write).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from collections.abc import Iterator
 from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,85 +68,154 @@ def fill(path: Path, rows: int, secondary: bool, ordered: bool) -> tuple[float, 
 
 
 SCALE_BATCH = 50_000
+DRAWS = 90
+LAYOUTS = ("image_tags", "clustered-only", "heap", "tag-image", "packed")
+LAYOUT_NAMES = {
+    "image_tags": "`image_tags` as it is (clustered by tag, score; per-image index kept up)",
+    "clustered-only": "`image_tags` without its per-image index",
+    "heap": "plain heap, both keys built once at the end",
+    "tag-image": "clustered by (tag, image) instead: each batch appends to each tag's range",
+    "packed": "packed: one row per tag and batch (ids and scores as blobs), no per-posting row",
+}
 
 
 def _batches(images: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(tags, scores, owners) of SCALE_BATCH images at a time: POSTINGS_PER_IMAGE distinct
+    tags per image, drawn by Zipf-like frequency (DRAWS draws, of which a random 60 distinct
+    are kept, so that frequent tags are not favoured by the deduplication)."""
     rng = np.random.default_rng(0)
     weights = 1.0 / np.arange(1, TAGS + 1) ** 0.9
     cumulative = np.cumsum(weights) / weights.sum()
     for start in range(0, images, SCALE_BATCH):
-        count = min(SCALE_BATCH, images - start) * POSTINGS_PER_IMAGE
-        tags = np.searchsorted(cumulative, rng.random(count))
-        scores = rng.random(count)
-        owners = np.arange(start, start + count // POSTINGS_PER_IMAGE).repeat(POSTINGS_PER_IMAGE)
-        yield tags, scores, owners
+        count = min(SCALE_BATCH, images - start)
+        drawn = np.sort(np.searchsorted(cumulative, rng.random((count, DRAWS))), axis=1)
+        priority = rng.random(drawn.shape)
+        priority[:, 1:][drawn[:, 1:] == drawn[:, :-1]] = np.inf
+        chosen = np.argpartition(priority, POSTINGS_PER_IMAGE - 1, axis=1)
+        chosen = chosen[:, :POSTINGS_PER_IMAGE]
+        tags = np.take_along_axis(drawn, chosen, axis=1)
+        distinct = np.isfinite(np.take_along_axis(priority, chosen, axis=1))
+        owners = np.arange(start, start + count)[:, None].repeat(POSTINGS_PER_IMAGE, axis=1)
+        yield tags[distinct], rng.random(int(distinct.sum())), owners[distinct]
 
 
-def fill_at_scale(path: Path, images: int, heap: bool) -> tuple[float, float, float]:
-    """(seconds inserting, seconds building keys, file bytes) for one layout."""
+_SCHEMAS = {
+    "image_tags": [
+        "CREATE TABLE image_tags ({columns}, "
+        "PRIMARY KEY (generation_id, tag_id, score, image_id)) WITHOUT ROWID",
+        "CREATE INDEX ix_image ON image_tags (image_id, generation_id)",
+    ],
+    "clustered-only": [
+        "CREATE TABLE image_tags ({columns}, "
+        "PRIMARY KEY (generation_id, tag_id, score, image_id)) WITHOUT ROWID",
+    ],
+    "heap": ["CREATE TABLE image_tags ({columns})"],
+    "tag-image": [
+        "CREATE TABLE image_tags ({columns}, "
+        "PRIMARY KEY (generation_id, tag_id, image_id)) WITHOUT ROWID",
+        "CREATE INDEX ix_image ON image_tags (image_id, generation_id)",
+    ],
+    "packed": [
+        "CREATE TABLE tag_blocks (generation_id INT, tag_id INT, block INT, count INT, "
+        "image_ids BLOB, scores BLOB, PRIMARY KEY (generation_id, tag_id, block)) WITHOUT ROWID"
+    ],
+}
+_HEAP_KEYS = [
+    "CREATE INDEX ix_key ON image_tags (generation_id, tag_id, score, image_id)",
+    "CREATE INDEX ix_image ON image_tags (image_id, generation_id)",
+]
+
+
+def _rows(layout: str, block: int, batch: tuple[np.ndarray, ...]) -> tuple[str, list[Any]]:
+    """The batch as the layout's INSERT and its parameter rows (sorting included)."""
+    tags, scores, owners = batch
+    if layout == "packed":
+        order = np.lexsort((owners, -scores, tags))
+        tags = tags[order]
+        ids = owners[order].astype("<u4")
+        values = scores[order].astype("<f4")
+        bounds = np.flatnonzero(np.diff(tags)) + 1
+        starts = np.concatenate(([0], bounds)).tolist()
+        ends = np.concatenate((bounds, [len(tags)])).tolist()
+        rows = [
+            (1, int(tags[a]), block, b - a, ids[a:b].tobytes(), values[a:b].tobytes())
+            for a, b in zip(starts, ends, strict=True)
+        ]
+        return "INSERT INTO tag_blocks VALUES (?, ?, ?, ?, ?, ?)", rows
+    if layout in ("image_tags", "clustered-only"):
+        order = np.lexsort((owners, scores, tags))
+    elif layout == "tag-image":
+        order = np.lexsort((owners, tags))
+    else:
+        order = np.arange(len(tags))
+    columns = (tags[order].tolist(), scores[order].tolist(), owners[order].tolist())
+    rows = list(zip(repeat(1), *columns))
+    return "INSERT INTO image_tags VALUES (?, ?, ?, ?)", rows
+
+
+def fill_at_scale(path: Path, images: int, layout: str) -> tuple[float, float, float, int]:
+    """(seconds inserting, seconds building keys, file bytes, postings) for one layout. The
+    time covers sorting each batch and the inserts, as an importer would pay them."""
     connection = sqlite3.connect(path, isolation_level=None)
     for pragma in ("page_size=16384", "journal_mode=WAL", "synchronous=NORMAL"):
         connection.execute(f"PRAGMA {pragma}")
     connection.execute("PRAGMA cache_size=-1048576")  # the importer's 1 GiB
     columns = "generation_id INT, tag_id INT, score REAL, image_id INT"
-    keys = [
-        "CREATE INDEX ix_key ON image_tags (generation_id, tag_id, score, image_id)",
-        "CREATE INDEX ix_image ON image_tags (image_id, generation_id)",
-    ]
-    if heap:
-        connection.execute(f"CREATE TABLE image_tags ({columns})")
-    else:
-        connection.execute(
-            f"CREATE TABLE image_tags ({columns}, "
-            "PRIMARY KEY (generation_id, tag_id, score, image_id)) WITHOUT ROWID"
-        )
-        connection.execute(keys.pop())
+    for statement in _SCHEMAS[layout]:
+        connection.execute(statement.format(columns=columns))
     inserting = 0.0
-    for tags, scores, owners in _batches(images):
-        if not heap:
-            order = np.lexsort((owners, scores, tags))
-            tags, scores, owners = tags[order], scores[order], owners[order]
-        rows = list(zip(repeat(1), tags.tolist(), scores.tolist(), owners.tolist()))
+    postings = 0
+    for block, batch in enumerate(_batches(images)):
+        postings += len(batch[0])
         started = time.perf_counter()
+        sql, rows = _rows(layout, block, batch)
         connection.execute("BEGIN")
-        connection.executemany("INSERT INTO image_tags VALUES (?, ?, ?, ?)", rows)
+        connection.executemany(sql, rows)
         connection.execute("COMMIT")
         inserting += time.perf_counter() - started
     started = time.perf_counter()
-    for statement in keys if heap else []:
+    for statement in _HEAP_KEYS if layout == "heap" else []:
         connection.execute(statement)
     building = time.perf_counter() - started
     connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     connection.close()
-    return inserting, building, float(path.stat().st_size)
+    return inserting, building, float(path.stat().st_size), postings
 
 
-def at_scale(images: int) -> None:
-    log.info("| layout | insert s | keys built after s | images/s | file GB |")
-    log.info("|---|---|---|---|---|")
+def at_scale(images: int, layouts: list[str]) -> None:
+    log.info("| layout | postings | insert s | keys built after s | images/s | file GB |")
+    log.info("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for heap in (False, True):
-            inserting, building, size = fill_at_scale(Path(tmp) / f"{heap}.db", images, heap)
+        for layout in layouts:
+            path = Path(tmp) / f"{layout}.db"
+            inserting, building, size, postings = fill_at_scale(path, images, layout)
             log.info(
-                "| %s | %.0f | %.0f | %.0f | %.2f |",
-                "heap, keys built after" if heap else "image_tags as it is",
+                "| %s | %d | %.0f | %.0f | %.0f | %.2f |",
+                LAYOUT_NAMES[layout],
+                postings,
                 inserting,
                 building,
                 images / (inserting + building),
                 size / 1e9,
             )
-            (Path(tmp) / f"{heap}.db").unlink()
+            path.unlink()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=3_000_000)
     parser.add_argument("--scale", type=int, default=0, help="images; see above")
+    parser.add_argument(
+        "--layouts", default=",".join(LAYOUTS), help=f"with --scale: some of {', '.join(LAYOUTS)}"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log.info("machine: %s; SQLite %s", machine(), sqlite3.sqlite_version)
     if args.scale:
-        at_scale(args.scale)
+        layouts = args.layouts.split(",")
+        if unknown := set(layouts) - set(LAYOUTS):
+            parser.error(f"unknown layout(s): {', '.join(sorted(unknown))}")
+        at_scale(args.scale, layouts)
         return
     log.info("| secondary index | insert order | staging rows/s | postings rows/s | images/s |")
     log.info("|---|---|---|---|---|")
