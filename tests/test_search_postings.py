@@ -178,3 +178,32 @@ def _agrees_with_brute_force(
         assert current.search(plan) == brute(plan, data)
         checked += 1
     return checked
+
+
+@pytest.mark.parametrize("block_rows", [1, 2, 3, 7, 50, 10_000])
+def test_postings_grouped_as_blocks_arrive_equal_one_grouping_of_all_rows(
+    block_rows: int,
+) -> None:
+    # A load groups each block as it comes, and a tag may run across many blocks (the
+    # frequent ones always do): every split must give the same postings as no split.
+    rng = np.random.default_rng(block_rows)
+    tags = np.sort(rng.choice([3, 5, 6, 40, 41, 900], size=300, p=[0.5, 0.2, 0.1, 0.1, 0.05, 0.05]))
+    scores = rng.random(300).astype(np.float32).astype(np.float64)
+    images = rng.permutation(300).astype(np.float64)
+    order = np.lexsort((images, -scores, tags))
+    rows = np.column_stack((tags.astype(np.float64), scores, images))[order]
+    blocks = [rows[i : i + block_rows] for i in range(0, len(rows), block_rows)]
+
+    grouped = postings_module._grouped(blocks)
+
+    assert sorted(grouped) == [3, 5, 6, 40, 41, 900]
+    for tag, found in grouped.items():
+        mine = rows[rows[:, 0] == tag]
+        assert found.ids.dtype == np.uint32 and found.neg_scores.dtype == np.float32
+        assert found.ids.tolist() == mine[:, 2].astype(int).tolist()
+        assert found.neg_scores.tolist() == (-mine[:, 1].astype(np.float32)).tolist()
+        assert found.ids.base is None  # owns its memory: no block is kept alive by a view
+
+
+def test_no_blocks_group_to_no_postings() -> None:
+    assert postings_module._grouped([]) == {}

@@ -408,25 +408,21 @@ def _read_postings(
     session: Session, generation_id: int, image_ids: Sequence[int] | None
 ) -> dict[int, Postings]:
     """Postings by tag, read in the clustered key's order through the driver's own cursor
-    (SQLAlchemy rows are far too slow for tens of millions of postings) and converted chunk
-    by chunk, so memory stays near the arrays' own size."""
+    (SQLAlchemy rows are far too slow for tens of millions of postings)."""
     base = (
         select(ImageTag.tag_id, ImageTag.score, ImageTag.image_id)
         .where(ImageTag.generation_id == generation_id)
         .order_by(ImageTag.tag_id, ImageTag.score.desc(), ImageTag.image_id)
     )
     if image_ids is None:
-        statements = [base]
-    else:
-        statements = [base.where(ImageTag.image_id.in_(c)) for c in chunks(image_ids, ID_CHUNK)]
+        return _grouped(_raw_blocks(session, base))
+    statements = [base.where(ImageTag.image_id.in_(c)) for c in chunks(image_ids, ID_CHUNK)]
     blocks = [block for statement in statements for block in _raw_blocks(session, statement)]
     if not blocks:
         return {}
     rows = np.concatenate(blocks)
-    if image_ids is not None:
-        # Chunks by image break the global order: restore (tag, -score, image).
-        rows = rows[np.lexsort((rows[:, 2], -rows[:, 1].astype(np.float32), rows[:, 0]))]
-    return _group(rows[:, 0].astype(np.int64), rows[:, 1], rows[:, 2])
+    # Chunks by image break the global order: restore (tag, -score, image).
+    return _grouped([rows[np.lexsort((rows[:, 2], -rows[:, 1].astype(np.float32), rows[:, 0]))]])
 
 
 def _raw_blocks(session: Session, statement: Any) -> Iterable[np.ndarray]:
@@ -447,18 +443,35 @@ def _raw_blocks(session: Session, statement: Any) -> Iterable[np.ndarray]:
         cursor.close()
 
 
-def _group(tags: np.ndarray, scores: np.ndarray, images: np.ndarray) -> dict[int, Postings]:
-    if not len(tags):
-        return {}
-    neg = -np.asarray(scores, dtype=np.float32)
-    ids = np.asarray(images, dtype=np.uint32)
-    bounds = np.flatnonzero(np.diff(tags)) + 1
-    starts = np.concatenate(([0], bounds))
-    ends = np.concatenate((bounds, [len(tags)]))
-    return {
-        int(tags[s]): Postings(ids[s:e].copy(), neg[s:e].copy())
-        for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
-    }
+def _grouped(blocks: Iterable[np.ndarray]) -> dict[int, Postings]:
+    """Postings by tag from (tag, score, image) blocks in key order, grouped as the blocks
+    arrive: a block's tags are final once the next one starts, so the load holds the final
+    arrays and one block, never the whole result as rows (at 1M images that was ten times
+    the arrays' size)."""
+    grouped: dict[int, Postings] = {}
+    open_tag, pieces = -1, list[tuple[np.ndarray, np.ndarray]]()
+    for block in blocks:
+        tags = block[:, 0].astype(np.int64)
+        neg = -block[:, 1].astype(np.float32)
+        ids = block[:, 2].astype(np.uint32)
+        bounds = (np.flatnonzero(np.diff(tags)) + 1).tolist()
+        for start, end in zip([0, *bounds], [*bounds, len(tags)], strict=True):
+            tag = int(tags[start])
+            if tag != open_tag and pieces:
+                grouped[open_tag] = _joined(pieces)
+                pieces = []
+            open_tag = tag
+            pieces.append((ids[start:end], neg[start:end]))
+    if pieces:
+        grouped[open_tag] = _joined(pieces)
+    return grouped
+
+
+def _joined(pieces: list[tuple[np.ndarray, np.ndarray]]) -> Postings:
+    """One tag's postings from its pieces (copies: no piece keeps its block alive)."""
+    return Postings(
+        np.concatenate([ids for ids, _ in pieces]), np.concatenate([neg for _, neg in pieces])
+    )
 
 
 def _attributes(session: Session, live: BitMap) -> Attributes:
