@@ -6,8 +6,9 @@ On the synthetic --images database of bench_search (imported once), each run is 
 Python process that loads the active generation's posting engine (postings, attributes and
 the prebuilt bitmaps; no FAISS), as a server does at start, and reports the seconds, its
 peak RSS, the size of the posting arrays and a digest of them. The baseline run, in the same
-invocation, reads the postings the way the code did before 2026-11-28 (every row block
-first, then one grouping: ``older_read_postings``); the digests must match.
+invocation, reads the postings the way the code did before 2026-11-28 (sorted by descending
+score in SQL, every row block kept, then one grouping: ``older_read_postings``); the digests
+must match.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def main() -> None:
             m = measure(url, baseline)
             log.info(
                 "| %s | %d | %d | %.1f | %.2f | %.2f | %s |",
-                "baseline (all rows, then grouped)" if baseline else "current (grouped as read)",
+                "baseline" if baseline else "current",
                 args.images,
                 m["postings"],
                 m["seconds"],

@@ -184,14 +184,17 @@ def _agrees_with_brute_force(
 def test_postings_grouped_as_blocks_arrive_equal_one_grouping_of_all_rows(
     block_rows: int,
 ) -> None:
-    # A load groups each block as it comes, and a tag may run across many blocks (the
-    # frequent ones always do): every split must give the same postings as no split.
+    # A load reads rows in the key's ascending (tag, score, image) order and groups each
+    # block as it comes; a tag may run across many blocks (the frequent ones always do), and
+    # many images share a score. Every split must give each tag's postings by descending
+    # score, ties by ascending image.
     rng = np.random.default_rng(block_rows)
-    tags = np.sort(rng.choice([3, 5, 6, 40, 41, 900], size=300, p=[0.5, 0.2, 0.1, 0.1, 0.05, 0.05]))
-    scores = rng.random(300).astype(np.float32).astype(np.float64)
+    tags = rng.choice([3, 5, 6, 40, 41, 900], size=300, p=[0.5, 0.2, 0.1, 0.1, 0.05, 0.05])
+    scores = rng.choice([0.05, 0.25, 0.5, 0.75, 0.9, *rng.random(20)], size=300)
+    scores = scores.astype(np.float32).astype(np.float64)
     images = rng.permutation(300).astype(np.float64)
-    order = np.lexsort((images, -scores, tags))
-    rows = np.column_stack((tags.astype(np.float64), scores, images))[order]
+    rows = np.column_stack((tags.astype(np.float64), scores, images))
+    rows = rows[np.lexsort((images, scores, tags))]
     blocks = [rows[i : i + block_rows] for i in range(0, len(rows), block_rows)]
 
     grouped = postings_module._grouped(blocks)
@@ -199,10 +202,19 @@ def test_postings_grouped_as_blocks_arrive_equal_one_grouping_of_all_rows(
     assert sorted(grouped) == [3, 5, 6, 40, 41, 900]
     for tag, found in grouped.items():
         mine = rows[rows[:, 0] == tag]
+        expected = mine[np.lexsort((mine[:, 2], -mine[:, 1]))]
         assert found.ids.dtype == np.uint32 and found.neg_scores.dtype == np.float32
-        assert found.ids.tolist() == mine[:, 2].astype(int).tolist()
-        assert found.neg_scores.tolist() == (-mine[:, 1].astype(np.float32)).tolist()
+        assert found.ids.tolist() == expected[:, 2].astype(int).tolist()
+        assert found.neg_scores.tolist() == (-expected[:, 1].astype(np.float32)).tolist()
         assert found.ids.base is None  # owns its memory: no block is kept alive by a view
+
+
+def test_postings_with_distinct_scores_are_the_rows_reversed() -> None:
+    rows = np.array([[7, 0.1, 4], [7, 0.2, 1], [7, 0.3, 9]], dtype=np.float64)
+    found = postings_module._grouped([rows])[7]
+    assert found.ids.tolist() == [9, 1, 4]
+    assert found.neg_scores.tolist() == [-np.float32(s) for s in (0.3, 0.2, 0.1)]
+    assert found.ids.base is None
 
 
 def test_no_blocks_group_to_no_postings() -> None:
