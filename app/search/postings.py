@@ -409,8 +409,8 @@ def _read_postings(
 ) -> dict[int, Postings]:
     """Postings by tag, read through the driver's own cursor (SQLAlchemy rows are far too
     slow for tens of millions of postings) in the clustered key's own ascending order: asking
-    for descending scores made SQLite sort each tag's rows (and PostgreSQL all of them), 25%
-    of a load at 1M images; :func:`_joined` turns each tag around instead."""
+    for descending scores made SQLite sort each tag's rows, about a fifth of a load at 1M
+    images; :func:`_joined` turns each tag around instead."""
     base = (
         select(ImageTag.tag_id, ImageTag.score, ImageTag.image_id)
         .where(ImageTag.generation_id == generation_id)
@@ -447,9 +447,9 @@ def _raw_blocks(session: Session, statement: Any) -> Iterable[np.ndarray]:
 
 def _grouped(blocks: Iterable[np.ndarray]) -> dict[int, Postings]:
     """Postings by tag from (tag, score, image) blocks in ascending key order, grouped as the
-    blocks arrive: a block's tags are final once the next one starts, so the load holds the final
-    arrays and one block, never the whole result as rows (at 1M images that was ten times
-    the arrays' size)."""
+    blocks arrive: a block's tags are final once the next one starts, so the load holds the
+    final arrays and one block, never the whole result as rows (at 1M images, that peaked at
+    4.5 GB for 0.48 GB of arrays)."""
     grouped: dict[int, Postings] = {}
     open_tag, pieces = -1, list[tuple[np.ndarray, np.ndarray]]()
     for block in blocks:
