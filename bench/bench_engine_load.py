@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -104,7 +105,7 @@ def _high_water_mark() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(url: str, baseline: bool) -> dict[str, object]:
+def measure(url: str, baseline: bool) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.bench_engine_load", "--child", "--url", url]
     result = subprocess.run(
         [*command, *(["--baseline"] if baseline else [])],
@@ -112,7 +113,7 @@ def measure(url: str, baseline: bool) -> dict[str, object]:
         capture_output=True,
         text=True,
     )
-    measured: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    measured: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return measured
 
 
@@ -147,8 +148,8 @@ def main() -> None:
                 args.images,
                 m["postings"],
                 m["seconds"],
-                float(m["peak"]) / 1e9,  # type: ignore[arg-type]
-                float(m["arrays"]) / 1e9,  # type: ignore[arg-type]
+                m["peak"] / 1e9,
+                m["arrays"] / 1e9,
                 m["digest"],
             )
 
