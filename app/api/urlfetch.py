@@ -18,9 +18,9 @@ from urllib.parse import urljoin, urlsplit
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from app.api.addresses import IPAddress, is_public
 from app.api.errors import ApiError
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Sequence[str]]
 
@@ -51,19 +51,6 @@ def system_resolver(host: str, port: int) -> list[str]:
     except (socket.gaierror, UnicodeError) as exc:
         raise ApiError(400, "url_unreachable", f"cannot resolve host {host!r}: {exc}") from exc
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def is_public(address: IPAddress) -> bool:
-    """Globally routable unicast only: this refuses private, loopback, link-local (cloud
-    metadata at 169.254.169.254), shared, reserved, multicast and unspecified addresses,
-    and the same ranges hidden inside IPv4-mapped or 6to4 IPv6 addresses."""
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is not None:
-            return is_public(embedded)
-        if address.teredo is not None:
-            return False
-    return address.is_global and not address.is_multicast
 
 
 def check_address(text: str, policy: FetchPolicy) -> IPAddress:
