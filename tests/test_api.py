@@ -172,6 +172,11 @@ def test_tag_query_and_threshold_parameter_match_the_stored_scores(
         ('path:"/art', "query_unterminated_quote"),
         ("1girl id:>abc", "query_bad_value"),
         ("md5:0123456789abcdef0123456789abcdef", "query_unsupported"),
+        ("path:/art/a\x00b.png", "query_bad_character"),  # a 500 on PostgreSQL before
+        ('path:"a\x00"', "query_bad_character"),
+        ("1girl solo\x1b", "query_bad_character"),
+        ("-(a or b\x7f)", "query_bad_character"),
+        ("smile,\x00.5", "query_bad_character"),
     ],
 )
 def test_bad_queries_are_400_with_the_parser_position(env: ApiEnv, query: str, code: str) -> None:

@@ -983,6 +983,7 @@ def test_every_error_code_is_reachable() -> None:
         "a " * 101: TOO_MANY,
         "(" * 65: TOO_DEEP,
         'path:"': UNTERMINATED,
+        "path:a\x00": ErrorCode.BAD_CHARACTER,
     }
     # "unsupported" comes from the search binder, not the parser (tests/test_search_*.py).
     assert {code for code in samples.values()} == set(ErrorCode) - {ErrorCode.UNSUPPORTED}
@@ -1041,6 +1042,35 @@ FUZZ = settings(
 @given(st.text())
 def test_any_text_parses_or_raises_query_error(text: str) -> None:
     assert_total(text)
+
+
+CONTROL = st.sampled_from(
+    [
+        chr(c)
+        for c in [*range(0x00, 0x09), *range(0x0E, 0x1C), *range(0x7F, 0x85), *range(0x86, 0xA0)]
+    ]
+    + ["\ud800", "\udfff"]
+)
+
+
+@settings(FUZZ, max_examples=500)
+@given(
+    st.lists(SYNTAX_PIECES, max_size=10).map("".join),
+    CONTROL,
+    st.lists(SYNTAX_PIECES, max_size=10).map("".join),
+)
+def test_a_control_character_anywhere_is_refused_where_it_stands(
+    before: str, char: str, after: str
+) -> None:
+    with pytest.raises(QueryError) as caught:
+        parse(before + char + after)
+    assert caught.value.code is ErrorCode.BAD_CHARACTER
+    assert caught.value.position == len(before)
+
+
+@pytest.mark.parametrize("separator", ["\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x85"])
+def test_whitespace_controls_stay_separators(separator: str) -> None:
+    assert parse(f"a{separator}b") == parse("a b")
 
 
 @FUZZ

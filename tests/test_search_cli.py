@@ -56,6 +56,7 @@ def test_tag_queries_agree_with_negation(indexed: dict[str, str]) -> None:
         ("ratng:s", "bad query at character 0 (unknown_metatag)"),
         ("1girl order:similarity", "bad query at character 6 (bad_value): order:similarity needs"),
         ("similar:3 order:id", "character 10 (conflicting_singleton): a similarity search is"),
+        ("path:/a\x01b", "character 7 (bad_character): the query holds the control character"),
     ],
 )
 def test_bad_queries_exit_2_with_the_position(

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from app.query import QueryError, parse
-from app.search.plan import Catalog, bind
+from app.query import ErrorCode, QueryError, parse
+from app.search.plan import Catalog, PlanNode, bind
 from app.search.sql_engine import execute
 from app.store.db import create_db_engine, session_factory
 from tests.search_helpers import brute, build_index
@@ -228,7 +228,28 @@ def random_images(rng: random.Random, count: int = 150) -> list[dict[str, float]
     return images
 
 
+CONTROLS = ["\x00", "\x01", "\x1b", "\x7f", "\x9b"]
+
+
 def random_query(rng: random.Random, depth: int = 0) -> str:
+    text = _random_query(rng, depth)
+    if rng.random() < 0.03:  # a control character somewhere: refused before any engine
+        cut = rng.randint(0, len(text))
+        text = text[:cut] + rng.choice(CONTROLS) + text[cut:]
+    return text
+
+
+def bound(text: str, catalog: Catalog) -> PlanNode | None:
+    """The query's plan, or None when it is refused (a control character must be)."""
+    try:
+        return bind(parse(text).root, catalog)
+    except QueryError as exc:
+        if any(char in text for char in CONTROLS):
+            assert exc.code is ErrorCode.BAD_CHARACTER, text
+        return None  # e.g. "~" on a group; the parser's own tests cover these
+
+
+def _random_query(rng: random.Random, depth: int = 0) -> str:
     roll = rng.random()
     if depth >= 3 or roll < 0.4:
         if rng.random() < 0.15:
@@ -237,7 +258,7 @@ def random_query(rng: random.Random, depth: int = 0) -> str:
         if rng.random() < 0.3:
             term += rng.choice([",>=0.5", ",0.2..0.7", ",<0.4", ",0.9", ",>0.05"])
         return rng.choice(["", "", "-", "~"]) + term
-    parts = [random_query(rng, depth + 1) for _ in range(rng.randint(1, 3))]
+    parts = [_random_query(rng, depth + 1) for _ in range(rng.randint(1, 3))]
     joiner = rng.choice([" ", " and ", " or "])
     text = joiner.join(parts)
     return rng.choice(["", "-"]) + f"({text})" if rng.random() < 0.5 else text
@@ -252,10 +273,9 @@ def test_sql_engine_equals_brute_force_on_random_queries(migrated_url: str) -> N
     with session_factory(engine)() as session:
         for _ in range(1000):
             text = random_query(rng)
-            try:
-                plan = bind(parse(text).root, catalog)
-            except QueryError:
-                continue  # e.g. "~" on a group; the parser's own tests cover these
+            plan = bound(text, catalog)
+            if plan is None:
+                continue
             assert execute(session, plan, generation) == brute(plan, data), text
             checked += 1
     engine.dispose()
@@ -275,9 +295,8 @@ def test_posting_engine_equals_sql_and_brute_force(migrated_url: str) -> None:
         assert postings.is_current(session)
         for _ in range(1000):
             text = random_query(rng)
-            try:
-                plan = bind(parse(text).root, catalog)
-            except QueryError:
+            plan = bound(text, catalog)
+            if plan is None:
                 continue
             expected = brute(plan, data)
             assert postings.search(plan) == expected, text

@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_TERMS = "too_many_terms"
     TOO_DEEP = "too_deep"
     UNTERMINATED_QUOTE = "unterminated_quote"
+    BAD_CHARACTER = "bad_character"  # a control character or lone surrogate
     UNSUPPORTED = "unsupported"  # valid syntax the search engine cannot execute yet
 
 

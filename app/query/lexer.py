@@ -35,6 +35,10 @@ _QUOTED_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _BARE = re.compile(f"(?:\\\\[{_SEPARATOR_CLASS}]|\\\\|[^{_SEPARATOR_CLASS}\\\\])*")
 _BARE_ESCAPE = re.compile(f"\\\\([{_SEPARATOR_CLASS}])")
 _PARENS = re.compile(r"[()]")
+# Control characters that are not separators (NUL, ESC, DEL, the C1 block but NEL) and
+# lone surrogates: no tag or path holds them, and the engines disagree on them (PostgreSQL
+# refuses NUL, SQLite's GLOB stops at it), so the query is refused before any engine runs.
+_FORBIDDEN = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\ud800-\udfff]")
 
 EMOTICONS = frozenset({":)", ":(", ";)", ";(", ">:)", ">:("})
 """Tags whose unbalanced ``)`` is part of the face, never a group's end."""
@@ -79,8 +83,18 @@ def is_separator(char: str) -> bool:
     return _SEPARATOR.fullmatch(char) is not None
 
 
+def check_characters(text: str) -> None:
+    """Raise ``bad_character`` at the first character no query may hold."""
+    found = _FORBIDDEN.search(text)
+    if found is not None:
+        shown = f"U+{ord(found.group()):04X}"
+        message = f"the query holds the control character {shown}, which no tag or path has"
+        raise QueryError(ErrorCode.BAD_CHARACTER, message, found.start())
+
+
 class Lexer:
     def __init__(self, text: str, *, max_depth: int) -> None:
+        check_characters(text)
         self._text = text
         self._pos = 0
         self._depth = 0
