@@ -22,7 +22,7 @@ from app.store.thumbs import ThumbnailCache
 from app.tagger.batching import predict_stacked, prepare
 from app.tagger.policy import OutputPolicy
 from app.tagger.vocab import DEFAULT_THRESHOLDS, GROUPS
-from tests.api_helpers import ADMIN_TOKEN, ApiEnv, indexed_env
+from tests.api_helpers import ADMIN_TOKEN, ApiEnv, hf_error_of, indexed_env
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -368,6 +368,50 @@ def test_similar_keeps_the_filter(env: ApiEnv) -> None:
         assert ids <= (matching if q == tag else set(live_ids(env)) - matching)
 
 
+SIMILAR_FILTERS = [
+    "{t} or width:>=100",  # "or" at the top: a 400 (singleton misuse) when glued to similar:
+    "({t} or width:>=100) filetype:png",
+    "-({t} or width:>=100)",
+    "~{t} ~width:<70",
+    "(({t} or filetype:jpg) -width:<60) or path:*img1*",
+    "-{t} or -filetype:png",
+    "width:50..100 or height:>1000",
+]
+
+
+@pytest.mark.parametrize("shape", SIMILAR_FILTERS)
+def test_similar_takes_any_filter_shape(env: ApiEnv, shape: str) -> None:
+    q = shape.format(t=common_tag(env))
+    listed = env.client.get("/api/search", params={"q": q, "limit": 1000}).json()["items"]
+    matching = {item["id"] for item in listed}
+    image_id = live_ids(env)[0]
+    response = env.client.post("/api/similar", json={"image_id": image_id, "q": q, "k": 100})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    ids = [item["id"] for item in body["items"]]
+    assert set(ids) == matching - {image_id} and body["count"] == len(ids)
+    scores = [item["similarity"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    upload = env.client.post(
+        "/api/similar",
+        files={"file": ("q.png", image_path(env, image_id).read_bytes(), "image/png")},
+        data={"q": q, "k": "100"},
+    ).json()
+    assert {item["id"] for item in upload["items"]} == matching
+
+
+def test_similar_by_id_with_a_similar_term_in_the_filter(env: ApiEnv) -> None:
+    first, second = live_ids(env)[:2]
+    same = env.client.post("/api/similar", json={"image_id": first, "q": f"similar:{first}"})
+    assert same.status_code == 200 and first not in {i["id"] for i in same.json()["items"]}
+    other = env.client.post("/api/similar", json={"image_id": first, "q": f"similar:{second}"})
+    assert error_of(other, 400)["code"] == "query_conflicting_singleton"
+    ored = env.client.post("/api/similar", json={"image_id": first, "q": f"a or similar:{second}"})
+    assert error_of(ored, 400)["code"] == "query_singleton_misuse"
+    nul = env.client.post("/api/similar", json={"image_id": first, "q": "path:a\x00"})
+    assert error_of(nul, 400)["code"] == "query_bad_character"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "status", "code"),
     [
@@ -507,7 +551,7 @@ def test_pixai_tag_endpoint_matches_the_tagger(env: ApiEnv) -> None:
     ],
 )
 def test_pixai_tag_errors(env: ApiEnv, body: dict, status: int, code: str) -> None:  # type: ignore[type-arg]
-    assert error_of(env.client.post("/api/tag", json=body), status)["code"] == code
+    assert hf_error_of(env.client.post("/api/tag", json=body), status) == code
 
 
 def test_danbooru_evaluate_endpoint(env: ApiEnv) -> None:
@@ -532,7 +576,7 @@ def test_danbooru_evaluate_endpoint(env: ApiEnv) -> None:
     [
         (None, {"format": "json"}, 422, "invalid_request"),
         ([("file", ("a.png", b"junk", "image/png"))], {"format": "json"}, 415, "bad_image"),
-        ([("file", ("a.png", b"junk", "image/png"))], {"format": "html"}, 400, "bad_format"),
+        ([("file", ("a.png", b"junk", "image/png"))], {"format": "xml"}, 400, "bad_format"),
         ([("file", ("a.png", b"junk", "image/png"))], {"threshold": "x"}, 422, "invalid_request"),
         ([("file", ("a.png", b"junk", "image/png"))], {"limit": "0"}, 422, "invalid_request"),
     ],

@@ -160,6 +160,25 @@ def test_like_an_image_file(indexed: dict[str, str], tmp_path: Path, tiny_wd_dir
     assert other.returncode == 2 and "--like needs the model that built the index" in other.stderr
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        "1girl,>=0.5 or width:>=80",
+        "-(1girl,>=0.5 or width:<50)",
+        "(width:>=80 or path:*1.png) -width:88",
+    ],
+)
+def test_like_takes_any_filter_shape(indexed: dict[str, str], where: str) -> None:
+    art = Path(indexed["SAGASHI_DATA_DIR"]).parent / "art"
+    matching = {
+        json.loads(x)["id"]
+        for x in run("search", "--json", "--", where, env=indexed).stdout.splitlines()
+    }
+    result = run("search", "--like", str(art / "2.png"), "--json", "--", where, env=indexed)
+    assert result.returncode == 0, result.stderr
+    assert {json.loads(line)["id"] for line in result.stdout.splitlines()} == matching
+
+
 def test_search_settings_term_limit_and_engine(indexed: dict[str, str]) -> None:
     limited = run("search", "a b c", env={**indexed, "SAGASHI_MAX_QUERY_TERMS": "2"})
     assert limited.returncode == 2 and "(too_many_terms)" in limited.stderr, limited.stderr

@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -63,6 +63,9 @@ class SearchRequest:
     thresholds: Mapping[str, float] | None = None  # per group; missing groups use defaults
     embedding: np.ndarray | None = None  # "looks like this" (an uploaded image's embedding)
     hide_duplicates: bool = False
+    # "Looks like indexed image N", given apart from the query text, which is then a filter
+    # of its own: gluing "similar:N" to it as text breaks a filter with a top-level "or".
+    similar_to: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class SearchService:
         return self._sessions()
 
     def search(self, request: SearchRequest) -> Page:
-        query = parse(request.query, max_terms=self.max_terms)
+        query = _with_similar(parse(request.query, max_terms=self.max_terms), request.similar_to)
         thresholds = {**DEFAULT_THRESHOLDS, **(request.thresholds or {})}
         vector_query = query.similar is not None or request.embedding is not None
         order = _check_order(query, request.query, vector_query)
@@ -284,6 +287,15 @@ class SearchService:
         if postings is not None:
             return posting_keys(postings, counted, score_tag)
         return sql_keys(session, state.generation_id, counted, score_tag)
+
+
+def _with_similar(query: Query, image_id: int | None) -> Query:
+    if image_id is None or query.similar == image_id:
+        return query
+    if query.similar is not None:
+        message = f"the query's similar:{query.similar} conflicts with the query image {image_id}"
+        raise QueryError(ErrorCode.CONFLICTING_SINGLETON, message, 0)
+    return replace(query, similar=image_id)
 
 
 def _check_order(query: Query, text: str, vector_query: bool) -> Order:

@@ -88,24 +88,23 @@ async def similar(request: Request, res: Res, wanted: Thresholds) -> SearchRespo
         data = uploaded if uploaded is not None else await _query_image(body, res)
         inferred = await run_in_threadpool(res.inference.infer, data)
         embedding = inferred.embedding
-    query = body.q if body.image_id is None else f"similar:{body.image_id} {body.q}"
-    return await run_in_threadpool(_similar_page, res, body, query, embedding, wanted)
+    return await run_in_threadpool(_similar_page, res, body, embedding, wanted)
 
 
 def _similar_page(
     res: Resources,
     body: SimilarRequest,
-    query: str,
     embedding: np.ndarray | None,
     wanted: dict[str, float],
 ) -> SearchResponse:
     request = SearchRequest(
-        query,
+        body.q,
         body.k,
         body.cursor,
         thresholds=wanted,
         embedding=embedding,
         hide_duplicates=body.hide_duplicates,
+        similar_to=body.image_id,
     )
     with search_errors():
         page = res.search.search(request)

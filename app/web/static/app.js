@@ -73,6 +73,11 @@ async function api(path, options = {}) {
   } catch {
     body = null;
   }
+  if (response.status === 401) {
+    // The server wants SAGASHI_READ_TOKEN and the login cookie is missing or stale (the
+    // token was changed): log in again, then come back to this page.
+    location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
+  }
   if (!response.ok) {
     const error = body && body.error ? body.error : { code: "http", message: `HTTP ${response.status}` };
     throw new ApiError(response.status, error);
@@ -186,7 +191,8 @@ function similarQuery(imageId) {
     .split(/\s+/)
     .filter((term) => term && !/^-?(similar|order):/i.test(term))
     .join(" ");
-  return `similar:${imageId}${filter ? " " + filter : ""}`;
+  // Parenthesised: a filter with a top-level "or" stays one filter, not an "or" with similar:.
+  return `similar:${imageId}${filter ? ` (${filter})` : ""}`;
 }
 
 async function showImage(imageId) {
