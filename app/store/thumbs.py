@@ -12,6 +12,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import IO
 
 from PIL import Image
 
@@ -34,9 +35,11 @@ class ThumbnailCache:
             sha256 = hashlib.sha256(sha256.encode("utf-8", "replace")).hexdigest()
         return self.directory / str(self.size) / sha256[:2] / f"{sha256}.webp"
 
-    def get(self, sha256: str, source: Path) -> Path:
-        """The cached thumbnail, made from ``source`` when missing. Raises ImageDecodeError
-        for a file that no longer decodes."""
+    def get(self, sha256: str, source: IO[bytes]) -> Path:
+        """The cached thumbnail, made when missing from ``source``, the image file opened by
+        :func:`app.store.safe_open.open_within` (never reopened by path, so a link swapped
+        in meanwhile cannot change what is decoded). Raises ImageDecodeError for a file
+        that no longer decodes."""
         target = self.path_for(sha256)
         if target.is_file():
             return target

@@ -59,20 +59,22 @@ class SourceMeta:
 
 
 def decode_image(
-    source: str | os.PathLike[str] | bytes,
+    source: str | os.PathLike[str] | bytes | IO[bytes],
     *,
     max_pixels: int,
     draft: DraftRequest | None = None,
 ) -> Image.Image:
     """Decode the first frame of ``source`` to RGB, alpha composited on white.
 
-    ``draft`` maps the stored (width, height) to a reduced JPEG decode size, or None.
+    ``source`` is a path, the file's bytes, or a file already open for binary reading
+    (read from its start; the caller keeps it and closes it). ``draft`` maps the stored
+    (width, height) to a reduced JPEG decode size, or None.
     """
     return decode_with_meta(source, max_pixels=max_pixels, draft=draft)[0]
 
 
 def decode_with_meta(
-    source: str | os.PathLike[str] | bytes,
+    source: str | os.PathLike[str] | bytes | IO[bytes],
     *,
     max_pixels: int,
     draft: DraftRequest | None = None,
@@ -82,22 +84,12 @@ def decode_with_meta(
         if not source:
             raise ImageDecodeError("empty", "empty file (0 bytes)")
         return _decode_stream(io.BytesIO(source), max_pixels, draft)
-    path = Path(source)
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        if not isinstance(source, (str, os.PathLike)):
+            return _decode_open_file(source, max_pixels, draft)
+        fd = os.open(Path(source), _OPEN_FLAGS)
         with open(fd, "rb") as stream:
-            info = os.fstat(fd)
-            if stat.S_ISDIR(info.st_mode):
-                raise ImageDecodeError("unreadable", "is a directory, not a file")
-            if not stat.S_ISREG(info.st_mode):
-                raise ImageDecodeError(
-                    "unreadable", f"not a regular file ({_file_kind(info.st_mode)})"
-                )
-            if _OPEN_FLAGS & getattr(os, "O_NONBLOCK", 0):
-                os.set_blocking(fd, True)
-            if info.st_size == 0:
-                raise ImageDecodeError("empty", "empty file (0 bytes)")
-            return _decode_stream(stream, max_pixels, draft)
+            return _decode_open_file(stream, max_pixels, draft)
     except FileNotFoundError as exc:
         raise ImageDecodeError("not_found", f"no such file: {exc.filename}") from exc
     except IsADirectoryError as exc:
@@ -108,6 +100,25 @@ def decode_with_meta(
         raise
     except OSError as exc:
         raise ImageDecodeError("unreadable", f"cannot read file: {exc.strerror or exc}") from exc
+
+
+def _decode_open_file(
+    stream: IO[bytes], max_pixels: int, draft: DraftRequest | None
+) -> tuple[Image.Image, SourceMeta]:
+    """Decode from an open file: a regular, non-empty one only (a FIFO or device would
+    block or never end), from its first byte."""
+    fd = stream.fileno()
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageDecodeError("unreadable", "is a directory, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageDecodeError("unreadable", f"not a regular file ({_file_kind(info.st_mode)})")
+    if _OPEN_FLAGS & getattr(os, "O_NONBLOCK", 0) and not os.get_blocking(fd):
+        os.set_blocking(fd, True)
+    if info.st_size == 0:
+        raise ImageDecodeError("empty", "empty file (0 bytes)")
+    stream.seek(0)
+    return _decode_stream(stream, max_pixels, draft)
 
 
 def _decode_stream(

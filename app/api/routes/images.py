@@ -1,13 +1,15 @@
 """GET /api/images/{id}, its file and its thumbnail.
 
 Files are served only from inside the library roots (symlinks resolved), with ETags from
-the content hash, so browsers and proxies revalidate with a cheap 304.
+the content hash, so browsers and proxies revalidate with a cheap 304. Each request opens
+the file once through :mod:`app.store.safe_open` and reads only from that descriptor (the
+file itself, its ETag and size, the thumbnail's source), so a folder swapped for a
+symlink during the request cannot make it serve a file from outside the roots.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
@@ -16,13 +18,14 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import ApiError
+from app.api.open_file import OpenFileResponse, requested_span
 from app.api.resources import Res, Resources
 from app.api.schemas import ImageDetail, TagScoreOut
 from app.search.details import image_row, tags_of
 from app.search.service import EmptyIndex
 from app.store.db import session_factory
 from app.store.models import Image
-from app.store.roots import resolve_within
+from app.store.safe_open import LibraryFile, OpenRefused, open_within
 from app.tagger.errors import ImageDecodeError
 
 router = APIRouter(tags=["images"])
@@ -71,19 +74,29 @@ def image_detail(image_id: ImageId, res: Res) -> ImageDetail:
 
 @router.get(
     "/api/images/{image_id}/file",
-    response_class=FileResponse,
-    responses={200: {"content": {"image/*": {}}}, 304: {"description": "Not modified"}},
+    response_class=Response,
+    responses={
+        200: {"content": {"image/*": {}}},
+        206: {"description": "The byte range asked for"},
+        304: {"description": "Not modified"},
+    },
 )
 def image_file(image_id: ImageId, request: Request, res: Res) -> Response:
     """The original file, with its content type and an ETag."""
-    image, real = _served(res, image_id)
-    etag = _file_etag(image, real)
-    if _not_modified(request, etag):
-        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
-    return FileResponse(
-        real,
-        media_type=_media_type(image.format),
-        headers={"ETag": etag, "Cache-Control": CACHE_CONTROL},
+    image, opened = _opened(res, image_id)
+    etag = _file_etag(image, opened.info)
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+    try:
+        if _not_modified(request, etag):
+            opened.close()
+            return Response(status_code=304, headers=headers)
+        span = requested_span(request.headers, opened.info.st_size, etag)
+    except BaseException:
+        opened.close()
+        raise
+    # The response reads from this descriptor and closes it when it is sent.
+    return OpenFileResponse(
+        opened, media_type=_media_type(image.format), headers=headers, span=span
     )
 
 
@@ -94,41 +107,44 @@ def image_file(image_id: ImageId, request: Request, res: Res) -> Response:
 )
 async def image_thumb(image_id: ImageId, request: Request, res: Res) -> Response:
     """A WebP thumbnail (longest side SAGASHI_THUMB_SIZE), made once and cached."""
-    image, real = await run_in_threadpool(_served, res, image_id)
-    etag = f'"{image.sha256}-{res.thumbs.size}"'
-    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
-    if _not_modified(request, etag):
-        return Response(status_code=304, headers=headers)
-    try:
-        thumb = await run_in_threadpool(res.thumbs.get, image.sha256, real)
-    except ImageDecodeError as exc:
-        raise ApiError(
-            415, "bad_image", f"image {image_id} no longer decodes ({exc.code}): {exc.message}"
-        ) from exc
+    image, opened = await run_in_threadpool(_opened, res, image_id)
+    with opened:
+        etag = f'"{image.sha256}-{res.thumbs.size}"'
+        headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+        if _not_modified(request, etag):
+            return Response(status_code=304, headers=headers)
+        try:
+            thumb = await run_in_threadpool(res.thumbs.get, image.sha256, opened.file)
+        except ImageDecodeError as exc:
+            raise ApiError(
+                415, "bad_image", f"image {image_id} no longer decodes ({exc.code}): {exc.message}"
+            ) from exc
+    # The thumbnail lies in our own data folder, so serving it by path is safe.
     return FileResponse(thumb, media_type="image/webp", headers=headers)
 
 
-def _served(res: Resources, image_id: int) -> tuple[Image, Path]:
+_REFUSAL_HINTS = {
+    "outside_roots": "; add its folder to SAGASHI_MEDIA_ROOTS to serve it",
+    "path_changed": "; retry once it has settled",
+}
+
+
+def _opened(res: Resources, image_id: int) -> tuple[Image, LibraryFile]:
     with session_factory(res.engine)() as session:  # one session per file request
         image = image_row(session, image_id)
         roots = res.roots(session) if image is not None else []
     if image is None:
         raise _missing(image_id)
-    real = resolve_within(image.path, roots)
-    if real is None:
-        if not os.path.exists(image.path):
-            raise ApiError(404, "file_missing", f"image {image_id}'s file is gone: {image.path}")
+    try:
+        return image, open_within(image.path, roots)
+    except OpenRefused as exc:
+        hint = _REFUSAL_HINTS.get(exc.code, "")
         raise ApiError(
-            404,
-            "outside_roots",
-            f"image {image_id}'s file lies outside the library roots; add its folder to "
-            "SAGASHI_MEDIA_ROOTS to serve it",
-        )
-    return image, real
+            404, exc.code, f"image {image_id}'s file {image.path}: {exc.message}{hint}"
+        ) from exc
 
 
-def _file_etag(image: Image, real: Path) -> str:
-    info = real.stat()
+def _file_etag(image: Image, info: os.stat_result) -> str:
     if info.st_size == image.size_bytes and info.st_mtime_ns == image.mtime_ns:
         return f'"{image.sha256}"'
     return f'W/"{info.st_size:x}-{info.st_mtime_ns:x}"'  # changed since it was indexed
