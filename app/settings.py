@@ -125,6 +125,36 @@ class Settings(BaseSettings):
         le=1024 * 1024 * 1024,
         description="Largest image accepted by upload, base64 or URL (HTTP 413 above it).",
     )
+    max_upload_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Most pixels of a query image sent by upload, base64 or URL (HTTP 413 "
+        "above it), checked from the header before decoding. Lower than "
+        "SAGASHI_MAX_IMAGE_PIXELS, which bounds the library's own files: anyone who reaches the "
+        "port can send these. 50 MP holds a 48 MP photo and an 8K frame; Danbooru itself "
+        "accepts up to 441 MP from its registered uploaders.",
+    )
+    decode_slots: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Most query-image and thumbnail decodes the server runs at once; 0 means "
+        "one per CPU core. Decoding memory stays under this times about 12 bytes per "
+        "SAGASHI_MAX_UPLOAD_PIXELS pixel.",
+    )
+    decode_queue: int = Field(
+        default=16,
+        ge=0,
+        le=100_000,
+        description="Decodes that may wait for a slot; past it a request gets a 503 with "
+        "Retry-After at once.",
+    )
+    decode_wait: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds a decode may wait for a slot before its request gets a 503.",
+    )
     url_fetch: bool = Field(
         default=False,
         description="Allow the API to download query images from http(s) URLs. Private, "
@@ -193,6 +223,9 @@ class Settings(BaseSettings):
 
     def effective_decode_workers(self) -> int:
         return self.decode_workers or max(1, os.cpu_count() or 1)
+
+    def effective_decode_slots(self) -> int:
+        return self.decode_slots or max(1, os.cpu_count() or 1)
 
     def effective_torch_threads(self) -> int:
         return self.torch_threads or max(1, os.cpu_count() or 1)

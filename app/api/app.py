@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.decode_gate import DecodeGate
 from app.api.errors import install_handlers
 from app.api.inference import Inference
 from app.api.limits import BodyLimitMiddleware
@@ -50,10 +51,13 @@ def build_resources(
     thumbs = ThumbnailCache(
         settings.data_dir / "thumbs", settings.thumb_size, settings.max_image_pixels
     )
-    inference = Inference(settings, tagger)
+    decodes = DecodeGate(
+        settings.effective_decode_slots(), settings.decode_queue, settings.decode_wait
+    )
+    inference = Inference(settings, decodes, tagger)
     metrics.watch(StateCollector(search_service.loaded_images, lambda: inference.loaded))
     metrics.watch(JobCollector(engine))
-    return Resources(settings, engine, search_service, inference, thumbs, metrics)
+    return Resources(settings, engine, search_service, inference, thumbs, metrics, decodes)
 
 
 def create_app(settings: Settings, tagger: Tagger | None = None) -> FastAPI:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from app.api.decode_gate import DecodeGate, check_pixels, too_many_pixels
 from app.api.errors import ApiError
 from app.settings import Settings
 from app.tagger import ModelLoadError, TimmTagger
@@ -76,8 +77,11 @@ class MicroBatcher:
 class Inference:
     """The process's one model, loaded on first use (or at start-up) under a lock."""
 
-    def __init__(self, settings: Settings, tagger: Tagger | None = None) -> None:
+    def __init__(
+        self, settings: Settings, gate: DecodeGate, tagger: Tagger | None = None
+    ) -> None:
         self.settings = settings
+        self.gate = gate
         self._tagger = tagger
         self._batcher: MicroBatcher | None = None
         self._lock = threading.Lock()
@@ -120,12 +124,15 @@ class Inference:
     def infer(self, data: bytes) -> Inferred:
         """Tag and embed one image (blocking; call from a worker thread)."""
         tagger = self.load()
-        prepared = prepare(
-            data, tagger.preprocess, self.settings.max_image_pixels, self.settings.jpeg_draft
-        )
+        max_pixels = self.settings.max_upload_pixels
+        check_pixels(data, max_pixels)  # from the header, before any decode is admitted
+        with self.gate.slot():
+            prepared = prepare(data, tagger.preprocess, max_pixels, self.settings.jpeg_draft)
         if prepared.error is not None or prepared.tensor is None:
             code = prepared.error.code if prepared.error else "corrupt"
             message = prepared.error.message if prepared.error else "cannot decode"
+            if code == "too_large":  # a header that lied about its size, or out of memory
+                raise too_many_pixels(None, max_pixels)
             raise ApiError(415, "bad_image", f"not a decodable image ({code}): {message}")
         assert self._batcher is not None
         probs, embedding = self._batcher.submit(prepared.tensor).result()

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from app.api.decode_gate import DecodeGate
 from app.api.errors import ApiError
 from app.api.inference import Inference
 from app.api.metrics import Metrics
@@ -36,6 +37,7 @@ class Resources:
     inference: Inference
     thumbs: ThumbnailCache
     metrics: Metrics
+    decodes: DecodeGate  # bounds the decodes requests cause: uploads and thumbnails
     warmed: threading.Event = field(default_factory=threading.Event)
     warm_error: str | None = None
 
