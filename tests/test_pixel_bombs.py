@@ -75,6 +75,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_pixai_dir: Path) -> It
     }
     assert run_sagashi("db", "upgrade", env=environment).returncode == 0
     make_library(root / "library", 4)
+    for i in range(4):  # large library files: their first thumbnails cost a decode each
+        (root / "library" / f"large{i}.png").write_bytes(png_bomb(4_000 + i, 4_000))
     assert run_sagashi("index", str(root / "library"), env=environment).returncode == 0
     port = free_port()
     process = subprocess.Popen(
@@ -152,3 +154,24 @@ def test_a_header_that_lies_about_its_size_is_still_bounded(server: Server) -> N
     garbage = upload_all(server, b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, 2)
     for response, _ in garbage:
         assert response.status_code == 415 and response.json()["error"]["code"] == "bad_image"
+
+
+def test_thumbnail_decodes_share_the_same_bound(server: Server) -> None:
+    items = server.client.get("/api/search", params={"q": "width:>=4000"}).json()["items"]
+    assert len(items) == 4
+    base = str(server.client.base_url)
+
+    def thumb(image_id: int) -> httpx.Response:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            return client.get(f"/api/images/{image_id}/thumb")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        first = list(pool.map(thumb, [item["id"] for item in items]))
+    statuses = sorted(response.status_code for response in first)
+    assert 503 in statuses and set(statuses) <= {200, 503}, statuses  # 1 slot + 1 waiting
+    for response in first:
+        if response.status_code == 503:
+            assert response.json()["error"]["code"] == "busy"
+    for item in items:  # one at a time, each is made (or was cached) and served
+        response = thumb(item["id"])
+        assert response.status_code == 200 and response.headers["content-type"] == "image/webp"

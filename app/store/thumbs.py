@@ -11,6 +11,8 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import IO
 
@@ -35,17 +37,24 @@ class ThumbnailCache:
             sha256 = hashlib.sha256(sha256.encode("utf-8", "replace")).hexdigest()
         return self.directory / str(self.size) / sha256[:2] / f"{sha256}.webp"
 
-    def get(self, sha256: str, source: IO[bytes]) -> Path:
+    def get(
+        self,
+        sha256: str,
+        source: IO[bytes],
+        admit: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> Path:
         """The cached thumbnail, made when missing from ``source``, the image file opened by
         :func:`app.store.safe_open.open_within` (never reopened by path, so a link swapped
         in meanwhile cannot change what is decoded). Raises ImageDecodeError for a file
-        that no longer decodes."""
+        that no longer decodes. A decode runs inside ``admit()``, the server's bound on
+        concurrent decodes; a cached thumbnail costs none."""
         target = self.path_for(sha256)
         if target.is_file():
             return target
-        # A cheap JPEG draft decode: a thumbnail needs a fraction of the pixels.
-        image = decode_image(source, max_pixels=self.max_pixels, draft=self._draft)
-        image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
+        with admit():
+            # A cheap JPEG draft decode: a thumbnail needs a fraction of the pixels.
+            image = decode_image(source, max_pixels=self.max_pixels, draft=self._draft)
+            image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Written beside the target and renamed: a concurrent reader sees all or nothing.
         handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")

@@ -114,7 +114,9 @@ async def image_thumb(image_id: ImageId, request: Request, res: Res) -> Response
         if _not_modified(request, etag):
             return Response(status_code=304, headers=headers)
         try:
-            thumb = await run_in_threadpool(res.thumbs.get, image.sha256, opened.file)
+            thumb = await run_in_threadpool(
+                res.thumbs.get, image.sha256, opened.file, res.decodes.slot
+            )
         except ImageDecodeError as exc:
             raise ApiError(
                 415, "bad_image", f"image {image_id} no longer decodes ({exc.code}): {exc.message}"
