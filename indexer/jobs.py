@@ -65,6 +65,7 @@ def index_options(settings: Settings) -> IndexOptions:
         jpeg_draft=settings.jpeg_draft,
         score_floor=settings.score_floor,
         aliases=aliases_of(settings),
+        media_roots=tuple(str(root) for root in settings.media_roots),
     )
 
 

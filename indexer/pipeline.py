@@ -26,7 +26,7 @@ from app.store import repository as repo
 from app.store.db import session_factory
 from app.store.formats import canonical_format
 from app.store.models import Image
-from app.store.roots import add_roots
+from app.store.roots import add_roots, library_roots
 from app.tagger.batching import lookahead, ordered_map, predict_stacked
 from app.tagger.decode import decode_with_meta
 from app.tagger.errors import ImageDecodeError
@@ -94,6 +94,9 @@ class IndexOptions:
     jpeg_draft: bool
     score_floor: float
     aliases: dict[str, str]
+    # Folders outside the indexed roots that the server also serves (SAGASHI_MEDIA_ROOTS):
+    # a symlink may lead into them and still be indexed.
+    media_roots: tuple[str, ...] = ()
 
 
 Progress = Callable[[int, int], None]  # (files done, files total)
@@ -109,7 +112,9 @@ class Indexer:
     def run(self, roots: Sequence[Path], progress: Progress | None = None) -> IndexSummary:
         summary = IndexSummary()
         found: list[Found] = []
-        for item in walk(roots):
+        with self.sessions() as session:
+            served = [*library_roots(session), *self.options.media_roots]
+        for item in walk(roots, served):
             (found if isinstance(item, Found) else summary.failures).append(item)  # type: ignore[arg-type]
         with (
             self.sessions() as session,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -190,4 +191,87 @@ def test_a_second_writer_is_refused_while_one_runs(
     ) in refused.stderr
     after = run_cli("index", str(tmp_path / "art"), env=env)  # released: runs normally
     assert after.returncode == 0, after.stderr
+    engine.dispose()
+
+
+def links_in_and_out(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A library folder ``art`` with links that stay in the library (to a file beside them,
+    to the folder ``shelf`` indexed before) and links that leave it (to a file and a folder
+    in ``outside``)."""
+    shelf, art, outside = tmp_path / "shelf", tmp_path / "art", tmp_path / "outside"
+    make_image(shelf / "kept.png", seed=1)
+    make_image(art / "good.png", seed=2)
+    make_image(outside / "secret.png", seed=3)
+    make_image(outside / "deeper" / "more.png", seed=4)
+    (art / "same.png").symlink_to(art / "good.png")
+    (art / "shelf").symlink_to(shelf, target_is_directory=True)
+    (art / "out.png").symlink_to(outside / "secret.png")
+    (art / "outdir").symlink_to(outside, target_is_directory=True)
+    return shelf, art, outside
+
+
+def test_links_out_of_the_library_are_failures_not_images(
+    migrated_url: str, tagger: TimmTagger, tmp_path: Path
+) -> None:
+    shelf, art, _outside = links_in_and_out(tmp_path)
+    assert indexer(migrated_url, tagger).run([shelf]).new == 1  # shelf is a library root now
+    summary = indexer(migrated_url, tagger).run([art])
+    assert {Path(p.path).name: p.code for p in summary.failures} == {
+        "out.png": "outside_library",
+        "outdir": "outside_library",
+    }
+    assert summary.as_dict()["failed_by_reason"] == {"outside_library": 2}
+    engine = create_db_engine(migrated_url)
+    assert set(snapshot(engine)) == {
+        str(shelf / "kept.png"),
+        str(art / "good.png"),
+        str(art / "same.png"),
+        str(art / "shelf" / "kept.png"),
+    }
+    engine.dispose()
+
+
+def test_media_roots_let_links_into_them_be_indexed(
+    migrated_url: str, tagger: TimmTagger, tmp_path: Path
+) -> None:
+    _shelf, art, outside = links_in_and_out(tmp_path)
+    base = indexer(migrated_url, tagger)
+    options = replace(base.options, media_roots=(str(outside),))
+    summary = Indexer(base.engine, tagger, options).run([art])
+    assert [(Path(p.path).name, p.code) for p in summary.failures] == [
+        ("shelf", "outside_library")  # neither indexed before nor a media root
+    ]
+    assert summary.new == 5
+    assert str(art / "outdir" / "deeper" / "more.png") in snapshot(base.engine)
+    without = base.run([art])  # no longer a media root: what the links led to is deleted
+    assert (without.deleted, without.as_dict()["failed_by_reason"]) == (3, {"outside_library": 3})
+    assert set(snapshot(base.engine)) == {str(art / "good.png"), str(art / "same.png")}
+    base.engine.dispose()
+
+
+def test_cli_reports_links_out_of_the_library(
+    migrated_url: str, tiny_pixai_dir: Path, tmp_path: Path
+) -> None:
+    shelf, art, _outside = links_in_and_out(tmp_path)
+    env = {
+        "SAGASHI_DATABASE_URL": migrated_url,
+        "SAGASHI_DATA_DIR": str(tmp_path / "data"),
+        "SAGASHI_MODEL_DIR": str(tiny_pixai_dir),
+    }
+    indexed = run_cli("index", str(art), env=env)  # shelf was never indexed: outside too
+    assert indexed.returncode == 1, indexed.stderr
+    for link in ("out.png", "outdir", "shelf"):
+        assert f"failed: {art / link}: outside_library: symlink to " in indexed.stderr
+    assert '"new": 2' in indexed.stderr
+    assert '"failed_by_reason": {"outside_library": 3}' in indexed.stderr
+    listed = [json.loads(line) for line in run_cli("jobs", "list", env=env).stdout.splitlines()]
+    shown = json.loads(run_cli("jobs", "show", str(listed[0]["id"]), env=env).stdout)
+    assert {(f["path"], f["code"]) for f in shown["failures"]} == {
+        (str(art / "out.png"), "outside_library"),
+        (str(art / "outdir"), "outside_library"),
+        (str(art / "shelf"), "outside_library"),
+    }
+    engine = create_db_engine(migrated_url)
+    assert set(snapshot(engine)) == {str(art / "good.png"), str(art / "same.png")}
+    assert str(shelf) not in str(snapshot(engine))
     engine.dispose()

@@ -2,7 +2,8 @@
 
 The file and thumbnail endpoints serve a path only when its real location (symlinks
 resolved) lies inside a root, so neither a crafted database row nor a symlink placed in
-the collection can expose the rest of the disk.
+the collection can expose the rest of the disk. The indexer applies the same test to the
+symlinks it meets (see indexer.scan), so it records only files the server will serve.
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ def add_roots(session: Session, roots: Iterable[Path]) -> None:
     """Record folders being indexed (absolute, as the scanner walks them); the caller commits."""
     known = set(library_roots(session))
     for root in roots:
-        absolute = os.path.abspath(root)
-        folder = absolute if os.path.isdir(absolute) else os.path.dirname(absolute)
+        folder = root_folder(root)
         if folder not in known:
             session.add(LibraryRoot(path=folder, added_at=now()))
             known.add(folder)
+
+
+def root_folder(root: str | os.PathLike[str]) -> str:
+    """The folder a path given to the indexer makes a root: itself, or a file's folder."""
+    absolute = os.path.abspath(root)
+    return absolute if os.path.isdir(absolute) else os.path.dirname(absolute)
 
 
 def library_roots(session: Session) -> list[str]:
@@ -40,11 +46,20 @@ def resolve_within(path: str, roots: Sequence[str]) -> Path | None:
         real = Path(path).resolve(strict=True)
     except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop
         return None
+    return real if is_within(real, real_roots(roots)) else None
+
+
+def real_roots(roots: Iterable[str]) -> list[Path]:
+    """``roots`` with symlinks resolved; a root that does not exist is left out."""
+    found = []
     for root in roots:
         try:
-            base = Path(root).resolve(strict=True)
+            found.append(Path(root).resolve(strict=True))
         except (OSError, RuntimeError):
             continue
-        if real == base or real.is_relative_to(base):
-            return real
-    return None
+    return found
+
+
+def is_within(real: Path, bases: Sequence[Path]) -> bool:
+    """Whether the resolved path ``real`` is one of ``bases`` or lies under one."""
+    return any(real == base or real.is_relative_to(base) for base in bases)
