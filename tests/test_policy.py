@@ -105,6 +105,22 @@ def test_rating_is_the_most_likely_one() -> None:
     ] == []
 
 
+def test_a_rating_threshold_keeps_every_rating_at_or_above_it() -> None:
+    def ratings(policy: OutputPolicy) -> list[str]:
+        return [t.tag for t in policy.select(PROBS, VOCAB) if t.group == "rating"]
+
+    # 0.7, 0.2 and 0.05 (inclusive, as the other thresholds); explicit's 0.01 is below.
+    assert ratings(OutputPolicy(rating_threshold=0.05)) == ["sensitive", "general", "questionable"]
+    assert ratings(OutputPolicy(rating_threshold=0.8)) == []
+    assert ratings(OutputPolicy(rating_threshold=0.0, deny=frozenset({"general"}))) == [
+        "sensitive",
+        "questionable",
+        "explicit",
+    ]
+    with pytest.raises(ValueError, match="rating_threshold must be between 0 and 1"):
+        OutputPolicy(rating_threshold=1.5)
+
+
 def test_results_are_sorted_by_score_and_shaped_like_the_card() -> None:
     result = OutputPolicy().select(PROBS, VOCAB)
     scores = [t.score for t in result]

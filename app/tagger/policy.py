@@ -36,7 +36,10 @@ class TagScore:
 
 @dataclass(frozen=True)
 class OutputPolicy:
-    """Thresholds are inclusive: a tag is kept when its score is >= its group's threshold."""
+    """Thresholds are inclusive: a tag is kept when its score is >= its group's threshold.
+
+    Ratings: the most likely one, or with ``rating_threshold`` every rating scoring at
+    least that (as Danbooru's autotagger lists them)."""
 
     top_k: int = 128
     threshold_general: float = 0.30
@@ -45,13 +48,14 @@ class OutputPolicy:
     deny: frozenset[str] = frozenset()
     include_copyright: bool = True
     include_rating: bool = True
+    rating_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ValueError("top_k must be at least 1")
-        for name in ("threshold_general", "threshold_character"):
+        for name in ("threshold_general", "threshold_character", "rating_threshold"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
 
     @classmethod
@@ -88,9 +92,7 @@ class OutputPolicy:
         if self.include_copyright:
             extra.extend(self._copyrights(kept, vocab))
         if self.include_rating and vocab.has_ratings:
-            rating = self._rating(probs, vocab)
-            if rating is not None:
-                extra.append(rating)
+            extra.extend(self._ratings(probs, vocab))
         return sorted(kept + extra, key=lambda t: (-t.score, _TIE_ORDER[t.group], t.tag))
 
     def _copyrights(self, kept: list[TagScore], vocab: TagVocabulary) -> list[TagScore]:
@@ -103,9 +105,14 @@ class OutputPolicy:
                     best[ip] = item.score
         return [TagScore(ip, score, COPYRIGHT) for ip, score in best.items()]
 
-    def _rating(self, probs: np.ndarray, vocab: TagVocabulary) -> TagScore | None:
-        """WD's rating head: report the most likely of the four ratings."""
+    def _ratings(self, probs: np.ndarray, vocab: TagVocabulary) -> list[TagScore]:
+        """WD's rating head: the most likely of the four ratings, or every one at or above
+        ``rating_threshold`` when it is set."""
         indices = vocab.indices(RATING)
-        top = int(indices[int(np.argmax(probs[indices]))])
-        name = vocab.names[top]
-        return TagScore(name, float(probs[top]), RATING) if self._permitted(name) else None
+        if self.rating_threshold is None:
+            chosen = indices[[int(np.argmax(probs[indices]))]]
+        else:
+            # float32, as the group thresholds are compared in select()
+            chosen = indices[probs[indices] >= np.float32(self.rating_threshold)]
+        names = [(vocab.names[i], float(probs[i])) for i in chosen.tolist()]
+        return [TagScore(name, score, RATING) for name, score in names if self._permitted(name)]
