@@ -70,6 +70,17 @@ def wait_ready(client: TestClient, seconds: float = 60) -> None:
     raise AssertionError(f"not ready: {client.get('/readyz').json()}")
 
 
+def hf_error_of(response: Any, status: int) -> str:
+    """The code of a drop-in tagging endpoint's error, checked to be in Hugging Face's
+    shape (a string message, which huggingface_hub shows): ``{"error", "code"}``."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "code"}, body
+    assert isinstance(body["error"], str) and body["error"], body
+    code: str = body["code"]
+    return code
+
+
 def database_urls(request: pytest.FixtureRequest, root: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{root / 'sagashi.db'}"

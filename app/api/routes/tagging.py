@@ -3,15 +3,17 @@ POST /evaluate (Danbooru's autotagger), so existing clients can point at Sagashi
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import ApiError
+from app.api.evaluate_page import render_evaluate_page
 from app.api.inference import Inferred
 from app.api.resources import Res, Resources
-from app.api.schemas import EvaluateItem, PixaiRequest, PixaiTag
+from app.api.schemas import EvaluateItem, PixaiParameters, PixaiRequest, PixaiTag
 from app.api.uploads import decode_base64, fetch_url, read_upload
 from app.search.plan import RATING_LETTERS, RATING_TAGS
 from app.tagger.policy import OutputPolicy, TagScore
@@ -20,6 +22,17 @@ from app.tagger.vocab import RATING
 router = APIRouter(tags=["tagging"])
 
 MAX_EVALUATE_FILES = 32
+MAX_EVALUATE_LIMIT = 10_000
+# Danbooru autotagger's own defaults for a request that leaves them out.
+EVALUATE_THRESHOLD = 0.1
+EVALUATE_LIMIT = 50
+EVALUATE_FORMATS = ("json", "html")
+# autotagger defaults to html (its web form); Sagashi keeps json, what API clients (and
+# those generated from the OpenAPI schema) expect when they leave format out. Danbooru
+# always sends format=json.
+EVALUATE_FORMAT = "json"
+
+T = TypeVar("T")
 
 
 @router.post("/api/tag", response_model=list[PixaiTag])
@@ -35,40 +48,75 @@ async def tag(body: PixaiRequest, res: Res) -> list[PixaiTag]:
     else:
         assert inputs.url is not None
         data = await fetch_url(inputs.url, res.settings)
-    params = body.parameters
-    policy = OutputPolicy(
-        top_k=params.top_k,
-        threshold_general=params.threshold_general,
-        threshold_character=params.threshold_character,
-    )
-    selected = await run_in_threadpool(_select, res, data, policy)
+    selected = await run_in_threadpool(_select, res, data, _pixai_policy(body.parameters))
     return [PixaiTag(tag=t.tag, score=round(t.score, 6), group=t.group) for t in selected]
 
 
-@router.post("/evaluate", response_model=list[EvaluateItem])
+@router.post(
+    "/evaluate",
+    response_model=list[EvaluateItem],
+    responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
+)
 async def evaluate(
     res: Res,
     file: Annotated[list[UploadFile], File(description="One or more images (repeat the field).")],
-    threshold: Annotated[float, Form(ge=0.0, le=1.0)] = 0.1,
-    limit: Annotated[int, Form(ge=1, le=10_000)] = 50,
-    format: Annotated[str, Form(description="Only json is served.")] = "json",
-) -> list[EvaluateItem]:
-    """Danbooru autotagger's endpoint: multipart file (repeatable), threshold, limit,
-    format=json; answers `[{"filename", "tags": {tag: score}}]` with ratings as
-    `rating:g|s|q|e`, as Danbooru reads them."""
-    if format != "json":
-        raise ApiError(400, "bad_format", f"only format=json is served, not {format!r}")
+    threshold: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
+    limit: Annotated[int | None, Form(ge=1, le=MAX_EVALUATE_LIMIT)] = None,
+    format: Annotated[str | None, Form(description="json (the default) or html.")] = None,
+    threshold_in_query: Annotated[float | None, Query(alias="threshold", ge=0.0, le=1.0)] = None,
+    limit_in_query: Annotated[int | None, Query(alias="limit", ge=1, le=MAX_EVALUATE_LIMIT)] = None,
+    format_in_query: Annotated[str | None, Query(alias="format")] = None,
+) -> list[EvaluateItem] | HTMLResponse:
+    """Danbooru autotagger's endpoint: multipart `file` (repeatable); `threshold` (0.1),
+    `limit` (50) and `format` (`json`, or `html`: autotagger's default, not Sagashi's) in
+    the form or the query string, the query string winning as in autotagger (Flask's
+    `request.values`).
+
+    json answers `[{"filename", "tags": {tag: score}}]`, by score, with every rating at or
+    above the threshold as `rating:g|s|q|e`, as Danbooru reads them; html answers a small
+    page of the same. Errors are JSON whatever the format."""
+    chosen_format = _given(format_in_query, format) or EVALUATE_FORMAT
+    if chosen_format not in EVALUATE_FORMATS:
+        raise ApiError(400, "bad_format", f"format must be html or json, not {chosen_format!r}")
     if len(file) > MAX_EVALUATE_FILES:
         raise ApiError(413, "too_large", f"at most {MAX_EVALUATE_FILES} files per request")
-    policy = OutputPolicy(top_k=limit, threshold_general=threshold, threshold_character=threshold)
+    policy = _evaluate_policy(_given(threshold_in_query, threshold), _given(limit_in_query, limit))
     results = []
     for upload in file:
         data = await read_upload(upload, res.settings.max_upload_bytes)
         selected = await run_in_threadpool(_select, res, data, policy)
-        kept = [t for t in selected if t.group != RATING or t.score >= threshold][:limit]
-        tags = {_danbooru_name(t): round(t.score, 6) for t in kept}
+        tags = {_danbooru_name(t): round(t.score, 6) for t in selected[: policy.top_k]}
         results.append(EvaluateItem(filename=upload.filename or "", tags=tags))
+    if chosen_format == "html":
+        return HTMLResponse(render_evaluate_page(results))
     return results
+
+
+def _given(in_query: T | None, in_form: T | None) -> T | None:
+    return in_query if in_query is not None else in_form
+
+
+# One function per endpoint builds its OutputPolicy, so where defaults come from is
+# decided in one place each.
+
+
+def _pixai_policy(params: PixaiParameters) -> OutputPolicy:
+    return OutputPolicy(
+        top_k=params.top_k,
+        threshold_general=params.threshold_general,
+        threshold_character=params.threshold_character,
+    )
+
+
+def _evaluate_policy(threshold: float | None, limit: int | None) -> OutputPolicy:
+    # One threshold for every group, ratings included (all of them, as autotagger lists).
+    cut = EVALUATE_THRESHOLD if threshold is None else threshold
+    return OutputPolicy(
+        top_k=EVALUATE_LIMIT if limit is None else limit,
+        threshold_general=cut,
+        threshold_character=cut,
+        rating_threshold=cut,
+    )
 
 
 def _select(res: Resources, data: bytes, policy: OutputPolicy) -> list[TagScore]:
