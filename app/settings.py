@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.tagger.defaults import CARD, TagDefaults
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -77,12 +79,33 @@ class Settings(BaseSettings):
         description="Decode large JPEGs at a reduced DCT scale (at least twice the model input "
         "size) before resizing. Much faster; changes scores only by resize noise.",
     )
-    top_k: int = Field(default=128, ge=1, le=100_000, description="Most tags kept per image.")
+    # The tag defaults: every consumer reads them through tag_defaults() (app.tagger.defaults).
+    top_k: int = Field(
+        default=CARD.top_k,
+        ge=1,
+        le=100_000,
+        description="Most general and character tags reported per image by 'sagashi tag', "
+        "'sagashi export' and the tagging endpoints (PixAI card default).",
+    )
     threshold_general: Probability = Field(
-        default=0.30, description="Default score threshold for general tags (PixAI card default)."
+        default=CARD.general,
+        description="Score threshold for general tags wherever a request gives none: search "
+        "(CLI, API, gallery), tagging, export (PixAI card default).",
     )
     threshold_character: Probability = Field(
-        default=0.75, description="Default score threshold for character tags (PixAI card default)."
+        default=CARD.character,
+        description="Score threshold for character tags wherever a request gives none "
+        "(PixAI card default).",
+    )
+    threshold_copyright: Probability = Field(
+        default=CARD.copyright,
+        description="Score threshold for copyright tags (each scored as its character) wherever "
+        "a request gives none.",
+    )
+    threshold_rating: Probability = Field(
+        default=CARD.rating,
+        description="Score threshold for rating tags in search (rating: and tag lists) wherever "
+        "a request gives none.",
     )
     search_engine: Literal["memory", "sql"] = Field(
         default="memory",
@@ -226,6 +249,15 @@ class Settings(BaseSettings):
 
     def effective_decode_slots(self) -> int:
         return self.decode_slots or max(1, os.cpu_count() or 1)
+
+    def tag_defaults(self) -> TagDefaults:
+        return TagDefaults(
+            general=self.threshold_general,
+            character=self.threshold_character,
+            copyright=self.threshold_copyright,
+            rating=self.threshold_rating,
+            top_k=self.top_k,
+        )
 
     def effective_torch_threads(self) -> int:
         return self.torch_threads or max(1, os.cpu_count() or 1)

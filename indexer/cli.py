@@ -628,6 +628,7 @@ def search(
         kind,
         duplicate_similarity=settings.duplicate_similarity,
         max_terms=settings.max_query_terms,
+        defaults=settings.tag_defaults().thresholds(),
     )
     embedding = query_embedding(engine, settings, like) if like is not None else None
     request = SearchRequest(

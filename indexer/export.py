@@ -25,7 +25,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import numpy as np
 import typer
@@ -37,6 +37,7 @@ from app.store.aliases import AliasError, canonical, load_aliases
 from app.store.db import session_factory
 from app.store.models import Embedding, Image, ImageTag, Tag
 from app.tagger.caption import DEFAULT_ORDER, format_caption
+from app.tagger.defaults import CARD
 from app.tagger.policy import TagScore
 from app.tagger.vocab import CHARACTER, COPYRIGHT, GENERAL, GROUPS, RATING
 from indexer.jobs import active_generation_id, first_line
@@ -50,6 +51,7 @@ EXPORT_CHUNK = 1_000
 MAX_REPORTED = 1_000
 
 Progress = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 class Layout(StrEnum):
@@ -70,10 +72,10 @@ class CaptionOptions:
     (canonical, underscored) tag names and apply to every group.
     """
 
-    threshold_general: float = 0.30
-    threshold_character: float = 0.75
-    threshold_copyright: float = 0.75
-    top_k: int = 128
+    threshold_general: float = CARD.general
+    threshold_character: float = CARD.character
+    threshold_copyright: float = CARD.copyright
+    top_k: int = CARD.top_k
     allow: frozenset[str] | None = None
     deny: frozenset[str] = frozenset()
     underscores: bool = False
@@ -584,8 +586,14 @@ def export_command(
         ),
     ] = None,
     threshold_copyright: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Keep copyright tags scoring >= this.")
-    ] = 0.75,
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Keep copyright tags scoring >= this "
+            "[default: SAGASHI_THRESHOLD_COPYRIGHT, 0.75].",
+        ),
+    ] = None,
     top_k: Annotated[
         int | None,
         typer.Option(
@@ -648,13 +656,12 @@ def export_command(
     except ValueError as exc:
         fail(f"--order: {exc}")
     aliases = _aliases(settings.alias_file, fail)
-    general = settings.threshold_general if threshold_general is None else threshold_general
-    character = settings.threshold_character if threshold_character is None else threshold_character
+    defaults = settings.tag_defaults()
     options = CaptionOptions(
-        threshold_general=general,
-        threshold_character=character,
-        threshold_copyright=threshold_copyright,
-        top_k=settings.top_k if top_k is None else top_k,
+        threshold_general=_given(threshold_general, defaults.general),
+        threshold_character=_given(threshold_character, defaults.character),
+        threshold_copyright=_given(threshold_copyright, defaults.copyright),
+        top_k=_given(top_k, defaults.top_k),
         allow=tag_names(split_list(allow), aliases),
         deny=tag_names(split_list(deny), aliases) or frozenset(),
         underscores=underscores,
@@ -722,3 +729,8 @@ def _log_summary(summary: ExportSummary, out_dir: Path | None) -> None:
         summary.root,
         json.dumps(summary.as_dict()),
     )
+
+
+def _given(value: T | None, default: T) -> T:
+    """An option's value, or the settings' default when it was not given."""
+    return default if value is None else value

@@ -20,8 +20,9 @@ from app.store.models import Image, ImageTag, Tag
 from app.store.repository import now
 from app.store.thumbs import ThumbnailCache
 from app.tagger.batching import predict_stacked, prepare
+from app.tagger.defaults import CARD
 from app.tagger.policy import OutputPolicy
-from app.tagger.vocab import DEFAULT_THRESHOLDS, GROUPS
+from app.tagger.vocab import GROUPS
 from tests.api_helpers import ADMIN_TOKEN, ApiEnv, hf_error_of, indexed_env
 
 
@@ -66,7 +67,7 @@ def common_tag(env: ApiEnv) -> str:
     counts: dict[str, int] = {}
     for tags in stored_tags(env).values():
         for name, (score, group) in tags.items():
-            if group == "general" and score >= DEFAULT_THRESHOLDS["general"]:
+            if group == "general" and score >= CARD.thresholds()["general"]:
                 counts[name] = counts.get(name, 0) + 1
     total = len(live_ids(env))
     partial = [(abs(c - total / 2), n) for n, c in counts.items() if 1 < c < total]
@@ -126,7 +127,7 @@ def test_search_items_carry_top_tags_at_the_thresholds(env: ApiEnv) -> None:
             (
                 (score, name)
                 for name, (score, group) in stored[item["id"]].items()
-                if score >= DEFAULT_THRESHOLDS[group]
+                if score >= CARD.thresholds()[group]
             ),
             key=lambda t: (-t[0], t[1]),
         )[:3]
@@ -482,7 +483,7 @@ def test_related_tags_count_co_occurrence(env: ApiEnv, order: str) -> None:
     stored = stored_tags(env)
 
     def kept(tags: dict[str, tuple[float, str]]) -> set[str]:
-        return {n for n, (s, g) in tags.items() if s >= DEFAULT_THRESHOLDS[g]}
+        return {n for n, (s, g) in tags.items() if s >= CARD.thresholds()[g]}
 
     with_tag = [kept(t) for t in stored.values() if tag in kept(t)]
     body = env.client.get(f"/api/tags/{tag}/related", params={"order": order, "limit": 500}).json()

@@ -77,9 +77,7 @@ class MicroBatcher:
 class Inference:
     """The process's one model, loaded on first use (or at start-up) under a lock."""
 
-    def __init__(
-        self, settings: Settings, gate: DecodeGate, tagger: Tagger | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, gate: DecodeGate, tagger: Tagger | None = None) -> None:
         self.settings = settings
         self.gate = gate
         self._tagger = tagger

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.store.models import Image, ImageTag, Tag
 from app.store.repository import chunks
-from app.tagger.vocab import DEFAULT_THRESHOLDS, GROUPS
+from app.tagger.vocab import GROUPS
 
 # IN lists are sent in chunks; SQLite allows 32k parameters, PostgreSQL 65k.
 IN_CHUNK = 1000
@@ -53,7 +53,7 @@ def tags_of(
             statement = statement.where(ImageTag.score >= floor)
         rows.extend(connection.execute(statement).all())
     known = names if names is not None else _names(session, {tag for _, tag, _ in rows})
-    levels = {**DEFAULT_THRESHOLDS, **thresholds} if thresholds is not None else None
+    levels = thresholds  # every group, the defaults already filled in by the caller
     kept: dict[int, list[tuple[float, str, str]]] = defaultdict(list)
     for image_id, tag_id, score in rows:
         entry = known.get(tag_id)

@@ -33,7 +33,8 @@ from app.query import All, And, ErrorCode, Meta, Not, Or, QueryError, Tag, Wildc
 from app.query.ast import Node
 from app.query.ranges import Range, RangeSet, ScoreRange
 from app.store.formats import canonical_format
-from app.tagger.vocab import CHARACTER, COPYRIGHT, DEFAULT_THRESHOLDS, GENERAL, GROUPS, RATING
+from app.tagger.defaults import CARD
+from app.tagger.vocab import CHARACTER, COPYRIGHT, GENERAL, GROUPS, RATING
 
 WILDCARD_LIMIT = 100
 
@@ -242,7 +243,7 @@ class Binder:
     back from."""
 
     catalog: Catalog
-    thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    thresholds: Mapping[str, float] = field(default_factory=CARD.thresholds)
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def bind(self, node: Node) -> PlanNode:
@@ -325,10 +326,8 @@ class Binder:
         return PRating(tag_ids, wanted)
 
 
-def bind(
-    node: Node, catalog: Catalog, thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS
-) -> PlanNode:
-    return Binder(catalog, thresholds).bind(node)
+def bind(node: Node, catalog: Catalog, thresholds: Mapping[str, float] | None = None) -> PlanNode:
+    return Binder(catalog, thresholds or CARD.thresholds()).bind(node)
 
 
 def _unrounded(ranges: RangeSet[float]) -> RangeSet[float]:

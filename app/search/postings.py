@@ -48,7 +48,8 @@ from app.search.plan import (
 )
 from app.store.models import Embedding, Image, ImageChange, ImageTag, Tag
 from app.store.repository import chunks
-from app.tagger.vocab import DEFAULT_THRESHOLDS, GROUPS
+from app.tagger.defaults import CARD
+from app.tagger.vocab import GROUPS
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +401,9 @@ class Segment:
         attributes = _attributes(session, live)
         live &= bitmap_of(attributes.ids, presorted=True)
         segment = cls(live, postings, attributes, tag_groups)
-        segment.prebuild({GROUPS.index(g): t for g, t in DEFAULT_THRESHOLDS.items()})
+        # At the card's thresholds: with other SAGASHI_THRESHOLD_* settings, default-threshold
+        # terms are computed on demand instead of found prebuilt (slower, never wrong).
+        segment.prebuild({GROUPS.index(g): t for g, t in CARD.thresholds().items()})
         return segment
 
 

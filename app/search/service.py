@@ -38,7 +38,8 @@ from app.store import vectors
 from app.store.db import session_factory
 from app.store.models import Embedding, Image, Tag
 from app.store.repository import active_generation, decode_vectors, index_version
-from app.tagger.vocab import DEFAULT_THRESHOLDS, GROUPS
+from app.tagger.defaults import CARD
+from app.tagger.vocab import GROUPS
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class SearchService:
     # How stale a search may be: the database is asked for changes at most this often.
     refresh_seconds: float = 1.0
     max_terms: int = MAX_TERMS
+    # Per-group thresholds of a term without one (Settings.tag_defaults(): SAGASHI_THRESHOLD_*).
+    defaults: Mapping[str, float] = field(default_factory=CARD.thresholds)
     _state: _State | None = field(default=None, repr=False)
     _checked_at: float = field(default=-math.inf, repr=False)
     _sessions: sessionmaker[Session] | None = field(default=None, repr=False)
@@ -121,7 +124,7 @@ class SearchService:
 
     def search(self, request: SearchRequest) -> Page:
         query = _with_similar(parse(request.query, max_terms=self.max_terms), request.similar_to)
-        thresholds = {**DEFAULT_THRESHOLDS, **(request.thresholds or {})}
+        thresholds = self.thresholds(request.thresholds)
         vector_query = query.similar is not None or request.embedding is not None
         order = _check_order(query, request.query, vector_query)
         limit = query.limit or request.limit  # limit: in the query wins, as on Danbooru
@@ -146,9 +149,13 @@ class SearchService:
         or an already parsed node, such as one tag whatever characters its name holds."""
         root = parse(query, max_terms=self.max_terms).root if isinstance(query, str) else query
         state = self.current()
-        plan = Binder(state.catalog, {**DEFAULT_THRESHOLDS, **(thresholds or {})}).bind(root)
+        plan = Binder(state.catalog, self.thresholds(thresholds)).bind(root)
         with self._session() as session:  # opens a connection only for the SQL engine
             return _evaluate(session, state, state.postings, plan)
+
+    def thresholds(self, wanted: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Every group's threshold: those ``wanted`` by a request, else the defaults."""
+        return {**self.defaults, **(wanted or {})}
 
     def catalog(self) -> Catalog:
         return self.current().catalog

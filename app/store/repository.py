@@ -26,8 +26,9 @@ from app.store.models import (
     ModelGeneration,
     Tag,
 )
+from app.tagger.defaults import CARD
 from app.tagger.protocol import ModelInfo
-from app.tagger.vocab import DEFAULT_THRESHOLDS, GROUP_CODE, GROUPS, TagVocabulary
+from app.tagger.vocab import GROUP_CODE, GROUPS, TagVocabulary
 
 T = TypeVar("T")
 
@@ -372,10 +373,13 @@ def mark_deleted(session: Session, image_ids: Sequence[int]) -> None:
     record_changes(session, image_ids)
 
 
-def refresh_tag_counts(session: Session, generation_id: int) -> None:
-    """image_count: images of the generation tagged at the group's default threshold."""
+def refresh_tag_counts(
+    session: Session, generation_id: int, thresholds: Mapping[str, float] | None = None
+) -> None:
+    """image_count: images of the generation tagged at the group's default threshold (the
+    indexer passes its settings' thresholds; the card's when none are given)."""
     session.execute(update(Tag).values(image_count=0))
-    for group, threshold in DEFAULT_THRESHOLDS.items():
+    for group, threshold in (thresholds or CARD.thresholds()).items():
         counts = (
             select(ImageTag.tag_id, func.count().label("n"))
             .join(Tag, Tag.id == ImageTag.tag_id)

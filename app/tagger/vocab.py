@@ -21,14 +21,6 @@ from app.tagger.errors import ModelLoadError
 GENERAL, CHARACTER, COPYRIGHT, RATING = "general", "character", "copyright", "rating"
 GROUPS: tuple[str, ...] = (GENERAL, CHARACTER, COPYRIGHT, RATING)
 GROUP_CODE = {name: code for code, name in enumerate(GROUPS)}
-# Default score thresholds per group: the PixAI card's for general and character; copyright
-# follows its character; rating 0.5. Tag counts and searches without a threshold use these.
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    GENERAL: 0.30,
-    CHARACTER: 0.75,
-    COPYRIGHT: 0.75,
-    RATING: 0.5,
-}
 
 # WD's selected_tags.csv category numbers (Danbooru's, plus 9 for rating).
 _WD_CATEGORIES = {0: GENERAL, 4: CHARACTER, 9: RATING}

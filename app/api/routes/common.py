@@ -17,7 +17,6 @@ from app.search.details import tags_of
 from app.search.paging import CursorError
 from app.search.service import EmptyIndex, NotFound, Page
 from app.store.db import session_factory
-from app.tagger.vocab import DEFAULT_THRESHOLDS
 
 ThresholdParam = Annotated[
     float | None, Query(ge=0.0, le=1.0, description="Score threshold for this tag group.")
@@ -71,7 +70,12 @@ def page_body(
         names = state.catalog.names_by_id()
         with session_factory(res.engine)() as session:
             found = tags_of(
-                session, state.generation_id, ids, _with_defaults(wanted), tags_per_item, names
+                session,
+                state.generation_id,
+                ids,
+                res.search.thresholds(wanted),
+                tags_per_item,
+                names,
             )
         tags = {
             image_id: [TagScoreOut(name=t.name, score=t.score, group=t.group) for t in rows]
@@ -100,10 +104,6 @@ def page_body(
 
 def empty_page(engine: str) -> SearchResponse:
     return SearchResponse(items=[], next_cursor=None, count=0, estimated=False, engine=engine)
-
-
-def _with_defaults(wanted: dict[str, float]) -> dict[str, float]:
-    return {**DEFAULT_THRESHOLDS, **wanted}
 
 
 # A route's parameter for the per-group thresholds it was given: ``wanted: Thresholds``.

@@ -10,12 +10,11 @@ from fastapi import APIRouter, Path, Query
 from app.api.errors import ApiError
 from app.api.resources import Res
 from app.api.routes.common import Thresholds, search_errors
-from app.api.schemas import RelatedResponse, RelatedTag, TagSuggestion
+from app.api.schemas import RelatedResponse, RelatedTag, TagDefaultsOut, TagSuggestion
 from app.query.ast import Tag
 from app.search.details import co_occurrences, sample
 from app.search.service import EmptyIndex
 from app.store.db import session_factory
-from app.tagger.vocab import DEFAULT_THRESHOLDS
 
 router = APIRouter(tags=["tags"])
 
@@ -24,6 +23,14 @@ def normalise_prefix(text: str) -> str:
     """What a user types to what tags are named: Danbooru's lower case and underscores,
     without a leading negation or or-marker."""
     return text.strip().lstrip("-~").lower().replace(" ", "_")
+
+
+@router.get("/api/defaults", response_model=TagDefaultsOut)
+def tag_defaults(res: Res) -> TagDefaultsOut:
+    """The server's default threshold per group and its tag cap, as set by
+    SAGASHI_THRESHOLD_* and SAGASHI_TOP_K (the gallery's sliders start from these)."""
+    defaults = res.settings.tag_defaults()
+    return TagDefaultsOut(thresholds=defaults.thresholds(), top_k=defaults.top_k)
 
 
 @router.get("/api/tags", response_model=list[TagSuggestion])
@@ -67,7 +74,7 @@ def related(
     info = catalog.lookup(name)
     if info is None or "*" in name:
         raise ApiError(404, "not_found", f"no tag {name!r} in the index")
-    levels = {**DEFAULT_THRESHOLDS, **wanted}
+    levels = res.search.thresholds(wanted)
     with search_errors():
         matches = res.search.matching(Tag(canonical), wanted)
     ids = sample(list(matches), sample_size)

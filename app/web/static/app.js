@@ -2,7 +2,8 @@
 // search (by image or by a dropped file) and per-group thresholds. Plain ES modules, no
 // build step; every piece of data is put in the page with textContent, never as HTML.
 
-const DEFAULTS = { general: 0.30, character: 0.75, copyright: 0.75, rating: 0.5 };
+// The server's default threshold per group (SAGASHI_THRESHOLD_*), read at start.
+const DEFAULTS = {};
 const URL_KEYS = { general: "tg", character: "tc", copyright: "tp", rating: "tr" };
 const GROUP_ORDER = ["copyright", "character", "general", "rating"];
 const PAGE = 60;
@@ -429,7 +430,10 @@ function start() {
   }, { rootMargin: "400px" }).observe($("#sentinel"));
   window.addEventListener("popstate", render);
   setUpDrop();
-  render();
+  api("/api/defaults")
+    .then((defaults) => Object.assign(DEFAULTS, defaults.thresholds))
+    .catch(() => {}) // shown by the search's own error; the sliders then start at 0.5
+    .finally(render);
 }
 
 start();
