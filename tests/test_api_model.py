@@ -16,7 +16,7 @@ from app.api import create_app
 from app.api.inference import MicroBatcher
 from app.store.migrate import upgrade
 from app.tagger import TimmTagger
-from tests.api_helpers import settings_for, wait_ready
+from tests.api_helpers import hf_error_of, settings_for, wait_ready
 from tests.index_helpers import make_image
 
 
@@ -70,10 +70,8 @@ def test_an_unusable_model_is_a_503_with_the_reason(tmp_path: Path, model: str) 
     with _client(tmp_path, model_dir) as client:
         wait_ready(client)  # lazy loading: the server is ready without a model
         response = client.post("/api/tag", json=image_body(tmp_path))
-        assert response.status_code == 503, response.text
-        error = response.json()["error"]
-        assert error["code"] == "model_unavailable"
-        assert "model" in error["message"]
+        assert hf_error_of(response, 503) == "model_unavailable"
+        assert "model" in response.json()["error"]
         files = {"file": ("q.png", (tmp_path / "q.png").read_bytes(), "image/png")}
         assert client.post("/evaluate", files=files).status_code == 503
 
@@ -84,8 +82,8 @@ def test_no_model_configured_is_a_503(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, url, tmp_path).model_copy(update={"model_dir": None})
     with TestClient(create_app(settings)) as client:
         response = client.post("/api/tag", json=image_body(tmp_path))
-        assert response.status_code == 503
-        assert "SAGASHI_MODEL_DIR" in response.json()["error"]["message"]
+        assert hf_error_of(response, 503) == "model_unavailable"
+        assert "SAGASHI_MODEL_DIR" in response.json()["error"]
 
 
 def test_startup_loading_holds_readiness(tmp_path: Path, tiny_pixai_dir: Path) -> None:

@@ -20,7 +20,7 @@ from app.api import create_app
 from app.api.errors import ApiError
 from app.api.urlfetch import FetchPolicy, fetch_image_bytes
 from app.store.migrate import upgrade
-from tests.api_helpers import settings_for, wait_ready
+from tests.api_helpers import hf_error_of, settings_for, wait_ready
 from tests.index_helpers import make_image
 
 
@@ -207,7 +207,9 @@ def test_api_refuses_bad_urls(
     ):
         response = fetching_client.post(endpoint, json=body)
         assert response.status_code in (status, 404), response.text
-        if response.status_code != 404:  # similar on this empty index may stop first
+        if endpoint == "/api/tag":  # a drop-in endpoint: Hugging Face's error shape
+            assert hf_error_of(response, status) == code
+        elif response.status_code != 404:  # similar on this empty index may stop first
             assert response.json()["error"]["code"] == code
 
 

@@ -32,7 +32,9 @@ from app.web import install_web
 
 DESCRIPTION = """Search an anime image collection by Danbooru-style tags (with confidence
 thresholds) and by image similarity, tag images with the PixAI or WD tagger, and run index
-jobs. Every error is `{"error": {"code", "message", "position"?}}`."""
+jobs. Every error is `{"error": {"code", "message", "position"?}}`, except on the drop-in
+tagging endpoints (POST / and POST /api/tag), which answer `{"error": "<message>", "code"}`
+as Hugging Face's clients read it."""
 
 
 def build_resources(
@@ -47,7 +49,6 @@ def build_resources(
         settings.search_engine,
         duplicate_similarity=settings.duplicate_similarity,
         max_terms=settings.max_query_terms,
-        defaults=settings.tag_defaults().thresholds(),
     )
     thumbs = ThumbnailCache(
         settings.data_dir / "thumbs", settings.thumb_size, settings.max_image_pixels

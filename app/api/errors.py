@@ -2,7 +2,8 @@
 
 Routes raise :class:`ApiError`; FastAPI's own validation errors, HTTP errors and anything
 unexpected are turned into the same shape by the handlers installed here, so a client
-never has to parse two formats (and never sees a stack trace).
+never has to parse two formats (and never sees a stack trace). The one exception is the
+drop-in tagging endpoints, which answer in Hugging Face's shape (see ``hf_errors``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
+
+from app.api.hf_errors import hf_error_body, hf_shaped
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,20 @@ def error_response(
     return JSONResponse(error_body(code, message, position), status_code=status, headers=headers)
 
 
+def error_response_for(
+    scope: Scope,
+    status: int,
+    code: str,
+    message: str,
+    position: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The error in the shape the request's endpoint answers in."""
+    if hf_shaped(scope):
+        return JSONResponse(hf_error_body(code, message), status_code=status, headers=headers)
+    return error_response(status, code, message, position, headers)
+
+
 def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     for unavailable in (OperationalError, InterfaceError, PoolTimeout):
@@ -79,14 +97,17 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
-async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, exc.position, exc.headers)
+    return error_response_for(
+        request.scope, exc.status, exc.code, exc.message, exc.position, exc.headers
+    )
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(422, "invalid_request", describe_validation(exc.errors()))
+    message = describe_validation(exc.errors())
+    return error_response_for(request.scope, 422, "invalid_request", message)
 
 
 def describe_validation(errors: Any) -> str:
@@ -107,7 +128,8 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     reason = detail[0] if detail else type(exc).__name__
-    return error_response(
+    return error_response_for(
+        request.scope,
         503,
         "database_unavailable",
         f"the database is unavailable or too slow; retry shortly ({reason[:200]})",
@@ -115,13 +137,14 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     )
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    return error_response_for(request.scope, exc.status_code, code, message, headers=exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal", "internal error; the server log has the details")
+    message = "internal error; the server log has the details"
+    return error_response_for(request.scope, 500, "internal", message)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import error_response
+from app.api.errors import error_response_for
 
 
 class BodyTooLarge(HTTPException):
@@ -59,8 +59,9 @@ class BodyLimitMiddleware:
                 await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            413, "too_large", too_large_message(self.max_bytes), headers={"Connection": "close"}
+        message = too_large_message(self.max_bytes)
+        response = error_response_for(
+            scope, 413, "too_large", message, headers={"Connection": "close"}
         )
         await response(scope, receive, send)
 

@@ -81,13 +81,6 @@ class TagSuggestion(BaseModel):
     )
 
 
-class TagDefaultsOut(BaseModel):
-    """The thresholds a term or request without its own uses (SAGASHI_THRESHOLD_*)."""
-
-    thresholds: dict[str, float]
-    top_k: int
-
-
 class RelatedTag(BaseModel):
     name: str
     group: str
@@ -123,6 +116,27 @@ class PixaiTag(BaseModel):
     tag: str
     score: float
     group: str
+
+
+class ClassificationParameters(BaseModel):
+    """What huggingface_hub's ``image_classification`` sends as its parameters."""
+
+    top_k: int | None = Field(default=None, ge=1, le=100_000, description="At most this many.")
+    function_to_apply: Literal["sigmoid"] | None = Field(
+        default=None, description="Only sigmoid: a tagger's scores are independent."
+    )
+
+
+class ClassificationRequest(BaseModel):
+    """Hugging Face's image classification with parameters: the image as base64."""
+
+    inputs: str = Field(description="Base64 image bytes (or a data: URL).")
+    parameters: ClassificationParameters = Field(default_factory=ClassificationParameters)
+
+
+class ClassificationLabel(BaseModel):
+    label: str
+    score: float
 
 
 class EvaluateItem(BaseModel):

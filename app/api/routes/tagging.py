@@ -1,19 +1,30 @@
-"""Drop-in tagging endpoints: POST /api/tag (the PixAI card's endpoint contract) and
-POST /evaluate (Danbooru's autotagger), so existing clients can point at Sagashi."""
+"""Drop-in tagging endpoints, so existing clients can point at Sagashi: the PixAI card's
+endpoint (POST / and POST /api/tag, which also answer huggingface_hub's image
+classification) and Danbooru's autotagger (POST /evaluate)."""
 
 from __future__ import annotations
 
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import ApiError
 from app.api.evaluate_page import render_evaluate_page
+from app.api.hf_errors import ENDPOINT_PATH, PIXAI_PATH
 from app.api.inference import Inferred
 from app.api.resources import Res, Resources
-from app.api.schemas import EvaluateItem, PixaiParameters, PixaiRequest, PixaiTag
+from app.api.schemas import (
+    ClassificationLabel,
+    ClassificationParameters,
+    ClassificationRequest,
+    EvaluateItem,
+    PixaiParameters,
+    PixaiRequest,
+    PixaiTag,
+)
+from app.api.tag_request import TAG_REQUEST_BODY, read_tag_request
 from app.api.uploads import decode_base64, fetch_url, read_upload
 from app.search.plan import RATING_LETTERS, RATING_TAGS
 from app.tagger.policy import OutputPolicy, TagScore
@@ -32,14 +43,46 @@ EVALUATE_FORMATS = ("json", "html")
 # always sends format=json.
 EVALUATE_FORMAT = "json"
 
+TagResponse = list[PixaiTag] | list[ClassificationLabel]
 T = TypeVar("T")
 
 
-@router.post("/api/tag", response_model=list[PixaiTag])
-async def tag(body: PixaiRequest, res: Res) -> list[PixaiTag]:
-    """Tag one image, as PixAI's inference endpoint does: `{"inputs": {"url": ...} |
-    {"image": <base64>}, "parameters": {"top_k", "threshold_general",
-    "threshold_character"}}` gives `[{"tag", "score", "group"}]`, by score."""
+@router.post(
+    ENDPOINT_PATH,
+    response_model=TagResponse,
+    openapi_extra=TAG_REQUEST_BODY,
+    operation_id="tag_at_endpoint_root",
+    summary="Tag (at the endpoint URL itself, as Hugging Face clients post)",
+)
+@router.post(PIXAI_PATH, response_model=TagResponse, openapi_extra=TAG_REQUEST_BODY)
+async def tag(request: Request, res: Res) -> TagResponse:
+    """Tag one image. Three contracts, told apart by Content-Type and the body's shape:
+
+    - **PixAI** (the model card's endpoint snippet): JSON whose `inputs` is an object,
+      `{"inputs": {"url": ...} | {"image": <base64>}, "parameters": {"top_k",
+      "threshold_general", "threshold_character"}}` gives `[{"tag", "score", "group"}]`,
+      by score.
+    - **Hugging Face image classification with parameters**: JSON whose `inputs` is a
+      string, `{"inputs": <base64>, "parameters": {"top_k", "function_to_apply"}}`.
+    - **Hugging Face image classification**: the image itself as the body, with
+      `Content-Type: image/*`, `application/octet-stream`, or none.
+
+    Both classification forms give `[{"label", "score"}]`, by score: the tags the card's
+    default thresholds keep, at most `top_k`. Any other Content-Type is a 415.
+
+    Errors are `{"error": "<message>", "code": "<code>"}`, the shape huggingface_hub's
+    clients read, so they show the message.
+    """
+    body = await read_tag_request(request, res.settings.max_upload_bytes)
+    if isinstance(body, PixaiRequest):
+        return await _tag_pixai(body, res)
+    if isinstance(body, ClassificationRequest):
+        data = decode_base64(body.inputs, res.settings.max_upload_bytes)
+        return await _classify(data, body.parameters, res)
+    return await _classify(body, ClassificationParameters(), res)
+
+
+async def _tag_pixai(body: PixaiRequest, res: Resources) -> list[PixaiTag]:
     inputs = body.inputs
     if (inputs.url is None) == (inputs.image is None):
         raise ApiError(422, "invalid_request", "inputs: give exactly one of url or image")
@@ -50,6 +93,16 @@ async def tag(body: PixaiRequest, res: Res) -> list[PixaiTag]:
         data = await fetch_url(inputs.url, res.settings)
     selected = await run_in_threadpool(_select, res, data, _pixai_policy(body.parameters))
     return [PixaiTag(tag=t.tag, score=round(t.score, 6), group=t.group) for t in selected]
+
+
+async def _classify(
+    data: bytes, params: ClassificationParameters, res: Resources
+) -> list[ClassificationLabel]:
+    selected = await run_in_threadpool(_select, res, data, _classification_policy(params))
+    # top_k bounds the whole answer, copyrights and rating included, as HF's does.
+    return [
+        ClassificationLabel(label=t.tag, score=round(t.score, 6)) for t in selected[: params.top_k]
+    ]
 
 
 @router.post(
@@ -106,6 +159,10 @@ def _pixai_policy(params: PixaiParameters) -> OutputPolicy:
         threshold_general=params.threshold_general,
         threshold_character=params.threshold_character,
     )
+
+
+def _classification_policy(params: ClassificationParameters) -> OutputPolicy:
+    return OutputPolicy().with_overrides(top_k=params.top_k)
 
 
 def _evaluate_policy(threshold: float | None, limit: int | None) -> OutputPolicy:
