@@ -49,6 +49,7 @@ def build_resources(
         settings.search_engine,
         duplicate_similarity=settings.duplicate_similarity,
         max_terms=settings.max_query_terms,
+        defaults=settings.tag_defaults().thresholds(),
     )
     thumbs = ThumbnailCache(
         settings.data_dir / "thumbs", settings.thumb_size, settings.max_image_pixels

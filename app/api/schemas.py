@@ -81,6 +81,13 @@ class TagSuggestion(BaseModel):
     )
 
 
+class TagDefaultsOut(BaseModel):
+    """The thresholds a term or request without its own uses (SAGASHI_THRESHOLD_*)."""
+
+    thresholds: dict[str, float]
+    top_k: int
+
+
 class RelatedTag(BaseModel):
     name: str
     group: str
