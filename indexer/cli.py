@@ -158,7 +158,8 @@ def tag(
         OutputFormat, typer.Option("--format", help="json: one object per file; caption: tags.")
     ] = OutputFormat.json,
     preset: Annotated[
-        Preset, typer.Option(help="default (general 0.30) or coverage (general 0.10).")
+        Preset,
+        typer.Option(help="default (SAGASHI_THRESHOLD_*) or coverage (general 0.10)."),
     ] = Preset.default,
     threshold_general: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Keep general tags scoring >= this.")
@@ -190,14 +191,9 @@ def tag(
     still printed), 2 for a usage or model error.
     """
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
-    base = OutputPolicy(
-        top_k=settings.top_k,
-        threshold_general=settings.threshold_general,
-        threshold_character=settings.threshold_character,
-    )
-    if preset is not Preset.default:
-        base = OutputPolicy.preset(preset.value, top_k=settings.top_k)
-    policy = base.with_overrides(
+    policy = OutputPolicy.preset(
+        preset.value,
+        settings.tag_defaults(),
         top_k=top_k,
         threshold_general=threshold_general,
         threshold_character=threshold_character,

@@ -1,7 +1,8 @@
 """Which predicted tags to report: the PixAI card's output policy.
 
-Defaults are the card's (top_k 128, general 0.30, character 0.75); its tuning tips become
-options (per-group thresholds, allow and deny lists). Copyright tags are derived from the
+Defaults come from :mod:`app.tagger.defaults` (the card's top_k 128, general 0.30, character
+0.75, or the SAGASHI_* settings through :meth:`OutputPolicy.of`); the card's tuning tips
+become options (per-group thresholds, allow and deny lists). Copyright tags are derived from the
 kept characters through the character -> copyright map, each with its character's score.
 """
 
@@ -12,15 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from app.tagger.defaults import CARD, TagDefaults
 from app.tagger.vocab import CHARACTER, COPYRIGHT, GENERAL, GROUP_CODE, RATING, TagVocabulary
 
 # A copyright ties with the character it came from; the character is listed first.
 _TIE_ORDER = {CHARACTER: 0, COPYRIGHT: 1, GENERAL: 2, RATING: 3}
 
 PRESETS: dict[str, dict[str, float]] = {
-    "default": {"threshold_general": 0.30, "threshold_character": 0.75},
+    "default": {},  # the defaults in force (the settings', else the card's)
     # The card's recall-heavier preset: expect more false positives.
-    "coverage": {"threshold_general": 0.10, "threshold_character": 0.75},
+    "coverage": {"threshold_general": 0.10},
 }
 
 
@@ -41,9 +43,9 @@ class OutputPolicy:
     Ratings: the most likely one, or with ``rating_threshold`` every rating scoring at
     least that (as Danbooru's autotagger lists them)."""
 
-    top_k: int = 128
-    threshold_general: float = 0.30
-    threshold_character: float = 0.75
+    top_k: int = CARD.top_k
+    threshold_general: float = CARD.general
+    threshold_character: float = CARD.character
     allow: frozenset[str] | None = None
     deny: frozenset[str] = frozenset()
     include_copyright: bool = True
@@ -59,12 +61,22 @@ class OutputPolicy:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> OutputPolicy:
+    def of(cls, defaults: TagDefaults, **overrides: Any) -> OutputPolicy:
+        """The policy for these defaults (``Settings.tag_defaults()``), with the overrides a
+        request or command gave (None: not given)."""
+        base = cls(
+            top_k=defaults.top_k,
+            threshold_general=defaults.general,
+            threshold_character=defaults.character,
+        )
+        return base.with_overrides(**overrides)
+
+    @classmethod
+    def preset(cls, name: str, defaults: TagDefaults = CARD, **overrides: Any) -> OutputPolicy:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-        values: dict[str, Any] = dict(PRESETS[name])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls.of(defaults, **{**PRESETS[name], **given})
 
     def with_overrides(self, **overrides: Any) -> OutputPolicy:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
