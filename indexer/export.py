@@ -38,7 +38,7 @@ from app.store.db import session_factory
 from app.store.models import Embedding, Image, ImageTag, Tag
 from app.tagger.caption import DEFAULT_ORDER, format_caption
 from app.tagger.defaults import CARD
-from app.tagger.policy import TagScore
+from app.tagger.policy import OutputPolicy, TagScore
 from app.tagger.vocab import CHARACTER, COPYRIGHT, GENERAL, GROUPS, RATING
 from indexer.jobs import active_generation_id, first_line
 from indexer.progress import progress_bar, rate_text
@@ -82,27 +82,31 @@ class CaptionOptions:
     order: tuple[str, ...] = DEFAULT_ORDER
     layout: Layout = Layout.mirror
     overwrite: bool = False
-    _limits: dict[str, float] = field(init=False, repr=False, compare=False)
+    # What `sagashi tag` would report from these scores: one policy for both.
+    policy: OutputPolicy = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise ValueError("top_k must be at least 1")
-        limits = {}
-        for group in (GENERAL, CHARACTER, COPYRIGHT):
-            value = getattr(self, f"threshold_{group}")
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"threshold_{group} must be between 0 and 1, got {value}")
-            # Scores are float32 in the store and `sagashi tag` compares float32 with
-            # float32, so a threshold of 0.7 keeps a stored 0.7 (0.69999999) here too.
-            limits[group] = float(np.float32(value))
+        if not 0.0 <= self.threshold_copyright <= 1.0:
+            message = f"threshold_copyright must be between 0 and 1, got {self.threshold_copyright}"
+            raise ValueError(message)
+        policy = OutputPolicy(
+            top_k=self.top_k,
+            threshold_general=self.threshold_general,
+            threshold_character=self.threshold_character,
+            allow=self.allow,
+            deny=self.deny,
+        )
         check_order(self.order)
-        object.__setattr__(self, "_limits", limits)
+        object.__setattr__(self, "policy", policy)
 
     def threshold(self, group: str) -> float:
-        return self._limits[group]
-
-    def permits(self, tag: str) -> bool:
-        return tag not in self.deny and (self.allow is None or tag in self.allow)
+        """The group's threshold as stored scores are compared with it (float32)."""
+        value = {
+            GENERAL: self.threshold_general,
+            CHARACTER: self.threshold_character,
+            COPYRIGHT: self.threshold_copyright,
+        }[group]
+        return float(np.float32(value))
 
 
 def check_order(order: Sequence[str]) -> None:
@@ -155,26 +159,11 @@ class ExportSummary:
 
 
 def select_tags(tags: Iterable[TagScore], options: CaptionOptions) -> list[TagScore]:
-    """The caption's tags from one image's stored postings (any order)."""
+    """The caption's tags from one image's stored postings (any order): the groups listed
+    in ``order``, chosen as `sagashi tag` chooses (thresholds, top_k, the likeliest rating)."""
     wanted = set(options.order)
-    ranked: list[TagScore] = []
-    kept: list[TagScore] = []
-    ratings: list[TagScore] = []
-    for tag in tags:
-        if tag.group not in wanted:
-            continue
-        if tag.group == RATING:
-            ratings.append(tag)
-        elif options.permits(tag.tag) and tag.score >= options.threshold(tag.group):
-            (kept if tag.group == COPYRIGHT else ranked).append(tag)
-    ranked.sort(key=lambda t: (-t.score, t.tag))
-    kept.extend(ranked[: options.top_k])
-    if ratings:
-        # Like `sagashi tag`: the most likely rating, unless it is denied.
-        best = min(ratings, key=lambda t: (-t.score, t.tag))
-        if options.permits(best.tag):
-            kept.append(best)
-    return kept
+    listed = [tag for tag in tags if tag.group in wanted]
+    return options.policy.choose(listed, options.threshold_copyright)
 
 
 def caption_text(tags: Iterable[TagScore], options: CaptionOptions) -> str:

@@ -8,6 +8,7 @@ kept characters through the character -> copyright map, each with its character'
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -106,6 +107,35 @@ class OutputPolicy:
         if self.include_rating and vocab.has_ratings:
             extra.extend(self._ratings(probs, vocab))
         return sorted(kept + extra, key=lambda t: (-t.score, _TIE_ORDER[t.group], t.tag))
+
+    def choose(self, tags: Iterable[TagScore], threshold_copyright: float) -> list[TagScore]:
+        """The reported tags among already scored, named tags (the store's postings), by the
+        rules of :meth:`select`: general and character tags at their thresholds, the
+        ``top_k`` best of them, the most likely rating; copyrights, which the store scores
+        as their character, at ``threshold_copyright``. Unordered: the caller orders them.
+
+        Scores are float32 in the store, so thresholds are compared as float32, as in
+        :meth:`select`: a threshold of 0.7 keeps a stored 0.7 (0.69999999)."""
+        limits = {
+            GENERAL: np.float32(self.threshold_general),
+            CHARACTER: np.float32(self.threshold_character),
+            COPYRIGHT: np.float32(threshold_copyright),
+        }
+        ranked: list[TagScore] = []
+        kept: list[TagScore] = []
+        ratings: list[TagScore] = []
+        for tag in tags:
+            if tag.group == RATING:
+                ratings.append(tag)
+            elif self._permitted(tag.tag) and np.float32(tag.score) >= limits[tag.group]:
+                (kept if tag.group == COPYRIGHT else ranked).append(tag)
+        ranked.sort(key=lambda t: (-t.score, t.tag))
+        kept.extend(ranked[: self.top_k])
+        if self.include_rating and ratings:
+            best = min(ratings, key=lambda t: (-t.score, t.tag))
+            if self._permitted(best.tag):
+                kept.append(best)
+        return kept
 
     def _copyrights(self, kept: list[TagScore], vocab: TagVocabulary) -> list[TagScore]:
         best: dict[str, float] = {}
