@@ -426,7 +426,13 @@ def import_(
     aliases = _aliases(settings)
     vocab, identity = _import_vocabulary(settings, vocabulary, model_dir is not None)
     options = ImportOptions(
-        model_name, vocab, aliases, settings.score_floor, strict, identity=identity
+        model_name,
+        vocab,
+        aliases,
+        settings.score_floor,
+        strict,
+        identity=identity,
+        count_thresholds=settings.tag_defaults().thresholds(),
     )
     params = {"file": str(file), "model": model_name}
     with writer_guard(), tracked(engine, "import", params, "importing", "rows") as run:

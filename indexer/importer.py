@@ -48,6 +48,7 @@ from app.store.aliases import canonical
 from app.store.db import session_factory
 from app.store.formats import canonical_format
 from app.store.models import Tag
+from app.tagger.defaults import CARD
 from app.tagger.vocab import GENERAL, GROUP_CODE, TagVocabulary
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class ImportOptions:
     # rewrites most of the pages it touched; fewer, larger commits write each page less often.
     commit_every: int = 50_000
     cache_mb: int = 1024  # SQLite page cache for the import's connection
+    # The thresholds tag counts are taken at (autocomplete, wildcard ranking): the server's.
+    count_thresholds: Mapping[str, float] = field(default_factory=CARD.thresholds)
 
 
 class RowError(Exception):
@@ -507,7 +510,7 @@ class Importer:
                         progress(summary.new + summary.updated + summary.failed)
             finally:
                 messages.close()  # stops a child reader at once when the import fails
-            repo.refresh_tag_counts(session, generation.id)
+            repo.refresh_tag_counts(session, generation.id, self.options.count_thresholds)
             repo.prune_changes(session)
             session.commit()
         return summary

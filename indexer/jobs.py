@@ -66,6 +66,7 @@ def index_options(settings: Settings) -> IndexOptions:
         score_floor=settings.score_floor,
         aliases=aliases_of(settings),
         media_roots=tuple(str(root) for root in settings.media_roots),
+        count_thresholds=settings.tag_defaults().thresholds(),
     )
 
 

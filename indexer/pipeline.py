@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ from app.store.models import Image
 from app.store.roots import add_roots, library_roots
 from app.tagger.batching import lookahead, ordered_map, predict_stacked
 from app.tagger.decode import decode_with_meta
+from app.tagger.defaults import CARD
 from app.tagger.errors import ImageDecodeError
 from app.tagger.preprocess import Preprocess
 from app.tagger.protocol import Prediction, Tagger
@@ -97,6 +98,8 @@ class IndexOptions:
     # Folders outside the indexed roots that the server also serves (SAGASHI_MEDIA_ROOTS):
     # a symlink may lead into them and still be indexed.
     media_roots: tuple[str, ...] = ()
+    # The thresholds tag counts are taken at (autocomplete, wildcard ranking): the server's.
+    count_thresholds: Mapping[str, float] = field(default_factory=CARD.thresholds)
 
 
 Progress = Callable[[int, int], None]  # (files done, files total)
@@ -144,7 +147,7 @@ class Indexer:
             if gone:
                 repo.mark_deleted(session, gone)
                 summary.deleted = len(gone)
-            repo.refresh_tag_counts(session, generation.id)
+            repo.refresh_tag_counts(session, generation.id, self.options.count_thresholds)
             repo.prune_changes(session)
             session.commit()
         summary.new, summary.modified = batch.new, batch.modified

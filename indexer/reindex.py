@@ -121,7 +121,7 @@ class Reindexer:
             session.commit()
             todo = matching_images(session, active.id, where, self.options.aliases)
             self._retag(session, active.id, tag_map, todo, summary, progress, len(todo))
-            repo.refresh_tag_counts(session, active.id)
+            repo.refresh_tag_counts(session, active.id, self.options.count_thresholds)
             session.commit()
         vectors.rebuild(self.engine, self.data_dir, summary.generation_id)
         return summary
@@ -244,8 +244,7 @@ class Reindexer:
         repo.bump_version(session, generation_id)
         session.commit()
 
-    @staticmethod
-    def _switch(session: Session, generation_id: int) -> None:
+    def _switch(self, session: Session, generation_id: int) -> None:
         """One transaction: readers see the old complete index or the new one."""
         stamp = repo.now()
         session.execute(
@@ -259,7 +258,7 @@ class Reindexer:
         session.execute(
             update(Image).where(Image.deleted_at.is_(None)).values(generation_id=generation_id)
         )
-        repo.refresh_tag_counts(session, generation_id)
+        repo.refresh_tag_counts(session, generation_id, self.options.count_thresholds)
         repo.prune_changes(session)
         session.commit()
         log.info("generation %d is now active", generation_id)

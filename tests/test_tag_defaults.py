@@ -194,3 +194,18 @@ def test_export_uses_the_threshold_and_top_k_settings(indexed: Indexed, tmp_path
         assert len([n for n in names if stored[n][1] != "copyright"]) <= 6
         above = [n for n, (s, g) in stored.items() if g != "copyright" and s >= levels[g]]
         assert len([n for n in names if stored[n][1] != "copyright"]) == min(6, len(above))
+
+
+def test_tag_counts_are_taken_at_the_threshold_settings(
+    indexed: Indexed, tiny_pixai_dir: Path
+) -> None:
+    # Run last in this module: it changes the stored counts (autocomplete, wildcard order).
+    result = run_sagashi("index", str(indexed.root / "library"), env=indexed.settings_env())
+    assert result.returncode == 0, result.stderr
+    url = f"sqlite:///{indexed.root / 'data' / 'sagashi.db'}"
+    settings = settings_for(indexed.root, url, tiny_pixai_dir, threshold_general=indexed.general)
+    with TestClient(create_app(settings)) as api:
+        wait_ready(api)
+        found = api.get("/api/tags", params={"prefix": indexed.tag, "limit": 100}).json()
+    count = next(t["count"] for t in found if t["name"] == indexed.tag)
+    assert count == len(indexed.expected(indexed.tag, indexed.general))
