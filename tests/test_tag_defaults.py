@@ -8,6 +8,7 @@ drop-in tagging endpoints. Before, search kept the card's 0.30/0.75 whatever the
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -160,6 +161,21 @@ def test_the_gallery_reads_the_defaults_from_the_server(
         },
         "top_k": 5,
     }
+
+
+def test_drop_in_tagging_endpoints_use_the_settings(indexed: Indexed, client: TestClient) -> None:
+    image = Path(sorted(indexed.scores)[0]).read_bytes()
+    body = {"inputs": {"image": base64.b64encode(image).decode()}}
+    tags = client.post("/api/tag", json=body).json()
+    ranked = [t for t in tags if t["group"] in ("general", "character")]
+    assert 0 < len(ranked) <= 5  # SAGASHI_TOP_K
+    for t in ranked:
+        assert t["score"] >= (indexed.general if t["group"] == "general" else indexed.character)
+    given = {**body, "parameters": {"top_k": 50, "threshold_general": 0.05}}
+    loose = client.post("/", json=given).json()  # a request's own parameters still win
+    assert len([t for t in loose if t["group"] == "general"]) > len(ranked)
+    labels = client.post("/", content=image, headers={"content-type": "image/png"}).json()
+    assert [x["label"] for x in labels] == [t["tag"] for t in tags]
 
 
 def test_cli_tag_uses_the_threshold_and_top_k_settings(indexed: Indexed) -> None:

@@ -109,9 +109,12 @@ class PixaiInputs(BaseModel):
 
 
 class PixaiParameters(BaseModel):
-    top_k: int = Field(default=128, ge=1, le=100_000)
-    threshold_general: Probability = 0.30
-    threshold_character: Probability = 0.75
+    """Left out, each is the server's default: SAGASHI_TOP_K, SAGASHI_THRESHOLD_GENERAL and
+    SAGASHI_THRESHOLD_CHARACTER (the card's 128, 0.30 and 0.75 unless set)."""
+
+    top_k: int | None = Field(default=None, ge=1, le=100_000)
+    threshold_general: Probability | None = None
+    threshold_character: Probability | None = None
 
 
 class PixaiRequest(BaseModel):

@@ -91,14 +91,14 @@ async def _tag_pixai(body: PixaiRequest, res: Resources) -> list[PixaiTag]:
     else:
         assert inputs.url is not None
         data = await fetch_url(inputs.url, res.settings)
-    selected = await run_in_threadpool(_select, res, data, _pixai_policy(body.parameters))
+    selected = await run_in_threadpool(_select, res, data, _pixai_policy(res, body.parameters))
     return [PixaiTag(tag=t.tag, score=round(t.score, 6), group=t.group) for t in selected]
 
 
 async def _classify(
     data: bytes, params: ClassificationParameters, res: Resources
 ) -> list[ClassificationLabel]:
-    selected = await run_in_threadpool(_select, res, data, _classification_policy(params))
+    selected = await run_in_threadpool(_select, res, data, _classification_policy(res, params))
     # top_k bounds the whole answer, copyrights and rating included, as HF's does.
     return [
         ClassificationLabel(label=t.tag, score=round(t.score, 6)) for t in selected[: params.top_k]
@@ -153,16 +153,17 @@ def _given(in_query: T | None, in_form: T | None) -> T | None:
 # decided in one place each.
 
 
-def _pixai_policy(params: PixaiParameters) -> OutputPolicy:
-    return OutputPolicy(
+def _pixai_policy(res: Resources, params: PixaiParameters) -> OutputPolicy:
+    return OutputPolicy.of(
+        res.settings.tag_defaults(),
         top_k=params.top_k,
         threshold_general=params.threshold_general,
         threshold_character=params.threshold_character,
     )
 
 
-def _classification_policy(params: ClassificationParameters) -> OutputPolicy:
-    return OutputPolicy().with_overrides(top_k=params.top_k)
+def _classification_policy(res: Resources, params: ClassificationParameters) -> OutputPolicy:
+    return OutputPolicy.of(res.settings.tag_defaults(), top_k=params.top_k)
 
 
 def _evaluate_policy(threshold: float | None, limit: int | None) -> OutputPolicy:
