@@ -49,7 +49,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, tiny_pixai_dir: Path) -> Iter
     aliases.write_text("antecedent_name,consequent_name\nhutao,hu_tao_(genshin_impact)\n")
     url = f"sqlite:///{root / 'sagashi.db'}"
     upgrade(url)
-    settings = settings_for(root, url, tiny_pixai_dir, alias_file=aliases)
+    # A copyright threshold off the card's 0.75: the sliders must start from the server's.
+    settings = settings_for(root, url, tiny_pixai_dir, alias_file=aliases, threshold_copyright=0.65)
     tagger = TimmTagger(tiny_pixai_dir, "cpu", 1)
     tagger.load()
     Indexer(create_db_engine(url), tagger, index_options(settings)).run([library])
@@ -226,6 +227,18 @@ def test_dropping_an_image_searches_by_it(page: Any, site: str, shots: Path) -> 
     assert page.is_hidden("#drop-zone")
     assert page.is_visible("#clear-upload")
     page.screenshot(path=str(shots / "dropped-image.png"))
+
+
+def test_threshold_sliders_start_from_the_servers_defaults(page: Any, site: str) -> None:
+    page.goto("/")
+    page.wait_for_selector("#grid .thumb")
+    page.click("#toggle-thresholds")
+    starts = {
+        group: page.input_value(f'input[data-group="{group}"]')
+        for group in ("general", "character", "copyright", "rating")
+    }
+    assert starts == {"general": "0.3", "character": "0.75", "copyright": "0.65", "rating": "0.5"}
+    assert page.text_content('input[data-group="copyright"] + output') == "0.65"
 
 
 def test_threshold_sliders_change_the_search(page: Any, site: str, shots: Path) -> None:
