@@ -21,6 +21,7 @@ from app.tagger.defaults import CARD, TagDefaults
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+MIN_READ_TOKEN = 16
 
 
 class Settings(BaseSettings):
@@ -137,6 +138,42 @@ class Settings(BaseSettings):
         description="Bearer token for the /api/admin endpoints. Unset: admin endpoints are "
         "disabled.",
     )
+    read_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token every route but /healthz, /readyz and /login needs (the "
+        "admin token works too; the web gallery logs in with it and keeps a cookie). Unset: "
+        "reading is open, fine on 127.0.0.1 only. Set it whenever the port is reachable from "
+        "other machines.",
+    )
+    keep_alive_timeout: int = Field(
+        default=5,
+        ge=1,
+        le=600,
+        description="Seconds 'sagashi serve' keeps an idle keep-alive connection open.",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds a client has to send a complete request head (request line and "
+        "headers) after connecting or after the previous response; slower ones are "
+        "disconnected (slowloris).",
+    )
+    max_concurrency: int = Field(
+        default=200,
+        ge=1,
+        le=100_000,
+        description="Most open connections (or requests in progress) 'sagashi serve' takes; "
+        "past it, new requests get a 503.",
+    )
+    max_header_bytes: int = Field(
+        default=16_384,
+        ge=1024,
+        le=1024 * 1024,
+        description="Most bytes of an unfinished request head (request line and headers) "
+        "the server buffers while it waits for the rest; past it the client gets a 400 and is "
+        "disconnected.",
+    )
     model_load: Literal["lazy", "startup"] = Field(
         default="lazy",
         description="When the server loads the model: lazy (on the first upload to tag or "
@@ -213,11 +250,23 @@ class Settings(BaseSettings):
             raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
         return value
 
-    @field_validator("admin_token", "model_dir", "alias_file", "database_url", mode="before")
+    @field_validator(
+        "admin_token", "read_token", "model_dir", "alias_file", "database_url", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # VAR= in an environment file or compose means "unset", not an empty token or path.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("read_token")
+    @classmethod
+    def _check_read_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # It guards an exposed port: a short one falls to guessing.
+        if value is not None and len(value.get_secret_value()) < MIN_READ_TOKEN:
+            raise ValueError(
+                f"must be at least {MIN_READ_TOKEN} characters (e.g. openssl rand -hex 32)"
+            )
+        return value
 
     @field_validator("url_fetch_allow", "media_roots", mode="before")
     @classmethod

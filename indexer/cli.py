@@ -684,7 +684,10 @@ def query_embedding(engine: Engine, settings: Settings, image: Path) -> Any:
     return outcome.embedding
 
 
-@app.command(epilog="Example: SAGASHI_ADMIN_TOKEN=s3cret sagashi serve --host 0.0.0.0 --port 8000")
+@app.command(
+    epilog="Example: SAGASHI_READ_TOKEN=$(cat read.token) SAGASHI_ADMIN_TOKEN=s3cret "
+    "sagashi serve --host 0.0.0.0 --port 8000"
+)
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address [SAGASHI_HOST].")] = None,
     port: Annotated[
@@ -700,19 +703,14 @@ def serve(
     import uvicorn
 
     from app.api import create_app
+    from app.api.serving import uvicorn_options
 
     settings = load_settings(host=host, port=port, model_dir=model_dir)
     open_store(settings).dispose()  # refuse a missing or foreign schema before listening
     _aliases(settings)
     application = create_app(settings)
     log.info("serving on http://%s:%d (API docs at /docs)", settings.host, settings.port)
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        proxy_headers=True,
-    )
+    uvicorn.run(application, **uvicorn_options(settings))
 
 
 @app.command(epilog="Example: SAGASHI_MODEL_DIR=./models/pixai-v0.9 sagashi worker")

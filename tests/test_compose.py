@@ -20,9 +20,20 @@ COMPOSE = shutil.which("docker-compose")
 
 @pytest.fixture(scope="module")
 def resolved() -> dict[str, Any]:
+    return compose_config({})
+
+
+def compose_config(variables: dict[str, str]) -> dict[str, Any]:
+    """The file as `docker-compose config` resolves it, with LIBRARY_DIR and the admin token
+    set, and these variables."""
     if COMPOSE is None:
         pytest.skip("docker-compose is not installed (Debian package docker-compose)")
-    environment = {**os.environ, "LIBRARY_DIR": "/srv/art", "SAGASHI_ADMIN_TOKEN": "t0ken"}
+    environment = {
+        **os.environ,
+        "LIBRARY_DIR": "/srv/art",
+        "SAGASHI_ADMIN_TOKEN": "t0ken",
+        **variables,
+    }
     result = subprocess.run(
         [COMPOSE, "-f", str(REPO_ROOT / "docker-compose.yml"), "config"],
         capture_output=True,
@@ -83,6 +94,19 @@ def test_every_service_talks_to_postgres_with_the_same_settings(resolved: dict[s
         assert used <= known, f"{name} sets unknown settings: {used - known}"
 
 
+def test_the_api_is_published_on_loopback_unless_told_otherwise(
+    resolved: dict[str, Any],
+) -> None:
+    assert _ports(resolved["services"]["api"]) == ["127.0.0.1:8000:8000"]
+    assert resolved["services"]["api"]["environment"]["SAGASHI_READ_TOKEN"] == ""
+    token = "r3ad-t0ken-0123456789"
+    exposed = compose_config({"API_BIND": "0.0.0.0", "SAGASHI_READ_TOKEN": token})
+    assert _ports(exposed["services"]["api"]) == ["0.0.0.0:8000:8000"]
+    assert exposed["services"]["api"]["environment"]["SAGASHI_READ_TOKEN"] == token
+    for name in ("postgres", "migrate", "worker"):
+        assert "ports" not in exposed["services"][name], name
+
+
 def test_the_dockerfile_builds_both_variants() -> None:
     text = (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert "ARG VARIANT=cpu" in text
@@ -100,4 +124,14 @@ def _volumes(service: dict[str, Any]) -> list[str]:
         else:
             mode = ":ro" if volume.get("read_only") else ""
             found.append(f"{volume['source']}:{volume['target']}{mode}")
+    return found
+
+
+def _ports(service: dict[str, Any]) -> list[str]:
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, str):
+            found.append(port.removesuffix("/tcp"))
+        else:
+            found.append(f"{port.get('host_ip', '')}:{port['published']}:{port['target']}")
     return found

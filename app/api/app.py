@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.auth import ReadTokenMiddleware, Tokens
 from app.api.decode_gate import DecodeGate
 from app.api.errors import install_handlers
 from app.api.inference import Inference
 from app.api.limits import BodyLimitMiddleware
 from app.api.metrics import JobCollector, LatencyMiddleware, Metrics, StateCollector
+from app.api.openapi import install_openapi
 from app.api.resources import Resources
 from app.api.routes import admin, images, ops, search, tagging, tags
 from app.api.schemas import ErrorBody
@@ -81,12 +83,18 @@ def create_app(settings: Settings, tagger: Tagger | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         responses={"default": {"model": ErrorBody, "description": "Error"}},
+        docs_url=None,  # served from packaged assets by install_web, not from a CDN
+        redoc_url=None,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes * 2 + 1_048_576)
+    if settings.read_token is not None:  # outside the body limit: refuse before reading
+        tokens = Tokens(settings.read_token, settings.admin_token)
+        app.add_middleware(ReadTokenMiddleware, tokens=tokens)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     install_handlers(app)
     for router in (search.router, images.router, tags.router, tagging.router, admin.router):
         app.include_router(router)
     app.include_router(ops.router)
     install_web(app)
+    install_openapi(app, read_protected=settings.read_token is not None)
     return app

@@ -1,4 +1,5 @@
-"""The web gallery: static files served by the API app itself (no build step)."""
+"""The web gallery: static files served by the API app itself (no build step), the login
+form for SAGASHI_READ_TOKEN, and the API documentation pages."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from app.web import login
+from app.web.docs import install_docs
+
 STATIC = Path(__file__).parent / "static"
 
 
 def install_web(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(login.router)
+    install_docs(app)
 
     @app.get("/", include_in_schema=False)
     def gallery() -> FileResponse:

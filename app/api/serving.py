@@ -1,0 +1,94 @@
+"""How 'sagashi serve' runs uvicorn: limits against slow and greedy clients, from settings.
+
+uvicorn gives a keep-alive timeout (SAGASHI_KEEP_ALIVE_TIMEOUT), a concurrency limit
+(SAGASHI_MAX_CONCURRENCY: open connections or requests in progress; past it a request gets
+uvicorn's plain-text 503) and a limit on the request head's size for its h11 parser
+(SAGASHI_MAX_HEADER_BYTES: larger gets a 400). It has no timeout for reading the request
+head: a client that connects and sends its headers a byte at a time (slowloris) keeps the
+connection, and counts against the concurrency limit, for as long as it likes. The h11
+protocol below adds that deadline (SAGASHI_HEADER_TIMEOUT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class HeadTimeoutH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection that has not sent a complete request head
+    within ``header_timeout`` seconds of connecting or of the end of the previous response.
+
+    The timer runs while h11 waits for a request (``their_state`` IDLE) and stops once the
+    head is parsed, so a slow upload of the body is not cut by it."""
+
+    header_timeout: float = 10.0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._watch_head()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch_head()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _awaiting_head(self) -> bool:
+        return self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+
+    def _watch_head(self) -> None:
+        if not self._awaiting_head():
+            self._stop_head_timer()
+        elif self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._awaiting_head():
+            host = self.client[0] if self.client else "?"
+            log.info(
+                "closed a connection from %s: no complete request head in %gs",
+                host,
+                self.header_timeout,
+            )
+            self.transport.close()
+
+
+def head_timeout_protocol(seconds: float) -> type[HeadTimeoutH11Protocol]:
+    # uvicorn builds the protocol from a class and its own Config; the class carries the value.
+    return type("HeadTimeoutH11Protocol", (HeadTimeoutH11Protocol,), {"header_timeout": seconds})
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` (or ``uvicorn.Config``) besides the app."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "proxy_headers": True,
+        "http": head_timeout_protocol(settings.header_timeout),
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "limit_concurrency": settings.max_concurrency,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+    }
