@@ -20,7 +20,8 @@ from sqlalchemy import Engine, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from app.query import ErrorCode, QueryError, parse
-from app.search.plan import Binder, Catalog
+from app.search.binder import Binder
+from app.search.catalog import Catalog
 from app.search.sql_engine import execute
 from app.store import repository as repo
 from app.store import vectors

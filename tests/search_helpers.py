@@ -8,8 +8,8 @@ from collections.abc import Mapping
 import numpy as np
 from sqlalchemy import Engine, select
 
+from app.search.catalog import Catalog
 from app.search.plan import (
-    Catalog,
     PAll,
     PAnd,
     PAttr,

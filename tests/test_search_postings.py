@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from app.query import parse
 from app.search import postings as postings_module
-from app.search.plan import Catalog, bind
+from app.search.binder import bind
+from app.search.catalog import Catalog
 from app.search.postings import PostingEngine
 from app.store import repository as repo
 from app.store.db import create_db_engine, session_factory

@@ -8,7 +8,9 @@ import random
 import pytest
 
 from app.query import ErrorCode, QueryError, parse
-from app.search.plan import Catalog, PlanNode, bind
+from app.search.binder import bind
+from app.search.catalog import Catalog
+from app.search.plan import PlanNode
 from app.search.sql_engine import execute
 from app.store.db import create_db_engine, session_factory
 from tests.search_helpers import brute, build_index

@@ -29,9 +29,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.query import MAX_TERMS, All, ErrorCode, Order, Query, QueryError, parse
 from app.query.ast import Node
 from app.search import similar
+from app.search.binder import Binder
+from app.search.catalog import Catalog
 from app.search.keys import posting_keys, posting_presorted, sql_keys
 from app.search.paging import DEFAULT_ORDER, Cursor, KeySource, page
-from app.search.plan import COUNTED_GROUPS, Binder, Catalog, PlanNode
+from app.search.plan import COUNTED_GROUPS, PlanNode
 from app.search.postings import PostingEngine, latest_change
 from app.search.sql_engine import execute
 from app.store import vectors
