@@ -31,14 +31,13 @@ from app.query.ast import Node
 from app.search import similar
 from app.search.binder import Binder
 from app.search.catalog import Catalog
-from app.search.keys import posting_keys, posting_presorted, sql_keys
+from app.search.engine import TagEngine, open_engine
 from app.search.paging import DEFAULT_ORDER, Cursor, KeySource, page
-from app.search.plan import COUNTED_GROUPS, PlanNode
-from app.search.postings import PostingEngine, latest_change
-from app.search.sql_engine import execute
+from app.search.plan import COUNTED_GROUPS
+from app.search.postings import latest_change
 from app.store import vectors
 from app.store.db import session_factory
-from app.store.models import Embedding, Image, Tag
+from app.store.models import Embedding, Tag
 from app.store.repository import active_generation, decode_vectors, index_version
 from app.tagger.defaults import CARD
 from app.tagger.vocab import GROUPS
@@ -96,7 +95,7 @@ class _State:
     embedding_dim: int
     seq: int
     catalog: Catalog
-    postings: PostingEngine | None
+    tags: TagEngine  # the tag-query engine, current up to ``seq``
     index: vectors.FaissIndex | None = None
 
 
@@ -134,17 +133,17 @@ class SearchService:
         binder = Binder(state.catalog, thresholds)
         plan = binder.bind(query.root)
         with self._session() as session:
-            postings = state.postings  # one engine for the whole search, even if refreshed
-            matches = _evaluate(session, state, postings, plan)
+            tags = state.tags  # one engine for the whole search, even if refreshed meanwhile
+            matches = tags.evaluate(session, plan)
             if vector_query:
-                live = postings.live if postings is not None else _live(session, state)
-                return self._similar(session, state, postings, query, request, matches, live, limit)
-            keys = self._keys(session, state, postings, order, thresholds)
+                live = tags.live(session)
+                return self._similar(session, state, tags, query, request, matches, live, limit)
+            keys = self._keys(session, state, tags, order, thresholds)
             cursor = Cursor.decode(request.cursor, order) if request.cursor else None
-            walk = posting_presorted(postings) if postings is not None else None
+            walk = tags.presorted()
             found = page(matches, order, limit, cursor, keys, secrets.randbits(48), walk)
-            hits = _hits(session, postings, found.ids)
-        return Page(hits, len(matches), False, found.next_cursor, self.kind)
+            hits = _hits(session, tags, found.ids)
+        return Page(hits, len(matches), False, found.next_cursor, tags.name)
 
     def matching(self, query: str | Node, thresholds: Mapping[str, float] | None = None) -> BitMap:
         """Every image a filter matches: query text (order, limit and similarity ignored)
@@ -153,7 +152,7 @@ class SearchService:
         state = self.current()
         plan = Binder(state.catalog, self.thresholds(thresholds)).bind(root)
         with self._session() as session:  # opens a connection only for the SQL engine
-            return _evaluate(session, state, state.postings, plan)
+            return state.tags.evaluate(session, plan)
 
     def thresholds(self, wanted: Mapping[str, float] | None = None) -> dict[str, float]:
         """Every group's threshold: those ``wanted`` by a request, else the defaults."""
@@ -169,7 +168,7 @@ class SearchService:
         """Live images of the loaded generation, without touching the database; None
         before the first load (or with the SQL engine)."""
         state = self._state
-        return len(state.postings.live) if state is not None and state.postings else None
+        return state.tags.held_images() if state is not None else None
 
     def reload(self) -> _State:
         """Drop everything held in memory and load the active generation afresh."""
@@ -203,8 +202,8 @@ class SearchService:
     def _load(self, session: Session, generation_id: int, dim: int) -> _State:
         _low, seq = latest_change(session)
         gc.unfreeze()
-        postings = PostingEngine.load(session, generation_id) if self.kind == "memory" else None
-        state = _State(generation_id, dim, seq, _catalog(session, self.aliases), postings)
+        tags = open_engine(self.kind, session, generation_id)
+        state = _State(generation_id, dim, seq, _catalog(session, self.aliases), tags)
         # The engine holds millions of long-lived objects (paths, arrays, bitmaps); a full
         # collection walking them all paused searches for 200 ms at 1M images. Frozen, they
         # are left out of collections (and still freed when the engine is dropped).
@@ -216,8 +215,7 @@ class SearchService:
         _low, seq = latest_change(session)
         if seq == state.seq:
             return
-        if state.postings is not None:
-            state.postings = state.postings.refresh(session)
+        state.tags = state.tags.refreshed(session)
         state.catalog = _catalog(session, self.aliases)
         state.seq = seq
 
@@ -241,7 +239,7 @@ class SearchService:
         self,
         session: Session,
         state: _State,
-        postings: PostingEngine | None,
+        tags: TagEngine,
         query: Query,
         request: SearchRequest,
         matches: BitMap,
@@ -275,16 +273,16 @@ class SearchService:
         if window and wanted < MAX_SIMILAR_RESULTS and len(found) > wanted:
             last_id, last_score = window[-1]
             next_cursor = Cursor("similarity_desc", last_score, last_id, wanted).encode()
-        rows = {hit.id: hit for hit in _hits(session, postings, [i for i, _ in window])}
+        rows = {hit.id: hit for hit in _hits(session, tags, [i for i, _ in window])}
         hits = [_with_similarity(rows[i], s) for i, s in window if i in rows]
         count = len(allowed) if allowed is not None else len(live)
-        return Page(hits, count, False, next_cursor, self.kind, knn_plan.strategy)
+        return Page(hits, count, False, next_cursor, tags.name, knn_plan.strategy)
 
     def _keys(
         self,
         session: Session,
         state: _State,
-        postings: PostingEngine | None,
+        tags: TagEngine,
         order: Order,
         thresholds: Mapping[str, float],
     ) -> KeySource:
@@ -293,9 +291,7 @@ class SearchService:
         if order.key == "score" and order.tag is not None:
             info = state.catalog.lookup(order.tag)
             score_tag = info.id if info is not None else None
-        if postings is not None:
-            return posting_keys(postings, counted, score_tag)
-        return sql_keys(session, state.generation_id, counted, score_tag)
+        return tags.keys(session, counted, score_tag)
 
 
 def _with_similar(query: Query, image_id: int | None) -> Query:
@@ -325,41 +321,14 @@ def _is_everything(node: Node) -> bool:
     return isinstance(node, All)
 
 
-def _evaluate(
-    session: Session, state: _State, postings: PostingEngine | None, plan: PlanNode
-) -> BitMap:
-    """The images a bound query matches, on the posting engine or in SQL."""
-    if postings is not None:
-        return postings.evaluate(plan)
-    return BitMap(execute(session, plan, state.generation_id))
-
-
-def _live(session: Session, state: _State) -> BitMap:
-    """The generation's live images, for the SQL engine (deleted images have no embedding)."""
-    statement = select(Embedding.image_id).where(Embedding.generation_id == state.generation_id)
-    return BitMap(session.scalars(statement).all())
-
-
-def _hits(session: Session, postings: PostingEngine | None, ids: list[int]) -> list[Hit]:
-    if postings is None:
-        return _rows(session, ids)
-    known = postings.describe(ids)
+def _hits(session: Session, tags: TagEngine, ids: list[int]) -> list[Hit]:
+    known = tags.describe(session, ids)
     return [Hit(i, *known[i]) for i in ids if i in known]
 
 
 def _catalog(session: Session, aliases: Mapping[str, str]) -> Catalog:
     rows = session.execute(select(Tag.id, Tag.name, Tag.group, Tag.image_count)).all()
     return Catalog.from_rows([(r[0], r[1], r[2], r[3]) for r in rows], aliases)
-
-
-def _rows(session: Session, ids: list[int]) -> list[Hit]:
-    if not ids:
-        return []
-    statement = select(Image.id, Image.path, Image.width, Image.height).where(Image.id.in_(ids))
-    found = {
-        row.id: Hit(row.id, row.path, row.width, row.height) for row in session.execute(statement)
-    }
-    return [found[i] for i in ids if i in found]
 
 
 def _with_similarity(hit: Hit, score: float) -> Hit:

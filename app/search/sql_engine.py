@@ -8,9 +8,12 @@ fallback and the oracle for the in-memory posting engine.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pyroaring import BitMap
 from sqlalchemy import (
     Float,
     Select,
@@ -28,6 +31,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 
 from app.query.ranges import Range
+from app.search.engine import Counted, Described
+from app.search.keys import sql_keys
+from app.search.paging import KeySource, Presorted
 from app.search.plan import (
     PAll,
     PAnd,
@@ -223,3 +229,44 @@ def execute(session: Session, plan: PlanNode, generation_id: int) -> list[int]:
     sub = to_select(plan, generation_id, bind.dialect.name).subquery()
     column = sub.c[0]
     return [int(i) for i in session.scalars(select(column).distinct().order_by(column)).all()]
+
+
+@dataclass(frozen=True)
+class SqlEngine:
+    """Tag queries answered by the database itself: nothing held in memory, always current.
+    The oracle the other engines are tested against, and the fallback on small hosts."""
+
+    generation_id: int
+    name: str = "sql"
+
+    @classmethod
+    def open(cls, session: Session, generation_id: int) -> SqlEngine:
+        return cls(generation_id)
+
+    def evaluate(self, session: Session, plan: PlanNode) -> BitMap:
+        return BitMap(execute(session, plan, self.generation_id))
+
+    def live(self, session: Session) -> BitMap:
+        # Deleted images have no embedding: the generation's embeddings are its live images.
+        statement = select(Embedding.image_id).where(Embedding.generation_id == self.generation_id)
+        return BitMap(session.scalars(statement).all())
+
+    def describe(self, session: Session, image_ids: Sequence[int]) -> dict[int, Described]:
+        if not image_ids:
+            return {}
+        statement = select(Image.id, Image.path, Image.width, Image.height).where(
+            Image.id.in_(list(image_ids))
+        )
+        return {row.id: (row.path, row.width, row.height) for row in session.execute(statement)}
+
+    def keys(self, session: Session, counted: Counted, score_tag: int | None) -> KeySource:
+        return sql_keys(session, self.generation_id, counted, score_tag)
+
+    def presorted(self) -> Presorted | None:
+        return None
+
+    def refreshed(self, session: Session) -> SqlEngine:
+        return self
+
+    def held_images(self) -> int | None:
+        return None
