@@ -108,10 +108,13 @@ class Settings(BaseSettings):
         description="Score threshold for rating tags in search (rating: and tag lists) wherever "
         "a request gives none.",
     )
-    search_engine: Literal["memory", "sql"] = Field(
+    search_engine: Literal["memory", "segments", "sql"] = Field(
         default="memory",
-        description="Tag-query engine: memory (in-memory posting engine, loaded at start and "
-        "kept current) or sql (queries the database directly; less memory, far slower).",
+        description="Tag-query engine: memory (the posting engine, read from the database at "
+        "start and kept current), segments (the same engine opened from memory-mapped segment "
+        "files in SAGASHI_DATA_DIR/segments, rebuilt from the database when missing or stale; "
+        "opens in seconds, shared by every worker) or sql (queries the database directly; no "
+        "memory held, slower per query).",
     )
     max_query_terms: int = Field(
         default=100,

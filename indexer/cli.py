@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast, get_args
 
 import typer
 from pydantic import ValidationError
@@ -598,7 +598,7 @@ def search(
     ] = False,
     engine_kind: Annotated[
         str | None,
-        typer.Option("--engine", help="memory (posting engine) or sql [SAGASHI_SEARCH_ENGINE]."),
+        typer.Option("--engine", help="memory, segments or sql [SAGASHI_SEARCH_ENGINE: memory]."),
     ] = None,
     hide_duplicates: Annotated[
         bool, typer.Option(help="With similar: or --like, hide near-duplicates of the query.")
@@ -618,11 +618,12 @@ def search(
     malformed query exits 2 with the reason and its position. A query that starts with "-"
     goes after "--": sagashi search -- "-monochrome 1girl".
     """
-    if engine_kind not in (None, "memory", "sql"):
-        fail(f"--engine must be memory or sql, not {engine_kind!r}")
+    kinds = get_args(EngineKind)
+    if engine_kind is not None and engine_kind not in kinds:
+        fail(f"--engine must be {', '.join(kinds)}, not {engine_kind!r}")
     settings = load_settings(model_dir=model_dir)
     engine = open_store(settings)
-    kind: EngineKind = "sql" if (engine_kind or settings.search_engine) == "sql" else "memory"
+    kind = cast(EngineKind, engine_kind or settings.search_engine)
     service = SearchService(
         engine,
         settings.data_dir,

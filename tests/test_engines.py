@@ -6,6 +6,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import get_args
 
 import numpy as np
@@ -31,17 +32,19 @@ def test_the_registry_is_what_settings_and_the_service_accept() -> None:
     allowed = Settings.model_fields["search_engine"].annotation
     assert set(get_args(allowed)) == set(KINDS)
     with pytest.raises(ValueError, match="unknown search engine 'nosql'"):
-        open_engine("nosql", None, 1)  # type: ignore[arg-type]
+        open_engine("nosql", None, 1, Path())  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_engine_answers_as_the_brute_force(migrated_url: str, kind: str) -> None:
+def test_every_engine_answers_as_the_brute_force(
+    migrated_url: str, kind: str, tmp_path: Path
+) -> None:
     rng = random.Random(23)
     images = random_images(rng, 120)
     engine = create_db_engine(migrated_url)
     generation, data, catalog = build_index(engine, images, FIXTURE_GROUPS)
     with session_factory(engine)() as session:
-        tags: TagEngine = open_engine(kind, session, generation)
+        tags: TagEngine = open_engine(kind, session, generation, tmp_path)
         assert tags.name == kind and tags.generation_id == generation
         assert list(tags.live(session)) == sorted(data)
         checked = 0
@@ -63,12 +66,14 @@ def test_every_engine_answers_as_the_brute_force(migrated_url: str, kind: str) -
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_refreshed_engines_follow_the_database(migrated_url: str, kind: str) -> None:
+def test_refreshed_engines_follow_the_database(
+    migrated_url: str, kind: str, tmp_path: Path
+) -> None:
     engine = create_db_engine(migrated_url)
     generation, data, catalog = build_index(engine, [{"a": 0.9}, {"a": 0.8}, {"b": 0.7}])
     plan = bind(parse("a").root, catalog)
     with session_factory(engine)() as session:
-        tags = open_engine(kind, session, generation)
+        tags = open_engine(kind, session, generation, tmp_path)
         assert tags.refreshed(session) is tags  # nothing changed
         gone = min(data)
         repo.mark_deleted(session, [gone])

@@ -115,7 +115,7 @@ def test_similar_by_id_ranks_by_cosine_and_excludes_the_image(indexed: dict[str,
             ["order:filesize", "--cursor", "eyJvIjoiaWRfZGVzYyIsImsiOjUsImkiOjUsInMiOjB9"],
             "belongs to order 'id_desc'",
         ),
-        (["", "--engine", "nosql"], "--engine must be memory or sql"),
+        (["", "--engine", "nosql"], "--engine must be memory, segments, sql"),
     ],
 )
 def test_bad_similar_ids_and_cursors_exit_2(

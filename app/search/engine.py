@@ -12,6 +12,7 @@ does not change.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from pyroaring import BitMap
@@ -64,23 +65,25 @@ class TagEngine(Protocol):
         ...
 
 
-Opener = Callable[[Session, int], TagEngine]
+# (session, generation id, data folder): an engine of that generation.
+Opener = Callable[[Session, int, Path], TagEngine]
 
 
 def engines() -> dict[str, Opener]:
     """The engines by the name SAGASHI_SEARCH_ENGINE gives them."""
     # Imported here: each engine module imports this one for the types it shares.
     from app.search.memory_engine import MemoryEngine
+    from app.search.segment_engine import SegmentEngine
     from app.search.sql_engine import SqlEngine
 
-    return {"memory": MemoryEngine.open, "sql": SqlEngine.open}
+    return {"memory": MemoryEngine.open, "segments": SegmentEngine.open, "sql": SqlEngine.open}
 
 
-def open_engine(kind: str, session: Session, generation_id: int) -> TagEngine:
+def open_engine(kind: str, session: Session, generation_id: int, data_dir: Path) -> TagEngine:
     try:
         opener = engines()[kind]
     except KeyError:
         raise ValueError(
             f"unknown search engine {kind!r}; choose from {sorted(engines())}"
         ) from None
-    return opener(session, generation_id)
+    return opener(session, generation_id, data_dir)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyroaring import BitMap
 from sqlalchemy.orm import Session
@@ -23,7 +24,7 @@ class MemoryEngine:
     name: str = "memory"
 
     @classmethod
-    def open(cls, session: Session, generation_id: int) -> MemoryEngine:
+    def open(cls, session: Session, generation_id: int, data_dir: Path) -> MemoryEngine:
         return cls(PostingEngine.load(session, generation_id))
 
     @property

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -118,7 +118,7 @@ class Attributes:
     sha_ids: np.ndarray  # image ids aligned with sha_keys
     format_codes: np.ndarray  # uint16 index into format_names
     format_names: list[str]
-    paths: list[str]
+    paths: Sequence[str]  # a list, or a PathTable over a mapped file
     _sorted: dict[str, tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -580,14 +580,20 @@ class PostingEngine:
     def is_current(self, session: Session) -> bool:
         return latest_change(session)[1] == self.seq
 
-    def refresh(self, session: Session) -> PostingEngine:
+    def refresh(
+        self, session: Session, reload: Callable[[], PostingEngine] | None = None
+    ) -> PostingEngine:
         """An engine current with the database: this one when nothing changed, else one with
-        the changed images in a new segment, or a full reload when that is cheaper."""
+        the changed images in a new segment, or a full reload when that is cheaper.
+        ``reload`` replaces the full reload from the database (the segment engine reopens
+        or rewrites its files instead)."""
         low, high = latest_change(session)
         if high == self.seq:
             return self
+        if reload is None:
+            reload = lambda: PostingEngine.load(session, self.generation_id)  # noqa: E731
         if low > self.seq + 1:  # the log was pruned past what this engine has seen
-            return PostingEngine.load(session, self.generation_id)
+            return reload()
         changed = BitMap(
             session.scalars(
                 select(ImageChange.image_id).where(
@@ -598,7 +604,7 @@ class PostingEngine:
         delta = sum(len(s.live) for s in self.segments[1:]) + len(changed)
         limit = max(MIN_DELTA_LIMIT, int(MAX_DELTA_SHARE * len(self.live)))
         if len(self.segments) >= MAX_SEGMENTS or delta > limit:
-            return PostingEngine.load(session, self.generation_id)
+            return reload()
         fresh = Segment.load(session, self.generation_id, tag_groups(session), list(changed))
         kept = [s.without(changed) for s in self.segments]
         return PostingEngine(self.generation_id, high, [*kept, fresh])

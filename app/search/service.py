@@ -44,7 +44,7 @@ from app.tagger.vocab import GROUPS
 
 log = logging.getLogger(__name__)
 
-EngineKind = Literal["memory", "sql"]
+EngineKind = Literal["memory", "segments", "sql"]
 MAX_SIMILAR_RESULTS = 1000
 DEFAULT_DUPLICATE_SIMILARITY = 0.98
 
@@ -202,7 +202,7 @@ class SearchService:
     def _load(self, session: Session, generation_id: int, dim: int) -> _State:
         _low, seq = latest_change(session)
         gc.unfreeze()
-        tags = open_engine(self.kind, session, generation_id)
+        tags = open_engine(self.kind, session, generation_id, self.data_dir)
         state = _State(generation_id, dim, seq, _catalog(session, self.aliases), tags)
         # The engine holds millions of long-lived objects (paths, arrays, bitmaps); a full
         # collection walking them all paused searches for 200 ms at 1M images. Frozen, they

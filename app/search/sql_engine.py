@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from pyroaring import BitMap
@@ -240,7 +241,7 @@ class SqlEngine:
     name: str = "sql"
 
     @classmethod
-    def open(cls, session: Session, generation_id: int) -> SqlEngine:
+    def open(cls, session: Session, generation_id: int, data_dir: Path) -> SqlEngine:
         return cls(generation_id)
 
     def evaluate(self, session: Session, plan: PlanNode) -> BitMap:

@@ -1,0 +1,301 @@
+"""Segment sets on disk: the posting engine's state in flat files that are memory-mapped,
+not parsed, so a process opens a million images in about the time it takes to map them, and
+every server worker shares one copy in the page cache.
+
+A set is a folder of ``.npy`` arrays (postings of every tag in score order, the per-image
+columns that metatags and orders read, the sha256 index, the paths) and a ``manifest.json``
+naming the format, the generation, the change-log position the set covers, and each file's
+size and CRC-32. Sets are immutable and derived: one that is missing, truncated, flipped,
+from another generation or another format is refused at open (:class:`SegmentError`) and
+rebuilt from the database by the caller.
+
+Writes are atomic: a set is written into a temporary folder, synced and renamed, then the
+``CURRENT`` pointer is replaced. A reader that opened an older set keeps its mappings (the
+files are only unlinked); a failed write (a full disk) leaves the current set as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import uuid
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+from pyroaring import BitMap
+
+from app.search.bitmaps import bitmap_of
+from app.search.postings import Attributes, Postings, Segment
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump whenever a file's layout or meaning changes: older sets are rebuilt
+CURRENT = "CURRENT"
+MANIFEST = "manifest.json"
+LOCK = "write.lock"
+CRC_CHUNK = 16 * 1024 * 1024
+COLUMNS = ("id", "width", "height", "size_bytes", "mpixels", "ratio", "indexed_us")
+
+
+class SegmentError(Exception):
+    """A segment set that cannot be used; the message says why (for the log)."""
+
+
+@dataclass(frozen=True)
+class SetInfo:
+    name: str
+    generation_id: int
+    seq: int
+    images: int
+
+
+class PathTable(Sequence[str]):
+    """Image paths as one UTF-8 blob and its offsets, decoded one at a time on demand."""
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray) -> None:
+        self._blob = blob
+        self._offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        start, end = int(self._offsets[index]), int(self._offsets[index + 1])
+        return bytes(self._blob[start:end]).decode("utf-8", "surrogateescape")
+
+
+class SegmentStore:
+    """The segment sets of one generation, in ``root/g<generation>/``."""
+
+    def __init__(self, root: Path, generation_id: int) -> None:
+        self.generation_id = generation_id
+        self.folder = root / f"g{generation_id}"
+
+    @contextlib.contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """One writer at a time across processes (server workers, the indexer)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / LOCK, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def current(self) -> SetInfo | None:
+        """What ``CURRENT`` points at, without checking the files (None when absent)."""
+        try:
+            pointer = json.loads((self.folder / CURRENT).read_text())
+            manifest = json.loads((self.folder / pointer["set"] / MANIFEST).read_text())
+            return _info(pointer["set"], manifest)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def read(self, tag_groups: dict[int, int]) -> tuple[Segment, SetInfo]:
+        """The current set, checked and mapped; raises SegmentError."""
+        try:
+            pointer = json.loads((self.folder / CURRENT).read_text())
+            name = str(pointer["set"])
+        except FileNotFoundError as exc:
+            raise SegmentError(f"no segment set for generation {self.generation_id}") from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SegmentError(f"unreadable {CURRENT} pointer: {exc}") from exc
+        folder = self.folder / name
+        manifest = _manifest(folder)
+        if manifest.get("format") != FORMAT:
+            found = manifest.get("format")
+            raise SegmentError(f"set {name} has format {found}, this code reads {FORMAT}")
+        if manifest.get("generation_id") != self.generation_id:
+            raise SegmentError(f"set {name} belongs to another generation")
+        _check_files(folder, manifest["files"])
+        return _segment(folder, manifest, tag_groups), _info(name, manifest)
+
+    def write(self, segment: Segment, seq: int) -> SetInfo:
+        """Write ``segment`` (covering changes up to ``seq``) as the new current set. The
+        caller holds :meth:`writer_lock`. On failure the current set is left as it was."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"set-{seq:012d}-{uuid.uuid4().hex[:8]}"
+        staging = self.folder / f".tmp-{name}"
+        try:
+            files = _write_arrays(staging, segment)
+            manifest = {
+                "format": FORMAT,
+                "generation_id": self.generation_id,
+                "seq": seq,
+                "images": len(segment.live),
+                "format_names": segment.attributes.format_names,
+                "files": files,
+            }
+            _write_synced(staging / MANIFEST, json.dumps(manifest).encode())
+            os.rename(staging, self.folder / name)
+            _fsync_dir(self.folder)
+            _write_synced(self.folder / f".{CURRENT}.tmp", json.dumps({"set": name}).encode())
+            os.replace(self.folder / f".{CURRENT}.tmp", self.folder / CURRENT)
+            _fsync_dir(self.folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(self.folder / name, ignore_errors=True)
+            raise
+        self._remove_others(name)
+        log.info("wrote segment set %s: %d images up to change %d", name, len(segment.live), seq)
+        return _info(name, manifest)
+
+    def _remove_others(self, keep: str) -> None:
+        # Readers that mapped an older set keep reading it: unlinking does not unmap.
+        for entry in self.folder.iterdir():
+            if entry.is_dir() and entry.name != keep:
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _info(name: str, manifest: dict[str, Any]) -> SetInfo:
+    return SetInfo(
+        name, int(manifest["generation_id"]), int(manifest["seq"]), int(manifest["images"])
+    )
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
+    try:
+        manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise SegmentError(f"set {folder.name} has no readable manifest: {exc}") from exc
+    if not isinstance(manifest.get("files"), dict):
+        raise SegmentError(f"set {folder.name}'s manifest lists no files")
+    return manifest
+
+
+def _check_files(folder: Path, files: dict[str, Any]) -> None:
+    """Sizes first (a truncated file costs nothing to find), then every file's CRC-32."""
+    for name, expected in files.items():
+        path = folder / name
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise SegmentError(f"{folder.name}/{name} is missing: {exc}") from exc
+        if size != expected["bytes"]:
+            raise SegmentError(f"{folder.name}/{name} has {size} bytes, not {expected['bytes']}")
+    for name, expected in files.items():
+        if _crc32(folder / name) != expected["crc32"]:
+            raise SegmentError(f"{folder.name}/{name} fails its checksum")
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(CRC_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _arrays(segment: Segment) -> dict[str, np.ndarray]:
+    """Every array of a segment, by file name."""
+    tag_ids = np.array(sorted(segment.postings), dtype=np.int64)
+    lengths = [len(segment.postings[int(t)].ids) for t in tag_ids]
+    offsets = np.zeros(len(tag_ids) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    posting_ids = [segment.postings[int(t)].ids for t in tag_ids]
+    posting_neg = [segment.postings[int(t)].neg_scores for t in tag_ids]
+    attributes = segment.attributes
+    paths = [p.encode("utf-8", "surrogateescape") for p in attributes.paths]
+    path_offsets = np.zeros(len(paths) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in paths], out=path_offsets[1:])
+    groups = sorted(segment.tag_groups.items())
+    arrays: dict[str, np.ndarray] = {
+        "live": np.frombuffer(segment.live.to_array(), dtype=np.uint32),
+        "tag_ids": tag_ids,
+        "tag_offsets": offsets,
+        "posting_ids": _joined(posting_ids, np.uint32),
+        "posting_neg_scores": _joined(posting_neg, np.float32),
+        "group_tags": np.array([t for t, _ in groups], dtype=np.int64),
+        "group_codes": np.array([g for _, g in groups], dtype=np.int64),
+        "image_ids": attributes.ids.astype(np.uint32),
+        "sha_keys": attributes.sha_keys,
+        "sha_ids": attributes.sha_ids.astype(np.uint32),
+        "format_codes": attributes.format_codes.astype(np.uint16),
+        "path_offsets": path_offsets,
+        "paths": np.frombuffer(b"".join(paths), dtype=np.uint8),
+    }
+    for column in COLUMNS:
+        arrays[f"column_{column}"] = attributes.columns[column]
+    return arrays
+
+
+def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
+
+
+def _write_arrays(staging: Path, segment: Segment) -> dict[str, dict[str, int]]:
+    staging.mkdir(parents=True)
+    files: dict[str, dict[str, int]] = {}
+    for name, array in _arrays(segment).items():
+        path = staging / f"{name}.npy"
+        with open(path, "wb") as stream:
+            np.save(stream, np.ascontiguousarray(array), allow_pickle=False)
+            stream.flush()
+            os.fsync(stream.fileno())
+        files[path.name] = {"bytes": path.stat().st_size, "crc32": _crc32(path)}
+    return files
+
+
+def _segment(folder: Path, manifest: dict[str, Any], tag_groups: dict[int, int]) -> Segment:
+    def load(name: str) -> np.ndarray:
+        try:
+            mapped: np.ndarray = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            return mapped
+        except (OSError, ValueError) as exc:
+            raise SegmentError(f"{folder.name}/{name}.npy cannot be mapped: {exc}") from exc
+
+    tag_ids, offsets = load("tag_ids"), load("tag_offsets")
+    posting_ids, posting_neg = load("posting_ids"), load("posting_neg_scores")
+    if len(offsets) != len(tag_ids) + 1 or int(offsets[-1]) != len(posting_ids):
+        raise SegmentError(f"set {folder.name}: the posting offsets do not match the postings")
+    postings = {
+        int(tag): Postings(posting_ids[start:end], posting_neg[start:end])
+        for tag, start, end in zip(
+            tag_ids.tolist(), offsets[:-1].tolist(), offsets[1:].tolist(), strict=True
+        )
+    }
+    attributes = Attributes(
+        ids=load("image_ids"),
+        columns={column: load(f"column_{column}") for column in COLUMNS},
+        sha_keys=load("sha_keys"),
+        sha_ids=load("sha_ids"),
+        format_codes=load("format_codes"),
+        format_names=[str(name) for name in manifest["format_names"]],
+        paths=PathTable(load("paths"), load("path_offsets")),
+    )
+    stored_groups = dict(
+        zip(load("group_tags").tolist(), load("group_codes").tolist(), strict=True)
+    )
+    live: BitMap = bitmap_of(load("live"), presorted=True)
+    return Segment(live, postings, attributes, {**stored_groups, **tag_groups})
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)

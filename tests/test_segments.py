@@ -1,0 +1,239 @@
+"""The segment engine's files: opened when current, rebuilt from the database when missing,
+truncated, flipped, from another generation or format; changes after the set replayed as a
+delta and followed live; a delta that outgrows its limit merged into a new set; a write
+refused by a full disk or killed with -9 never leaves a half-read set. Every answer is
+checked against the SQL engine on random queries, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine
+
+from app.query import QueryError, parse
+from app.search import postings as posting_module
+from app.search.binder import bind
+from app.search.catalog import Catalog
+from app.search.segment_engine import SegmentEngine, store_for
+from app.search.segment_files import CURRENT, MANIFEST
+from app.search.sql_engine import execute
+from app.store import repository as repo
+from app.store.db import create_db_engine, session_factory
+from tests.search_helpers import build_index
+from tests.test_search_sql import GROUPS, random_images, random_query
+
+
+def assert_equals_sql(
+    engine: Engine, tags: SegmentEngine, catalog: Catalog, seed: int, queries: int = 150
+) -> int:
+    rng = random.Random(seed)
+    checked = 0
+    with session_factory(engine)() as session:
+        for _ in range(queries):
+            try:
+                plan = bind(parse(random_query(rng)).root, catalog)
+            except QueryError:
+                continue
+            expected = execute(session, plan, tags.generation_id)
+            assert list(tags.evaluate(session, plan)) == expected
+            checked += 1
+    return checked
+
+
+def opened(engine: Engine, generation: int, data_dir: Path) -> SegmentEngine:
+    with session_factory(engine)() as session:
+        return SegmentEngine.open(session, generation, data_dir)
+
+
+def current_set(data_dir: Path, generation: int) -> str:
+    info = store_for(data_dir, generation).current()
+    assert info is not None
+    return info.name
+
+
+@pytest.fixture
+def indexed(migrated_url: str) -> Iterator[tuple[Engine, int, Catalog]]:
+    engine = create_db_engine(migrated_url)
+    generation, _data, catalog = build_index(engine, random_images(random.Random(5), 150), GROUPS)
+    yield engine, generation, catalog
+    engine.dispose()
+
+
+def test_a_missing_set_is_built_then_opened_from_its_files(
+    indexed: tuple[Engine, int, Catalog], tmp_path: Path
+) -> None:
+    engine, generation, catalog = indexed
+    first = opened(engine, generation, tmp_path)
+    name = current_set(tmp_path, generation)
+    assert assert_equals_sql(engine, first, catalog, 1) > 100
+    again = opened(engine, generation, tmp_path)
+    assert current_set(tmp_path, generation) == name  # read, not rebuilt
+    columns = again.postings.segments[0].attributes.columns
+    assert isinstance(columns["width"], np.memmap)  # mapped, not parsed
+    assert assert_equals_sql(engine, again, catalog, 2) > 100
+    with session_factory(engine)() as session:
+        ids = sorted(again.live(session))[:3]
+        assert again.describe(session, ids) == first.describe(session, ids)
+
+
+def _truncate(path: Path) -> None:
+    os.truncate(path, path.stat().st_size - 7)
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def _older_format(folder: Path) -> None:
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["format"] = 0
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _other_generation(folder: Path) -> None:
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["generation_id"] += 1
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+DAMAGE = {
+    "truncated": lambda folder: _truncate(folder / "posting_ids.npy"),
+    "bit-flipped": lambda folder: _flip(folder / "posting_neg_scores.npy"),
+    "older format": _older_format,
+    "other generation": _other_generation,
+    "missing file": lambda folder: (folder / "column_width.npy").unlink(),
+    "bad pointer": lambda folder: (folder.parent / CURRENT).write_text("{not json"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_set_is_detected_logged_and_rebuilt(
+    indexed: tuple[Engine, int, Catalog],
+    tmp_path: Path,
+    damage: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine, generation, catalog = indexed
+    opened(engine, generation, tmp_path)
+    name = current_set(tmp_path, generation)
+    DAMAGE[damage](store_for(tmp_path, generation).folder / name)
+    with caplog.at_level(logging.WARNING, logger="app.search.segment_engine"):
+        rebuilt = opened(engine, generation, tmp_path)
+    assert "rebuilding" in caplog.text
+    assert current_set(tmp_path, generation) != name
+    assert assert_equals_sql(engine, rebuilt, catalog, 3) > 100
+
+
+def test_changes_after_the_set_are_replayed_and_followed(
+    indexed: tuple[Engine, int, Catalog], tmp_path: Path
+) -> None:
+    engine, generation, catalog = indexed
+    live = opened(engine, generation, tmp_path)
+    name = current_set(tmp_path, generation)
+    with session_factory(engine)() as session:
+        gone = sorted(live.live(session))[:10]
+        repo.mark_deleted(session, gone)
+        session.commit()
+        followed = live.refreshed(session)
+    assert followed is not live and not set(gone) & set(followed.postings.live)
+    assert assert_equals_sql(engine, followed, catalog, 4) > 100
+    fresh = opened(engine, generation, tmp_path)  # the old set plus the replayed delta
+    assert current_set(tmp_path, generation) == name
+    assert len(fresh.postings.segments) == 2
+    assert assert_equals_sql(engine, fresh, catalog, 5) > 100
+
+
+def test_a_delta_over_its_limit_is_merged_into_a_new_set(
+    indexed: tuple[Engine, int, Catalog], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, generation, catalog = indexed
+    live = opened(engine, generation, tmp_path)
+    name = current_set(tmp_path, generation)
+    monkeypatch.setattr(posting_module, "MIN_DELTA_LIMIT", 0)
+    monkeypatch.setattr(posting_module, "MAX_DELTA_SHARE", 0.0)
+    with session_factory(engine)() as session:
+        repo.mark_deleted(session, sorted(live.live(session))[:5])
+        session.commit()
+        merged = live.refreshed(session)
+        _low, high = posting_module.latest_change(session)
+    info = store_for(tmp_path, generation).current()
+    assert info is not None and info.name != name and info.seq == high
+    assert len(merged.postings.segments) == 1
+    assert assert_equals_sql(engine, merged, catalog, 6) > 100
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from typing import Any
+from app.search.segment_engine import write_segments
+from app.store.db import create_db_engine, session_factory
+engine = create_db_engine(sys.argv[1])
+with session_factory(engine)() as session:
+    for _ in range(int(sys.argv[4])):
+        write_segments(session, Path(sys.argv[2]), int(sys.argv[3]))
+"""
+
+
+def _writer(url: str, data_dir: Path, generation: int, rounds: int, **kwargs: object) -> Any:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, url, str(data_dir), str(generation), str(rounds)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_a_full_disk_leaves_the_old_set_serving(
+    indexed: tuple[Engine, int, Catalog], migrated_url: str, tmp_path: Path
+) -> None:
+    engine, generation, catalog = indexed
+    opened(engine, generation, tmp_path)
+    name = current_set(tmp_path, generation)
+
+    def small_files() -> None:  # the kernel refuses writes past 4 KiB, as a full disk does
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    writer = _writer(migrated_url, tmp_path, generation, 1, preexec_fn=small_files)
+    _out, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err
+    assert "cannot write the segment set" in err
+    assert current_set(tmp_path, generation) == name
+    leftovers = [p.name for p in store_for(tmp_path, generation).folder.iterdir()]
+    assert sorted(leftovers) == sorted([CURRENT, name, "write.lock"])
+    assert assert_equals_sql(engine, opened(engine, generation, tmp_path), catalog, 7) > 100
+
+
+def test_kill_9_while_writing_never_leaves_a_half_set(
+    indexed: tuple[Engine, int, Catalog], migrated_url: str, tmp_path: Path
+) -> None:
+    engine, generation, catalog = indexed
+    opened(engine, generation, tmp_path)
+    rng = random.Random(9)
+    for round_ in range(4):
+        writer = _writer(migrated_url, tmp_path, generation, 50)
+        time.sleep(rng.uniform(0.5, 2.5))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(30)
+        with session_factory(engine)() as session:
+            store = store_for(tmp_path, generation)
+            segment, _info = store.read(posting_module.tag_groups(session))  # never half
+        reopened = opened(engine, generation, tmp_path)
+        assert assert_equals_sql(engine, reopened, catalog, 10 + round_, 60) > 40
+        assert len(segment.live) == len(reopened.postings.live)
