@@ -446,6 +446,7 @@ def import_(
             jobs.refresh_faiss(engine, settings.data_dir)
         except jobs.JobStopped as exc:
             stop(run, str(exc))
+        jobs.refresh_segments(engine, settings)
         finish(
             run,
             summary.as_dict(),

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.query import QueryError
+from app.search.segment_engine import write_segments
 from app.settings import Settings
 from app.store import vectors
 from app.store.aliases import AliasError, load_aliases
@@ -85,6 +86,18 @@ def refresh_faiss(engine: Engine, data_dir: Path) -> None:
             raise faiss_stop(exc) from exc
 
 
+def refresh_segments(engine: Engine, settings: Settings) -> None:
+    """With the segment engine in use, write the active generation's segment set at the end
+    of a run, so the next server or ``sagashi search`` opens current files in seconds instead
+    of rebuilding them. A set that cannot be written is logged; searches rebuild it."""
+    if settings.search_engine != "segments":
+        return
+    generation = active_generation_id(engine)
+    if generation is not None:
+        with session_factory(engine)() as session:
+            write_segments(session, settings.data_dir, generation)
+
+
 def run_index(
     engine: Engine, settings: Settings, tagger: Tagger, paths: Sequence[Path], run: Run
 ) -> IndexSummary:
@@ -96,6 +109,7 @@ def run_index(
     except SQLAlchemyError as exc:
         raise database_stop(exc) from exc
     refresh_faiss(engine, settings.data_dir)
+    refresh_segments(engine, settings)
     finish(run, summary.as_dict(), [(p.path, p.code, p.message) for p in summary.failures])
     return summary
 
@@ -116,6 +130,7 @@ def run_reindex(
         raise database_stop(exc) from exc
     except vectors.IndexWriteError as exc:
         raise faiss_stop(exc) from exc
+    refresh_segments(engine, settings)
     finish(run, summary.as_dict(), [(p.path, p.code, p.message) for p in summary.failures])
     return summary
 

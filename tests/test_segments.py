@@ -237,3 +237,28 @@ def test_kill_9_while_writing_never_leaves_a_half_set(
         reopened = opened(engine, generation, tmp_path)
         assert assert_equals_sql(engine, reopened, catalog, 10 + round_, 60) > 40
         assert len(segment.live) == len(reopened.postings.live)
+
+
+def test_index_and_import_write_a_current_set(tmp_path: Path, tiny_pixai_dir: Path) -> None:
+    from tests.api_helpers import make_library
+    from tests.conftest import run_sagashi
+
+    make_library(tmp_path / "library", 6)
+    env = {
+        "SAGASHI_DATA_DIR": str(tmp_path / "data"),
+        "SAGASHI_MODEL_DIR": str(tiny_pixai_dir),
+        "SAGASHI_SEARCH_ENGINE": "segments",
+    }
+    assert run_sagashi("db", "upgrade", env=env).returncode == 0
+    assert run_sagashi("index", str(tmp_path / "library"), env=env).returncode == 0
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'data' / 'sagashi.db'}")
+    with session_factory(engine)() as session:
+        generation = repo.active_generation(session)
+        assert generation is not None
+        _low, high = posting_module.latest_change(session)
+    engine.dispose()
+    info = store_for(tmp_path / "data", generation.id).current()
+    assert info is not None and info.seq == high and info.images == 6
+    found = run_sagashi("search", "", "--json", env=env)
+    assert found.returncode == 0 and len(found.stdout.splitlines()) == 6
+    assert store_for(tmp_path / "data", generation.id).current() == info  # opened, not rebuilt

@@ -1,0 +1,161 @@
+"""Opening the tag engine: segment files against the load from SQL, in fresh processes.
+
+    python -m bench.bench_segments --images 1000000 [--runs 2]
+
+On the synthetic --images database of bench_search (imported once, reused), and in the same
+run for both engines:
+
+- engine open: a fresh process opens the active generation's tag engine, ``memory`` (the
+  baseline: read from the database) or ``segments`` (mapped from the segment files, written
+  once first and not counted); seconds and peak RSS (VmHWM);
+- ``sagashi search '1girl solo'``: the wall time of the whole command, start-up included;
+- ``sagashi serve``: seconds from the start to a 200 from /readyz, and the server's RSS then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("bench.segments")
+SAGASHI = str(Path(sys.executable).with_name("sagashi"))
+QUERY = "1girl solo"
+
+
+def child(url: str, data_dir: Path, kind: str) -> None:
+    """Open the engine once and print the measurements as one JSON line."""
+    from app.search.engine import open_engine
+    from app.store.db import create_db_engine, session_factory
+    from app.store.repository import active_generation
+
+    engine = create_db_engine(url)
+    with session_factory(engine)() as session:
+        generation = active_generation(session)
+        assert generation is not None, "the database has no active generation"
+        started = time.perf_counter()
+        tags = open_engine(kind, session, generation.id, data_dir)
+        seconds = time.perf_counter() - started
+        images = tags.held_images()
+    print(json.dumps({"seconds": seconds, "peak": _status("VmHWM"), "images": images}))
+
+
+def _status(field: str, pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def open_engine_run(url: str, data_dir: Path, kind: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.bench_segments", "--child", kind]
+    result = subprocess.run(
+        [*command, "--url", url, "--data-dir", str(data_dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    measured: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return measured
+
+
+def environment(url: str, data_dir: Path, kind: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SAGASHI_DATABASE_URL": url,
+        "SAGASHI_DATA_DIR": str(data_dir),
+        "SAGASHI_SEARCH_ENGINE": kind,
+        "SAGASHI_LOG_LEVEL": "WARNING",
+    }
+
+
+def search_run(url: str, data_dir: Path, kind: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        [SAGASHI, "search", QUERY, "--limit", "20"],
+        env=environment(url, data_dir, kind),
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - started
+
+
+def serve_run(url: str, data_dir: Path, kind: str, port: int) -> tuple[float, int]:
+    import httpx
+
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [SAGASHI, "serve", "--port", str(port)],
+        env=environment(url, data_dir, kind),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None:
+                raise RuntimeError(f"sagashi serve exited with {process.returncode}")
+            time.sleep(0.05)
+        return time.perf_counter() - started, _status("VmRSS", process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=100_000)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sagashi-bench"))
+    parser.add_argument("--runs", type=int, default=1, help="runs of each, alternating")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.url, args.data_dir, args.child)
+        return
+    from bench.bench_search import prepared_database
+    from bench.common import machine
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log.info("machine: %s", machine())
+    args.work.mkdir(parents=True, exist_ok=True)
+    url = prepared_database(args.work, args.images)
+    data_dir = args.work / f"data-{args.images}"
+    built = open_engine_run(url, data_dir, "segments")  # writes the set when missing
+    log.info("segments first open (build and write included): %.1f s", built["seconds"])
+    log.info(
+        "| run | engine | open s | open peak RSS GB | search s | serve ready s | serve RSS GB |"
+    )
+    log.info("|---|---|---|---|---|---|---|")
+    for run in range(args.runs):
+        for kind in ("memory", "segments"):
+            opened = open_engine_run(url, data_dir, kind)
+            searched = search_run(url, data_dir, kind)
+            ready, rss = serve_run(url, data_dir, kind, args.port)
+            log.info(
+                "| %d | %s | %.2f | %.2f | %.2f | %.2f | %.2f |",
+                run + 1,
+                kind if kind == "segments" else "memory (baseline)",
+                opened["seconds"],
+                opened["peak"] / 1e9,
+                searched,
+                ready,
+                rss / 1e9,
+            )
+
+
+if __name__ == "__main__":
+    main()
