@@ -148,6 +148,14 @@ class Settings(BaseSettings):
         "reading is open, fine on 127.0.0.1 only. Set it whenever the port is reachable from "
         "other machines.",
     )
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Server processes 'sagashi serve' runs. 0: one per CPU core with the "
+        "segments or sql engine (they share the segment files and the FAISS file through the "
+        "page cache), one with the memory engine (each of its workers loads its own copy).",
+    )
     keep_alive_timeout: int = Field(
         default=5,
         ge=1,
@@ -310,6 +318,11 @@ class Settings(BaseSettings):
             rating=self.threshold_rating,
             top_k=self.top_k,
         )
+
+    def effective_workers(self) -> int:
+        if self.workers:
+            return self.workers
+        return 1 if self.search_engine == "memory" else max(1, os.cpu_count() or 1)
 
     def effective_torch_threads(self) -> int:
         return self.torch_threads or max(1, os.cpu_count() or 1)

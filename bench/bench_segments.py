@@ -130,6 +130,7 @@ def main() -> None:
     from bench.common import machine
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per /readyz poll
     log.info("machine: %s", machine())
     args.work.mkdir(parents=True, exist_ok=True)
     url = prepared_database(args.work, args.images)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -696,23 +697,41 @@ def serve(
         int | None, typer.Option(min=1, max=65535, help="Listen port [SAGASHI_PORT].")
     ] = None,
     model_dir: ModelDirOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=256, help="Server processes [SAGASHI_WORKERS; 0: by engine]."),
+    ] = None,
 ) -> None:
     """Serve the web gallery and the HTTP API (OpenAPI docs at /docs) with uvicorn.
 
     The index loads in the background (GET /readyz answers 503 until it is ready); the
-    model loads on the first upload, or at start with SAGASHI_MODEL_LOAD=startup.
+    model loads on the first upload, or at start with SAGASHI_MODEL_LOAD=startup. With
+    several workers each process answers requests on the same port; with the segments
+    engine they share one copy of the index files in the page cache.
     """
     import uvicorn
 
     from app.api import create_app
     from app.api.serving import uvicorn_options
 
-    settings = load_settings(host=host, port=port, model_dir=model_dir)
+    settings = load_settings(host=host, port=port, model_dir=model_dir, workers=workers)
     open_store(settings).dispose()  # refuse a missing or foreign schema before listening
     _aliases(settings)
-    application = create_app(settings)
-    log.info("serving on http://%s:%d (API docs at /docs)", settings.host, settings.port)
-    uvicorn.run(application, **uvicorn_options(settings))
+    count = settings.effective_workers()
+    log.info(
+        "serving on http://%s:%d with %d worker(s) (API docs at /docs)",
+        settings.host,
+        settings.port,
+        count,
+    )
+    if count == 1:
+        uvicorn.run(create_app(settings), **uvicorn_options(settings))
+        return
+    # Worker processes read their settings from the environment: hand them these options.
+    if settings.model_dir is not None:
+        os.environ["SAGASHI_MODEL_DIR"] = str(settings.model_dir)
+    target = "app.api.serving:app_from_environment"
+    uvicorn.run(target, factory=True, workers=count, **uvicorn_options(settings, count))
 
 
 @app.command(epilog="Example: SAGASHI_MODEL_DIR=./models/pixai-v0.9 sagashi worker")

@@ -46,9 +46,12 @@ def test_app_never_imports_indexer() -> None:
     assert offenders == []
 
 
-@pytest.mark.parametrize("module", ["indexer.cli", "app.search.service", "app.store.repository"])
+@pytest.mark.parametrize(
+    "module", ["indexer.cli", "app.search.service", "app.store.repository", "app.api.app"]
+)
 def test_commands_without_a_model_start_without_torch(module: str) -> None:
-    """torch and timm take seconds to import; 'sagashi search', 'db', 'import' and '--help'
+    """torch and timm take seconds to import; 'sagashi search', 'db', 'import', '--help' and a
+    server that has not tagged an upload yet (its /readyz)
     must not pay for them (they took 3.5 s to start when they did, 1.5 s after)."""
     probe = f"import sys, {module}; print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
     result = subprocess.run(

@@ -13,16 +13,19 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from app.api.decode_gate import DecodeGate, check_pixels, too_many_pixels
 from app.api.errors import ApiError
 from app.settings import Settings
-from app.tagger import ModelLoadError, TimmTagger
+from app.tagger import ModelLoadError
 from app.tagger.batching import predict_stacked, prepare
 from app.tagger.protocol import Tagger
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,10 @@ class Inference:
                 "model_unavailable",
                 "no model is configured on this server (set SAGASHI_MODEL_DIR)",
             )
+        # Imported here: torch and timm take seconds to import, and a server that only
+        # searches never needs them (its /readyz waits for nothing of theirs).
+        from app.tagger.timm_tagger import TimmTagger
+
         tagger = TimmTagger(settings.model_dir, settings.device, settings.effective_torch_threads())
         try:
             tagger.load()

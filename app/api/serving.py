@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 import h11
+from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from app.settings import Settings
@@ -80,14 +81,29 @@ def head_timeout_protocol(seconds: float) -> type[HeadTimeoutH11Protocol]:
     return type("HeadTimeoutH11Protocol", (HeadTimeoutH11Protocol,), {"header_timeout": seconds})
 
 
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.run`` (or ``uvicorn.Config``) besides the app."""
+def app_from_environment() -> FastAPI:
+    """The application of one worker process of ``sagashi serve --workers N``: settings from
+    the environment (the parent put its command-line options there)."""
+    from app.api.app import create_app
+
+    settings = Settings()
+    HeadTimeoutH11Protocol.header_timeout = settings.header_timeout  # this process's class
+    return create_app(settings)
+
+
+def uvicorn_options(settings: Settings, workers: int = 1) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` (or ``uvicorn.Config``) besides the app. With
+    several workers uvicorn starts each in a new process and needs the protocol by name;
+    :func:`app_from_environment` gives it its timeout there."""
+    protocol: Any = head_timeout_protocol(settings.header_timeout)
+    if workers > 1:
+        protocol = f"{__name__}:HeadTimeoutH11Protocol"
     return {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
         "proxy_headers": True,
-        "http": head_timeout_protocol(settings.header_timeout),
+        "http": protocol,
         "timeout_keep_alive": settings.keep_alive_timeout,
         "limit_concurrency": settings.max_concurrency,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
