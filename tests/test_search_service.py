@@ -52,7 +52,7 @@ def _all_pages(service: SearchService, query: str, limit: int) -> list[int]:
     raise AssertionError("pagination did not end")
 
 
-@pytest.mark.parametrize("kind", ["memory", "sql"])
+@pytest.mark.parametrize("kind", ["memory", "segments", "sql"])
 def test_every_order_pages_like_a_brute_force_sort(
     migrated_url: str, tmp_path: Path, kind: str
 ) -> None:
@@ -221,7 +221,7 @@ def test_deleted_images_never_come_back_from_a_stale_index(tmp_path: Path) -> No
     assert len(found) == 10 and all(i % 2 == 0 for i, _ in found)
 
 
-@pytest.mark.parametrize("kind", ["memory", "sql"])
+@pytest.mark.parametrize("kind", ["memory", "segments", "sql"])
 def test_similarity_by_embedding_with_a_filter_and_duplicates(
     migrated_url: str, tmp_path: Path, kind: str
 ) -> None:
