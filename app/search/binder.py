@@ -22,43 +22,25 @@ above the thresholds in force for the request.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
-from typing import cast
+from datetime import UTC, datetime
 
-from app.query import All, And, ErrorCode, Meta, Not, Or, QueryError, Tag, Wildcard
+from app.query import All, And, Meta, Not, Or, Tag, Wildcard
 from app.query.ast import Node
-from app.query.ranges import Range, RangeSet, ScoreRange
+from app.query.ranges import ScoreRange
 from app.search.catalog import Catalog, TagInfo
+from app.search.metatags import bind_meta
 from app.search.plan import (
-    ATTRIBUTE_COLUMNS,
-    COUNTED_GROUPS,
-    RATING_LETTERS,
-    RATING_TAGS,
-    ROUNDED_ATTRIBUTES,
     PAll,
     PAnd,
-    PAttr,
-    PFormat,
     PlanNode,
     PNot,
     PNothing,
     POr,
-    PPath,
-    PRating,
-    PSha,
     PTag,
-    PTagCount,
 )
-from app.store.formats import canonical_format
 from app.tagger.defaults import CARD
-from app.tagger.vocab import GROUPS, RATING
-
-# Rounded values lie on a grid of hundredths; _EPS absorbs binary noise such as 0.29 * 100.
-_GRID = 100
-_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -103,111 +85,11 @@ class Binder:
         )
 
     def _meta(self, node: Meta) -> PlanNode:
-        name, value = node.name, node.value
-        if name in ATTRIBUTE_COLUMNS and isinstance(value, RangeSet):
-            return PAttr(ATTRIBUTE_COLUMNS[name], cast(RangeSet[int], value))
-        if name in ROUNDED_ATTRIBUTES and isinstance(value, RangeSet):
-            return PAttr(name, _unrounded(cast(RangeSet[float], value)))
-        if name == "date" and isinstance(value, RangeSet):
-            return PAttr("indexed_us", _days(cast(RangeSet[date], value)))
-        if name == "age" and isinstance(value, RangeSet):
-            return PAttr("indexed_us", _ages(cast(RangeSet[timedelta], value), self.now))
-        if name in COUNTED_GROUPS and isinstance(value, RangeSet):
-            groups = tuple(
-                (GROUPS.index(group), self.thresholds[group]) for group in COUNTED_GROUPS[name]
-            )
-            return PTagCount(groups, cast(RangeSet[int], value))
-        if name == "rating" and isinstance(value, tuple):
-            return self._rating(node, value)
-        if name == "sha256" and isinstance(value, str):
-            return PSha(value)
-        if name == "filetype" and isinstance(value, tuple):
-            return PFormat(frozenset(canonical_format(str(v)) for v in value))
-        if name == "path" and isinstance(value, str):
-            return PPath(value)
-        if name == "unaliased" and isinstance(value, str):
-            info = self.catalog.tags.get(value)  # the name as typed: no alias applied
-            return self.tag(info, None) if info else PNothing()
-        reason = (
-            "Sagashi does not store MD5 digests; search by sha256: instead"
-            if (name == "md5")
-            else f"the metatag '{name}:' cannot be used as a filter"
-        )
-        raise QueryError(ErrorCode.UNSUPPORTED, reason, node.position)
-
-    def _rating(self, node: Meta, letters: tuple[object, ...]) -> PlanNode:
-        infos = [self.catalog.tags.get(name) for name in RATING_TAGS]
-        tag_ids = tuple(
-            info.id if info is not None and info.group == RATING else None for info in infos
-        )
-        if all(tag_id is None for tag_id in tag_ids):
-            message = (
-                "rating: needs a model that predicts ratings (such as WD v3); "
-                "the model of this index predicts none"
-            )
-            raise QueryError(ErrorCode.UNSUPPORTED, message, node.position)
-        wanted = frozenset(RATING_LETTERS.index(str(letter)) for letter in letters)
-        return PRating(tag_ids, wanted)
+        return bind_meta(self, node)
 
 
 def bind(node: Node, catalog: Catalog, thresholds: Mapping[str, float] | None = None) -> PlanNode:
     return Binder(catalog, thresholds or CARD.thresholds()).bind(node)
-
-
-def _unrounded(ranges: RangeSet[float]) -> RangeSet[float]:
-    """Bounds on a value rounded to 2 decimals (half up), as bounds on the value itself.
-
-    The rounded value lies on a grid of hundredths, so each bound first moves onto the grid
-    (``>= 0.015`` is ``>= 0.02``; ``< 0.03`` is ``<= 0.02``), then ``round(x) >= k/100`` is
-    ``x >= (k - 0.5)/100`` and ``round(x) <= k/100`` is ``x < (k + 0.5)/100``."""
-    parts: list[Range[float]] = []
-    for part in ranges.ranges:
-        lo = hi = None
-        if part.lo is not None:
-            scaled = part.lo * _GRID
-            step = math.ceil(scaled - _EPS) if part.lo_inclusive else math.floor(scaled + _EPS) + 1
-            lo = (step - 0.5) / _GRID
-        if part.hi is not None:
-            scaled = part.hi * _GRID
-            step = math.floor(scaled + _EPS) if part.hi_inclusive else math.ceil(scaled - _EPS) - 1
-            hi = (step + 0.5) / _GRID
-        parts.append(Range(lo, hi, lo_inclusive=True, hi_inclusive=False))
-    return RangeSet(tuple(parts))
-
-
-def _micros(moment: datetime) -> int:
-    return round(moment.timestamp() * 1_000_000)
-
-
-def _midnight(day: date) -> int:
-    return _micros(datetime.combine(day, time(), tzinfo=UTC))
-
-
-def _days(ranges: RangeSet[date]) -> RangeSet[int]:
-    """Calendar days (UTC) as half-open intervals of microseconds."""
-    one_day = timedelta(days=1)
-    parts: list[Range[int]] = []
-    for part in ranges.ranges:
-        lo = hi = None
-        if part.lo is not None:
-            lo = _midnight(part.lo if part.lo_inclusive else part.lo + one_day)
-        if part.hi is not None:
-            hi = _midnight(part.hi + one_day if part.hi_inclusive else part.hi)
-        parts.append(Range(lo, hi, lo_inclusive=True, hi_inclusive=False))
-    return RangeSet(tuple(parts))
-
-
-def _ages(ranges: RangeSet[timedelta], now: datetime) -> RangeSet[int]:
-    """An age range as a range of indexed times: older means earlier, so bounds swap. A bare
-    age (``age:2d``) means at most that old: an exact age to the microsecond matches nothing."""
-    parts: list[Range[int]] = []
-    for part in ranges.ranges:
-        if part.lo is not None and part.lo == part.hi:
-            part = Range(None, part.hi)
-        lo = None if part.hi is None else _micros(now - part.hi)
-        hi = None if part.lo is None else _micros(now - part.lo)
-        parts.append(Range(lo, hi, lo_inclusive=part.hi_inclusive, hi_inclusive=part.lo_inclusive))
-    return RangeSet(tuple(parts))
 
 
 def _or(children: list[PlanNode]) -> PlanNode:
