@@ -189,7 +189,7 @@ def knn(url: str, data_dir: Path, queries: int, baseline: bool = False, cold: bo
     if index.meta.kind == "ivf" and "calibrated_recall" not in index.meta.params:
         # A file built before calibration: calibrate it as 'rebuild' now does.
         started = time.perf_counter()
-        params = {**index.meta.params, **vectors.calibrate(index.index, data, ids)}
+        params = {**index.meta.params, **vectors.calibrate(index.index, index.matrix)}
         index = vectors.FaissIndex(index.index, replace(index.meta, params=params))
         log.info("calibrated in %.0fs: %s", time.perf_counter() - started, params)
     live = BitMap(ids.tolist())

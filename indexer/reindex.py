@@ -307,7 +307,7 @@ def drop_generation(engine: Engine, data_dir: Path, generation_id: int) -> None:
         )
         session.delete(generation)
         session.commit()
-    for path in vectors.index_paths(data_dir, generation_id):
+    for path in vectors.generation_files(data_dir, generation_id):
         path.unlink(missing_ok=True)
 
 

@@ -18,6 +18,7 @@ from app.search.service import NotFound, SearchRequest, SearchService
 from app.store import repository as repo
 from app.store import vectors
 from app.store.db import create_db_engine, session_factory
+from app.store.matrix import Matrix
 from app.tagger.vocab import GROUP_CODE
 from bench.bench_search import older_ivf
 from tests.search_helpers import ATTRIBUTES, build_index
@@ -311,7 +312,7 @@ def test_ivf_nprobe_is_calibrated_to_the_target_recall() -> None:
     data = _clustered_vectors(rng, count, dim)
     ids = np.arange(1, count + 1, dtype=np.int64)
     built = vectors.build_index(data, ids, "ivf", {"nlist": 200, "nprobe": 8})
-    found = vectors.calibrate(built, data, ids)
+    found = vectors.calibrate(built, Matrix.of(ids, data))
     assert 8 <= found["nprobe"] < 200 and found["calibrated_recall"] >= vectors.TARGET_RECALL
     # Fresh queries (not the calibration sample) reach about the same recall.
     index = vectors.FaissIndex(

@@ -5,8 +5,9 @@ filtered-search entries do:
 
 - no filter: the FAISS index as built (exact below 100k images; IVF above, probing the
   number of lists calibrated when it was built, or ``default_nprobe`` for an older file);
-- a small filter (at most ``gather_limit`` images): exact, the matching vectors fetched from
-  the index and scored in one matrix product;
+- a small filter (at most ``gather_limit`` images): exact, the matching vectors gathered
+  from the memory-mapped gather matrix (app.store.matrix) in one fancy index and scored in
+  one pass;
 - a larger filter on an exact (flat) index: exact, through an id selector (every other
   vector is skipped unscored);
 - a larger filter on an IVF index: the IVF search with the id selector, probing more lists
@@ -31,8 +32,8 @@ from pyroaring import BitMap
 
 from app.store.vectors import FaissIndex
 
-# Up to this many matching images, their vectors are fetched and scored directly: exact, and
-# faster than any pass over the index (bench_search: 2 ms for 1,000 of 100k images).
+# Up to this many matching images, their vectors are gathered and scored directly: exact, and
+# faster than any pass over the index (docs/benchmarks.md: the gather matrix at 1M images).
 GATHER_LIMIT = 4_000
 # Lists probed for a filter keeping a share s of the images: PROBE_FACTOR * base / s**PROBE_POWER,
 # base being the calibrated unfiltered count. Fitted at 1M images (nlist 4,000, base 16),
@@ -110,14 +111,11 @@ def nearest(
 def _gathered(
     index: FaissIndex, query: np.ndarray, k: int, candidates: BitMap
 ) -> list[tuple[int, float]]:
-    """Exact: the candidates' own vectors, scored in one matrix product."""
-    ids = np.frombuffer(candidates.to_array(), np.uint32).astype(np.int64)
-    ids = ids[index.contains(ids)]
-    if not len(ids):
-        return []
-    scores = index.reconstruct(ids) @ np.asarray(query, dtype=np.float32).reshape(-1)
-    top = np.argpartition(-scores, k - 1)[:k] if len(ids) > k else np.arange(len(ids))
-    found = [(int(ids[i]), float(scores[i])) for i in top]
+    """Exact: the candidates' own vectors from the gather matrix (those it holds: it may
+    lag the database), scored in one pass."""
+    ids = np.frombuffer(candidates.to_array(), np.uint32)
+    found_ids, scores = index.matrix.nearest(query, k, ids)
+    found = list(zip(found_ids.tolist(), scores.tolist(), strict=True))
     found.sort(key=lambda pair: (-pair[1], pair[0]))
     return found
 

@@ -1,4 +1,5 @@
-"""The FAISS index: derived from the ``embeddings`` table, rebuildable at any time.
+"""The FAISS index and the gather matrix: derived from the ``embeddings`` table, rebuildable
+at any time, opened memory-mapped so that server processes share one copy.
 
 FAISS ids are image ids. The index type follows the collection's size: exact inner product
 (cosine on L2-normalised vectors, in an IndexIDMap2) below ``FLAT_LIMIT`` images, IVF above
@@ -6,22 +7,30 @@ it, with its parameters recorded beside the file. The IVF lists hold float16 vec
 the store of record holds) and the image ids themselves, with no IndexIDMap2 around them: a
 filtered search then checks its id selector on each listed id directly instead of
 translating every position through the id map (docs/benchmarks.md: filtered searches at 1M
-images). Files written before that, float32 IVF inside an IndexIDMap2, still load and
-search the same.
+images). Beside the index, the gather matrix (app.store.matrix) holds the same vectors in
+image-id order, for the exact plans of small filters.
 
-Files are written atomically (temporary file, then rename), index first and its JSON
-sidecar last, so a reader that finds a sidecar finds the index it describes.
+A build streams the vectors from the database into the matrix file, then builds the index
+from the matrix (app.store.ivf_build), holding a batch at a time, never the collection.
+
+Files are written atomically (temporary file, then rename), index and matrix first and the
+JSON sidecar last: the sidecar records the database's index version, the format, and each
+file's size and checksum, checked at open. A file that is missing, stale, truncated,
+corrupt or of another format is rebuilt from the database, never trusted.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,14 +38,29 @@ import faiss
 import numpy as np
 from sqlalchemy import Engine, select
 
+from app.store import ivf_build
 from app.store.db import session_factory
+from app.store.filecheck import FileCheck, checksum, problem
+from app.store.matrix import Matrix, MatrixWriter
 from app.store.models import Embedding, ModelGeneration
-from app.store.repository import decode_vectors, index_version
+from app.store.repository import index_version
 
 log = logging.getLogger(__name__)
 
 FLAT_LIMIT = 100_000
-READ_CHUNK = 50_000
+READ_CHUNK = 20_000
+# The sidecar's format: 2 added the gather matrix and the files' sizes and checksums.
+# Files of another format are rebuilt.
+FORMAT = 2
+# Open without copying: FAISS maps the file and reads the lists (or the flat vectors) in
+# place (docs/benchmarks.md: opening FAISS files at 1M images).
+OPEN_FLAGS = faiss.IO_FLAG_MMAP_IFC
+
+Report = Callable[[str], None]
+
+
+def _quiet(_stage: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -47,15 +71,13 @@ class IndexMeta:
     dim: int
     kind: str
     params: dict[str, Any]
+    format: int = 0
+    files: dict[str, FileCheck] = field(default_factory=dict)
 
 
 class IndexWriteError(Exception):
-    """The index was built but could not be written (a full disk, say). ``built`` holds it,
-    correct and usable from memory; the file on disk is left as it was."""
-
-    def __init__(self, message: str, built: FaissIndex | None = None) -> None:
-        super().__init__(message)
-        self.built = built
+    """The index could not be written (a full disk, say); the files on disk are left as
+    they were."""
 
 
 class VectorIndex(Protocol):
@@ -65,36 +87,26 @@ class VectorIndex(Protocol):
 
 
 class FaissIndex:
-    def __init__(self, index: Any, meta: IndexMeta) -> None:
+    def __init__(self, index: Any, meta: IndexMeta, matrix: Matrix | None = None) -> None:
         self.index = index
         self.meta = meta
-        self._ready_to_reconstruct = False
-        self._ids: np.ndarray | None = None
+        self._matrix = matrix
+
+    @property
+    def matrix(self) -> Matrix:
+        """The gather matrix; for an index built in memory without one (tests,
+        benchmarks), read back from the index on first use."""
+        if self._matrix is None:
+            self._matrix = matrix_of(self.index)
+        return self._matrix
 
     def contains(self, image_ids: np.ndarray) -> np.ndarray:
         """A mask of the image ids that the index holds (it may lag the database)."""
-        if self._ids is None:
-            self._ids = np.sort(stored_ids(self.index))
-        if not len(self._ids):
-            return np.zeros(len(image_ids), dtype=bool)
-        pos = np.minimum(np.searchsorted(self._ids, image_ids), len(self._ids) - 1)
-        found: np.ndarray = self._ids[pos] == image_ids
-        return found
+        return self.matrix.positions(image_ids)[1]
 
     def reconstruct(self, image_ids: np.ndarray) -> np.ndarray:
         """The stored vectors of these image ids (each must be in the index)."""
-        if not self._ready_to_reconstruct:
-            if self.meta.kind != "flat":
-                # IVF lists need a map from id (or position) to (list, offset) to fetch one
-                # vector: a hash table where the lists hold image ids, an array otherwise.
-                ivf = faiss.extract_index_ivf(self.index)
-                if hasattr(self.index, "id_map"):
-                    ivf.make_direct_map()
-                else:
-                    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
-            self._ready_to_reconstruct = True
-        vectors: np.ndarray = self.index.reconstruct_batch(np.asarray(image_ids, dtype=np.int64))
-        return vectors
+        return self.matrix.vectors(image_ids)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, image ids) of the k nearest, -1 ids where fewer exist."""
@@ -108,6 +120,16 @@ def index_paths(data_dir: Path, generation_id: int) -> tuple[Path, Path]:
     return folder / f"generation-{generation_id}.faiss", folder / f"generation-{generation_id}.json"
 
 
+def matrix_path(data_dir: Path, generation_id: int) -> Path:
+    return Path(data_dir) / "faiss" / f"generation-{generation_id}.vectors"
+
+
+def generation_files(data_dir: Path, generation_id: int) -> list[Path]:
+    """Every file derived for a generation: index, matrix and sidecar."""
+    index_path, meta_path = index_paths(data_dir, generation_id)
+    return [index_path, matrix_path(data_dir, generation_id), meta_path]
+
+
 def choose_kind(count: int) -> tuple[str, dict[str, Any]]:
     if count < FLAT_LIMIT:
         return "flat", {}
@@ -116,27 +138,17 @@ def choose_kind(count: int) -> tuple[str, dict[str, Any]]:
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, params: dict[str, Any]) -> Any:
+    """An index built in memory from all the vectors at once (tests, benchmarks, and a
+    server whose disk cannot take the files)."""
     dim = vectors.shape[1]
     index: Any
     if kind == "flat":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     else:
-        quantizer = faiss.IndexFlatIP(dim)
-        # The vectors are kept as float16, which is what the store of record holds, so
-        # nothing is lost; it halves the memory of float32 lists (2 GB per million 1024-d
-        # vectors) and the bytes a search reads. Not by residual: the codes are the vectors.
-        ivf = faiss.IndexIVFScalarQuantizer(
-            quantizer,
-            dim,
-            params["nlist"],
-            faiss.ScalarQuantizer.QT_fp16,
-            faiss.METRIC_INNER_PRODUCT,
-            False,
-        )
+        index = ivf_build.new_ivf(dim, params["nlist"])
         sample = vectors[np.random.default_rng(0).permutation(len(vectors))[: params["nlist"] * 64]]
-        ivf.train(sample)
-        ivf.nprobe = params["nprobe"]
-        index = ivf
+        index.train(sample)
+        index.nprobe = params["nprobe"]
     if len(ids):
         index.add_with_ids(vectors, ids.astype(np.int64))
     return index
@@ -153,16 +165,41 @@ def stored_ids(index: Any) -> np.ndarray:
     if hasattr(index, "id_map"):
         mapped: np.ndarray = faiss.vector_to_array(index.id_map)
         return mapped
-    invlists: Any = faiss.extract_index_ivf(index).invlists
-    parts = [
-        faiss.rev_swig_ptr(invlists.get_ids(i), size).copy()
-        for i in range(invlists.nlist)
-        if (size := invlists.list_size(i))
-    ]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return _ivf_entries(index)[0]
 
 
-def calibrate(index: Any, vectors: np.ndarray, ids: np.ndarray) -> dict[str, Any]:
+def matrix_of(index: Any) -> Matrix:
+    """The gather matrix of an index built in memory: its vectors read back from it."""
+    if hasattr(index, "id_map"):
+        inner = faiss.downcast_index(index.index)
+        ids = faiss.vector_to_array(index.id_map)
+        if isinstance(inner, faiss.IndexFlat):
+            flat = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d)
+            return Matrix.of(ids, flat.reshape(inner.ntotal, inner.d))
+        positions, vectors = _ivf_entries(inner)  # an older file: the lists hold positions
+        return Matrix.of(ids[positions], vectors)
+    return Matrix.of(*_ivf_entries(index))
+
+
+def _ivf_entries(index: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(listed ids, their vectors) of every entry of an IVF index's lists, list by list."""
+    ivf: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
+    invlists: Any = ivf.invlists
+    ids, vectors = [np.zeros(0, np.int64)], [np.zeros((0, ivf.d), np.float32)]
+    for i in range(invlists.nlist):
+        size = invlists.list_size(i)
+        if not size:
+            continue
+        ids.append(faiss.rev_swig_ptr(invlists.get_ids(i), size).copy())
+        codes = faiss.rev_swig_ptr(invlists.get_codes(i), size * invlists.code_size)
+        if isinstance(ivf, faiss.IndexIVFScalarQuantizer):
+            vectors.append(ivf.sq.decode(codes.reshape(size, -1)))
+        else:  # IndexIVFFlat: the codes are the float32 vectors
+            vectors.append(codes.view(np.float32).reshape(size, ivf.d).copy())
+    return np.concatenate(ids), np.concatenate(vectors)
+
+
+def calibrate(index: Any, matrix: Matrix) -> dict[str, Any]:
     """The fewest IVF lists to probe for recall@10 >= TARGET_RECALL on sample queries drawn
     from the collection itself, against an exact search. How many lists the true neighbours
     span depends on the data, not only on its size (1/16 of the lists gave 0.95 at 100k
@@ -170,9 +207,9 @@ def calibrate(index: Any, vectors: np.ndarray, ids: np.ndarray) -> dict[str, Any
     when the index is built."""
     ivf = faiss.extract_index_ivf(index)
     rng = np.random.default_rng(1)
-    picks = rng.choice(len(vectors), min(CALIBRATION_QUERIES, len(vectors)), replace=False)
-    queries = np.ascontiguousarray(vectors[picks])
-    exact = _exact_top(vectors, queries, 10)
+    picks = rng.choice(matrix.count, min(CALIBRATION_QUERIES, matrix.count), replace=False)
+    queries = np.ascontiguousarray(matrix.rows[picks], dtype=np.float32)
+    exact = matrix.ids[_exact_top(matrix, queries, 10)]
     nprobe, recall = ivf.nlist, 1.0
     for candidate in (8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512):
         if candidate >= ivf.nlist:
@@ -180,7 +217,7 @@ def calibrate(index: Any, vectors: np.ndarray, ids: np.ndarray) -> dict[str, Any
         params = faiss.SearchParametersIVF(nprobe=candidate)  # type: ignore[call-arg]
         _scores, found = index.search(queries, 10, params=params)
         hits = sum(
-            len(set(row.tolist()) & set(ids[truth].tolist()))
+            len(set(row.tolist()) & set(truth.tolist()))
             for row, truth in zip(found, exact, strict=True)
         )
         recall = hits / exact.size
@@ -194,12 +231,11 @@ def calibrate(index: Any, vectors: np.ndarray, ids: np.ndarray) -> dict[str, Any
     return {"nprobe": int(nprobe), "calibrated_recall": round(float(recall), 4)}
 
 
-def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Row positions of each query's exact top k, scanning the vectors in blocks."""
+def _exact_top(matrix: Matrix, queries: np.ndarray, k: int) -> np.ndarray:
+    """Row positions of each query's exact top k, scanning the matrix in blocks."""
     best = np.full((len(queries), k), -np.inf, dtype=np.float32)
     where = np.zeros((len(queries), k), dtype=np.int64)
-    for start in range(0, len(vectors), 100_000):
-        block = vectors[start : start + 100_000]
+    for start, block in matrix.blocks(65_536):
         scores = queries @ block.T
         merged = np.concatenate([best, scores], axis=1)
         positions = np.concatenate(
@@ -211,10 +247,11 @@ def _exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return where
 
 
-def load_embeddings(engine: Engine, generation_id: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """All (image ids, vectors) of a generation, read in chunks."""
-    ids: list[np.ndarray] = []
-    blocks: list[np.ndarray] = []
+def iter_embeddings(
+    engine: Engine, generation_id: int, dim: int, chunk: int = READ_CHUNK
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(image ids, float16 vectors) of a generation in ascending image id, ``chunk`` rows at
+    a time: the float16 values as stored, not widened."""
     last = -1
     with session_factory(engine)() as session:
         while True:
@@ -222,63 +259,157 @@ def load_embeddings(engine: Engine, generation_id: int, dim: int) -> tuple[np.nd
                 select(Embedding.image_id, Embedding.vector)
                 .where(Embedding.generation_id == generation_id, Embedding.image_id > last)
                 .order_by(Embedding.image_id)
-                .limit(READ_CHUNK)
+                .limit(chunk)
             ).all()
             if not rows:
-                break
-            ids.append(np.array([r[0] for r in rows], dtype=np.int64))
-            blocks.append(decode_vectors([r[1] for r in rows], dim))
-            last = rows[-1][0]
-    if not ids:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
+                return
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            blob = b"".join(r[1] for r in rows)
+            del rows
+            yield ids, np.frombuffer(blob, dtype="<f2").reshape(len(ids), dim)
+            last = int(ids[-1])
+
+
+def load_embeddings(engine: Engine, generation_id: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """All (image ids, float32 vectors) of a generation, in memory (benchmarks, and a
+    server whose disk cannot take the files)."""
+    ids: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    blocks: list[np.ndarray] = [np.zeros((0, dim), dtype=np.float32)]
+    for chunk_ids, vectors in iter_embeddings(engine, generation_id, dim):
+        ids.append(chunk_ids)
+        blocks.append(vectors.astype(np.float32))
     return np.concatenate(ids), np.concatenate(blocks)
 
 
-def rebuild(engine: Engine, data_dir: Path, generation_id: int) -> FaissIndex:
-    """Build the generation's index from the store of record and write it atomically."""
+def _generation(engine: Engine, generation_id: int) -> tuple[int, int]:
+    """(embedding dim, index version) of a generation."""
     with session_factory(engine)() as session:
         generation = session.get(ModelGeneration, generation_id)
         if generation is None:
             raise ValueError(f"no generation {generation_id}")
-        dim = generation.embedding_dim
-        version = index_version(session, generation_id)
+        return generation.embedding_dim, index_version(session, generation_id)
+
+
+def rebuild(
+    engine: Engine, data_dir: Path, generation_id: int, report: Report = _quiet
+) -> FaissIndex:
+    """Build the generation's index and matrix from the store of record, write them
+    atomically and open them."""
+    with _build_lock(data_dir):
+        return _rebuild(engine, data_dir, generation_id, report)
+
+
+@contextmanager
+def _build_lock(data_dir: Path) -> Iterator[bool]:
+    """One build at a time across processes, so that N server workers that find the files
+    missing build them once: an flock on the FAISS folder itself (no lock file to leave
+    behind). Yields whether another build held it first (its files may now be current)."""
+    folder = Path(data_dir) / "faiss"
+    with _writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            log.info("another process is building the FAISS index; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            waited = True
+        yield waited
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _rebuild(engine: Engine, data_dir: Path, generation_id: int, report: Report) -> FaissIndex:
+    dim, version = _generation(engine, generation_id)
+    index_path, meta_path = index_paths(data_dir, generation_id)
+    vectors_path = matrix_path(data_dir, generation_id)
+    with _temporary(vectors_path) as vectors_temp, _temporary(index_path) as index_temp:
+        report("reading the vectors from the database")
+        count = _write_matrix(engine, generation_id, dim, vectors_temp)
+        matrix = Matrix.open(vectors_temp, dim, count, populate=False)
+        kind, params = choose_kind(count)
+        report(f"building the {kind} index of {count} vectors")
+        with _writing(index_temp):
+            _write_index(matrix, kind, params, index_temp)
+        if kind == "ivf":
+            report("calibrating the index")
+            params = {**params, **calibrate(faiss.read_index(str(index_temp), OPEN_FLAGS), matrix)}
+        files = {"faiss": checksum(index_temp), "vectors": checksum(vectors_temp)}
+        meta = IndexMeta(generation_id, version, count, dim, kind, params, FORMAT, files)
+        with _writing(index_path):
+            os.replace(vectors_temp, vectors_path)
+            os.replace(index_temp, index_path)
+        _replace(meta_path, lambda p: Path(p).write_text(_meta_json(meta), encoding="utf-8"))
+    log.info("built %s FAISS index of %d vectors for generation %d", kind, count, generation_id)
+    return _open(data_dir, meta)
+
+
+def _write_matrix(engine: Engine, generation_id: int, dim: int, path: Path) -> int:
+    """Stream the generation's vectors into a matrix file; how many there are."""
+    with _writing(path), MatrixWriter(path, dim) as writer:
+        for ids, vectors in iter_embeddings(engine, generation_id, dim):
+            writer.append(ids, vectors)
+        writer.finish()
+        return writer.count
+
+
+def _write_index(matrix: Matrix, kind: str, params: dict[str, Any], path: Path) -> None:
+    if kind == "ivf":
+        ivf_build.build_file(matrix, params["nlist"], path)
+    else:  # at most FLAT_LIMIT vectors: 400 MB of float32 at 1024-d
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(matrix.dim))
+        for start, block in matrix.blocks(ivf_build.BATCH):
+            index.add_with_ids(block, matrix.ids[start : start + len(block)].astype(np.int64))
+        faiss.write_index(index, str(path))
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def build_in_memory(engine: Engine, generation_id: int) -> FaissIndex:
+    """The index and matrix built in memory only: for a server whose disk cannot take the
+    files, which serves from memory until a writer succeeds."""
+    dim, version = _generation(engine, generation_id)
     ids, vectors = load_embeddings(engine, generation_id, dim)
     kind, params = choose_kind(len(ids))
     index = build_index(vectors, ids, kind, params)
+    matrix = Matrix.of(ids, vectors)
+    del vectors
     if kind == "ivf":
-        params = {**params, **calibrate(index, vectors, ids)}
-    meta = IndexMeta(generation_id, version, len(ids), dim, kind, params)
+        params = {**params, **calibrate(index, matrix)}
+    meta = IndexMeta(generation_id, version, len(ids), dim, kind, params, FORMAT)
+    return FaissIndex(index, meta, matrix)
+
+
+@contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """Report a failed write of ``target`` as IndexWriteError with the system's reason."""
     try:
-        write_atomically(index, meta, data_dir)
-    except IndexWriteError as exc:
-        raise IndexWriteError(str(exc), FaissIndex(index, meta)) from exc.__cause__
-    log.info("built %s FAISS index of %d vectors for generation %d", kind, len(ids), generation_id)
-    return FaissIndex(index, meta)
+        yield
+    except (OSError, RuntimeError) as exc:  # FAISS reports its failed writes as RuntimeError
+        raise IndexWriteError(f"cannot write the FAISS index {target}: {_reason(exc)}") from exc
 
 
-def write_atomically(index: Any, meta: IndexMeta, data_dir: Path) -> None:
-    index_path, meta_path = index_paths(data_dir, meta.generation_id)
-    index_path.parent.mkdir(parents=True, exist_ok=True)
-    _replace(index_path, lambda p: faiss.write_index(index, str(p)))
-    _replace(meta_path, lambda p: Path(p).write_text(json.dumps(asdict(meta)), encoding="utf-8"))
+@contextmanager
+def _temporary(target: Path) -> Iterator[Path]:
+    """A temporary file beside ``target``, removed unless it was renamed."""
+    with _writing(target):
+        fd, temp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    try:
+        yield Path(temp)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
 
 
 def _replace(target: Path, write: Any) -> None:
-    try:
-        fd, temp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise IndexWriteError(f"cannot write the FAISS index {target}: {_reason(exc)}") from exc
-    try:
+    with _temporary(target) as temp, _writing(target):
         write(temp)
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, target)
-    except (OSError, RuntimeError) as exc:  # FAISS reports its failed writes as RuntimeError
-        raise IndexWriteError(f"cannot write the FAISS index {target}: {_reason(exc)}") from exc
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
 
 
 def _reason(exc: BaseException) -> str:
@@ -289,38 +420,91 @@ def _reason(exc: BaseException) -> str:
     return found.group(1) if found else str(exc).strip().splitlines()[0]
 
 
+def _meta_json(meta: IndexMeta) -> str:
+    return json.dumps(asdict(meta))
+
+
 def read_meta(data_dir: Path, generation_id: int) -> IndexMeta | None:
+    """The sidecar, or None when it is missing or unreadable."""
     _, meta_path = index_paths(data_dir, generation_id)
     try:
         raw = json.loads(meta_path.read_text(encoding="utf-8"))
-        return IndexMeta(**raw)
-    except (OSError, ValueError, TypeError):
+        files = {name: FileCheck(**check) for name, check in raw.pop("files", {}).items()}
+        return IndexMeta(**raw, files=files)
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
 
 
+def open_written(data_dir: Path, generation_id: int, version: int) -> FaissIndex | None:
+    """The generation's written index and matrix when they are current and intact (the
+    database's index version, this format, every file's size and checksum), else None
+    with the reason logged."""
+    meta = read_meta(data_dir, generation_id)
+    stale = _stale(meta, version)
+    if stale is not None or meta is None:  # expected after any change: not a warning
+        log.info("FAISS index for generation %d: %s; rebuilding", generation_id, stale)
+        return None
+    index_path, _ = index_paths(data_dir, generation_id)
+    paths = {"faiss": index_path, "vectors": matrix_path(data_dir, generation_id)}
+    reasons = (problem(path, meta.files[name]) for name, path in paths.items())
+    reason = next((r for r in reasons if r is not None), None)
+    if reason is None:
+        try:
+            return _open(data_dir, meta)
+        except (OSError, RuntimeError, ValueError) as exc:
+            reason = f"unreadable ({exc})"
+    log.warning("FAISS index for generation %d: %s; rebuilding", generation_id, reason)
+    return None
+
+
+def _stale(meta: IndexMeta | None, version: int) -> str | None:
+    if meta is None:
+        return "missing or unreadable"
+    if meta.format != FORMAT or set(meta.files) != {"faiss", "vectors"}:
+        return f"format {meta.format}, not {FORMAT}"
+    if meta.version != version:
+        return f"version {meta.version}, the database's is {version}"
+    return None
+
+
+def _open(data_dir: Path, meta: IndexMeta) -> FaissIndex:
+    """Map the index and the matrix that ``meta`` describes."""
+    index_path, _ = index_paths(data_dir, meta.generation_id)
+    index = faiss.read_index(str(index_path), OPEN_FLAGS)
+    if index.ntotal != meta.count or index.d != meta.dim:
+        raise ValueError(f"{index.ntotal} x {index.d} vectors, expected {meta.count} x {meta.dim}")
+    if meta.kind == "ivf":
+        faiss.extract_index_ivf(index).nprobe = int(meta.params["nprobe"])
+    matrix = Matrix.open(matrix_path(data_dir, meta.generation_id), meta.dim, meta.count)
+    return FaissIndex(index, meta, matrix)
+
+
 def load_fresh(
-    engine: Engine, data_dir: Path, generation_id: int, keep_unwritten: bool = False
+    engine: Engine,
+    data_dir: Path,
+    generation_id: int,
+    keep_unwritten: bool = False,
+    report: Report | None = None,
 ) -> FaissIndex:
     """The generation's index from disk when it matches the database, else rebuilt.
-    With ``keep_unwritten`` (a server), a rebuilt index that cannot be written is still
-    returned, to serve from memory, instead of raising :class:`IndexWriteError`."""
-    meta = read_meta(data_dir, generation_id)
+    With ``keep_unwritten`` (a server), an index whose files cannot be written is built
+    in memory and served from there, instead of raising :class:`IndexWriteError`.
+    ``report`` is told each stage (opening, reading, building...), for /readyz."""
+    report = report or _quiet
     with session_factory(engine)() as session:
         version = index_version(session, generation_id)
-    index_path, _ = index_paths(data_dir, generation_id)
-    if meta is not None and meta.version == version and index_path.exists():
-        try:
-            index = faiss.read_index(str(index_path))
-            if index.ntotal == meta.count:
-                return FaissIndex(index, meta)
-        except RuntimeError:
-            log.warning("FAISS index %s is unreadable; rebuilding", index_path)
-    else:
-        log.info("FAISS index for generation %d is stale or missing; rebuilding", generation_id)
+    report("opening the FAISS index")
+    opened = open_written(data_dir, generation_id, version)
+    if opened is not None:
+        return opened
     try:
-        return rebuild(engine, data_dir, generation_id)
+        with _build_lock(data_dir) as waited:
+            if waited and (opened := open_written(data_dir, generation_id, version)):
+                return opened  # another process built them meanwhile
+            return _rebuild(engine, data_dir, generation_id, report)
     except IndexWriteError as exc:
-        if not keep_unwritten or exc.built is None:
+        if not keep_unwritten:
             raise
-        log.warning("%s; serving the rebuilt index from memory", exc)
-        return exc.built
+        log.warning("%s; serving an index built in memory", exc)
+        report("building the FAISS index in memory (its files cannot be written)")
+        return build_in_memory(engine, generation_id)

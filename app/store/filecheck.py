@@ -1,0 +1,63 @@
+"""Size and checksum of a derived file, recorded when it is written and checked when it is
+opened, so a truncated or bit-flipped file is rebuilt instead of answering wrongly.
+
+The checksum is the CRC-32 of the CRC-32s of the file's 16 MiB chunks: the chunks are summed
+in parallel threads (zlib releases the GIL), which reads a 2 GB index from the page cache in
+about half a second on two cores; one CRC-32 over the whole file would take one core twice
+as long. Any change of a byte changes its chunk's CRC, and the outer CRC keeps the chunks'
+order.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CHUNK = 16 << 20
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    bytes: int
+    crc32: int
+
+
+def checksum(path: Path) -> FileCheck:
+    """The size and checksum of a file (read through a mapping, without copying it)."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            return FileCheck(0, zlib.crc32(b""))
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                starts = range(0, size, CHUNK)
+                with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                    crcs = list(pool.map(lambda s: zlib.crc32(view[s : s + CHUNK]), starts))
+            finally:
+                view.release()
+    return FileCheck(size, zlib.crc32(np.array(crcs, dtype="<u4").tobytes()))
+
+
+def problem(path: Path, expected: FileCheck) -> str | None:
+    """Why the file is not the one recorded (missing, another size, another checksum), or
+    None when it is."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return f"{path.name}: cannot read it ({exc.strerror or exc})"
+    if size != expected.bytes:
+        return f"{path.name}: {size} bytes instead of {expected.bytes} (truncated or replaced)"
+    try:
+        found = checksum(path)
+    except OSError as exc:
+        return f"{path.name}: cannot read it ({exc.strerror or exc})"
+    if found != expected:
+        return f"{path.name}: its checksum differs (corrupt or replaced)"
+    return None
