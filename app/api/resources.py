@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -40,14 +41,19 @@ class Resources:
     decodes: DecodeGate  # bounds the decodes requests cause: uploads and thumbnails
     warmed: threading.Event = field(default_factory=threading.Event)
     warm_error: str | None = None
+    stage: str = "starting"  # what warm() is doing, for /readyz until it is done
 
     def warm(self) -> None:
-        """Load the search state (and the model, when configured to) before reporting ready.
-        Runs in a background thread: a large index takes minutes to load. A database that
-        is not up yet is waited for; anything else is reported by /readyz."""
+        """Load the search state, open the FAISS index and the gather matrix (and load the
+        model, when configured to) before reporting ready, so that the first request of
+        each kind is served as fast as the hundredth. Runs in a background thread: a large
+        index takes minutes to build. A database that is not up yet is waited for; anything
+        else is reported by /readyz."""
         try:
             self._load_index()
+            self._open_vectors()
             if self.settings.model_load == "startup":
+                self._report("loading the model")
                 self.inference.load()
         except ApiError as exc:
             self.warm_error = exc.message
@@ -58,7 +64,12 @@ class Resources:
         finally:
             self.warmed.set()
 
+    def _report(self, stage: str) -> None:
+        self.stage = stage
+        log.info("start-up: %s", stage)
+
     def _load_index(self) -> None:
+        self._report("loading the tag index")
         while True:
             try:
                 self.search.current()
@@ -68,7 +79,12 @@ class Resources:
                 return
             except (OperationalError, InterfaceError) as exc:
                 log.warning("the database is not answering (%s); retrying", exc.orig or exc)
+                self.stage = "waiting for the database"
                 time.sleep(DATABASE_RETRY_SECONDS)
+
+    def _open_vectors(self) -> None:
+        with suppress(EmptyIndex):  # nothing to open; _load_index said so
+            self.search.open_vectors(self._report)
 
     def roots(self, session: Session) -> list[str]:
         """The folders files may be served from: those indexed, and SAGASHI_MEDIA_ROOTS."""

@@ -219,13 +219,29 @@ class SearchService:
         state.catalog = _catalog(session, self.aliases)
         state.seq = seq
 
-    def _vectors(self, session: Session, state: _State) -> vectors.FaissIndex:
+    def open_vectors(self, report: vectors.Report | None = None) -> vectors.IndexMeta:
+        """Open (or build) the FAISS index and the gather matrix now, so that the first
+        similarity search finds them open: a server's start-up. ``report`` is told each
+        stage, for /readyz."""
+        state = self.current()
+        with self._lock, self._session() as session:
+            return self._vectors(session, state, report).meta
+
+    def opened_vectors(self) -> vectors.IndexMeta | None:
+        """What the open FAISS index holds, without touching anything; None before it is
+        opened."""
+        state = self._state
+        return state.index.meta if state is not None and state.index is not None else None
+
+    def _vectors(
+        self, session: Session, state: _State, report: vectors.Report | None = None
+    ) -> vectors.FaissIndex:
         """The FAISS index: loaded (or built) once, then reloaded when a writer has written
         a newer file. Until then the older one serves, filtered by the live images."""
         version = index_version(session, state.generation_id)
         if state.index is None:
             state.index = vectors.load_fresh(
-                self.engine, self.data_dir, state.generation_id, keep_unwritten=True
+                self.engine, self.data_dir, state.generation_id, keep_unwritten=True, report=report
             )
         elif version != state.index.meta.version:
             meta = vectors.read_meta(self.data_dir, state.generation_id)

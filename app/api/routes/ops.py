@@ -22,11 +22,12 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"description": "Not ready"}})
 def readyz(res: Res) -> Health:
-    """Ready to serve searches: the database answers and the index (and, with
-    SAGASHI_MODEL_LOAD=startup, the model) is loaded. 503 until then, or when start-up
-    failed, with the reason."""
+    """Ready to serve searches: the database answers, the tag index is loaded and the
+    FAISS index and gather matrix are open (and, with SAGASHI_MODEL_LOAD=startup, the
+    model is loaded). 503 until then, saying what start-up is doing, or when it failed,
+    with the reason."""
     if not res.warmed.is_set():
-        raise ApiError(503, "starting", "still loading the index")
+        raise ApiError(503, "starting", f"still starting: {res.stage}")
     if res.warm_error is not None:
         raise ApiError(503, "failed", f"start-up failed: {res.warm_error}")
     try:
@@ -35,11 +36,13 @@ def readyz(res: Res) -> Health:
     except SQLAlchemyError as exc:
         raise ApiError(503, "database", f"the database does not answer: {exc}") from exc
     images = res.search.loaded_images()
+    opened = res.search.opened_vectors()
     return Health(
         status="ready",
         checks={
             "database": "ok",
             "index": f"{images} images" if images is not None else "sql engine",
+            "vectors": f"{opened.kind}, {opened.count} vectors" if opened else "empty index",
             "model": "loaded" if res.inference.loaded else res.settings.model_load,
         },
     )
