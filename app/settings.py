@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         "a request gives none.",
     )
     search_engine: Literal["memory", "segments", "sql"] = Field(
-        default="memory",
+        default="segments",
         description="Tag-query engine: memory (the posting engine, read from the database at "
         "start and kept current), segments (the same engine opened from memory-mapped segment "
         "files in SAGASHI_DATA_DIR/segments, rebuilt from the database when missing or stale; "

@@ -44,6 +44,7 @@ def serve(code: Path, root: Path, model: Path) -> Server:
         "SAGASHI_DEVICE": "cpu",
         "SAGASHI_TORCH_THREADS": "1",
         "SAGASHI_MODEL_LOAD": "startup",
+        "SAGASHI_WORKERS": "1",  # the memory measured is the one server process's
     }
     command = [sys.executable, "-c", CLI]
     for args in (["db", "upgrade"], ["index", str(root / "library")]):

@@ -73,6 +73,7 @@ def environment(url: str, data_dir: Path, kind: str) -> dict[str, str]:
         "SAGASHI_DATA_DIR": str(data_dir),
         "SAGASHI_SEARCH_ENGINE": kind,
         "SAGASHI_LOG_LEVEL": "WARNING",
+        "SAGASHI_WORKERS": "1",  # readiness and RSS of one server process
     }
 
 

@@ -600,7 +600,7 @@ def search(
     ] = False,
     engine_kind: Annotated[
         str | None,
-        typer.Option("--engine", help="memory, segments or sql [SAGASHI_SEARCH_ENGINE: memory]."),
+        typer.Option("--engine", help="segments, memory or sql [SAGASHI_SEARCH_ENGINE: segments]."),
     ] = None,
     hide_duplicates: Annotated[
         bool, typer.Option(help="With similar: or --like, hide near-duplicates of the query.")

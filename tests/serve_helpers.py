@@ -21,7 +21,8 @@ def sagashi_serve(root: Path, settings: dict[str, str]) -> Iterator[str]:
     """Migrates a fresh database under root, serves it, yields the base URL; on exit stops the
     server and checks it shut down cleanly. The log goes to root/serve.log (a pipe nobody
     reads would fill up and stall the server)."""
-    environment = {"SAGASHI_DATA_DIR": str(root / "data"), **settings}
+    # One process unless the test asks for more: limits and timeouts are per process.
+    environment = {"SAGASHI_DATA_DIR": str(root / "data"), "SAGASHI_WORKERS": "1", **settings}
     migrated = run_sagashi("db", "upgrade", env=environment)
     assert migrated.returncode == 0, migrated.stderr
     port = free_port()

@@ -127,7 +127,9 @@ def test_a_killed_server_comes_back_with_the_same_answers(
     answers = []
     for _ in range(2):
         port = free_port()
-        server = start("serve", "--port", str(port), environment=environment)
+        # One process: a SIGKILL of uvicorn's parent would orphan its workers on the port.
+        single = {**environment, "SAGASHI_WORKERS": "1"}
+        server = start("serve", "--port", str(port), environment=single)
         base = f"http://127.0.0.1:{port}"
         try:
             wait_for(lambda base=base: httpx.get(f"{base}/readyz").status_code == 200, 60)

@@ -72,6 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_pixai_dir: Path) -> It
         "SAGASHI_DECODE_SLOTS": "1",
         "SAGASHI_DECODE_QUEUE": "1",
         "SAGASHI_DECODE_WAIT": "5",
+        "SAGASHI_WORKERS": "1",  # the bounds and the memory measured are one process's
     }
     assert run_sagashi("db", "upgrade", env=environment).returncode == 0
     make_library(root / "library", 4)
