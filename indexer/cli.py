@@ -712,7 +712,7 @@ def serve(
     import uvicorn
 
     from app.api import create_app
-    from app.api.serving import uvicorn_options
+    from app.api.serving import PARENT_VARIABLE, uvicorn_options
 
     settings = load_settings(host=host, port=port, model_dir=model_dir, workers=workers)
     open_store(settings).dispose()  # refuse a missing or foreign schema before listening
@@ -730,6 +730,7 @@ def serve(
     # Worker processes read their settings from the environment: hand them these options.
     if settings.model_dir is not None:
         os.environ["SAGASHI_MODEL_DIR"] = str(settings.model_dir)
+    os.environ[PARENT_VARIABLE] = str(os.getpid())
     target = "app.api.serving:app_from_environment"
     uvicorn.run(target, factory=True, workers=count, **uvicorn_options(settings, count))
 

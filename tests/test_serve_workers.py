@@ -97,3 +97,33 @@ def test_two_workers_share_the_segments_and_follow_changes(
         log.close()
     output = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in output, output
+
+
+def test_workers_end_with_a_killed_parent(tmp_path: Path, tiny_pixai_dir: Path) -> None:
+    """kill -9 of uvicorn's parent (the OOM killer, say) must not leave its workers serving
+    the port, or a restarted server could not bind it."""
+    env = {"SAGASHI_DATA_DIR": str(tmp_path / "data"), "SAGASHI_SEARCH_ENGINE": "segments"}
+    assert run_sagashi("db", "upgrade", env=env).returncode == 0
+    port = free_port()
+    server = subprocess.Popen(
+        [SAGASHI, "serve", "--port", str(port), "--workers", "2"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200)
+    workers = wait_for(lambda: (found := children(server.pid)) and len(found) >= 2 and found)
+    server.send_signal(signal.SIGKILL)
+    server.wait(30)
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived their parent"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -12,7 +12,11 @@ protocol below adds that deadline (SAGASHI_HEADER_TIMEOUT).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
+import signal
+import sys
 from typing import Any
 
 import h11
@@ -22,6 +26,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# The serving parent's pid, handed to its workers (not a setting: set by 'sagashi serve').
+PARENT_VARIABLE = "_SAGASHI_SERVE_PARENT"
 
 
 class HeadTimeoutH11Protocol(H11Protocol):
@@ -86,9 +94,24 @@ def app_from_environment() -> FastAPI:
     the environment (the parent put its command-line options there)."""
     from app.api.app import create_app
 
+    _die_with_parent()
     settings = Settings()
     HeadTimeoutH11Protocol.header_timeout = settings.header_timeout  # this process's class
     return create_app(settings)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to end this worker when uvicorn's parent process dies. Without it, a parent
+    killed with SIGKILL (the OOM killer, kill -9) leaves its workers serving the port, and a
+    restarted server cannot bind it."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("could not tie this worker to its parent: errno %d", ctypes.get_errno())
+    parent = os.environ.get(PARENT_VARIABLE)
+    if parent is not None and os.getppid() != int(parent):  # it died before the request
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def uvicorn_options(settings: Settings, workers: int = 1) -> dict[str, Any]:
