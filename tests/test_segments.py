@@ -262,3 +262,19 @@ def test_index_and_import_write_a_current_set(tmp_path: Path, tiny_pixai_dir: Pa
     found = run_sagashi("search", "", "--json", env=env)
     assert found.returncode == 0 and len(found.stdout.splitlines()) == 6
     assert store_for(tmp_path / "data", generation.id).current() == info  # opened, not rebuilt
+
+
+def test_prebuilt_bitmaps_are_stored_and_read_on_first_use(
+    indexed: tuple[Engine, int, Catalog], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, generation, catalog = indexed
+    monkeypatch.setattr(posting_module, "PREBUILD_MIN", 1)  # every tag gets its bitmaps
+    opened(engine, generation, tmp_path)
+    segment = opened(engine, generation, tmp_path).postings.segments[0]
+    plans = segment.prebuilt_plans()
+    assert plans and not dict.keys(segment._prebuilt)  # stored, none deserialized yet
+    with session_factory(engine)() as session:
+        fresh = posting_module.PostingEngine.load(session, generation).segments[0]
+    for plan in plans:
+        assert segment.prebuilt(plan) == fresh.prebuilt(plan)
+    assert assert_equals_sql(engine, opened(engine, generation, tmp_path), catalog, 21) > 100

@@ -311,6 +311,18 @@ class Segment:
             plan = PTag(tag_id, thresholds[group])
             self._prebuilt[plan] = bitmap_of(postings.slice(plan))
 
+    def prebuilt_plans(self) -> list[PTag]:
+        return list(self._prebuilt)
+
+    def prebuilt(self, plan: PTag) -> BitMap:
+        found = self._prebuilt.get(plan)
+        assert found is not None, plan
+        return found
+
+    def use_prebuilt(self, bitmaps: dict[PTag, BitMap]) -> None:
+        """Bitmaps prebuilt elsewhere (a segment set's, deserialized on first use)."""
+        self._prebuilt = bitmaps
+
     def _rating(self, plan: PRating) -> BitMap:
         ratings = self.ratings(plan.tag_ids)
         wanted = np.isin(ratings, sorted(plan.wanted))

@@ -24,7 +24,7 @@ import os
 import shutil
 import uuid
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -33,11 +33,12 @@ import numpy as np
 from pyroaring import BitMap
 
 from app.search.bitmaps import bitmap_of
+from app.search.plan import PTag
 from app.search.postings import Attributes, Postings, Segment
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump whenever a file's layout or meaning changes: older sets are rebuilt
+FORMAT = 2  # bump whenever a file's layout or meaning changes: older sets are rebuilt
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 LOCK = "write.lock"
@@ -78,6 +79,27 @@ class PathTable(Sequence[str]):
             return [self[i] for i in range(*index.indices(len(self)))]
         start, end = int(self._offsets[index]), int(self._offsets[index + 1])
         return bytes(self._blob[start:end]).decode("utf-8", "surrogateescape")
+
+
+class PrebuiltBitmaps(dict[PTag, BitMap]):
+    """The default-threshold bitmaps of common tags, stored serialized in the set and
+    deserialized on first use (a worker pays only for the tags its queries touch)."""
+
+    def __init__(self, index: dict[PTag, tuple[int, int]], blob: np.ndarray) -> None:
+        super().__init__()
+        self._index = index
+        self._blob = blob
+
+    def __iter__(self) -> Iterator[PTag]:
+        return iter(self._index.keys() | self.keys())
+
+    def get(self, key: PTag, default: BitMap | None = None) -> BitMap | None:  # type: ignore[override]
+        found = super().get(key)
+        if found is None and key in self._index:
+            start, end = self._index[key]
+            found = BitMap.deserialize(bytes(self._blob[start:end]))
+            self[key] = found
+        return found if found is not None else default
 
 
 class SegmentStore:
@@ -232,7 +254,31 @@ def _arrays(segment: Segment) -> dict[str, np.ndarray]:
     }
     for column in COLUMNS:
         arrays[f"column_{column}"] = attributes.columns[column]
+    arrays.update(_prebuilt_arrays(segment))
     return arrays
+
+
+def _prebuilt_arrays(segment: Segment) -> dict[str, np.ndarray]:
+    plans = [plan for plan in segment.prebuilt_plans() if plan.hi is None and plan.lo_inclusive]
+    blobs = [segment.prebuilt(plan).serialize() for plan in plans]
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in blobs], out=offsets[1:])
+    return {
+        "prebuilt_tags": np.array([p.tag_id for p in plans], dtype=np.int64),
+        "prebuilt_thresholds": np.array([p.lo for p in plans], dtype=np.float64),
+        "prebuilt_offsets": offsets,
+        "prebuilt": np.frombuffer(b"".join(blobs), dtype=np.uint8),
+    }
+
+
+def _prebuilt(load: Callable[[str], np.ndarray]) -> PrebuiltBitmaps:
+    tags, thresholds = load("prebuilt_tags").tolist(), load("prebuilt_thresholds").tolist()
+    offsets = load("prebuilt_offsets").tolist()
+    index = {
+        PTag(int(tag), float(threshold)): (offsets[i], offsets[i + 1])
+        for i, (tag, threshold) in enumerate(zip(tags, thresholds, strict=True))
+    }
+    return PrebuiltBitmaps(index, load("prebuilt"))
 
 
 def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -283,7 +329,9 @@ def _segment(folder: Path, manifest: dict[str, Any], tag_groups: dict[int, int])
         zip(load("group_tags").tolist(), load("group_codes").tolist(), strict=True)
     )
     live: BitMap = bitmap_of(load("live"), presorted=True)
-    return Segment(live, postings, attributes, {**stored_groups, **tag_groups})
+    segment = Segment(live, postings, attributes, {**stored_groups, **tag_groups})
+    segment.use_prebuilt(_prebuilt(load))
+    return segment
 
 
 def _write_synced(path: Path, data: bytes) -> None:
