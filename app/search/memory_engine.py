@@ -18,14 +18,11 @@ from app.search.plan import PlanNode
 from app.search.postings import PostingEngine
 
 
-@dataclass(frozen=True)
-class MemoryEngine:
-    postings: PostingEngine
-    name: str = "memory"
+class PostingBacked:
+    """The tag-engine methods of any engine that answers from a posting engine in memory
+    (loaded from the database, or mapped from segment files)."""
 
-    @classmethod
-    def open(cls, session: Session, generation_id: int, data_dir: Path) -> MemoryEngine:
-        return cls(PostingEngine.load(session, generation_id))
+    postings: PostingEngine
 
     @property
     def generation_id(self) -> int:
@@ -46,9 +43,19 @@ class MemoryEngine:
     def presorted(self) -> Presorted | None:
         return posting_presorted(self.postings)
 
+    def held_images(self) -> int | None:
+        return len(self.postings.live)
+
+
+@dataclass(frozen=True)
+class MemoryEngine(PostingBacked):
+    postings: PostingEngine
+    name: str = "memory"
+
+    @classmethod
+    def open(cls, session: Session, generation_id: int, data_dir: Path) -> MemoryEngine:
+        return cls(PostingEngine.load(session, generation_id))
+
     def refreshed(self, session: Session) -> MemoryEngine:
         current = self.postings.refresh(session)
         return self if current is self.postings else MemoryEngine(current)
-
-    def held_images(self) -> int | None:
-        return len(self.postings.live)

@@ -14,17 +14,12 @@ in place; this process then serves what it read from the database.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroaring import BitMap
 from sqlalchemy.orm import Session
 
-from app.search.engine import Counted, Described
-from app.search.keys import posting_keys, posting_presorted
-from app.search.paging import KeySource, Presorted
-from app.search.plan import PlanNode
+from app.search.memory_engine import PostingBacked
 from app.search.postings import PostingEngine, Segment, latest_change, tag_groups
 from app.search.segment_files import SegmentError, SegmentStore
 
@@ -46,7 +41,7 @@ def write_segments(session: Session, data_dir: Path, generation_id: int) -> None
 
 
 @dataclass(frozen=True)
-class SegmentEngine:
+class SegmentEngine(PostingBacked):
     postings: PostingEngine
     store: SegmentStore
     name: str = "segments"
@@ -56,31 +51,9 @@ class SegmentEngine:
         store = store_for(data_dir, generation_id)
         return cls(_opened(session, store), store)
 
-    @property
-    def generation_id(self) -> int:
-        return self.postings.generation_id
-
-    def evaluate(self, session: Session, plan: PlanNode) -> BitMap:
-        return self.postings.evaluate(plan)
-
-    def live(self, session: Session) -> BitMap:
-        return self.postings.live
-
-    def describe(self, session: Session, image_ids: Sequence[int]) -> dict[int, Described]:
-        return self.postings.describe(image_ids)
-
-    def keys(self, session: Session, counted: Counted, score_tag: int | None) -> KeySource:
-        return posting_keys(self.postings, counted, score_tag)
-
-    def presorted(self) -> Presorted | None:
-        return posting_presorted(self.postings)
-
     def refreshed(self, session: Session) -> SegmentEngine:
         current = self.postings.refresh(session, reload=lambda: _opened(session, self.store, True))
         return self if current is self.postings else SegmentEngine(current, self.store)
-
-    def held_images(self) -> int | None:
-        return len(self.postings.live)
 
 
 def _opened(session: Session, store: SegmentStore, merge: bool = False) -> PostingEngine:
