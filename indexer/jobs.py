@@ -81,7 +81,7 @@ def refresh_faiss(engine: Engine, data_dir: Path) -> None:
     generation = active_generation_id(engine)
     if generation is not None:
         try:
-            vectors.load_fresh(engine, data_dir, generation)
+            vectors.load_fresh(engine, data_dir, generation, populate=False)
         except vectors.IndexWriteError as exc:
             raise faiss_stop(exc) from exc
 

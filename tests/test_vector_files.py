@@ -58,6 +58,7 @@ def test_matrix_file_round_trip_and_exact_gather(tmp_path: Path) -> None:
     opened = matrix.Matrix.open(path, DIM, 1_000)
     np.testing.assert_array_equal(opened.ids, ids)
     np.testing.assert_array_equal(opened.rows, rows)
+    np.testing.assert_array_equal(opened.read(np.array([7, 0, 999])), rows[[7, 0, 999]])
     assert path.stat().st_size == 64 + 1_000 * DIM * 2 + 1_000 * 4
 
     absent = np.array([0, ids[3] + 1 if ids[3] + 1 not in ids else 0, 10**9], dtype=np.int64)
@@ -109,6 +110,9 @@ def test_a_streamed_ivf_file_is_what_faiss_itself_writes(tmp_path: Path) -> None
     reference.add_with_ids(rows.astype(np.float32), ids)
     expected = faiss.serialize_index(reference).tobytes()
     assert streamed.read_bytes() == expected
+    # And the in-memory build from all the vectors at once trains the same centroids.
+    in_memory = vectors.build_index(rows.astype(np.float32), ids, "ivf", {"nlist": nlist})
+    assert faiss.serialize_index(in_memory).tobytes() == expected
 
     mapped = faiss.read_index(str(streamed), vectors.OPEN_FLAGS)
     reference.nprobe = mapped.nprobe = 4

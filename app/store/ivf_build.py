@@ -12,8 +12,9 @@ float16 codes per million 1024-d vectors, on top of the float32 input: a 1M impo
    quantizer without residuals are the float16 vectors themselves, so the file is
    byte for byte what ``add_with_ids`` and ``write_index`` would have written (tested).
 
-The matrix is read through its mapping, whose pages are dropped from this process as it
-goes (they stay in the page cache): the build holds a batch, never the collection.
+The matrix is read a batch at a time, in order through its mapping (whose pages are
+dropped from this process after each batch; they stay in the page cache) and at random
+with pread: the build holds a batch, never the collection.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 TRAIN_POINTS_PER_LIST = 64
 MAX_TRAIN_POINTS = 256 * 1024
 BATCH = 32_768  # vectors decoded to float32 at a time: 128 MB at 1024-d
-DROP_EVERY = 256 << 20  # bytes of the matrix read between dropping its pages
 
 # The end of a serialised IVF index whose lists are empty: FAISS's ArrayInvertedLists
 # section ("ilar", nlist, code size) stored as a sparse list of no entries.
@@ -55,13 +55,20 @@ def new_ivf(dim: int, nlist: int) -> Any:
     )
 
 
+def training_rows(count: int, nlist: int) -> np.ndarray:
+    """The rows the coarse quantizer is trained on: a seeded sample, in the order drawn.
+    The in-memory build draws the same, so both train the same centroids."""
+    points = min(count, nlist * TRAIN_POINTS_PER_LIST, MAX_TRAIN_POINTS)
+    return np.random.default_rng(0).permutation(count)[:points]
+
+
 def train(matrix: Matrix, nlist: int) -> Any:
     """A trained, empty IVF index: its coarse centroids from a seeded sample of the rows."""
     ivf = new_ivf(matrix.dim, nlist)
-    points = min(matrix.count, nlist * TRAIN_POINTS_PER_LIST, MAX_TRAIN_POINTS)
-    rows = np.sort(np.random.default_rng(0).choice(matrix.count, points, replace=False))
-    sample = matrix.rows[rows].astype(np.float32)
-    matrix.drop_resident()
+    rows = training_rows(matrix.count, nlist)
+    sample = np.empty((len(rows), matrix.dim), dtype=np.float32)
+    for start in range(0, len(rows), BATCH):  # widened as read: no float16 copy of it all
+        sample[start : start + BATCH] = matrix.read(rows[start : start + BATCH])
     ivf.train(sample)
     return ivf
 
@@ -96,17 +103,10 @@ def write(ivf: Any, matrix: Matrix, lists: np.ndarray, handle: BinaryIO) -> None
     handle.write(prefix[: -len(empty)])
     handle.write(struct.pack("<4sQQ4sQ", b"ilar", ivf.nlist, code_size, b"full", ivf.nlist))
     handle.write(sizes.tobytes())
-    read = 0
     for rows in np.split(order, np.cumsum(sizes)[:-1].astype(np.int64)):
-        if not len(rows):
-            continue
-        handle.write(np.ascontiguousarray(matrix.rows[rows], dtype="<f2").tobytes())
-        handle.write(matrix.ids[rows].astype("<i8").tobytes())
-        read += len(rows) * code_size
-        if read >= DROP_EVERY:
-            matrix.drop_resident()
-            read = 0
-    matrix.drop_resident()
+        if len(rows):
+            handle.write(matrix.read(rows).astype("<f2", copy=False).tobytes())
+            handle.write(matrix.ids[rows].astype("<i8").tobytes())
 
 
 def build_file(matrix: Matrix, nlist: int, path: Path) -> None:

@@ -146,9 +146,8 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, kind: str, params: dict[st
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     else:
         index = ivf_build.new_ivf(dim, params["nlist"])
-        sample = vectors[np.random.default_rng(0).permutation(len(vectors))[: params["nlist"] * 64]]
-        index.train(sample)
-        index.nprobe = params["nprobe"]
+        index.train(vectors[ivf_build.training_rows(len(vectors), params["nlist"])])
+        index.nprobe = params.get("nprobe", index.nprobe)
     if len(ids):
         index.add_with_ids(vectors, ids.astype(np.int64))
     return index
@@ -235,7 +234,7 @@ def _exact_top(matrix: Matrix, queries: np.ndarray, k: int) -> np.ndarray:
     """Row positions of each query's exact top k, scanning the matrix in blocks."""
     best = np.full((len(queries), k), -np.inf, dtype=np.float32)
     where = np.zeros((len(queries), k), dtype=np.int64)
-    for start, block in matrix.blocks(65_536):
+    for start, block in matrix.blocks(16_384):
         scores = queries @ block.T
         merged = np.concatenate([best, scores], axis=1)
         positions = np.concatenate(
@@ -291,12 +290,16 @@ def _generation(engine: Engine, generation_id: int) -> tuple[int, int]:
 
 
 def rebuild(
-    engine: Engine, data_dir: Path, generation_id: int, report: Report = _quiet
+    engine: Engine,
+    data_dir: Path,
+    generation_id: int,
+    report: Report = _quiet,
+    populate: bool = False,
 ) -> FaissIndex:
     """Build the generation's index and matrix from the store of record, write them
-    atomically and open them."""
+    atomically and open them (``populate``: see :func:`load_fresh`)."""
     with _build_lock(data_dir):
-        return _rebuild(engine, data_dir, generation_id, report)
+        return _rebuild(engine, data_dir, generation_id, report, populate)
 
 
 @contextmanager
@@ -321,7 +324,9 @@ def _build_lock(data_dir: Path) -> Iterator[bool]:
         os.close(fd)  # closing releases the lock
 
 
-def _rebuild(engine: Engine, data_dir: Path, generation_id: int, report: Report) -> FaissIndex:
+def _rebuild(
+    engine: Engine, data_dir: Path, generation_id: int, report: Report, populate: bool
+) -> FaissIndex:
     dim, version = _generation(engine, generation_id)
     index_path, meta_path = index_paths(data_dir, generation_id)
     vectors_path = matrix_path(data_dir, generation_id)
@@ -343,7 +348,7 @@ def _rebuild(engine: Engine, data_dir: Path, generation_id: int, report: Report)
             os.replace(index_temp, index_path)
         _replace(meta_path, lambda p: Path(p).write_text(_meta_json(meta), encoding="utf-8"))
     log.info("built %s FAISS index of %d vectors for generation %d", kind, count, generation_id)
-    return _open(data_dir, meta)
+    return _open(data_dir, meta, populate)
 
 
 def _write_matrix(engine: Engine, generation_id: int, dim: int, path: Path) -> int:
@@ -435,7 +440,9 @@ def read_meta(data_dir: Path, generation_id: int) -> IndexMeta | None:
         return None
 
 
-def open_written(data_dir: Path, generation_id: int, version: int) -> FaissIndex | None:
+def open_written(
+    data_dir: Path, generation_id: int, version: int, populate: bool = True
+) -> FaissIndex | None:
     """The generation's written index and matrix when they are current and intact (the
     database's index version, this format, every file's size and checksum), else None
     with the reason logged."""
@@ -450,7 +457,7 @@ def open_written(data_dir: Path, generation_id: int, version: int) -> FaissIndex
     reason = next((r for r in reasons if r is not None), None)
     if reason is None:
         try:
-            return _open(data_dir, meta)
+            return _open(data_dir, meta, populate)
         except (OSError, RuntimeError, ValueError) as exc:
             reason = f"unreadable ({exc})"
     log.warning("FAISS index for generation %d: %s; rebuilding", generation_id, reason)
@@ -467,7 +474,7 @@ def _stale(meta: IndexMeta | None, version: int) -> str | None:
     return None
 
 
-def _open(data_dir: Path, meta: IndexMeta) -> FaissIndex:
+def _open(data_dir: Path, meta: IndexMeta, populate: bool) -> FaissIndex:
     """Map the index and the matrix that ``meta`` describes."""
     index_path, _ = index_paths(data_dir, meta.generation_id)
     index = faiss.read_index(str(index_path), OPEN_FLAGS)
@@ -475,8 +482,34 @@ def _open(data_dir: Path, meta: IndexMeta) -> FaissIndex:
         raise ValueError(f"{index.ntotal} x {index.d} vectors, expected {meta.count} x {meta.dim}")
     if meta.kind == "ivf":
         faiss.extract_index_ivf(index).nprobe = int(meta.params["nprobe"])
-    matrix = Matrix.open(matrix_path(data_dir, meta.generation_id), meta.dim, meta.count)
-    return FaissIndex(index, meta, matrix)
+    if populate:
+        _prefault(index)
+    path = matrix_path(data_dir, meta.generation_id)
+    return FaissIndex(index, meta, Matrix.open(path, meta.dim, meta.count, populate))
+
+
+def _prefault(index: Any) -> None:
+    """Touch a byte of every page of the index's vectors and ids, so that this process maps
+    them all now (from the page cache; from the disk when cold) and its first searches
+    pay no page faults. FAISS maps the file itself, so MAP_POPULATE is not ours to set;
+    the kernel maps 16 cached pages a fault, about 30,000 faults at 1M images."""
+    if hasattr(index, "id_map"):
+        inner: Any = faiss.downcast_index(index.index)
+        _touch(inner.get_xb(), inner.ntotal * inner.d)
+        return
+    invlists: Any = faiss.extract_index_ivf(index).invlists
+    for i in range(invlists.nlist):
+        size = invlists.list_size(i)
+        if size:
+            _touch(invlists.get_codes(i), size * invlists.code_size)
+            _touch(invlists.get_ids(i), size)
+
+
+def _touch(pointer: Any, count: int) -> None:
+    """Read one element a page of the ``count`` elements at a FAISS pointer."""
+    if count:
+        view = faiss.rev_swig_ptr(pointer, count)
+        np.add.reduce(view[:: max(1, 4096 // view.itemsize)])
 
 
 def load_fresh(
@@ -485,23 +518,26 @@ def load_fresh(
     generation_id: int,
     keep_unwritten: bool = False,
     report: Report | None = None,
+    populate: bool = True,
 ) -> FaissIndex:
     """The generation's index from disk when it matches the database, else rebuilt.
     With ``keep_unwritten`` (a server), an index whose files cannot be written is built
     in memory and served from there, instead of raising :class:`IndexWriteError`.
-    ``report`` is told each stage (opening, reading, building...), for /readyz."""
+    ``report`` is told each stage (opening, reading, building...), for /readyz. With
+    ``populate`` (searches to come), the matrix is read into its mapping at once; a writer
+    that only makes sure the files are current passes False."""
     report = report or _quiet
     with session_factory(engine)() as session:
         version = index_version(session, generation_id)
     report("opening the FAISS index")
-    opened = open_written(data_dir, generation_id, version)
+    opened = open_written(data_dir, generation_id, version, populate)
     if opened is not None:
         return opened
     try:
         with _build_lock(data_dir) as waited:
-            if waited and (opened := open_written(data_dir, generation_id, version)):
+            if waited and (opened := open_written(data_dir, generation_id, version, populate)):
                 return opened  # another process built them meanwhile
-            return _rebuild(engine, data_dir, generation_id, report)
+            return _rebuild(engine, data_dir, generation_id, report, populate)
     except IndexWriteError as exc:
         if not keep_unwritten:
             raise
