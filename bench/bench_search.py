@@ -13,17 +13,26 @@ on later runs. Then, in one process:
    and the SQL engine on the same queries; p50 and p99 latency and the speed-up.
 2. Filtered kNN (k=10) at selectivities 0.01% to 100%: the planner's search against an
    exact filtered brute force in numpy over the same vectors (the baseline); recall@10
-   and queries per second of both.
+   and queries per second of both. Where the planner gathers (small filters), the gather
+   as the code before 2026-12-04 ran it (FAISS rebuilding each vector from its list) is
+   timed on the same queries: the same-run baseline of the gather matrix. ``--fresh``
+   runs each selectivity's planner queries (and that baseline's) in a fresh process right
+   after it opens the index, instead of in this warm one; ``--baseline`` also times the
+   IVF layout from before 2026-11-28.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
 import resource
+import subprocess
+import sys
 import time
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +46,7 @@ from app.search.service import SearchRequest, SearchService
 from app.store import migrate, vectors
 from app.store.aliases import load_aliases
 from app.store.db import create_db_engine, session_factory
+from app.store.matrix import Matrix
 from app.store.models import Embedding, Tag
 from app.tagger.vocab import load_pixai_vocabulary
 from bench.bench_import import dataset
@@ -44,7 +54,7 @@ from bench.common import latency_table, machine
 from indexer.importer import Importer, ImportOptions
 
 log = logging.getLogger("bench.search")
-SELECTIVITIES = (0.0001, 0.001, 0.01, 0.1, 1.0)
+SELECTIVITIES = (0.0001, 0.001, 0.002, 0.004, 0.005, 0.01, 0.1, 1.0)
 
 
 def prepared_database(work: Path, images: int, url: str | None = None) -> str:
@@ -174,91 +184,195 @@ def older_layout(
     return vectors.FaissIndex(wrapped, index.meta)
 
 
-def knn(url: str, data_dir: Path, queries: int, baseline: bool = False, cold: bool = False) -> None:
+@dataclass(frozen=True)
+class Workload:
+    """One selectivity's filter (row positions; every row at 100%) and query rows."""
+
+    share: float
+    chosen: np.ndarray
+    picks: np.ndarray
+
+
+def workloads(count: int, queries: int, shares: Sequence[float]) -> list[Workload]:
+    """The seeded filters and queries of each selectivity: the same in the parent and in a
+    fresh child process, which both draw them from the row count alone."""
+    rng = np.random.default_rng(0)
+    found = []
+    for share in shares:
+        size = max(10, int(share * count))
+        chosen = np.sort(rng.choice(count, size, replace=False))
+        found.append(Workload(share, chosen, rng.choice(count, queries, replace=False)))
+    return found
+
+
+def older_gathered(
+    index: vectors.FaissIndex, query: np.ndarray, k: int, candidates: BitMap
+) -> list[tuple[int, float]]:
+    """The gather plan as it was before 2026-12-04, the same-run baseline: FAISS rebuilds
+    each candidate's vector from its IVF list through a hash table of ids, then one matrix
+    product in numpy."""
+    ivf = faiss.extract_index_ivf(index.index)
+    if ivf.direct_map.type != faiss.DirectMap.Hashtable:  # type: ignore[attr-defined]
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
+    ids = np.frombuffer(candidates.to_array(), np.uint32).astype(np.int64)
+    ids = ids[index.contains(ids)]
+    scores = index.index.reconstruct_batch(ids) @ query
+    top = np.argpartition(-scores, k - 1)[:k] if len(ids) > k else np.arange(len(ids))
+    found = [(int(ids[i]), float(scores[i])) for i in top]
+    found.sort(key=lambda pair: (-pair[1], pair[0]))
+    return found
+
+
+@dataclass
+class Timed:
+    """The planner's (or a baseline's) timed queries of one workload."""
+
+    times: list[float] = field(default_factory=list)
+    found: list[list[int]] = field(default_factory=list)
+    strategy: str = ""
+
+    def p50_ms(self) -> str:
+        return f"{np.percentile(self.times, 50) * 1000:.2f}" if self.times else "-"
+
+
+def timed_run(
+    index: vectors.FaissIndex, work: Workload, search: Any = None, sweep: np.ndarray | None = None
+) -> Timed:
+    """Time ``search`` (the planner by default) on the workload's queries, back to back as a
+    server answers them; with ``sweep``, every vector is scored first (a cold CPU cache)."""
+    ids = index.matrix.ids.astype(np.int64)
+    allowed = BitMap(ids[work.chosen].tolist()) if work.share < 1 else None
+    live = BitMap(ids.tolist())
+    result = Timed()
+    for q in work.picks:
+        query = index.matrix.rows[q].astype(np.float32)
+        if sweep is not None:
+            sweep @ query
+        started = time.perf_counter()
+        if search is None:
+            hits, plan = similar.nearest(index, query, 10, allowed, live)
+            result.strategy = plan.strategy
+        else:
+            hits = search(index, query, 10, allowed)
+        result.times.append(time.perf_counter() - started)
+        result.found.append([i for i, _ in hits])
+    return result
+
+
+def fresh_child(data_dir: Path, position: int, queries: int, previous: bool) -> dict[str, Any]:
+    """One workload's queries in this fresh process, right after it opens the index: the
+    current code (mapped files), or with ``previous`` the gather as the code before
+    2026-12-04 ran it (the index read into memory, FAISS reconstructing each vector)."""
+    meta = vectors.read_meta(data_dir, 1)
+    assert meta is not None, "build the index first"
+    started = time.perf_counter()
+    if previous:
+        index_path, _ = vectors.index_paths(data_dir, 1)
+        matrix = Matrix.open(vectors.matrix_path(data_dir, 1), meta.dim, meta.count)
+        index = vectors.FaissIndex(faiss.read_index(str(index_path)), meta, matrix)
+    else:
+        opened = vectors.open_written(data_dir, 1, meta.version)
+        assert opened is not None, "the written index did not open"
+        index = opened
+    seconds = time.perf_counter() - started
+    work = workloads(meta.count, queries, SELECTIVITIES)[position]
+    result = timed_run(index, work, older_gathered if previous else None)
+    return {
+        "open_s": seconds,
+        "times": result.times,
+        "found": result.found,
+        "plan": result.strategy,
+    }
+
+
+def fresh_run(data_dir: Path, position: int, queries: int, previous: bool = False) -> Timed:
+    command = [sys.executable, "-m", "bench.bench_search", "--fresh-child", str(position)]
+    command += ["--data-dir", str(data_dir), "--knn-queries", str(queries)]
+    output = subprocess.run(
+        [*command, *(["--previous"] if previous else [])],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    measured = json.loads(output.strip().splitlines()[-1])
+    log.info("fresh process: index open in %.2f s", measured["open_s"])
+    return Timed(measured["times"], measured["found"], measured["plan"])
+
+
+def knn(
+    url: str,
+    data_dir: Path,
+    queries: int,
+    baseline: bool = False,
+    cold: bool = False,
+    fresh: bool = False,
+) -> None:
     engine = create_db_engine(url)
     started = time.perf_counter()
     index = vectors.load_fresh(engine, data_dir, 1)
     log.info(
-        "FAISS %s index ready in %.0fs: %s",
+        "FAISS %s index ready in %.1fs: %s",
         index.meta.kind,
         time.perf_counter() - started,
         index.meta.params,
     )
     ids, data = vectors.load_embeddings(engine, 1, index.meta.dim)
     engine.dispose()
-    if index.meta.kind == "ivf" and "calibrated_recall" not in index.meta.params:
-        # A file built before calibration: calibrate it as 'rebuild' now does.
-        started = time.perf_counter()
-        params = {**index.meta.params, **vectors.calibrate(index.index, index.matrix)}
-        index = vectors.FaissIndex(index.index, replace(index.meta, params=params))
-        log.info("calibrated in %.0fs: %s", time.perf_counter() - started, params)
-    live = BitMap(ids.tolist())
     older = older_layout(index, data, ids) if baseline and index.meta.kind == "ivf" else None
-    rng = np.random.default_rng(0)
     log.info(
         "| selectivity | matching | plan | recall@10 | p50 ms | QPS "
         "| numpy score-all+mask QPS | numpy gathered QPS | speed-up vs score-all "
-        "| older layout p50 ms | older recall@10 |"
+        "| previous gather p50 ms | older layout p50 ms | older recall@10 |"
     )
-    log.info("|---|---|---|---|---|---|---|---|---|---|---|")
+    log.info("|---|---|---|---|---|---|---|---|---|---|---|---|")
     mask = np.zeros(len(ids), dtype=bool)
-    for share in SELECTIVITIES:
-        size = max(10, int(share * len(ids)))
-        chosen = np.sort(rng.choice(len(ids), size, replace=False))
-        allowed = BitMap(ids[chosen].tolist()) if share < 1 else None
-        picks = rng.choice(len(ids), queries, replace=False)
-        mask[:] = False
-        mask[chosen] = True
-        recall, times, exact_times, naive_times, strategy = [], [], [], [], ""
-        older_times, older_found, older_recall = [], [], []
-        found_all: list[list[tuple[int, float]]] = []
+    sweep = data if cold else None
+    for position, work in enumerate(workloads(len(ids), queries, SELECTIVITIES)):
         # The planner's queries run back to back, as a server answers them; the numpy
         # baselines run after, since each sweeps 4 GB at 1M images and would leave every
         # planner query a cold cache (runs before 2026-11-28 interleaved them).
-        for turn, q in enumerate(picks):
-            # The two layouts take turns going first, so neither gets the other's warm caches.
-            for layout in (index, older) if turn % 2 else (older, index):
-                if layout is None:
-                    continue
-                if cold:  # sweep every vector first, as the interleaved baselines once did
-                    data @ data[q]
-                started = time.perf_counter()
-                hits, plan = similar.nearest(layout, data[q], 10, allowed, live)
-                if layout is index:
-                    times.append(time.perf_counter() - started)
-                    found_all.append(hits)
-                    strategy = plan.strategy
-                else:
-                    older_times.append(time.perf_counter() - started)
-                    older_found.append(hits)
-        for turn, q in enumerate(picks):
-            query = data[q]
+        if fresh:
+            current = fresh_run(data_dir, position, queries)
+        else:
+            current = timed_run(index, work, sweep=sweep)
+        previous = Timed()
+        if current.strategy == "gather" and index.meta.kind == "ivf":
+            run = fresh_run if fresh else None
+            previous = (
+                run(data_dir, position, queries, previous=True)
+                if run is not None
+                else timed_run(index, work, older_gathered, sweep)
+            )
+        layout = timed_run(older, work, sweep=sweep) if older is not None else Timed()
+        mask[:] = False
+        mask[work.chosen] = True
+        members = work.chosen if work.share < 1 else np.arange(len(ids))
+        exact_times, naive_times, recall, older_recall = [], [], [], []
+        for turn, q in enumerate(work.picks):
             started = time.perf_counter()
-            members = data[chosen] if allowed is not None else data
-            scores = members @ query
-            top = np.argpartition(-scores, 9)[:10]
+            top = np.argpartition(-(data[members] @ data[q]), 9)[:10]
             exact_times.append(time.perf_counter() - started)
-            exact = set((ids[chosen] if allowed is not None else ids)[top].tolist())
+            exact = set(ids[members][top].tolist())
             started = time.perf_counter()
-            every = np.where(mask, data @ query, -np.inf)
-            np.argpartition(-every, 9)[:10]
+            np.argpartition(-np.where(mask, data @ data[q], -np.inf), 9)[:10]
             naive_times.append(time.perf_counter() - started)
-            recall.append(len(exact & {i for i, _ in found_all[turn]}) / 10)
-            if older_found:
-                older_recall.append(len(exact & {i for i, _ in older_found[turn]}) / 10)
-        t, e, n = np.array(times), np.array(exact_times), np.array(naive_times)
+            recall.append(len(exact & set(current.found[turn])) / 10)
+            if layout.found:
+                older_recall.append(len(exact & set(layout.found[turn])) / 10)
+        t, e, n = np.array(current.times), np.array(exact_times), np.array(naive_times)
         log.info(
-            "| %s%% | %d | %s | %.3f | %.2f | %.0f | %.0f | %.0f | %.1fx | %s | %s |",
-            f"{share * 100:g}",
-            size if allowed is not None else len(ids),
-            strategy,
+            "| %s%% | %d | %s | %.3f | %.2f | %.0f | %.0f | %.0f | %.1fx | %s | %s | %s |",
+            f"{work.share * 100:g}",
+            len(members),
+            current.strategy,
             float(np.mean(recall)),
             np.percentile(t, 50) * 1000,
             1 / t.mean(),
             1 / n.mean(),
             1 / e.mean(),
             n.mean() / t.mean(),
-            f"{np.percentile(older_times, 50) * 1000:.2f}" if older_times else "-",
+            previous.p50_ms(),
+            layout.p50_ms(),
             f"{np.mean(older_recall):.3f}" if older_recall else "-",
         )
 
@@ -277,7 +391,19 @@ def main() -> None:
     parser.add_argument(
         "--cold", action="store_true", help="kNN: sweep every vector before each timed query"
     )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="kNN: each selectivity's queries in a fresh process, right after it opens the index",
+    )
+    parser.add_argument("--fresh-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--previous", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fresh_child is not None:
+        found = fresh_child(args.data_dir, args.fresh_child, args.knn_queries, args.previous)
+        print(json.dumps(found))
+        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -287,7 +413,7 @@ def main() -> None:
     if args.only in (None, "tags"):
         tag_queries(url, data_dir, args.queries, min(args.sql_queries, args.queries))
     if args.only in (None, "knn"):
-        knn(url, data_dir, args.knn_queries, args.baseline, args.cold)
+        knn(url, data_dir, args.knn_queries, args.baseline, args.cold, args.fresh)
 
 
 if __name__ == "__main__":
