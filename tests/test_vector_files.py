@@ -158,7 +158,7 @@ def _matrix_of_another_format(data_dir: Path, generation_id: int) -> None:
     _, meta_path = vectors.index_paths(data_dir, generation_id)
     raw = json.loads(meta_path.read_text())
     check = vectors.checksum(path)
-    raw["files"]["vectors"] = {"bytes": check.bytes, "crc32": check.crc32}
+    raw["files"]["vectors"] = {"bytes": check.bytes, "xxh3": check.xxh3}
     meta_path.write_text(json.dumps(raw))
 
 
