@@ -51,6 +51,20 @@ def test_migrations_up_down_up(db_url: str) -> None:
     engine.dispose()
 
 
+def test_the_scripted_head_is_alembics_head() -> None:
+    # check_schema's fast path reads the head without Alembic; it must name the same one
+    assert migrate.scripted_head() == migrate.head_revision() is not None
+
+
+def test_database_older_than_the_code_is_refused(migrated_url: str) -> None:
+    engine = create_db_engine(migrated_url)
+    with engine.begin() as connection:
+        connection.execute(text("update alembic_version set version_num = '0001'"))
+    with pytest.raises(migrate.SchemaMismatch, match=r"\(0001\) is older than this code"):
+        migrate.check_schema(engine)
+    engine.dispose()
+
+
 def test_database_newer_than_the_code_is_refused(migrated_url: str) -> None:
     engine = create_db_engine(migrated_url)
     with engine.begin() as connection:
