@@ -48,7 +48,7 @@ from indexer.runs import Run, abort, finish, tracked
 from indexer.scan import iter_image_paths
 
 if TYPE_CHECKING:  # torch and timm load only in the commands that run a model
-    from app.tagger import TimmTagger
+    from app.tagger import Tagger
     from app.tagger.batching import TagOutcome
 
 log = logging.getLogger("sagashi")
@@ -109,17 +109,18 @@ def load_settings(**overrides: object) -> Settings:
     return settings
 
 
-def load_tagger(settings: Settings) -> TimmTagger:
+def load_tagger(settings: Settings, embeddings: bool = True) -> Tagger:
+    """The model directory's tagger, on the runtime its layout needs (torch or ONNX Runtime);
+    ``embeddings=False`` also admits a tag-only model (WD's own model.onnx)."""
     if settings.model_dir is None:
         fail("no model directory: pass --model-dir DIR or set SAGASHI_MODEL_DIR")
-    from app.tagger import TimmTagger
+    from app.tagger.factory import open_tagger
 
-    tagger = TimmTagger(settings.model_dir, settings.device, settings.effective_torch_threads())
+    threads = settings.effective_torch_threads()
     try:
-        tagger.load()
+        return open_tagger(settings.model_dir, settings.device, threads, embeddings=embeddings)
     except ModelLoadError as exc:
         fail(str(exc))
-    return tagger
 
 
 def split_list(value: str | None) -> frozenset[str] | None:
@@ -204,7 +205,7 @@ def tag(
     files = list(iter_image_paths(paths))
     if not files:
         fail("no image files found under the given paths")
-    tagger = load_tagger(settings)
+    tagger = load_tagger(settings, embeddings=embedding)
     view = OutputView(policy, output_format, underscores, embedding, single=len(files) == 1)
     failures = _tag_and_print(tagger, files, settings, view)
     raise typer.Exit(1 if failures else 0)
@@ -220,7 +221,7 @@ class OutputView:
 
 
 def _tag_and_print(
-    tagger: TimmTagger, files: list[Path], settings: Settings, view: OutputView
+    tagger: Tagger, files: list[Path], settings: Settings, view: OutputView
 ) -> int:
     from app.tagger.batching import tag_sources
 
@@ -256,7 +257,7 @@ def _tag_and_print(
     return sum(errors.values())
 
 
-def _print_outcome(outcome: TagOutcome, tagger: TimmTagger, view: OutputView) -> None:
+def _print_outcome(outcome: TagOutcome, tagger: Tagger, view: OutputView) -> None:
     path = str(outcome.source)
     tags = view.policy.select(outcome.probs, tagger.vocab) if outcome.probs is not None else []
     if view.output_format is OutputFormat.json:
@@ -286,7 +287,8 @@ def model_fetch(
 ) -> None:
     """Download a published model's files from the Hugging Face Hub.
 
-    PixAI v0.9 is gated: accept its terms on the Hub, then set HF_TOKEN.
+    PixAI v0.9 is gated: accept its terms on the Hub, then set HF_TOKEN; its ONNX export
+    (pixai-v0.9-onnx) is not gated and runs on ONNX Runtime.
     """
     configure_logging("INFO")
     target = directory or Path("models") / name
@@ -299,22 +301,25 @@ def model_fetch(
 
 @model_app.command("info", epilog="Example: sagashi model info --model-dir ./models/pixai-v0.9")
 def model_info(model_dir: ModelDirOption = None) -> None:
-    """Load a model directory and print what it is (family, tags, embedding size)."""
+    """Load a model directory and print what it is (layout, runtime, tags, embedding size)."""
     settings = load_settings(model_dir=model_dir)
-    tagger = load_tagger(settings)
+    tagger = load_tagger(settings, embeddings=False)
     info = tagger.info
     vocab = tagger.vocab
     counts = Counter(vocab.group(i) for i in range(len(vocab)))
     record = {
         "name": info.name,
         "family": info.family,
+        "layout": info.layout,
+        "runtime": info.runtime,
         "num_tags": info.num_tags,
         "groups": dict(counts),
         "characters_with_copyright": len(vocab.char_to_copyrights),
         "embedding_dim": info.embedding_dim,
         "preprocess": info.preprocess_description(),
         "vocabulary_sha256": info.vocabulary_digest,
-        "device": str(tagger.device),
+        "device": str(getattr(tagger, "device", "cpu")),
+        "published_thresholds": getattr(tagger, "published_thresholds", {}),
     }
     sys.stdout.write(json.dumps(record, indent=2) + "\n")
 

@@ -31,7 +31,7 @@ from app.tagger.batching import lookahead, ordered_map, predict_stacked
 from app.tagger.decode import decode_with_meta
 from app.tagger.defaults import CARD
 from app.tagger.errors import ImageDecodeError
-from app.tagger.preprocess import Preprocess
+from app.tagger.preprocess import ImagePreprocess
 from app.tagger.protocol import Prediction, Tagger
 from indexer.scan import Found, Problem, walk
 
@@ -321,7 +321,7 @@ class _Batch:
 
 
 def load_candidate(
-    item: Found, preprocess: Preprocess, options: IndexOptions, skip_decode: set[str]
+    item: Found, preprocess: ImagePreprocess, options: IndexOptions, skip_decode: set[str]
 ) -> Loaded:
     """Read, hash and decode one file from the same bytes, so the hash always describes
     the pixels that were tagged. A file that changes while it is read is skipped."""

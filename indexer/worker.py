@@ -21,7 +21,8 @@ from app.settings import Settings
 from app.store.jobs import claim_next, recover_dead, requeue
 from app.store.locks import WriterBusy, writer_lock
 from app.store.models import Job
-from app.tagger import ModelLoadError, TimmTagger
+from app.tagger import ModelLoadError
+from app.tagger.factory import open_tagger
 from app.tagger.protocol import Tagger
 from indexer import jobs
 from indexer.runs import Run, abort, tracked
@@ -117,9 +118,9 @@ class Worker:
             )
         if directory not in self._taggers:
             settings = self.settings
-            tagger = TimmTagger(directory, settings.device, settings.effective_torch_threads())
+            threads = settings.effective_torch_threads()
             try:
-                tagger.load()
+                tagger = open_tagger(directory, settings.device, threads)
             except ModelLoadError as exc:
                 raise jobs.JobStopped(str(exc)) from exc
             self._taggers[directory] = tagger

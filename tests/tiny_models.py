@@ -90,15 +90,26 @@ class _PixaiHead(nn.Module):
         self.head = nn.Sequential(nn.Linear(dim, num_tags))
 
 
+def tiny_pixai_network(seed: int = 0) -> nn.Sequential:
+    """The tiny PixAI network: ``nn.Sequential(encoder, head)``, as the .pth stores it."""
+    encoder = tiny_encoder(num_classes=0, seed=seed)
+    head = _PixaiHead(TINY_DIM, len(GENERAL_TAGS) + len(CHARACTER_TAGS))
+    _spread(head.head[0], seed)
+    return nn.Sequential(encoder, head)
+
+
+def tiny_wd_network(seed: int = 0) -> nn.Module:
+    num_classes = len(RATING_TAGS) + len(GENERAL_TAGS) + len(CHARACTER_TAGS)
+    model = tiny_encoder(num_classes=num_classes, seed=seed)
+    _spread(model.head, seed)
+    return model
+
+
 def build_tiny_pixai(directory: Path, seed: int = 0, with_config: bool = True) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    tags = GENERAL_TAGS + CHARACTER_TAGS
-    encoder = tiny_encoder(num_classes=0, seed=seed)
-    head = _PixaiHead(TINY_DIM, len(tags))
-    _spread(head.head[0], seed)
-    torch.save(nn.Sequential(encoder, head).state_dict(), directory / "model_v0.9.pth")
+    torch.save(tiny_pixai_network(seed).state_dict(), directory / "model_v0.9.pth")
     tag_file = {
-        "tag_map": {name: i for i, name in enumerate(tags)},
+        "tag_map": {name: i for i, name in enumerate(GENERAL_TAGS + CHARACTER_TAGS)},
         "tag_split": {
             "gen_tag_count": len(GENERAL_TAGS),
             "character_tag_count": len(CHARACTER_TAGS),
@@ -115,14 +126,127 @@ def build_tiny_wd(directory: Path, seed: int = 0) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     rows = [(name, 9) for name in RATING_TAGS]
     rows += [(name, 0) for name in GENERAL_TAGS] + [(name, 4) for name in CHARACTER_TAGS]
-    model = tiny_encoder(num_classes=len(rows), seed=seed)
-    _spread(model.head, seed)
+    model = tiny_wd_network(seed)
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()}, directory / "model.safetensors"
     )
     with (directory / "selected_tags.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["tag_id", "name", "category", "count"])
+        for i, (name, category) in enumerate(rows):
+            writer.writerow([1000 + i, name, category, 5000 - i])
+    config = json.loads(json.dumps(TINY_CONFIG))
+    config["num_classes"] = len(rows)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+# -- ONNX layouts --------------------------------------------------------------------------
+
+
+class PixaiOnnxOutputs(nn.Module):
+    """The deepghs export's graph: (N, 3, S, S) -> embedding, logits, prediction."""
+
+    def __init__(self, network: nn.Sequential) -> None:
+        super().__init__()
+        self.encoder = network[0]
+        self.linear = network[1].head[0]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pooled = self.encoder.forward_head(self.encoder.forward_features(x), pre_logits=True)
+        logits = self.linear(pooled)
+        return pooled, logits, torch.sigmoid(logits)
+
+
+class WdOnnxOutputs(nn.Module):
+    """WD's own graph: (N, S, S, 3) BGR in 0..255 -> probabilities (normalised inside)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2) / 255.0
+        return torch.sigmoid(self.model((x - 0.5) / 0.5))
+
+
+def export_onnx(
+    module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str], opset: int = 17
+) -> None:
+    module.eval()
+    axes = {name: {0: "batch_size"} for name in ["input", *outputs]}
+    torch.onnx.export(
+        module,
+        (example,),
+        str(path),
+        input_names=["input"],
+        output_names=outputs,
+        dynamic_axes=axes,
+        opset_version=opset,
+        dynamo=False,
+    )
+
+
+def pixai_preprocess_json(size: int) -> str:
+    """preprocess.json as the export writes it (imgutils' parse_torchvision_transforms of
+    PixAI's Resize((S, S)), ToTensor(), Normalize(0.5, 0.5); sort_keys, indent 4)."""
+    stages = [
+        {
+            "antialias": True,
+            "interpolation": "bilinear",
+            "max_size": None,
+            "size": [size, size],
+            "type": "resize",
+        },
+        {"type": "to_tensor"},
+        {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "type": "normalize"},
+    ]
+    return json.dumps({"stages": stages}, sort_keys=True, ensure_ascii=False, indent=4)
+
+
+def build_tiny_pixai_onnx(directory: Path, seed: int = 0) -> Path:
+    """The tiny PixAI network (same weights as build_tiny_pixai's seed) in the deepghs
+    export layout: model.onnx, selected_tags.csv (with ips), preprocess.json,
+    categories.json, thresholds.csv."""
+    directory.mkdir(parents=True, exist_ok=True)
+    network = tiny_pixai_network(seed).eval()
+    example = torch.zeros(1, 3, TINY_SIZE, TINY_SIZE)
+    export_onnx(
+        PixaiOnnxOutputs(network),
+        example,
+        directory / "model.onnx",
+        ["embedding", "logits", "prediction"],
+    )
+    with (directory / "selected_tags.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "tag_id", "name", "category", "count", "ips"])
+        tags = [(n, 0) for n in GENERAL_TAGS] + [(n, 4) for n in CHARACTER_TAGS]
+        for i, (name, category) in enumerate(tags):
+            ips = json.dumps(CHAR_IP_MAP.get(name, []))
+            writer.writerow([i, 2000 + i, name, category, 900 - i, ips])
+    (directory / "preprocess.json").write_text(pixai_preprocess_json(TINY_SIZE))
+    categories = [{"category": 0, "name": "general"}, {"category": 4, "name": "character"}]
+    (directory / "categories.json").write_text(
+        json.dumps(categories, sort_keys=True, ensure_ascii=False, indent=4)
+    )
+    (directory / "thresholds.csv").write_text(
+        "category,name,threshold\n0,general,0.3\n4,character,0.85\n"
+    )
+    return directory
+
+
+def build_tiny_wd_onnx(directory: Path, seed: int = 0) -> Path:
+    """The tiny WD network (same weights as build_tiny_wd's seed) as WD publishes ONNX:
+    model.onnx taking NHWC BGR 0..255, one output, plus selected_tags.csv and config.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model = tiny_wd_network(seed).eval()
+    example = torch.zeros(1, TINY_SIZE, TINY_SIZE, 3)
+    export_onnx(WdOnnxOutputs(model), example, directory / "model.onnx", ["output"])
+    with (directory / "selected_tags.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["tag_id", "name", "category", "count"])
+        rows = [(n, 9) for n in RATING_TAGS] + [(n, 0) for n in GENERAL_TAGS]
+        rows += [(n, 4) for n in CHARACTER_TAGS]
         for i, (name, category) in enumerate(rows):
             writer.writerow([1000 + i, name, category, 5000 - i])
     config = json.loads(json.dumps(TINY_CONFIG))

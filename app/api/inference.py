@@ -116,11 +116,11 @@ class Inference:
             )
         # Imported here: torch and timm take seconds to import, and a server that only
         # searches never needs them (its /readyz waits for nothing of theirs).
-        from app.tagger.timm_tagger import TimmTagger
+        from app.tagger.factory import open_tagger
 
-        tagger = TimmTagger(settings.model_dir, settings.device, settings.effective_torch_threads())
+        threads = settings.effective_torch_threads()
         try:
-            tagger.load()
+            tagger = open_tagger(settings.model_dir, settings.device, threads)
         except ModelLoadError as exc:
             self._error = str(exc)
             raise ApiError(503, "model_unavailable", f"the model failed to load: {exc}") from exc

@@ -19,7 +19,7 @@ import numpy as np
 
 from app.tagger.decode import decode_image
 from app.tagger.errors import ImageDecodeError
-from app.tagger.preprocess import Preprocess
+from app.tagger.preprocess import ImagePreprocess
 from app.tagger.protocol import Prediction, Tagger
 
 if TYPE_CHECKING:
@@ -75,7 +75,9 @@ class _Prepared:
     error: ImageDecodeError | None
 
 
-def prepare(source: Source, preprocess: Preprocess, max_pixels: int, draft: bool) -> _Prepared:
+def prepare(
+    source: Source, preprocess: ImagePreprocess, max_pixels: int, draft: bool
+) -> _Prepared:
     """Decode and preprocess one image; never raises for a bad image."""
     try:
         image = decode_image(

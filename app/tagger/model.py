@@ -48,7 +48,7 @@ def locate_model_files(directory: Path) -> ModelFiles:
     if not directory.exists():
         raise ModelLoadError(
             f"model directory {directory} does not exist; "
-            "download one with 'sagashi model fetch pixai-v0.9 --dir DIR'"
+            "download one with 'sagashi model fetch pixai-v0.9-onnx --dir DIR'"
         )
     if not directory.is_dir():
         raise ModelLoadError(f"model directory {directory} is not a directory")
@@ -73,8 +73,9 @@ def locate_model_files(directory: Path) -> ModelFiles:
         return ModelFiles("pixai", directory, weights, tags, config, char_map)
     raise ModelLoadError(
         f"{directory} holds no known model: expected PixAI v0.9 (model_v0.9.pth, "
-        "tags_v0.9_13k.json, char_ip_map.json) or WD v3 (model.safetensors, "
-        "selected_tags.csv, config.json)"
+        "tags_v0.9_13k.json, char_ip_map.json), WD v3 (model.safetensors, "
+        "selected_tags.csv, config.json) or an ONNX export (model.onnx, selected_tags.csv, "
+        "preprocess.json, categories.json)"
     )
 
 

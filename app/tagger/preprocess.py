@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 from PIL import Image
@@ -33,6 +33,19 @@ _RESAMPLE = {
 DRAFT_OVERSAMPLE = 2
 
 
+class ImagePreprocess(Protocol):
+    """What the decode pipeline needs of a model's preprocessing, whichever runtime runs it."""
+
+    @property
+    def size(self) -> int: ...
+
+    def draft_request(self, width: int, height: int) -> tuple[int, int] | None: ...
+
+    def tensor(self, image: Image.Image) -> torch.Tensor: ...
+
+    def description(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class Preprocess:
     size: int
@@ -48,6 +61,13 @@ class Preprocess:
             raise ValueError(f"unsupported interpolation {self.interpolation!r}")
         if self.size < 1:
             raise ValueError("input size must be positive")
+
+    def description(self) -> str:
+        """The text a generation records: equal text, equal input tensors."""
+        return (
+            f"{self.resize} {self.size}x{self.size} {self.interpolation} mean={list(self.mean)} "
+            f"std={list(self.std)} {self.channel_order}"
+        )
 
     def draft_request(self, width: int, height: int) -> tuple[int, int] | None:
         """The smallest decode size that keeps the result within resize noise, or None."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from app.tagger.preprocess import Preprocess
+from app.tagger.preprocess import ImagePreprocess
 from app.tagger.vocab import TagVocabulary
 
 if TYPE_CHECKING:
@@ -23,14 +23,12 @@ class ModelInfo:
     vocabulary_digest: str
     embedding_dim: int
     num_tags: int
-    preprocess: Preprocess
+    preprocess: ImagePreprocess
+    layout: str = ""  # e.g. "PixAI v0.9 ONNX"
+    runtime: str = ""  # e.g. "torch", "onnxruntime CPUExecutionProvider"
 
     def preprocess_description(self) -> str:
-        p = self.preprocess
-        return (
-            f"{p.resize} {p.size}x{p.size} {p.interpolation} mean={list(p.mean)} "
-            f"std={list(p.std)} {p.channel_order}"
-        )
+        return self.preprocess.description()
 
 
 @dataclass(frozen=True)
@@ -52,6 +50,6 @@ class Tagger(Protocol):
     def vocab(self) -> TagVocabulary: ...
 
     @property
-    def preprocess(self) -> Preprocess: ...
+    def preprocess(self) -> ImagePreprocess: ...
 
     def predict(self, batch: torch.Tensor) -> Prediction: ...

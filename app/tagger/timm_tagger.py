@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from app.tagger.config import ModelConfig
 from app.tagger.errors import ModelLoadError
+from app.tagger.layouts import TORCH_LAYOUTS
 from app.tagger.model import ModelFiles, TaggerNet, build_network, locate_model_files
 from app.tagger.preprocess import Preprocess
 from app.tagger.protocol import ModelInfo, Prediction
@@ -77,6 +78,8 @@ class TimmTagger:
             embedding_dim=net.embedding_dim,
             num_tags=net.num_tags,
             preprocess=self._preprocess,
+            layout=TORCH_LAYOUTS[files.family],
+            runtime=f"torch {self.device}",
         )
         log.info(
             "loaded %s model %s (%s, %d tags, %d-d embeddings) on %s in %.1fs",

@@ -1,7 +1,9 @@
 """Tag vocabularies: which output index is which tag, in which group.
 
-Two published formats: PixAI's ``tags_v0.9_13k.json`` (+ ``char_ip_map.json``) and WD v3's
-``selected_tags.csv``. Both load into the same :class:`TagVocabulary`.
+Three published formats: PixAI's ``tags_v0.9_13k.json`` (+ ``char_ip_map.json``), WD v3's
+``selected_tags.csv``, and the ONNX exports' ``selected_tags.csv`` (+ ``categories.json``),
+whose ``ips`` column lists each character's copyrights as JSON. All load into the same
+:class:`TagVocabulary`.
 """
 
 from __future__ import annotations
@@ -114,6 +116,94 @@ def load_wd_vocabulary(csv_path: Path) -> TagVocabulary:
         codes[len(names)] = GROUP_CODE[group]
         names.append(row["name"])
     return TagVocabulary(tuple(names), codes, {})
+
+
+_GROUP_NAMES = {GENERAL: GENERAL, CHARACTER: CHARACTER, RATING: RATING, COPYRIGHT: COPYRIGHT}
+
+
+def load_categories(path: Path) -> dict[int, str]:
+    """``categories.json``: ``[{"category": 0, "name": "general"}, ...]`` -> number: group."""
+    raw = _read_json(path)
+    if not isinstance(raw, list) or not raw:
+        raise ModelLoadError(f"{path}: expected a list of {{\"category\": N, \"name\": ...}}")
+    result: dict[int, str] = {}
+    for item in raw:
+        number = item.get("category") if isinstance(item, dict) else None
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(number, int) or not isinstance(name, str):
+            raise ModelLoadError(f"{path}: {item!r} needs an integer 'category' and a 'name'")
+        if name not in _GROUP_NAMES:
+            raise ModelLoadError(
+                f"{path}: category {number} is named {name!r}; known: {', '.join(_GROUP_NAMES)}"
+            )
+        result[number] = _GROUP_NAMES[name]
+    return result
+
+
+def load_onnx_vocabulary(csv_path: Path, categories: dict[int, str]) -> TagVocabulary:
+    """An ONNX export's ``selected_tags.csv``: ``name``, ``category`` and ``ips`` columns."""
+    rows = _read_csv(csv_path, {"name", "category"})
+    names: list[str] = []
+    codes = np.empty(len(rows), dtype=np.int8)
+    char_map: dict[str, tuple[str, ...]] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            group = categories[int(row["category"])]
+        except (KeyError, ValueError, TypeError):
+            raise ModelLoadError(
+                f"{csv_path}:{line}: category {row.get('category')!r} is not one of "
+                f"{sorted(categories)} (categories.json)"
+            ) from None
+        codes[len(names)] = GROUP_CODE[group]
+        names.append(row["name"])
+        ips = _ips(row.get("ips"), csv_path, line)
+        if ips:
+            char_map[row["name"]] = ips
+    return TagVocabulary(tuple(names), codes, char_map)
+
+
+def _ips(cell: str | None, path: Path, line: int) -> tuple[str, ...]:
+    if cell is None or cell.strip() == "":
+        return ()
+    try:
+        value = json.loads(cell)
+    except json.JSONDecodeError:
+        raise ModelLoadError(f"{path}:{line}: ips {cell!r} is not a JSON list") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ModelLoadError(f"{path}:{line}: ips {cell!r} is not a JSON list of strings")
+    return tuple(value)
+
+
+def load_thresholds(path: Path, categories: dict[int, str]) -> dict[str, float]:
+    """``thresholds.csv`` (``category,name,threshold``): the export's defaults, per group."""
+    result: dict[str, float] = {}
+    for line, row in enumerate(_read_csv(path, {"category", "threshold"}), start=2):
+        try:
+            group = categories[int(row["category"])]
+            value = float(row["threshold"])
+        except (KeyError, ValueError, TypeError):
+            raise ModelLoadError(
+                f"{path}:{line}: expected a known category and a number, got {row!r}"
+            ) from None
+        if not 0.0 <= value <= 1.0:
+            raise ModelLoadError(f"{path}:{line}: threshold {value} outside 0..1")
+        result.setdefault(group, value)
+    return result
+
+
+def _read_csv(path: Path, required: set[str]) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = required - set(reader.fieldnames or ())
+            if missing:
+                raise ModelLoadError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ModelLoadError(f"{path}: unreadable ({exc})") from exc
+    if not rows:
+        raise ModelLoadError(f"{path}: no rows")
+    return rows
 
 
 def _load_char_ip_map(path: Path) -> dict[str, tuple[str, ...]]:
