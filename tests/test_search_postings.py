@@ -82,7 +82,7 @@ def test_refresh_applies_changes_and_equals_a_fresh_load(migrated_url: str) -> N
     assert data
 
 
-def test_many_segments_or_a_large_delta_reload_in_full(
+def test_many_segments_fold_and_a_large_delta_reloads_in_full(
     migrated_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = create_db_engine(migrated_url)
@@ -90,13 +90,16 @@ def test_many_segments_or_a_large_delta_reload_in_full(
     monkeypatch.setattr(postings_module, "MAX_SEGMENTS", 3)
     with session_factory(engine)() as session:
         current = PostingEngine.load(session, generation)
-        counts = []
+        bulk = current.segments[0]
+        sizes = []
         for round_ in range(4):
             _write(session, generation, [{"a": 0.8}], 3000 + round_)
             session.commit()
             current = current.refresh(session)
-            counts.append(len(current.segments))
-        assert counts == [2, 3, 1, 2]
+            sizes.append([len(s.live) for s in current.segments])
+        # At the limit the newest deltas are read again as one; the bulk one never is.
+        assert sizes == [[10, 1], [10, 1, 1], [10, 3], [10, 3, 1]]
+        assert current.segments[0].postings is bulk.postings
         assert len(current.live) == 14
         monkeypatch.setattr(postings_module, "MIN_DELTA_LIMIT", 2)
         _write(session, generation, [{"a": 0.8}] * 3, 4000)

@@ -5,6 +5,9 @@ returns only matching images, with recall against an exact filtered scan."""
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -341,3 +344,57 @@ def test_ivf_nprobe_is_calibrated_to_the_target_recall() -> None:
         exact = ids[np.argsort(-(data @ data[q]))[:10]]
         recall.append(len({i for i, _ in hits} & set(exact.tolist())) / 10)
     assert np.mean(recall) >= 0.93
+
+
+@pytest.fixture
+def pg_migrated_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    from app.store.migrate import upgrade
+    from tests.conftest import _postgres_schema_url
+
+    for url in _postgres_schema_url(request):
+        upgrade(url)
+        yield url
+
+
+@pytest.mark.parametrize("kind", ["memory", "segments"])
+def test_searches_go_on_while_another_thread_refreshes(
+    pg_migrated_url: str, tmp_path: Path, kind: str
+) -> None:
+    """One thread's refresh waits on the database (here a table lock held by another
+    connection; at scale, a large delta or a swap to a new generation); searches in other
+    threads answer from the state they have instead of queueing behind it. PostgreSQL only:
+    SQLite's WAL readers cannot be made to wait."""
+    from sqlalchemy import text
+
+    engine = create_db_engine(pg_migrated_url)
+    _generation, data, _catalog = build_index(engine, [{"a": 0.9}] * 20, GROUPS)
+    service = _service(pg_migrated_url, tmp_path, kind)
+    before = service.search(SearchRequest("a", 100)).count
+    gone = min(data)
+    with session_factory(engine)() as session:
+        repo.mark_deleted(session, [gone])
+        session.commit()
+    blocker = engine.connect()
+    blocker.execute(text("LOCK TABLE image_changes IN ACCESS EXCLUSIVE MODE"))
+    pool = ThreadPoolExecutor(2)
+    try:
+        refreshing = pool.submit(service.search, SearchRequest("a", 100))
+        with engine.connect() as watcher:  # until the refresh waits on the lock
+            for _ in range(200):
+                waiting = watcher.execute(
+                    text("select count(*) from pg_stat_activity where wait_event_type = 'Lock'")
+                ).scalar()
+                if waiting:
+                    break
+                time.sleep(0.05)
+        assert waiting and not refreshing.done()
+        meanwhile = pool.submit(service.search, SearchRequest("a", 100)).result(timeout=30)
+        assert meanwhile.count == before  # the state it had, without waiting
+        assert not refreshing.done()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert refreshing.result(timeout=60).count == before - 1
+    assert service.search(SearchRequest("a", 100)).count == before - 1
+    pool.shutdown()
+    engine.dispose()

@@ -158,7 +158,7 @@ def test_changes_after_the_set_are_replayed_and_followed(
     assert assert_equals_sql(engine, fresh, catalog, 5) > 100
 
 
-def test_a_delta_over_its_limit_is_merged_into_a_new_set(
+def test_a_delta_over_its_limit_is_merged_in_the_background(
     indexed: tuple[Engine, int, Catalog], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine, generation, catalog = indexed
@@ -169,12 +169,74 @@ def test_a_delta_over_its_limit_is_merged_into_a_new_set(
     with session_factory(engine)() as session:
         repo.mark_deleted(session, sorted(live.live(session))[:5])
         session.commit()
-        merged = live.refreshed(session)
+        serving = live.refreshed(session)
         _low, high = posting_module.latest_change(session)
+        # Served at once from the old set and a delta, while a child process merges.
+        assert serving.base_seq == live.base_seq and len(serving.postings.segments) == 2
+        assert serving.merger.process is not None
+        assert assert_equals_sql(engine, serving, catalog, 6) > 100
+        serving.merger.wait(120)
+        merged = serving.refreshed(session)
     info = store_for(tmp_path, generation).current()
     assert info is not None and info.name != name and info.seq == high
-    assert len(merged.postings.segments) == 1
-    assert assert_equals_sql(engine, merged, catalog, 6) > 100
+    assert merged.base_seq == high and len(merged.postings.segments) == 1
+    assert assert_equals_sql(engine, merged, catalog, 7) > 100
+
+
+def test_many_small_deltas_fold_without_rereading_the_bulk_segment(
+    indexed: tuple[Engine, int, Catalog], tmp_path: Path
+) -> None:
+    engine, generation, catalog = indexed
+    tags = opened(engine, generation, tmp_path)
+    bulk = tags.postings.segments[0]
+    with session_factory(engine)() as session:
+        ids = sorted(tags.live(session))
+        for round_ in range(3 * posting_module.MAX_SEGMENTS):
+            repo.mark_deleted(session, ids[round_ : round_ + 1])
+            session.commit()
+            tags = tags.refreshed(session)
+            assert len(tags.postings.segments) <= posting_module.MAX_SEGMENTS
+            # the bulk segment's arrays are the mapped ones, never reloaded
+            assert tags.postings.segments[0].postings is bulk.postings
+    assert tags.merger.process is None
+    assert assert_equals_sql(engine, tags, catalog, 12) > 100
+
+
+def test_a_merge_killed_at_random_points_leaves_a_readable_set(
+    indexed: tuple[Engine, int, Catalog], migrated_url: str, tmp_path: Path
+) -> None:
+    from app.search.segment_merge import URL_VARIABLE
+
+    engine, generation, catalog = indexed
+    opened(engine, generation, tmp_path)
+    store = store_for(tmp_path, generation)
+    rng = random.Random(11)
+    for round_ in range(4):
+        with session_factory(engine)() as session:
+            ids = sorted(opened(engine, generation, tmp_path).live(session))
+            repo.mark_deleted(session, ids[:2])
+            session.commit()
+            _low, high = posting_module.latest_change(session)
+        merge = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "app.search.segment_merge",
+                str(store.root),
+                str(generation),
+                str(high),
+            ],
+            env={**os.environ, URL_VARIABLE: migrated_url},
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.3, 2.0))
+        merge.send_signal(signal.SIGKILL)
+        merge.wait(30)
+        with session_factory(engine)() as session:
+            segment, info = store.read(posting_module.tag_groups(session))  # never half
+        assert info.seq <= high and info.images == len(segment.live)
+        reopened = opened(engine, generation, tmp_path)
+        assert assert_equals_sql(engine, reopened, catalog, 20 + round_, 60) > 40
 
 
 WRITER = """

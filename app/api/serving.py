@@ -12,7 +12,6 @@ protocol below adds that deadline (SAGASHI_HEADER_TIMEOUT).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -23,11 +22,11 @@ import h11
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app.process import die_with_parent
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # The serving parent's pid, handed to its workers (not a setting: set by 'sagashi serve').
 PARENT_VARIABLE = "_SAGASHI_SERVE_PARENT"
 
@@ -106,9 +105,7 @@ def _die_with_parent() -> None:
     restarted server cannot bind it."""
     if not sys.platform.startswith("linux"):
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        log.warning("could not tie this worker to its parent: errno %d", ctypes.get_errno())
+    die_with_parent(signal.SIGTERM)
     parent = os.environ.get(PARENT_VARIABLE)
     if parent is not None and os.getppid() != int(parent):  # it died before the request
         os.kill(os.getpid(), signal.SIGTERM)

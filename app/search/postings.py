@@ -66,6 +66,19 @@ MAX_DELTA_SHARE = 0.1
 MIN_DELTA_LIMIT = 20_000
 
 
+def _fold_start(segments: Sequence[Segment]) -> int:
+    """Where the trailing delta segments to reload as one begin, when there are too many: at
+    least the last one, and every one before it no more than twice the size of those after
+    it, so that sizes grow geometrically and a fold rereads mostly small segments, never the
+    bulk one (segment 0)."""
+    start = len(segments) - 1
+    tail = len(segments[start].live)
+    while start > 1 and len(segments[start - 1].live) <= 2 * tail:
+        start -= 1
+        tail += len(segments[start].live)
+    return start
+
+
 @dataclass(frozen=True)
 class Postings:
     """One tag's images, by descending score (ties by ascending id)."""
@@ -593,12 +606,17 @@ class PostingEngine:
         return latest_change(session)[1] == self.seq
 
     def refresh(
-        self, session: Session, reload: Callable[[], PostingEngine] | None = None
+        self,
+        session: Session,
+        reload: Callable[[], PostingEngine] | None = None,
+        overflow: Callable[[int], None] | None = None,
     ) -> PostingEngine:
         """An engine current with the database: this one when nothing changed, else one with
         the changed images in a new segment, or a full reload when that is cheaper.
         ``reload`` replaces the full reload from the database (the segment engine reopens
-        or rewrites its files instead)."""
+        or rewrites its files instead). ``overflow``, when given, is told the delta's size
+        when it outgrows its limit instead of reloading (the segment engine merges in the
+        background meanwhile), and the delta keeps growing."""
         low, high = latest_change(session)
         if high == self.seq:
             return self
@@ -614,11 +632,17 @@ class PostingEngine:
             ).all()
         )
         delta = sum(len(s.live) for s in self.segments[1:]) + len(changed)
-        limit = max(MIN_DELTA_LIMIT, int(MAX_DELTA_SHARE * len(self.live)))
-        if len(self.segments) >= MAX_SEGMENTS or delta > limit:
-            return reload()
-        fresh = Segment.load(session, self.generation_id, tag_groups(session), list(changed))
-        kept = [s.without(changed) for s in self.segments]
+        if delta > max(MIN_DELTA_LIMIT, int(MAX_DELTA_SHARE * len(self.live))):
+            if overflow is None:
+                return reload()
+            overflow(delta)
+        if len(self.segments) < MAX_SEGMENTS:
+            folded, kept = changed, [s.without(changed) for s in self.segments]
+        else:
+            start = _fold_start(self.segments)
+            folded = BitMap.union(changed, *(s.live for s in self.segments[start:]))
+            kept = [s.without(folded) for s in self.segments[:start]]
+        fresh = Segment.load(session, self.generation_id, tag_groups(session), list(folded))
         return PostingEngine(self.generation_id, high, [*kept, fresh])
 
     def evaluate(self, plan: PlanNode) -> BitMap:

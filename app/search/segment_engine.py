@@ -4,24 +4,28 @@ in seconds and server workers share one copy of the postings in the page cache.
 
 Opening maps the current segment set and replays the change log past the set's position into
 a small in-memory delta (the posting engine's own delta segments), which is followed live as
-the memory engine does. When the delta grows too large, or the set is missing, stale past the
-pruned log, corrupt, from another generation or another format, the set is rebuilt from the
-database, written atomically and reopened, under a lock shared by every process, so N workers
-starting together rebuild once. A set that cannot be written (a full disk) leaves the old one
-in place; this process then serves what it read from the database.
+the memory engine does. When the delta outgrows its limit, a child process merges: it
+rewrites the set from the database (app.search.segment_merge) while this process keeps
+serving the mapped set and its delta; every process then reopens the newer set on its next
+refresh, as it does after an index run writes one. A set that is missing, stale past the
+pruned log, corrupt, from another generation or another format is rebuilt from the database
+at once, under a lock shared by every process, so N workers starting together rebuild once.
+A set that cannot be written (a full disk) leaves the old one in place; this process then
+serves what it read from the database.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from app.search.memory_engine import PostingBacked
-from app.search.postings import PostingEngine, Segment, latest_change, tag_groups
+from app.search.postings import PostingEngine, latest_change, tag_groups
 from app.search.segment_files import SegmentError, SegmentStore
+from app.search.segment_merge import Merger
 
 log = logging.getLogger(__name__)
 
@@ -37,59 +41,78 @@ def write_segments(session: Session, data_dir: Path, generation_id: int) -> None
     call this at the end of a run, so the next server opens current files)."""
     store = store_for(data_dir, generation_id)
     with store.writer_lock():
-        _rebuild(session, store)
+        write_current(session, store)
+
+
+def write_current(session: Session, store: SegmentStore) -> bool:
+    """Read the generation from the database and write it as the current set (the caller
+    holds the writer lock); False, logged, when it cannot be written (a full disk)."""
+    return _rebuild(session, store)[1]
 
 
 @dataclass(frozen=True)
 class SegmentEngine(PostingBacked):
     postings: PostingEngine
     store: SegmentStore
+    # The change-log position of the set the bulk segment was mapped from.
+    base_seq: int
+    merger: Merger = field(default_factory=Merger, compare=False)
     name: str = "segments"
 
     @classmethod
     def open(cls, session: Session, generation_id: int, data_dir: Path) -> SegmentEngine:
         store = store_for(data_dir, generation_id)
-        return cls(_opened(session, store), store)
+        mapped = _mapped(session, store)
+        return cls(mapped, store, mapped.seq).refreshed(session)
 
     def refreshed(self, session: Session) -> SegmentEngine:
-        current = self.postings.refresh(session, reload=lambda: _opened(session, self.store, True))
-        return self if current is self.postings else SegmentEngine(current, self.store)
+        newer = self.store.current()
+        if newer is not None and newer.seq > self.base_seq:
+            # A merge (this process's, another worker's) or an index run wrote a newer set.
+            mapped = _mapped(session, self.store)
+            return replace(self, postings=mapped, base_seq=mapped.seq).refreshed(session)
+        rebuilt: list[PostingEngine] = []
+
+        def reload() -> PostingEngine:  # the log was pruned past this engine: nothing to replay
+            rebuilt.append(_rebuilt_locked(session, self.store))
+            return rebuilt[-1]
+
+        current = self.postings.refresh(
+            session, reload=reload, overflow=lambda delta: self._merge(session, delta)
+        )
+        if rebuilt:
+            return replace(self, postings=current, base_seq=current.seq)
+        return self if current is self.postings else replace(self, postings=current)
+
+    def _merge(self, session: Session, delta: int) -> None:
+        url = session.get_bind().engine.url.render_as_string(hide_password=False)
+        _low, high = latest_change(session)
+        self.merger.start(url, self.store.root, self.generation_id, high, delta)
 
 
-def _opened(session: Session, store: SegmentStore, merge: bool = False) -> PostingEngine:
-    """The engine from the current set plus the changes after it. ``merge``: the caller's
-    delta outgrew its limit, so a set older than the log's latest change is rewritten."""
+def _mapped(session: Session, store: SegmentStore) -> PostingEngine:
+    """The engine of the current set alone (its ``seq`` the set's), rebuilt when the set is
+    missing or damaged."""
     groups = tag_groups(session)
-    _low, high = latest_change(session)
     try:
         segment, info = store.read(groups)
-        if not merge or info.seq >= high:
-            return _replayed(session, store, segment, info.seq)
+        return PostingEngine(store.generation_id, info.seq, [segment])
     except SegmentError as exc:
         log.warning("segments of generation %d: %s; rebuilding", store.generation_id, exc)
     with store.writer_lock():
-        # Another process may have written a current set while this one waited.
-        try:
+        try:  # another process may have written the set while this one waited
             segment, info = store.read(groups)
-            if info.seq >= high or not merge:
-                return _replayed(session, store, segment, info.seq)
+            return PostingEngine(store.generation_id, info.seq, [segment])
         except SegmentError:
-            pass
-        return _rebuild(session, store)
-
-
-def _replayed(session: Session, store: SegmentStore, segment: Segment, seq: int) -> PostingEngine:
-    engine = PostingEngine(store.generation_id, seq, [segment])
-    # A delta too large for the posting engine means a rewrite: reopen through the store.
-    return engine.refresh(session, reload=lambda: _rebuilt_locked(session, store))
+            return _rebuild(session, store)[0]
 
 
 def _rebuilt_locked(session: Session, store: SegmentStore) -> PostingEngine:
     with store.writer_lock():
-        return _rebuild(session, store)
+        return _rebuild(session, store)[0]
 
 
-def _rebuild(session: Session, store: SegmentStore) -> PostingEngine:
+def _rebuild(session: Session, store: SegmentStore) -> tuple[PostingEngine, bool]:
     """Read the generation from the database and write it as the current set (the caller
     holds the writer lock). A set that cannot be written is logged; the read engine serves."""
     engine = PostingEngine.load(session, store.generation_id)
@@ -97,6 +120,6 @@ def _rebuild(session: Session, store: SegmentStore) -> PostingEngine:
         store.write(engine.segments[0], engine.seq)
     except OSError as exc:
         log.error("cannot write the segment set of generation %d: %s", store.generation_id, exc)
-        return engine
+        return engine, False
     segment, info = store.read(tag_groups(session))
-    return PostingEngine(store.generation_id, info.seq, [segment])
+    return PostingEngine(store.generation_id, info.seq, [segment]), True

@@ -107,16 +107,22 @@ class SegmentStore:
 
     def __init__(self, root: Path, generation_id: int) -> None:
         self.generation_id = generation_id
+        self.root = root
         self.folder = root / f"g{generation_id}"
 
     @contextlib.contextmanager
-    def writer_lock(self) -> Iterator[None]:
-        """One writer at a time across processes (server workers, the indexer)."""
+    def writer_lock(self, wait: bool = True) -> Iterator[bool]:
+        """One writer at a time across processes (server workers, merges, the indexer).
+        Yields True once held; with ``wait=False``, False at once when another holds it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / LOCK, "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -116,6 +116,7 @@ class SearchService:
     _checked_at: float = field(default=-math.inf, repr=False)
     _sessions: sessionmaker[Session] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _refreshing: bool = field(default=False, repr=False)
 
     def _session(self) -> Session:
         # One sessionmaker: making one per search costs more than a whole in-memory search.
@@ -179,15 +180,26 @@ class SearchService:
 
     def current(self) -> _State:
         """The state of the active generation, brought up to date (at most
-        ``refresh_seconds`` old)."""
+        ``refresh_seconds`` old). While one thread refreshes, the others keep searching
+        the state they have instead of waiting for it; only the first load is waited for."""
         with self._lock:
-            if (
-                self._state is not None
-                and time.monotonic() - self._checked_at < self.refresh_seconds
+            state = self._state
+            if state is not None and (
+                self._refreshing or time.monotonic() - self._checked_at < self.refresh_seconds
             ):
-                return self._state
+                return state
             self._checked_at = time.monotonic()
-        with self._lock, self._session() as session:
+            self._refreshing = state is not None
+        if state is None:
+            with self._lock:
+                return self._brought_up_to_date()
+        try:
+            return self._brought_up_to_date()
+        finally:
+            self._refreshing = False
+
+    def _brought_up_to_date(self) -> _State:
+        with self._session() as session:
             generation = active_generation(session)
             if generation is None:
                 raise EmptyIndex("the index is empty; run 'sagashi index' or 'sagashi import'")
