@@ -48,7 +48,9 @@ def free_port() -> int:
         return port
 
 
-def start_server(url: str, data_dir: Path, model_dir: Path) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    url: str, data_dir: Path, model_dir: Path, workers: int = 1
+) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     environment = {
         **os.environ,
@@ -58,6 +60,7 @@ def start_server(url: str, data_dir: Path, model_dir: Path) -> tuple[subprocess.
         "SAGASHI_MODEL_LOAD": "startup",
         "SAGASHI_DEVICE": "cpu",
         "SAGASHI_LOG_LEVEL": "WARNING",
+        "SAGASHI_WORKERS": str(workers),
     }
     sagashi = str(Path(sys.executable).with_name("sagashi"))
     process = subprocess.Popen([sagashi, "serve", "--port", str(port)], env=environment, text=True)

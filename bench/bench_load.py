@@ -1,13 +1,15 @@
 """Load: concurrent clients with mixed traffic against a real 'sagashi serve', and abuse.
 
-    python -m bench.bench_load --images 100000 --clients 16 --seconds 60
+    python -m bench.bench_load --images 100000 --clients 16 --seconds 60 [--workers 1 2]
 
 On the synthetic --images database of bench_search (imported once), a 'sagashi serve'
 process gets, for --seconds each, first from one client (the baseline) and then from
 --clients concurrent clients (asyncio + httpx, keep-alive), a mix of 60% tag searches (the
 bench_search query mix), 20% autocomplete (prefixes of real tag names) and 20% similarity
 searches by image id, half of them filtered. Reported: requests, errors (anything but
-2xx), throughput and p50/p99 latency per kind. Then abusive queries, each timed.
+2xx), throughput and p50/p99 latency per kind, and the load generator's own CPU time (it
+shares the machine with the server). With several --workers counts, a server with each
+count in turn (SAGASHI_WORKERS) gets the same traffic. Then abusive queries, each timed.
 """
 
 from __future__ import annotations
@@ -93,19 +95,21 @@ async def run_load(base: str, traffic: Traffic, clients: int, seconds: float) ->
     results: dict[str, list[float]] = defaultdict(list)
     errors: list[str] = []
     until = time.perf_counter() + seconds
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(
         *(client_loop(base, traffic, until, results, errors) for _ in range(clients))
     )
     elapsed = time.perf_counter() - started
     total = sum(len(v) for v in results.values())
     log.info(
-        "%d clients, %.0f s: %d requests, %d errors, %.1f requests/s",
+        "%d clients, %.0f s: %d requests, %d errors, %.1f requests/s; the load generator "
+        "used %.0f%% of one core",
         clients,
         elapsed,
         total,
         len(errors),
         total / elapsed,
+        100 * (time.process_time() - cpu) / elapsed,
     )
     rows = [(kind, np.array(values) * 1000) for kind, values in sorted(results.items())]
     latency_table(log, "kind", rows)
@@ -131,6 +135,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="server processes")
+    parser.add_argument("--no-abuse", action="store_true", help="skip the abusive queries")
     parser.add_argument("--work", type=Path, default=Path("/tmp/sagashi-bench"))
     parser.add_argument(
         "--database-url", default=None, help="e.g. postgresql://user@host/db (default: SQLite)"
@@ -149,16 +155,21 @@ def main() -> None:
         max_id = session.scalar(select(func.max(Image.id))) or 1
     engine.dispose()
     model_dir = build_tiny_pixai(args.work / "tiny-model")
-    data_dir = args.work / f"data-{args.images}-{backend}"
-    process, base = start_server(url, data_dir, model_dir)
-    try:
-        httpx.post(f"{base}/api/similar", json={"image_id": 1, "k": 1}, timeout=600)  # FAISS
-        for clients in (1, args.clients):
-            asyncio.run(run_load(base, Traffic(tags, max_id, seed=clients), clients, args.seconds))
-        abuse(base)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    # SQLite shares bench_search's folder (its FAISS files and segments)
+    data_dir = args.work / (f"data-{args.images}" + ("" if backend == "sqlite" else f"-{backend}"))
+    for workers in args.workers:
+        process, base = start_server(url, data_dir, model_dir, workers)
+        log.info("## %d server worker process(es)", workers)
+        try:
+            httpx.post(f"{base}/api/similar", json={"image_id": 1, "k": 1}, timeout=600)
+            for clients in (1, args.clients):
+                traffic = Traffic(tags, max_id, seed=clients)
+                asyncio.run(run_load(base, traffic, clients, args.seconds))
+            if not args.no_abuse:
+                abuse(base)
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
 
 
 if __name__ == "__main__":

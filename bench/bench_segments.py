@@ -9,7 +9,13 @@ run for both engines:
   baseline: read from the database) or ``segments`` (mapped from the segment files, written
   once first and not counted); seconds and peak RSS (VmHWM);
 - ``sagashi search '1girl solo'``: the wall time of the whole command, start-up included;
-- ``sagashi serve``: seconds from the start to a 200 from /readyz, and the server's RSS then.
+- ``sagashi serve``: seconds from the start to a 200 from /readyz, and the server's RSS then;
+- ``--changes N``: the same start after N images changed since the set was written (the
+  delta a server replays at open), then the set brought current again;
+- ``--workers-memory 1 4``: the memory of a server with each number of worker processes,
+  after the same warm-up traffic (tag searches and similarity searches), from
+  /proc/PID/smaps_rollup over the whole process tree: PSS (shared pages split between the
+  processes that map them) and USS (pages private to one process).
 """
 
 from __future__ import annotations
@@ -114,6 +120,115 @@ def serve_run(url: str, data_dir: Path, kind: str, port: int) -> tuple[float, in
         process.wait(60)
 
 
+def _tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(p for child in children for p in _tree(int(child)))]
+
+
+def _rollup(pid: int) -> dict[str, int]:
+    found = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value, *_unit = line.split()
+        found[name.rstrip(":")] = int(value) * 1024
+    return found
+
+
+def workers_memory(url: str, data_dir: Path, kind: str, workers: int, port: int) -> None:
+    """Start a server with ``workers`` processes, warm every one, and log its memory."""
+    import httpx
+
+    env = {**environment(url, data_dir, kind), "SAGASHI_WORKERS": str(workers)}
+    process = subprocess.Popen(
+        [SAGASHI, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        started = time.perf_counter()
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        ready = time.perf_counter() - started
+        warm_up(base, 100 * workers)
+        pids = _tree(process.pid)
+        rollups = [_rollup(pid) for pid in pids]
+        pss = sum(r["Pss"] for r in rollups)
+        uss = sum(r["Private_Clean"] + r["Private_Dirty"] for r in rollups)
+        rss = sum(r["Rss"] for r in rollups)
+        log.info(
+            "| %d | %d | %.1f | %.2f | %.2f | %.2f |",
+            workers,
+            len(pids),
+            ready,
+            pss / 1e9,
+            uss / 1e9,
+            rss / 1e9,
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+
+def warm_up(base: str, requests: int) -> None:
+    """Tag searches and filtered similarity searches, several connections at a time so
+    that every worker gets some."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    rng = random.Random(0)
+    queries = ["1girl solo", "long_hair -short_hair", "smile order:score:smile", "blush"]
+
+    def one(i: int) -> int:
+        with httpx.Client(base_url=base, timeout=120) as client:
+            if i % 2:
+                return client.get("/api/search", params={"q": queries[i % 4]}).status_code
+            body = {"image_id": rng.randint(1, 1000), "k": 10, "q": queries[i % 4]}
+            return client.post("/api/similar", json=body).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(one, range(requests)))
+    assert set(codes) == {200}, codes
+
+
+def changed_start(url: str, data_dir: Path, changes: int, port: int) -> None:
+    """Server readiness with ``changes`` images changed since the set was written."""
+    from sqlalchemy import insert, select
+
+    from app.store.db import create_db_engine, session_factory
+    from app.store.models import Image, ImageChange
+
+    engine = create_db_engine(url)
+    with session_factory(engine)() as session:
+        ids = session.scalars(select(Image.id).order_by(Image.id.desc()).limit(changes)).all()
+        # What a move of each of these images records: one row in the change log.
+        session.execute(insert(ImageChange), [{"image_id": i} for i in ids])
+        session.commit()
+    engine.dispose()
+    ready, rss = serve_run(url, data_dir, "segments", port)
+    log.info("| segments, %d changes since the set | %.2f | %.2f |", changes, ready, rss / 1e9)
+    opened = open_engine_run(url, data_dir, "segments")
+    log.info("engine open with that delta: %.2f s", opened["seconds"])
+    from app.search.segment_engine import write_segments
+    from app.store.repository import active_generation
+
+    engine = create_db_engine(url)
+    with session_factory(engine)() as session:
+        generation = active_generation(session)
+        assert generation is not None
+        started = time.perf_counter()
+        write_segments(session, data_dir, generation.id)  # current again for later runs
+    log.info("set rewritten (a merge) in %.1f s", time.perf_counter() - started)
+    engine.dispose()
+
+
 def prepare_faiss(url: str, data_dir: Path) -> None:
     """Write the FAISS index once, untimed: a server is ready only when it is open, and
     building it is the indexer's work, not the start's."""
@@ -137,6 +252,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/sagashi-bench"))
     parser.add_argument("--runs", type=int, default=1, help="runs of each, alternating")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--changes", type=int, default=0, help="changes since the set")
+    parser.add_argument("--workers-memory", type=int, nargs="*", default=[])
+    parser.add_argument("--only-extra", action="store_true", help="skip the engine comparison")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
@@ -156,6 +274,15 @@ def main() -> None:
     prepare_faiss(url, data_dir)
     built = open_engine_run(url, data_dir, "segments")  # writes the set when missing
     log.info("segments first open (build and write included): %.1f s", built["seconds"])
+    if args.workers_memory:
+        log.info("| workers | processes | ready s | PSS GB | USS GB | RSS GB |")
+        log.info("|---|---|---|---|---|---|")
+        for workers in args.workers_memory:
+            workers_memory(url, data_dir, "segments", workers, args.port)
+    if args.changes:
+        changed_start(url, data_dir, args.changes, args.port)
+    if args.only_extra:
+        return
     log.info(
         "| run | engine | open s | open peak RSS GB | search s | serve ready s | serve RSS GB |"
     )

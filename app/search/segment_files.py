@@ -316,7 +316,10 @@ def _segment(folder: Path, manifest: dict[str, Any], tag_groups: dict[int, int])
             raise SegmentError(f"{folder.name}/{name}.npy cannot be mapped: {exc}") from exc
 
     tag_ids, offsets = load("tag_ids"), load("tag_offsets")
-    posting_ids, posting_neg = load("posting_ids"), load("posting_neg_scores")
+    # Slices of a plain ndarray over the same mapping: numpy.memmap's own __getitem__ costs
+    # about 8 us a slice, 0.2 s for the two slices of each of 13k tags.
+    posting_ids = load("posting_ids").view(np.ndarray)
+    posting_neg = load("posting_neg_scores").view(np.ndarray)
     if len(offsets) != len(tag_ids) + 1 or int(offsets[-1]) != len(posting_ids):
         raise SegmentError(f"set {folder.name}: the posting offsets do not match the postings")
     postings = {
