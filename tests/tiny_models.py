@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import timm
@@ -175,16 +176,18 @@ def export_onnx(
 ) -> None:
     module.eval()
     axes = {name: {0: "batch_size"} for name in ["input", *outputs]}
-    torch.onnx.export(
-        module,
-        (example,),
-        str(path),
-        input_names=["input"],
-        output_names=outputs,
-        dynamic_axes=axes,
-        opset_version=opset,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and trace notes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
 
 
 def pixai_preprocess_json(size: int) -> str:

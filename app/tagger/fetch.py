@@ -65,6 +65,8 @@ def fetch_model(name: str, directory: Path, token: str | None = None) -> Path:
     if name not in PUBLISHED:
         raise FetchError(f"unknown model {name!r}; choose one of: {', '.join(PUBLISHED)}")
     model = PUBLISHED[name]
+    for client in ("httpx", "httpx2"):  # one line per request at INFO: the answer is ours
+        logging.getLogger(client).setLevel(logging.WARNING)
     if _offline_mode():
         raise FetchError(explain_offline())
     try:
@@ -77,7 +79,7 @@ def fetch_model(name: str, directory: Path, token: str | None = None) -> Path:
             _move_in(staging, directory, model.files)
     except FetchError:
         raise
-    except Exception as exc:
+    except (Exception, _Terminated) as exc:
         raise FetchError(explain_failure(exc, model)) from exc
     return directory
 
@@ -113,8 +115,9 @@ def _move_in(staging: Path, directory: Path, files: tuple[str, ...]) -> None:
         os.replace(staging / filename, directory / filename)
 
 
-class _Terminated(Exception):
-    """SIGTERM during a fetch: unwinds like Ctrl-C, so the staging folder is removed."""
+class _Terminated(BaseException):
+    """SIGTERM during a fetch: unwinds like Ctrl-C (a BaseException, so no library's
+    ``except Exception`` retries through it) and the staging folder is removed."""
 
 
 @contextlib.contextmanager
@@ -137,7 +140,7 @@ def explain_offline() -> str:
     return "offline mode is on (HF_HUB_OFFLINE=1); unset it, or copy the files in by hand"
 
 
-def explain_failure(exc: Exception, model: PublishedModel) -> str:
+def explain_failure(exc: BaseException, model: PublishedModel) -> str:
     """Map huggingface_hub's exceptions to one line: what went wrong, what to do next."""
     from huggingface_hub import errors
 
@@ -180,7 +183,7 @@ def explain_failure(exc: Exception, model: PublishedModel) -> str:
     return f"download from {repo} failed: {type(exc).__name__}: {exc}"
 
 
-def _network_error(exc: Exception) -> bool:
+def _network_error(exc: BaseException) -> bool:
     """Connection refused, DNS, timeouts: httpx's (or httpx2's) TransportError, by name, since
     huggingface_hub's HTTP client package differs between versions."""
     names = {cls.__name__ for cls in type(exc).__mro__}

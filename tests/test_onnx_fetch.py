@@ -1,0 +1,205 @@
+"""``sagashi model fetch`` of the ONNX repos from a local stub of the Hub: whole, offline,
+unauthorised, gated and interrupted, with nothing partial left in the target folder."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from app.tagger.fetch import PUBLISHED
+from tests.conftest import SAGASHI, run_sagashi
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run_sagashi(*args, env={"SAGASHI_LOG_LEVEL": "WARNING", **env})
+
+
+class Hub(http.server.BaseHTTPRequestHandler):
+    """Serves /{repo}/resolve/main/{file} for the repos in ``files``; ``status`` overrides."""
+
+    files: ClassVar[dict[str, bytes]] = {}
+    status = 200
+    code = ""
+    stall: str | None = None  # a file whose body never finishes
+    requests: ClassVar[list[str]] = []
+
+    def _answer(self, body: bool) -> None:
+        self.requests.append(f"{self.command} {self.path}")
+        name = self.path.split("/resolve/main/", 1)[-1].split("?")[0]
+        repo = self.path.split("/resolve/", 1)[0].strip("/")
+        content = self.files.get(f"{repo}/{name}")
+        if self.status != 200 or content is None:
+            status = self.status if self.status != 200 else 404
+            self.send_response(status)
+            self.send_header("X-Error-Code", self.code or "EntryNotFound")
+            self.send_header("X-Error-Message", "refused by the stub")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", COMMIT)
+        self.send_header("ETag", f'"{hashlib.sha256(content).hexdigest()}"')
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        if not body:
+            return
+        if name == self.stall:
+            self.wfile.write(content[: len(content) // 2])
+            self.wfile.flush()
+            time.sleep(60)
+            return
+        self.wfile.write(content)
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hub() -> Iterator[tuple[str, type[Hub]]]:
+    handler: type[Hub] = type("StubHub", (Hub,), {"files": {}, "requests": []})
+    for model in PUBLISHED.values():
+        for name in model.files:
+            handler.files[f"{model.repo_id}/{name}"] = f"{model.repo_id}:{name}\n".encode() * 4096
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+
+
+def hub_env(url: str, home: Path) -> dict[str, str]:
+    return {"HF_ENDPOINT": url, "HF_HOME": str(home / "hf-home"), "HF_HUB_DISABLE_XET": "1"}
+
+
+@pytest.mark.parametrize("name", ["pixai-v0.9-onnx", "wd-eva02-large-v3-onnx"])
+def test_fetch_onnx_repo_whole(hub: tuple[str, type[Hub]], tmp_path: Path, name: str) -> None:
+    url, handler = hub
+    target = tmp_path / "models" / name
+    result = run("model", "fetch", name, "--dir", str(target), env=hub_env(url, tmp_path))
+    assert result.returncode == 0, result.stderr
+    model = PUBLISHED[name]
+    assert sorted(p.name for p in target.iterdir()) == sorted(model.files)  # no .cache, no lock
+    for file in model.files:
+        assert (target / file).read_bytes() == handler.files[f"{model.repo_id}/{file}"]
+    assert sorted(p.name for p in target.parent.iterdir()) == [name]  # no staging left
+
+
+def test_offline_is_one_line_at_once(tmp_path: Path) -> None:
+    target = tmp_path / "m"
+    started = time.perf_counter()
+    result = run(
+        "model", "fetch", "pixai-v0.9-onnx", "--dir", str(target),
+        env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "sagashi: error: cannot reach the Hugging Face Hub to download "
+        "deepghs/pixai-tagger-v0.9-onnx; check the network, or download model.onnx, "
+        "selected_tags.csv, preprocess.json, categories.json, thresholds.csv elsewhere and "
+        "copy them into the directory"
+    ]
+    assert elapsed < 10, elapsed  # no retries with backoff
+    assert not target.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.partial")]
+
+
+def test_offline_mode_is_one_line(tmp_path: Path) -> None:
+    result = run(
+        "model", "fetch", "wd-eva02-large-v3-onnx", "--dir", str(tmp_path / "m"),
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "sagashi: error: offline mode is on (HF_HUB_OFFLINE=1); unset it, or copy the files "
+        "in by hand"
+    )
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (
+            403,
+            "GatedRepo",
+            "pixai-labs/pixai-tagger-v0.9 is gated: accept its terms at "
+            "https://huggingface.co/pixai-labs/pixai-tagger-v0.9 with your account, then set "
+            "HF_TOKEN to a token of that account; or fetch the ungated ONNX export: "
+            "sagashi model fetch pixai-v0.9-onnx",
+        ),
+        (
+            401,
+            "RepoNotFound",
+            "pixai-labs/pixai-tagger-v0.9: not found or not authorised (HTTP 401/404); set "
+            "HF_TOKEN to a token whose account accepted the terms at "
+            "https://huggingface.co/pixai-labs/pixai-tagger-v0.9; or fetch the ungated ONNX "
+            "export: sagashi model fetch pixai-v0.9-onnx",
+        ),
+    ],
+)
+def test_gated_and_unauthorised_make_one_request_and_name_the_onnx_export(
+    hub: tuple[str, type[Hub]], tmp_path: Path, status: int, code: str, expected: str
+) -> None:
+    url, handler = hub
+    handler.status, handler.code = status, code
+    target = tmp_path / "pixai"
+    env = {**hub_env(url, tmp_path), "HF_TOKEN": "hf_invalid"}
+    result = run("model", "fetch", "pixai-v0.9", "--dir", str(target), env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"sagashi: error: {expected}"
+    # One attempt (huggingface_hub may also ask /api/agent-harnesses, best-effort, once a day).
+    assert [r for r in handler.requests if "/resolve/" in r] == [
+        "HEAD /pixai-labs/pixai-tagger-v0.9/resolve/main/model_v0.9.pth"
+    ]
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_fetch_leaves_no_partial_directory(
+    hub: tuple[str, type[Hub]], tmp_path: Path, how: signal.Signals
+) -> None:
+    url, handler = hub
+    handler.stall = "model.onnx"
+    target = tmp_path / "models" / "pixai"
+    target.parent.mkdir()
+    process = subprocess.Popen(
+        [SAGASHI, "model", "fetch", "pixai-v0.9-onnx", "--dir", str(target)],
+        env={**os.environ, "SAGASHI_LOG_LEVEL": "WARNING", **hub_env(url, tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any(r.startswith("GET") for r in handler.requests):
+        assert time.monotonic() < deadline and process.poll() is None, handler.requests
+        time.sleep(0.1)
+    staging = [p for p in target.parent.iterdir() if p.name.startswith(".pixai.partial-")]
+    assert len(staging) == 1  # downloading beside the target, not in it
+    process.send_signal(how)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert list(target.parent.iterdir()) == []  # no target, no staging, no lock
+    if how == signal.SIGTERM:
+        assert err.strip().endswith(
+            "download of deepghs/pixai-tagger-v0.9-onnx interrupted; nothing was written to "
+            "the target folder"
+        )
