@@ -38,6 +38,7 @@ from app.tagger.caption import format_caption
 from app.tagger.fetch import PUBLISHED, FetchError, fetch_model
 from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary, load_wd_vocabulary
 from indexer import jobs
+from indexer.cli_parsing import DashQueryCommand, SagashiTyper
 from indexer.export import EPILOG as EXPORT_EPILOG
 from indexer.export import export_command
 from indexer.importer import Importer, ImportError_, ImportOptions
@@ -53,7 +54,7 @@ if TYPE_CHECKING:  # torch and timm load only in the commands that run a model
 
 log = logging.getLogger("sagashi")
 
-app = typer.Typer(
+app = SagashiTyper(
     name="sagashi",
     help="Sagashi: a self-hosted search engine for anime image collections.",
     no_args_is_help=True,
@@ -61,21 +62,21 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,  # plain usage errors: one "Error: ..." line, easy to grep
 )
-db_app = typer.Typer(
+db_app = SagashiTyper(
     help="Create and migrate the database.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(db_app, name="db")
-generations_app = typer.Typer(
+generations_app = SagashiTyper(
     help="List and drop model generations.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(generations_app, name="generations")
-jobs_app = typer.Typer(
+jobs_app = SagashiTyper(
     help="Index, import and reindex runs, with progress.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
 app.add_typer(jobs_app, name="jobs")
-model_app = typer.Typer(
+model_app = SagashiTyper(
     help="Download and inspect tagger models.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(model_app, name="model")
@@ -324,12 +325,17 @@ def model_info(model_dir: ModelDirOption = None) -> None:
     sys.stdout.write(json.dumps(record, indent=2) + "\n")
 
 
-def open_store(settings: Settings) -> Engine:
-    """The database engine, refusing a schema older or newer than this code."""
+def open_store(settings: Settings, create: bool = False) -> Engine:
+    """The database engine, refusing a schema older or newer than this code; with
+    ``create``, a database with nothing in it yet gets this code's schema first (the
+    migrations, as 'sagashi db upgrade' runs them)."""
     url = database_url(settings)
     engine = create_db_engine(url)
     try:
-        check_schema(engine)
+        if not create:
+            check_schema(engine)
+        elif migrate.prepare_schema(engine, url):
+            log.info("created the database %s (schema %s)", safe_url(url), migrate.head_revision())
     except SchemaMismatch as exc:
         fail(str(exc))
     except SQLAlchemyError as exc:
@@ -363,7 +369,7 @@ def index(
     files could not be indexed (the summary lists why).
     """
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
-    engine = open_store(settings)
+    engine = open_store(settings, create=True)
     tagger = load_tagger(settings)
     params = {"paths": [str(p) for p in paths], "model": tagger.info.name}
     with writer_guard(), tracked(engine, "index", params, "indexing", "files") as run:
@@ -428,7 +434,7 @@ def import_(
     line number and skipped; exit status 1 when any row failed.
     """
     settings = load_settings(model_dir=model_dir)
-    engine = open_store(settings)
+    engine = open_store(settings, create=True)
     aliases = _aliases(settings)
     vocab, identity = _import_vocabulary(settings, vocabulary, model_dir is not None)
     options = ImportOptions(
@@ -591,8 +597,9 @@ def jobs_show(job_id: Annotated[int, typer.Argument(help="Job id (see 'jobs list
 
 
 @app.command(
+    cls=DashQueryCommand,
     epilog='Example: sagashi search "1girl solo -monochrome hu_tao_(genshin_impact),>=0.9" '
-    '(or: sagashi search "1girl" --like cover.png)'
+    '(or: sagashi search "1girl" --like cover.png)',
 )
 def search(
     query: Annotated[str, typer.Argument(help="Danbooru-syntax query (quote it).")],
@@ -622,8 +629,8 @@ def search(
     its group's default. order: sorts (order:filesize, order:score:1girl, order:random);
     similar:ID (or --like FILE) finds the images most like image ID (or FILE), filtered by
     the rest of the query. The count and the cursor of the next page go to stderr. A
-    malformed query exits 2 with the reason and its position. A query that starts with "-"
-    goes after "--": sagashi search -- "-monochrome 1girl".
+    malformed query exits 2 with the reason and its position. A query may start with "-"
+    (sagashi search "-monochrome 1girl"); "--" before it also works.
     """
     kinds = get_args(EngineKind)
     if engine_kind is not None and engine_kind not in kinds:
@@ -720,7 +727,8 @@ def serve(
     from app.api.serving import PARENT_VARIABLE, uvicorn_options
 
     settings = load_settings(host=host, port=port, model_dir=model_dir, workers=workers)
-    open_store(settings).dispose()  # refuse a missing or foreign schema before listening
+    # a new database gets its schema; an older or newer one is refused before listening
+    open_store(settings, create=True).dispose()
     _aliases(settings)
     count = settings.effective_workers()
     log.info(
@@ -756,7 +764,7 @@ def worker(
     from indexer.worker import Worker
 
     settings = load_settings(model_dir=model_dir)
-    engine = open_store(settings)
+    engine = open_store(settings, create=True)
     stop_event = threading.Event()
     signal.signal(signal.SIGTERM, _interrupt)
     log.info("worker waiting for jobs (every %.1fs)", settings.worker_poll_seconds)

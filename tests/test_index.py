@@ -133,7 +133,8 @@ def test_cli_refuses_an_unmigrated_database_then_indexes(
         "SAGASHI_DATA_DIR": str(tmp_path / "data"),
         "SAGASHI_MODEL_DIR": str(tiny_pixai_dir),
     }
-    refused = run_cli("index", str(root), env=env)
+    # reading commands never create the database ('index' and 'serve' do: test_first_use)
+    refused = run_cli("search", "1girl", env=env)
     assert refused.returncode == 2
     assert (
         "sagashi: error: the database is not initialised; run 'sagashi db upgrade'"

@@ -46,6 +46,44 @@ def test_tag_queries_agree_with_negation(indexed: dict[str, str]) -> None:
     assert with_tag | without == everything and not with_tag & without
 
 
+def test_a_query_may_start_with_a_dash(indexed: dict[str, str]) -> None:
+    after_dashes = run("search", "--", "-1girl,>=0.5", env=indexed)
+    assert after_dashes.returncode == 0, after_dashes.stderr
+    expected = after_dashes.stdout.splitlines()
+    assert expected  # some images lack the tag at that threshold
+    bare = run("search", "-1girl,>=0.5", env=indexed)
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout.splitlines() == expected
+    # options keep working on either side of it, flags and options with values alike
+    limited = run("search", "-1girl,>=0.5", "--limit", "1", "--json", env=indexed)
+    assert limited.returncode == 0, limited.stderr
+    assert [json.loads(line)["path"] for line in limited.stdout.splitlines()] == expected[:1]
+    before = run("search", "--limit", "1", "-1girl,>=0.5", env=indexed)
+    assert before.stdout.splitlines() == expected[:1]
+    # a mistyped long option is still reported as one, not searched for
+    typo = run("search", "-1girl", "--limt", "1", env=indexed)
+    assert typo.returncode == 2
+    assert typo.stderr.splitlines()[-1] == (
+        "Error: No such option: --limt (Possible options: --like, --limit)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "usage"),
+    [
+        (["search"], "Usage: sagashi search [OPTIONS] QUERY"),
+        (["index"], "Usage: sagashi index [OPTIONS] PATHS..."),
+        (["tag"], "Usage: sagashi tag [OPTIONS] PATHS..."),
+        (["jobs", "show"], "Usage: sagashi jobs show [OPTIONS] JOB_ID"),
+    ],
+)
+def test_usage_lines_name_the_arguments(command: list[str], usage: str) -> None:
+    missing = run(*command)
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines()[0] == usage
+    assert run(*command, "--help").stdout.splitlines()[0] == usage
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [

@@ -124,8 +124,12 @@ def test_index_search_similar_and_tag_over_http(
     assert 'sagashi_jobs{state="done"}' in metrics
 
 
-def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+def test_serve_refuses_a_database_it_cannot_open(tmp_path: Path) -> None:
+    # a new database is created on first use (test_first_use); one that cannot be opened
+    # stops the server before it listens, with the reason
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "sagashi.db").write_bytes(b"not a database" * 100)
     result = run_sagashi("serve", env={"SAGASHI_DATA_DIR": str(tmp_path / "fresh")})
-    assert result.returncode != 0
+    assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("sagashi: error:")]
-    assert lines and "sagashi db upgrade" in lines[0]
+    assert len(lines) == 1 and "cannot open the database sqlite:///" in lines[0], result.stderr

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 if TYPE_CHECKING:
@@ -85,6 +85,28 @@ def downgrade(url: str, revision: str) -> None:
     from alembic import command
 
     command.downgrade(alembic_config(url), revision)
+
+
+def is_new(engine: Engine) -> bool:
+    """Whether the database holds nothing yet: no table but (maybe) an empty version table,
+    as a fresh SQLite file, a new PostgreSQL database or schema, or one migrated down to
+    base leaves it."""
+    tables = set(inspect(engine).get_table_names()) - {"alembic_version"}
+    return not tables and not _stored_revisions(engine)
+
+
+def prepare_schema(engine: Engine, url: str) -> bool:
+    """Create this code's schema on a new database (True), or check an existing one as
+    :func:`check_schema` does: an older or newer schema is still refused with its reason."""
+    head = scripted_head()
+    if head is not None and _stored_revisions(engine) == [head]:
+        return False
+    if is_new(engine):
+        upgrade(url)
+        check_schema(engine)
+        return True
+    check_schema(engine)
+    return False
 
 
 def check_schema(engine: Engine) -> None:

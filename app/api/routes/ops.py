@@ -37,15 +37,28 @@ def readyz(res: Res) -> Health:
         raise ApiError(503, "database", f"the database does not answer: {exc}") from exc
     images = res.search.loaded_images()
     opened = res.search.opened_vectors()
+    if images is not None:
+        index = f"{images} images"
+    else:  # nothing active yet, or the sql engine, which holds nothing in memory
+        index = "empty" if opened is None else "read from the database"
     return Health(
         status="ready",
         checks={
             "database": "ok",
-            "index": f"{images} images" if images is not None else "sql engine",
+            "engine": res.search.kind,
+            "index": index,
             "vectors": f"{opened.kind}, {opened.count} vectors" if opened else "empty index",
-            "model": "loaded" if res.inference.loaded else res.settings.model_load,
+            "model": _model_state(res),
         },
     )
+
+
+def _model_state(res: Res) -> str:
+    if res.inference.loaded:
+        return "loaded"
+    if res.settings.model_dir is None:
+        return "none (uploads to tag or embed answer 503; set SAGASHI_MODEL_DIR)"
+    return "loads on the first upload"
 
 
 @router.get("/metrics", response_class=Response)
