@@ -220,7 +220,7 @@ def test_unknown_stage_missing_output_and_tag_count_name_the_file(
 
     bad_ips = copy_layout(pixai_onnx, tmp_path / "bad-ips")
     rows = list(csv.reader((bad_ips / "selected_tags.csv").open()))
-    rows[-1][5] = "['vocaloid']"  # a Python list, not JSON
+    rows[-1][5] = "vocaloid"  # neither a JSON list nor a Python one
     with (bad_ips / "selected_tags.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows(rows)
     with pytest.raises(ModelLoadError, match=r"selected_tags\.csv:17: ips .* is not a JSON list"):

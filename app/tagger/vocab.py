@@ -8,6 +8,7 @@ whose ``ips`` column lists each character's copyrights as JSON. All load into th
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import json
@@ -168,7 +169,12 @@ def _ips(cell: str | None, path: Path, line: int) -> tuple[str, ...]:
     try:
         value = json.loads(cell)
     except json.JSONDecodeError:
-        raise ModelLoadError(f"{path}:{line}: ips {cell!r} is not a JSON list") from None
+        # imgutils reads the column with json.loads; pandas writes a list column as its
+        # Python repr, so accept that literal form too (literal_eval evaluates no code).
+        try:
+            value = ast.literal_eval(cell)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise ModelLoadError(f"{path}:{line}: ips {cell!r} is not a JSON list") from None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ModelLoadError(f"{path}:{line}: ips {cell!r} is not a JSON list of strings")
     return tuple(value)
