@@ -140,3 +140,30 @@ def test_bad_input_is_refused_in_json_whatever_the_format(autotagger: Autotagger
         response = post(autotagger, **request)
         assert response.status_code == status, (request.get("params"), response.text)
         assert response.json()["error"]["code"] == code, response.text
+
+
+def test_one_bad_file_among_several_gets_its_error_and_the_others_their_tags(
+    autotagger: Autotagger,
+) -> None:
+    image = autotagger.image.read_bytes()
+    alone = post(autotagger, files={"file": ("post.jpg", image)}, data={"threshold": "0.2"})
+    assert alone.status_code == 200, alone.text
+    expected_tags = alone.json()[0]["tags"]
+    assert expected_tags
+    files = [
+        ("file", ("a.jpg", image)),
+        ("file", ("broken.jpg", b"not an image at all")),
+        ("file", ("b.jpg", image)),
+    ]
+    response = post(autotagger, files=files, data={"threshold": "0.2"})
+    assert response.status_code == 200, response.text
+    a, broken, b = response.json()
+    assert a == {"filename": "a.jpg", "tags": expected_tags}
+    assert b == {"filename": "b.jpg", "tags": expected_tags}
+    assert broken["filename"] == "broken.jpg" and broken["tags"] == {}
+    assert broken["error"]["code"] == "bad_image"
+    assert broken["error"]["message"].startswith("not a decodable image (")
+    page = post(autotagger, files=files, data={"threshold": "0.2", "format": "html"})
+    assert page.status_code == 200
+    assert page.text.count("<textarea") == 2
+    assert '<h2>broken.jpg</h2>\n<p class="error">bad_image: not a decodable image (' in page.text

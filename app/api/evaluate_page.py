@@ -32,6 +32,12 @@ def render_evaluate_page(items: list[EvaluateItem]) -> str:
 
 
 def _section(item: EvaluateItem) -> str:
+    if item.error is not None:
+        return (
+            f"<section>\n<h2>{escape(item.filename)}</h2>\n"
+            f'<p class="error">{escape(item.error.code)}: {escape(item.error.message)}</p>\n'
+            "</section>"
+        )
     rows = "\n".join(
         f'<tr><td class="tag">{escape(tag)}</td><td class="score">{100 * score:.0f}%</td></tr>'
         for tag, score in item.tags.items()

@@ -152,6 +152,11 @@ class ClassificationLabel(BaseModel):
 class EvaluateItem(BaseModel):
     filename: str
     tags: dict[str, float]
+    error: ErrorDetail | None = Field(
+        default=None,
+        description="Why this file was not tagged (several files only: one file that "
+        "cannot be tagged answers the error status itself); its tags are then empty.",
+    )
 
 
 class AdminJobRequest(BaseModel):

@@ -19,6 +19,7 @@ from app.api.schemas import (
     ClassificationLabel,
     ClassificationParameters,
     ClassificationRequest,
+    ErrorDetail,
     EvaluateItem,
     PixaiParameters,
     PixaiRequest,
@@ -42,6 +43,10 @@ EVALUATE_FORMATS = ("json", "html")
 # those generated from the OpenAPI schema) expect when they leave format out. Danbooru
 # always sends format=json.
 EVALUATE_FORMAT = "json"
+# Statuses that belong to one uploaded file (too large, not an image): with several files,
+# that file's item carries the error and the others are still tagged. Anything else (no
+# model, busy) fails the whole request.
+FILE_ERRORS = frozenset({413, 415})
 
 TagResponse = list[PixaiTag] | list[ClassificationLabel]
 T = TypeVar("T")
@@ -108,6 +113,7 @@ async def _classify(
 @router.post(
     "/evaluate",
     response_model=list[EvaluateItem],
+    response_model_exclude_none=True,
     responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
 )
 async def evaluate(
@@ -127,7 +133,10 @@ async def evaluate(
 
     json answers `[{"filename", "tags": {tag: score}}]`, by score, with every rating at or
     above the threshold as `rating:g|s|q|e`, as Danbooru reads them; html answers a small
-    page of the same. Errors are JSON whatever the format."""
+    page of the same. Errors are JSON whatever the format. With several files, one that
+    cannot be tagged (not an image, too large) does not fail the others: its item has
+    empty `tags` and its `error` (`{"code", "message"}`); one file alone answers the
+    error's status, as autotagger does."""
     chosen_format = _given(format_in_query, format) or EVALUATE_FORMAT
     if chosen_format not in EVALUATE_FORMATS:
         raise ApiError(400, "bad_format", f"format must be html or json, not {chosen_format!r}")
@@ -136,10 +145,18 @@ async def evaluate(
     policy = _evaluate_policy(_given(threshold_in_query, threshold), _given(limit_in_query, limit))
     results = []
     for upload in file:
-        data = await read_upload(upload, res.settings.max_upload_bytes)
-        selected = await run_in_threadpool(_select, res, data, policy)
+        name = upload.filename or ""
+        try:
+            data = await read_upload(upload, res.settings.max_upload_bytes)
+            selected = await run_in_threadpool(_select, res, data, policy)
+        except ApiError as exc:
+            if len(file) == 1 or exc.status not in FILE_ERRORS:
+                raise
+            error = ErrorDetail(code=exc.code, message=exc.message)
+            results.append(EvaluateItem(filename=name, tags={}, error=error))
+            continue
         tags = {_danbooru_name(t): round(t.score, 6) for t in selected[: policy.top_k]}
-        results.append(EvaluateItem(filename=upload.filename or "", tags=tags))
+        results.append(EvaluateItem(filename=name, tags=tags))
     if chosen_format == "html":
         return HTMLResponse(render_evaluate_page(results))
     return results
