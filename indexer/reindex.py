@@ -221,6 +221,8 @@ class Reindexer:
                     progress(summary.already_done + summary.retagged + len(summary.failures), total)
         self._write(session, generation_id, tag_map, batch)
         summary.retagged += len(batch)
+        if progress:  # the last, partial batch counts too: a finished run is done == total
+            progress(summary.already_done + summary.retagged + len(summary.failures), total)
         return failed
 
     def _write(

@@ -197,3 +197,29 @@ def test_reindex_where_retags_only_the_matching_images_in_place(
         with pytest.raises(QueryError):
             Reindexer(engine, pixai, OPTIONS, tmp_path / "data", where=bad).run()
     engine.dispose()
+
+
+def test_a_finished_reindex_records_every_image_done(
+    tiny_pixai_dir: Path, tiny_wd_dir: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from tests.conftest import run_sagashi
+
+    for i in range(7):  # batches of 3: the last one is partial
+        make_image(tmp_path / "art" / f"{i}.png", seed=i)
+    env = {"SAGASHI_DATA_DIR": str(tmp_path / "data"), "SAGASHI_BATCH_SIZE": "3"}
+    indexed = run_sagashi(
+        "index", str(tmp_path / "art"), "--model-dir", str(tiny_pixai_dir), env=env
+    )
+    assert indexed.returncode == 0, indexed.stderr
+    retagged = run_sagashi("reindex", "--model-dir", str(tiny_wd_dir), env=env)
+    assert retagged.returncode == 0, retagged.stderr
+    listed = run_sagashi("jobs", "list", env=env)
+    jobs = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(j["kind"], j["state"], j["done"], j["total"]) for j in jobs] == [
+        ("reindex", "done", 7, 7),
+        ("index", "done", 7, 7),
+    ]
+    for job in jobs:  # a run is created as it starts, never after
+        assert job["created_at"] == job["started_at"], job

@@ -33,9 +33,15 @@ class JobRecorder:
         if job_id is not None:
             self.id = job_id
             return
-        stamp = now()
+        stamp = now()  # a run starts as it is recorded: created and started at one instant
         job = _insert_job(
-            engine, kind, params, state="running", started_at=stamp, heartbeat_at=stamp
+            engine,
+            kind,
+            params,
+            state="running",
+            created_at=stamp,
+            started_at=stamp,
+            heartbeat_at=stamp,
         )
         self.id = job.id
 
@@ -122,11 +128,11 @@ def enqueue(engine: Engine, kind: str, params: dict[str, Any]) -> Job:
 
 def _insert_job(engine: Engine, kind: str, params: dict[str, Any], **fields: Any) -> Job:
     """A new job row with no progress yet; ``fields`` set its state and origin."""
+    fields.setdefault("created_at", now())
     with session_factory(engine)() as session:
         job = Job(
             kind=kind,
             params=json.dumps(params),
-            created_at=now(),
             attempts=0,
             total=0,
             done=0,
