@@ -225,3 +225,16 @@ def test_search_settings_term_limit_and_engine(indexed: dict[str, str]) -> None:
     assert sql.returncode == 0 and sql.stdout == memory.stdout and memory.stdout
     bad = run("search", "", env={**indexed, "SAGASHI_SEARCH_ENGINE": "elastic"})
     assert bad.returncode == 2 and "SAGASHI_SEARCH_ENGINE" in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("query", ["", "width:>=40"])  # the flat index, and the gather plan
+def test_an_exact_copy_is_at_similarity_one_and_nothing_above(
+    indexed: dict[str, str], query: str
+) -> None:
+    paths = run("search", "", env=indexed).stdout.splitlines()
+    for path in paths:
+        found = run("search", query, "--like", path, "--json", env=indexed)
+        assert found.returncode == 0, found.stderr
+        hits = [json.loads(line) for line in found.stdout.splitlines()]
+        assert hits[0]["path"] == path and hits[0]["similarity"] == 1.0, hits[0]
+        assert all(-1.0 <= hit["similarity"] < 1.0 for hit in hits[1:]), hits
