@@ -225,3 +225,16 @@ def test_tag_counts_are_taken_at_the_threshold_settings(
         found = api.get("/api/tags", params={"prefix": indexed.tag, "limit": 100}).json()
     count = next(t["count"] for t in found if t["name"] == indexed.tag)
     assert count == len(indexed.expected(indexed.tag, indexed.general))
+
+
+def test_top_k_bounds_the_whole_pixai_answer(indexed: Indexed, client: TestClient) -> None:
+    image = Path(sorted(indexed.scores)[0]).read_bytes()
+    inputs = {"image": base64.b64encode(image).decode()}
+    loose = {"threshold_general": 0.0, "threshold_character": 0.0}
+    parameters = {**loose, "top_k": 100}
+    everything = client.post("/api/tag", json={"inputs": inputs, "parameters": parameters}).json()
+    assert len(everything) > 5 and {"copyright", "character"} <= {t["group"] for t in everything}
+    for top_k in (1, 5):
+        parameters = {**loose, "top_k": top_k}
+        tags = client.post("/api/tag", json={"inputs": inputs, "parameters": parameters}).json()
+        assert tags == everything[:top_k]

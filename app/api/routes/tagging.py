@@ -104,10 +104,7 @@ async def _classify(
     data: bytes, params: ClassificationParameters, res: Resources
 ) -> list[ClassificationLabel]:
     selected = await run_in_threadpool(_select, res, data, _classification_policy(res, params))
-    # top_k bounds the whole answer, copyrights and rating included, as HF's does.
-    return [
-        ClassificationLabel(label=t.tag, score=round(t.score, 6)) for t in selected[: params.top_k]
-    ]
+    return [ClassificationLabel(label=t.tag, score=round(t.score, 6)) for t in selected]
 
 
 @router.post(
@@ -155,7 +152,7 @@ async def evaluate(
             error = ErrorDetail(code=exc.code, message=exc.message)
             results.append(EvaluateItem(filename=name, tags={}, error=error))
             continue
-        tags = {_danbooru_name(t): round(t.score, 6) for t in selected[: policy.top_k]}
+        tags = {_danbooru_name(t): round(t.score, 6) for t in selected}
         results.append(EvaluateItem(filename=name, tags=tags))
     if chosen_format == "html":
         return HTMLResponse(render_evaluate_page(results))
@@ -195,8 +192,11 @@ def _evaluate_policy(threshold: float | None, limit: int | None) -> OutputPolicy
 
 
 def _select(res: Resources, data: bytes, policy: OutputPolicy) -> list[TagScore]:
+    """The answer of every drop-in endpoint: the policy's tags, by score, at most ``top_k``
+    in all (copyrights and ratings included, as Hugging Face's top_k counts: a request for
+    5 gets 5, not 5 general and character tags plus their copyrights)."""
     inferred: Inferred = res.inference.infer(data)
-    return policy.select(inferred.probs, res.inference.load().vocab)
+    return policy.select(inferred.probs, res.inference.load().vocab)[: policy.top_k]
 
 
 def _danbooru_name(tag: TagScore) -> str:
