@@ -221,9 +221,7 @@ class OutputView:
     single: bool
 
 
-def _tag_and_print(
-    tagger: Tagger, files: list[Path], settings: Settings, view: OutputView
-) -> int:
+def _tag_and_print(tagger: Tagger, files: list[Path], settings: Settings, view: OutputView) -> int:
     from app.tagger.batching import tag_sources
 
     started = time.perf_counter()

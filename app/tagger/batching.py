@@ -75,9 +75,7 @@ class _Prepared:
     error: ImageDecodeError | None
 
 
-def prepare(
-    source: Source, preprocess: ImagePreprocess, max_pixels: int, draft: bool
-) -> _Prepared:
+def prepare(source: Source, preprocess: ImagePreprocess, max_pixels: int, draft: bool) -> _Prepared:
     """Decode and preprocess one image; never raises for a bad image."""
     try:
         image = decode_image(

@@ -150,7 +150,7 @@ def parse_stages(raw: Any, source: str) -> StagePipeline:
     """The pipeline a decoded ``preprocess.json`` describes; pure, no I/O."""
     stages = raw.get("stages") if isinstance(raw, dict) else None
     if not isinstance(stages, list) or not stages:
-        raise ModelLoadError(f"{source}: expected {{\"stages\": [...]}} with at least one stage")
+        raise ModelLoadError(f'{source}: expected {{"stages": [...]}} with at least one stage')
     parsed = tuple(_parse_stage(item, index, source) for index, item in enumerate(stages))
     output_size(parsed, source)  # refuses a pipeline that does not end in a square
     return StagePipeline(parsed, source)

@@ -126,7 +126,7 @@ def load_categories(path: Path) -> dict[int, str]:
     """``categories.json``: ``[{"category": 0, "name": "general"}, ...]`` -> number: group."""
     raw = _read_json(path)
     if not isinstance(raw, list) or not raw:
-        raise ModelLoadError(f"{path}: expected a list of {{\"category\": N, \"name\": ...}}")
+        raise ModelLoadError(f'{path}: expected a list of {{"category": N, "name": ...}}')
     result: dict[int, str] = {}
     for item in raw:
         number = item.get("category") if isinstance(item, dict) else None
