@@ -94,7 +94,7 @@ def export_layout(tagger: TimmTagger, directory: Path) -> Path:
     return directory
 
 
-def quantise(source: Path, target: Path) -> Path:
+def quantise(source: Path, target: Path, per_channel: bool = False) -> Path:
     """ONNX Runtime's dynamic int8 quantisation of the weights, in a copy of the layout."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -103,7 +103,10 @@ def quantise(source: Path, target: Path) -> Path:
         if path.name != "model.onnx":
             (target / path.name).write_bytes(path.read_bytes())
     quantize_dynamic(
-        str(source / "model.onnx"), str(target / "model.onnx"), weight_type=QuantType.QInt8
+        str(source / "model.onnx"),
+        str(target / "model.onnx"),
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
     )
     return target
 
@@ -155,11 +158,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per batch size")
     parser.add_argument("--threads", type=int, default=0, help="0: every core")
     parser.add_argument("--skip-int8", action="store_true")
+    parser.add_argument("--per-channel", action="store_true", help="int8 scales per channel")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     threads = args.threads or torch.get_num_threads()
     results: dict[str, Any] = {"machine": machine(), "threads": threads, "images": 8}
+    results["int8_per_channel"] = args.per_channel
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
         work = Path(tmp)
         log.info("building the random EVA02-Large PixAI checkpoint")
@@ -182,7 +187,9 @@ def main() -> None:
         ]
         if not args.skip_int8:
             started = time.perf_counter()
-            quantised = OnnxTagger(quantise(work / "onnx", work / "int8"), "cpu", threads)
+            quantised = OnnxTagger(
+                quantise(work / "onnx", work / "int8", args.per_channel), "cpu", threads
+            )
             quantised.load()
             results["quantise_s"] = round(time.perf_counter() - started, 1)
             taggers.append(("onnxruntime_int8", quantised))

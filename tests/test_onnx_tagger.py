@@ -186,7 +186,11 @@ def test_index_with_pth_then_extend_and_search_with_onnx(
     (other / "preprocess.json").write_text(json.dumps(raw))
     code, _, err = run("index", str(second), "--model-dir", str(other), env=env)
     assert code == 2
-    assert "differs in vocabulary, embedding size or preprocessing" in err
+    assert "differs in vocabulary, embedding size or preprocessing: its preprocessing is " in err
+    assert (
+        "'stretch 56x56 bicubic mean=[0.5, 0.5, 0.5] std=[0.5, 0.5, 0.5] RGB', the index's " in err
+    )
+    assert err.count("\n") == 1  # one line
 
 
 def test_unknown_stage_missing_output_and_tag_count_name_the_file(
@@ -244,3 +248,17 @@ def _example() -> object:
     from tests.tiny_models import TINY_SIZE
 
     return torch.zeros(1, 3, TINY_SIZE, TINY_SIZE)
+
+
+def test_a_quantised_export_tags_but_does_not_index(pixai_onnx: Path, tmp_path: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    int8 = tmp_path / "int8"
+    shutil.copytree(pixai_onnx, int8, ignore=shutil.ignore_patterns("model.onnx"))
+    quantize_dynamic(
+        str(pixai_onnx / "model.onnx"), str(int8 / "model.onnx"), weight_type=QuantType.QInt8
+    )
+    with pytest.raises(ModelLoadError, match=r"model\.onnx: quantised by ONNX Runtime"):
+        open_tagger(int8, "cpu", 1)
+    tagger = open_tagger(int8, "cpu", 1, embeddings=False)
+    assert tagger.info.num_tags == 16

@@ -90,11 +90,26 @@ class GenerationIdentity:
         )
 
     def matches(self, generation: ModelGeneration) -> bool:
-        return (
-            generation.vocabulary_digest == self.vocabulary_digest
-            and generation.embedding_dim == self.embedding_dim
-            and generation.preprocess == self.preprocess
-        )
+        return not self.differences(generation)
+
+    def differences(self, generation: ModelGeneration) -> list[str]:
+        """What differs from ``generation``, in words (empty when the two are comparable)."""
+        found = []
+        if generation.vocabulary_digest != self.vocabulary_digest:
+            found.append(
+                f"its vocabulary (tags, groups, copyrights; sha256 {self.vocabulary_digest[:12]}) "
+                f"is not the index's ({generation.vocabulary_digest[:12]})"
+            )
+        if generation.embedding_dim != self.embedding_dim:
+            found.append(
+                f"its embeddings are {self.embedding_dim}-d, the index's "
+                f"{generation.embedding_dim}-d"
+            )
+        if generation.preprocess != self.preprocess:
+            found.append(
+                f"its preprocessing is '{self.preprocess}', the index's '{generation.preprocess}'"
+            )
+        return found
 
 
 def create_generation(
@@ -129,11 +144,12 @@ def generation_for_index(
         generation = create_generation(session, identity, "active")
         session.commit()
         return generation
-    if not identity.matches(generation):
+    differences = identity.differences(generation)
+    if differences:
         raise GenerationMismatch(
             f"the index serves model '{generation.model_name}' (generation {generation.id}); "
-            f"'{identity.model_name}' differs in vocabulary, embedding size or preprocessing. "
-            "Use 'sagashi reindex --model-dir DIR' to switch models"
+            f"'{identity.model_name}' differs in vocabulary, embedding size or preprocessing: "
+            f"{'; '.join(differences)}. Use 'sagashi reindex --model-dir DIR' to switch models"
         )
     return generation
 

@@ -79,6 +79,8 @@ class OnnxTagger:
             raise ModelLoadError(f"{self.model_dir} holds no model.onnx")
         vocab = self._vocabulary(files)
         session, provider = open_session(files.model, self.device_name, self.threads)
+        if self.embeddings:
+            refuse_quantised(session, files.model)
         io = inspect_io(session, files, len(vocab), self.embeddings)
         preprocess = self._preprocessing(files, io)
         if preprocess.size != io.size:
@@ -228,6 +230,21 @@ def _providers(device: str, available: list[str]) -> list[Any]:
         return [CPU]
     device_id = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
     return [(CUDA, {"device_id": device_id}), CPU]
+
+
+QUANTISER = "onnx.quantize"  # the producer name ONNX Runtime's quantisation tools write
+
+
+def refuse_quantised(session: Any, model: Path) -> None:
+    """An int8 model moves embeddings too far to share an index with the fp32 model it came
+    from (cosine 0.966 measured on EVA02-Large, docs/benchmarks.md), and the generation check
+    cannot tell them apart: such a model may tag, not index or search by similarity."""
+    if session.get_modelmeta().producer_name == QUANTISER:
+        raise ModelLoadError(
+            f"{model}: quantised by ONNX Runtime ({QUANTISER}); its embeddings drift from the "
+            "fp32 model's, so it can tag but not index or search by similarity; use the fp32 "
+            "model.onnx"
+        )
 
 
 def inspect_io(session: Any, files: OnnxFiles, num_tags: int, need_embedding: bool) -> _Io:
