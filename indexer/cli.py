@@ -37,6 +37,7 @@ from app.tagger import ModelLoadError, OutputPolicy
 from app.tagger.caption import format_caption
 from app.tagger.fetch import PUBLISHED, FetchError, fetch_model
 from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary, load_wd_vocabulary
+from app.text import plural
 from indexer import jobs
 from indexer.cli_parsing import DashQueryCommand, SagashiTyper
 from indexer.export import EPILOG as EXPORT_EPILOG
@@ -47,6 +48,7 @@ from indexer.progress import progress_bar, rate_text
 from indexer.reindex import ReindexError, drop_generation, list_generations
 from indexer.runs import Run, abort, finish, tracked
 from indexer.scan import iter_image_paths
+from indexer.summary import report
 
 if TYPE_CHECKING:  # torch and timm load only in the commands that run a model
     from app.tagger import Tagger
@@ -144,6 +146,12 @@ ModelDirOption = Annotated[
     Path | None,
     typer.Option(
         "--model-dir", help="Model directory (else SAGASHI_MODEL_DIR).", show_default=False
+    ),
+]
+SummaryJsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print the summary as one JSON object on stdout instead of a table."
     ),
 ]
 
@@ -246,9 +254,9 @@ def _tag_and_print(tagger: Tagger, files: list[Path], settings: Settings, view: 
     tagged = len(files) - sum(errors.values())
     detail = ", ".join(f"{n} {code}" for code, n in errors.most_common())
     log.info(
-        "tagged %d of %d files in %.1fs (%s)%s",
+        "tagged %d of %s in %.1fs (%s)%s",
         tagged,
-        len(files),
+        plural(len(files), "file"),
         elapsed,
         rate_text(tagged, elapsed, "img"),
         f"; failed: {detail}" if detail else "",
@@ -359,6 +367,7 @@ def index(
     model_dir: ModelDirOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    as_json: SummaryJsonOption = False,
 ) -> None:
     """Index images: tag new and changed files, follow moves, mark deletions.
 
@@ -378,9 +387,7 @@ def index(
     failures = [(p.path, p.code, p.message) for p in summary.failures]
     for path, code, message in failures:
         log.warning("failed: %s: %s: %s", path, code, message)
-    log.info(
-        "indexed in %.1fs (job %d): %s", run.elapsed(), run.job_id, json.dumps(summary.as_dict())
-    )
+    report("indexed", run.job_id, run.elapsed(), summary.as_dict(), as_json)
     raise typer.Exit(1 if summary.failed else 0)
 
 
@@ -424,6 +431,7 @@ def import_(
     strict: Annotated[
         bool, typer.Option(help="Reject rows with tags not in the vocabulary.")
     ] = False,
+    as_json: SummaryJsonOption = False,
 ) -> None:
     """Import predictions computed elsewhere (see the README for the formats).
 
@@ -467,13 +475,8 @@ def import_(
     if summary.failed > 50:
         log.warning("... and %d more failed rows", summary.failed - 50)
     done = summary.new + summary.updated
-    log.info(
-        "imported in %.1fs (%s, job %d): %s",
-        run.elapsed(),
-        rate_text(done, run.elapsed(), "rows"),
-        run.job_id,
-        json.dumps(summary.as_dict()),
-    )
+    rate = rate_text(done, run.elapsed(), "rows")
+    report(f"imported ({rate})", run.job_id, run.elapsed(), summary.as_dict(), as_json)
     raise typer.Exit(1 if summary.failed else 0)
 
 
@@ -512,6 +515,7 @@ def reindex(
         str | None,
         typer.Option(help="Re-tag only what this search matches, in place (same model)."),
     ] = None,
+    as_json: SummaryJsonOption = False,
 ) -> None:
     """Re-tag every indexed image with a new or updated model, side by side.
 
@@ -540,9 +544,7 @@ def reindex(
             summary.generation_id,
             len(summary.failures),
         )
-    log.info(
-        "reindex in %.1fs (job %d): %s", run.elapsed(), run.job_id, json.dumps(summary.as_dict())
-    )
+    report("reindexed", run.job_id, run.elapsed(), summary.as_dict(), as_json)
     raise typer.Exit(1 if summary.failures else 0)
 
 
@@ -661,7 +663,7 @@ def search(
             sys.stdout.write(json.dumps(record) + "\n")
         else:
             sys.stdout.write(hit.path + "\n")
-    log.info("%d images match; %d shown", result.count, len(result.hits))
+    log.info("%s; %d shown", plural(result.count, "match", "matches"), len(result.hits))
     if result.next_cursor:
         log.info("next page: --cursor %s", result.next_cursor)
 
@@ -771,7 +773,7 @@ def worker(
     except KeyboardInterrupt:
         log.info("worker stopped")
         raise typer.Exit(130) from None
-    log.info("worker ran %d jobs", ran)
+    log.info("worker ran %s", plural(ran, "job"))
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

@@ -427,9 +427,10 @@ def export_captions(
             if isinstance(target, Problem):
                 summary.fail(target)
                 continue
-            if image_id in renames:
+            written = _export_one(target, path, postings.get(image_id, []), options, summary)
+            # reported when written: a re-run that skips it says nothing again
+            if written and image_id in renames:
                 _record_rename(summary, path, target)
-            _export_one(target, path, postings.get(image_id, []), options, summary)
         if progress is not None:
             progress(start + len(chunk), len(ids))
     summary.elapsed = time.perf_counter() - started
@@ -507,18 +508,20 @@ def _score_floor(options: CaptionOptions) -> float | None:
 
 def _export_one(
     target: str, path: str, tags: list[TagScore], options: CaptionOptions, summary: ExportSummary
-) -> None:
+) -> bool:
+    """Write one caption; whether it was written (not skipped, not failed)."""
     text = caption_text(tags, options)
     try:
         written = write_caption(target, text, options.overwrite)
     except OSError as exc:
         summary.fail(os_problem(path, exc))
-        return
+        return False
     if not written:
         summary.skipped += 1
-        return
+        return False
     summary.written += 1
     summary.empty += text == "\n"
+    return True
 
 
 def _record_rename(summary: ExportSummary, path: str, target: str) -> None:

@@ -27,6 +27,7 @@ from app.store.db import session_factory
 from app.store.formats import canonical_format
 from app.store.models import Image
 from app.store.roots import add_roots, library_roots
+from app.tagger import pillow_notes
 from app.tagger.batching import lookahead, ordered_map, predict_stacked
 from app.tagger.decode import decode_with_meta
 from app.tagger.defaults import CARD
@@ -348,7 +349,8 @@ def load_candidate(
         return loaded
     try:
         draft = preprocess.draft_request if options.jpeg_draft else None
-        image, meta = decode_with_meta(data, max_pixels=options.max_pixels, draft=draft)
+        with pillow_notes.noting(item.path):  # Pillow's warnings name the file
+            image, meta = decode_with_meta(data, max_pixels=options.max_pixels, draft=draft)
         loaded.tensor = preprocess.tensor(image)
     except ImageDecodeError as exc:
         loaded.error = exc

@@ -230,6 +230,9 @@ def test_colliding_names_are_resolved_in_path_order(engine: Engine, tmp_path: Pa
         (str(art / "a" / "b.jpg"), str(out / "a" / "b.jpg.2.txt")),
         (str(art / "a" / "b.png"), str(out / "a" / "b.png.txt")),
     ]
+    # a re-run skips every caption and reports no rename again: it made none
+    again = export(engine, out)
+    assert (again.written, again.skipped, again.renamed, again.renames) == (0, 5, 0, [])
 
 
 def test_paths_that_would_escape_are_refused(engine: Engine, tmp_path: Path) -> None:

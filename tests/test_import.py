@@ -271,11 +271,15 @@ def test_cli_import(tmp_path: Path) -> None:
     subprocess.run([SAGASHI, "db", "upgrade"], env=env, check=True, capture_output=True)
     file = write_jsonl(tmp_path / "p.jsonl", [record(0), record(1, width=-3)])
     result = subprocess.run(
-        [SAGASHI, "import", str(file)], env=env, capture_output=True, text=True, check=False
+        [SAGASHI, "import", str(file), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 1
     assert f"{file}:2: 'width' must be a positive integer, got -3" in result.stderr
-    assert '"new": 1' in result.stderr
+    assert json.loads(result.stdout)["new"] == 1
     missing = subprocess.run(
         [SAGASHI, "import", str(tmp_path / "nope.jsonl")],
         env=env,
@@ -299,7 +303,7 @@ def test_cli_import_of_more_rows_than_a_batch_on_sqlite(tmp_path: Path) -> None:
         [SAGASHI, "import", str(file)], env=env, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert f'"new": {rows}, "updated": 0, "failed": 0' in result.stderr
+    assert f"\n  new      {rows}\n  updated      0\n  failed       0" in result.stderr
     assert len(snapshot(create_db_engine(url))) == rows
 
 

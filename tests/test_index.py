@@ -142,9 +142,9 @@ def test_cli_refuses_an_unmigrated_database_then_indexes(
     )
     upgraded = run_cli("db", "upgrade", env=env)
     assert upgraded.returncode == 0, upgraded.stderr
-    indexed = run_cli("index", str(root), env=env)
+    indexed = run_cli("index", str(root), "--json", env=env)
     assert indexed.returncode == 0, indexed.stderr
-    assert '"new": 3' in indexed.stderr
+    assert json.loads(indexed.stdout)["new"] == 3
     assert (tmp_path / "data" / "faiss").is_dir()
     engine = create_db_engine(db_url)
     migrate.check_schema(engine)
@@ -259,12 +259,13 @@ def test_cli_reports_links_out_of_the_library(
         "SAGASHI_DATA_DIR": str(tmp_path / "data"),
         "SAGASHI_MODEL_DIR": str(tiny_pixai_dir),
     }
-    indexed = run_cli("index", str(art), env=env)  # shelf was never indexed: outside too
+    # shelf was never indexed: outside too
+    indexed = run_cli("index", str(art), "--json", env=env)
     assert indexed.returncode == 1, indexed.stderr
     for link in ("out.png", "outdir", "shelf"):
         assert f"failed: {art / link}: outside_library: symlink to " in indexed.stderr
-    assert '"new": 2' in indexed.stderr
-    assert '"failed_by_reason": {"outside_library": 3}' in indexed.stderr
+    summary = json.loads(indexed.stdout)
+    assert (summary["new"], summary["failed_by_reason"]) == (2, {"outside_library": 3})
     listed = [json.loads(line) for line in run_cli("jobs", "list", env=env).stdout.splitlines()]
     shown = json.loads(run_cli("jobs", "show", str(listed[0]["id"]), env=env).stdout)
     assert {(f["path"], f["code"]) for f in shown["failures"]} == {

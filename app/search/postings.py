@@ -50,6 +50,7 @@ from app.store.models import Embedding, Image, ImageChange, ImageTag, Tag
 from app.store.repository import chunks
 from app.tagger.defaults import CARD
 from app.tagger.vocab import GROUPS
+from app.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -603,7 +604,8 @@ class PostingEngine:
     def load(cls, session: Session, generation_id: int) -> PostingEngine:
         _low, seq = latest_change(session)
         segment = Segment.load(session, generation_id, tag_groups(session))
-        log.info("loaded %d images of generation %d into memory", len(segment.live), generation_id)
+        images = plural(len(segment.live), "image")
+        log.info("loaded %s of generation %d into memory", images, generation_id)
         return cls(generation_id, seq, [segment])
 
     def is_current(self, session: Session) -> bool:

@@ -36,6 +36,7 @@ from pyroaring import BitMap
 from app.search.bitmaps import bitmap_of
 from app.search.plan import PTag
 from app.search.postings import Attributes, Postings, Segment
+from app.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,8 @@ class SegmentStore:
             shutil.rmtree(self.folder / name, ignore_errors=True)
             raise
         self._remove_others(name)
-        log.info("wrote segment set %s: %d images up to change %d", name, len(segment.live), seq)
+        images = plural(len(segment.live), "image")
+        log.info("wrote segment set %s: %s up to change %d", name, images, seq)
         return _info(name, manifest)
 
     def _remove_others(self, keep: str) -> None:

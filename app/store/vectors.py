@@ -46,6 +46,7 @@ from app.store.filecheck import FileCheck, checksum, problem
 from app.store.matrix import Matrix, MatrixWriter
 from app.store.models import Embedding, ModelGeneration
 from app.store.repository import index_version
+from app.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +351,9 @@ def _rebuild(
             os.replace(vectors_temp, vectors_path)
             os.replace(index_temp, index_path)
         _replace(meta_path, lambda p: Path(p).write_text(_meta_json(meta), encoding="utf-8"))
-    log.info("built %s FAISS index of %d vectors for generation %d", kind, count, generation_id)
+    log.info(
+        "built %s FAISS index of %s for generation %d", kind, plural(count, "vector"), generation_id
+    )
     return _open(data_dir, meta, populate)
 
 
@@ -459,6 +462,9 @@ def open_written(
     database's index version, this format, every file's size and checksum), else None
     with the reason logged."""
     meta = read_meta(data_dir, generation_id)
+    if meta is None and not index_paths(data_dir, generation_id)[1].exists():
+        log.info("FAISS index for generation %d: building it", generation_id)  # a new index
+        return None
     stale = _stale(meta, version)
     if stale is not None or meta is None:  # expected after any change: not a warning
         log.info("FAISS index for generation %d: %s; rebuilding", generation_id, stale)
@@ -478,7 +484,7 @@ def open_written(
 
 def _stale(meta: IndexMeta | None, version: int) -> str | None:
     if meta is None:
-        return "missing or unreadable"
+        return "its description is unreadable"
     if meta.format != FORMAT or set(meta.files) != {"faiss", "vectors"}:
         return f"format {meta.format}, not {FORMAT}"
     if meta.version != version:

@@ -21,13 +21,17 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from app.tagger import pillow_notes
 from app.tagger.errors import ImageDecodeError
+from app.text import article
 
 DraftRequest = Callable[[int, int], tuple[int, int] | None]
 
 # Pillow's own bomb check runs inside Image.open with a process-wide limit; ours runs
 # right after with the configured limit, so Pillow's warning is only noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow's other warnings about a file name the file, in one line (app.tagger.pillow_notes).
+pillow_notes.install()
 
 _DECODE_FAILURES = (
     OSError,
@@ -83,12 +87,13 @@ def decode_with_meta(
     if isinstance(source, bytes):
         if not source:
             raise ImageDecodeError("empty", "empty file (0 bytes)")
-        return _decode_stream(io.BytesIO(source), max_pixels, draft)
+        with pillow_notes.noting("an image given as bytes"):
+            return _decode_stream(io.BytesIO(source), max_pixels, draft)
     try:
         if not isinstance(source, (str, os.PathLike)):
             return _decode_open_file(source, max_pixels, draft)
         fd = os.open(Path(source), _OPEN_FLAGS)
-        with open(fd, "rb") as stream:
+        with open(fd, "rb") as stream, pillow_notes.noting(os.fsdecode(source)):
             return _decode_open_file(stream, max_pixels, draft)
     except FileNotFoundError as exc:
         raise ImageDecodeError("not_found", f"no such file: {exc.filename}") from exc
@@ -220,7 +225,7 @@ def _unidentified_error(stream: IO[bytes]) -> ImageDecodeError:
         return ImageDecodeError("not_an_image", "not a recognised image format")
     return ImageDecodeError(
         "not_an_image",
-        f"not a recognised image format: the file starts with a {claimed} signature but "
+        f"not a recognised image format: the file starts with {article(claimed)} signature but "
         "its header cannot be read (damaged, or a variant this build cannot decode)",
     )
 

@@ -10,6 +10,7 @@ from app.api.errors import ApiError
 from app.api.resources import Res
 from app.api.schemas import Health
 from app.store.db import session_factory
+from app.text import plural
 
 router = APIRouter(tags=["operations"])
 
@@ -37,8 +38,9 @@ def readyz(res: Res) -> Health:
         raise ApiError(503, "database", f"the database does not answer: {exc}") from exc
     images = res.search.loaded_images()
     opened = res.search.opened_vectors()
+    vectors = f"{opened.kind}, {plural(opened.count, 'vector')}" if opened else "empty index"
     if images is not None:
-        index = f"{images} images"
+        index = plural(images, "image")
     else:  # nothing active yet, or the sql engine, which holds nothing in memory
         index = "empty" if opened is None else "read from the database"
     return Health(
@@ -47,7 +49,7 @@ def readyz(res: Res) -> Health:
             "database": "ok",
             "engine": res.search.kind,
             "index": index,
-            "vectors": f"{opened.kind}, {opened.count} vectors" if opened else "empty index",
+            "vectors": vectors,
             "model": _model_state(res),
         },
     )
