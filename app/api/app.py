@@ -52,6 +52,7 @@ def build_resources(
         duplicate_similarity=settings.duplicate_similarity,
         max_terms=settings.max_query_terms,
         defaults=settings.tag_defaults().thresholds(),
+        prefetch_vectors=True,
     )
     thumbs = ThumbnailCache(
         settings.data_dir / "thumbs", settings.thumb_size, settings.max_image_pixels

@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -39,6 +40,7 @@ from app.store import vectors
 from app.store.db import session_factory
 from app.store.models import Embedding, Tag
 from app.store.repository import active_generation, decode_vectors, index_version
+from app.store.vectors import OPENING
 from app.tagger.defaults import CARD
 from app.tagger.vocab import GROUPS
 
@@ -97,6 +99,8 @@ class _State:
     catalog: Catalog
     tags: TagEngine  # the tag-query engine, current up to ``seq``
     index: vectors.FaissIndex | None = None
+    # The written FAISS files being opened beside the tag engine (prefetch_vectors).
+    opening: Future[vectors.FaissIndex | None] | None = None
 
 
 @dataclass
@@ -110,6 +114,9 @@ class SearchService:
     # How stale a search may be: the database is asked for changes at most this often.
     refresh_seconds: float = 1.0
     max_terms: int = MAX_TERMS
+    # Open the written FAISS files in a thread while the tag engine opens (a server's
+    # start-up: both wait on checksums and page mapping, so they overlap).
+    prefetch_vectors: bool = False
     # Per-group thresholds of a term without one (Settings.tag_defaults(): SAGASHI_THRESHOLD_*).
     defaults: Mapping[str, float] = field(default_factory=CARD.thresholds)
     _state: _State | None = field(default=None, repr=False)
@@ -215,8 +222,10 @@ class SearchService:
         _low, seq = latest_change(session)
         replacing = gc.get_freeze_count() > 0
         gc.unfreeze()
+        opening = self._prefetch(session, generation_id) if self.prefetch_vectors else None
         tags = open_engine(self.kind, session, generation_id, self.data_dir)
         state = _State(generation_id, dim, seq, _catalog(session, self.aliases), tags)
+        state.opening = opening
         # The engine holds millions of long-lived objects (paths, arrays, bitmaps); a full
         # collection walking them all paused searches for 200 ms at 1M images. Frozen, they
         # are left out of collections (and still freed when the engine is dropped). Before
@@ -226,6 +235,14 @@ class SearchService:
         gc.collect(2 if replacing else 1)
         gc.freeze()
         return state
+
+    def _prefetch(self, session: Session, generation_id: int) -> Future[vectors.FaissIndex | None]:
+        """Start opening the generation's written FAISS files, if current and intact."""
+        version = index_version(session, generation_id)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="faiss-open")
+        opening = pool.submit(vectors.open_written, self.data_dir, generation_id, version)
+        pool.shutdown(wait=False)  # the thread ends with its one task
+        return opening
 
     def _refresh(self, session: Session, state: _State) -> None:
         _low, seq = latest_change(session)
@@ -255,9 +272,22 @@ class SearchService:
         """The FAISS index: loaded (or built) once, then reloaded when a writer has written
         a newer file. Until then the older one serves, filtered by the live images."""
         version = index_version(session, state.generation_id)
+        tried = False
+        if state.index is None and state.opening is not None:
+            if report is not None:
+                report(OPENING)
+            opened, state.opening = state.opening.result(), None
+            tried = opened is None
+            if opened is not None and opened.meta.version == version:
+                state.index = opened
         if state.index is None:
             state.index = vectors.load_fresh(
-                self.engine, self.data_dir, state.generation_id, keep_unwritten=True, report=report
+                self.engine,
+                self.data_dir,
+                state.generation_id,
+                keep_unwritten=True,
+                report=report,
+                written_failed=tried,
             )
         elif version != state.index.meta.version:
             meta = vectors.read_meta(self.data_dir, state.generation_id)

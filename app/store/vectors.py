@@ -49,6 +49,8 @@ from app.store.repository import index_version
 from app.text import plural
 
 log = logging.getLogger(__name__)
+# The start-up stage /readyz shows while the written files are checked and mapped.
+OPENING = "opening the FAISS index"
 
 FLAT_LIMIT = 100_000
 READ_CHUNK = 20_000
@@ -537,8 +539,11 @@ def load_fresh(
     keep_unwritten: bool = False,
     report: Report | None = None,
     populate: bool = True,
+    written_failed: bool = False,
 ) -> FaissIndex:
     """The generation's index from disk when it matches the database, else rebuilt.
+    ``written_failed``: the caller already tried the written files (open_written gave
+    None, with its reason logged), so go straight to the build.
     With ``keep_unwritten`` (a server), an index whose files cannot be written is built
     in memory and served from there, instead of raising :class:`IndexWriteError`.
     ``report`` is told each stage (opening, reading, building...), for /readyz. With
@@ -547,8 +552,8 @@ def load_fresh(
     report = report or _quiet
     with session_factory(engine)() as session:
         version = index_version(session, generation_id)
-    report("opening the FAISS index")
-    opened = open_written(data_dir, generation_id, version, populate)
+    report(OPENING)
+    opened = None if written_failed else open_written(data_dir, generation_id, version, populate)
     if opened is not None:
         return opened
     try:
