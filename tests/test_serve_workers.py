@@ -67,6 +67,11 @@ def test_two_workers_share_the_segments_and_follow_changes(
     )
     try:
         wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
+        # A worker accepts connections only once warm: after one 200, every new connection
+        # lands on a ready worker, never on one still opening its index.
+        for _ in range(20):
+            with httpx.Client(base_url=base, timeout=30) as client:
+                assert client.get("/readyz").status_code == 200
         wait_for(lambda: len(children(server.pid)) >= 2)
         assert set(counts(base, 10)) == {6}
         statuses: list[int] = []

@@ -7,6 +7,7 @@ thread; /readyz answers 503 until it is loaded.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -66,8 +67,15 @@ def build_resources(
     return Resources(settings, engine, search_service, inference, thumbs, metrics, decodes)
 
 
-def create_app(settings: Settings, tagger: Tagger | None = None) -> FastAPI:
-    """The application. ``tagger`` replaces the model from SAGASHI_MODEL_DIR (tests)."""
+def create_app(
+    settings: Settings, tagger: Tagger | None = None, accept_when_ready: bool = False
+) -> FastAPI:
+    """The application. ``tagger`` replaces the model from SAGASHI_MODEL_DIR (tests).
+    ``accept_when_ready`` (each of several worker processes): finish starting, and so let
+    uvicorn accept connections, only once warm. The workers share one socket, and a request
+    that reached a worker still opening its index waited seconds behind it while another
+    worker already answered /readyz with 200. A single process starts at once instead, so
+    /healthz and /readyz answer while it warms."""
     metrics = Metrics()  # one registry per app
 
     @asynccontextmanager
@@ -75,6 +83,8 @@ def create_app(settings: Settings, tagger: Tagger | None = None) -> FastAPI:
         resources = build_resources(settings, metrics, tagger)
         app.state.resources = resources
         threading.Thread(target=resources.warm, name="sagashi-warm", daemon=True).start()
+        if accept_when_ready:
+            await asyncio.to_thread(resources.warmed.wait)
         yield
         resources.engine.dispose()
 

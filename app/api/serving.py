@@ -96,7 +96,7 @@ def app_from_environment() -> FastAPI:
     _die_with_parent()
     settings = Settings()
     HeadTimeoutH11Protocol.header_timeout = settings.header_timeout  # this process's class
-    return create_app(settings)
+    return create_app(settings, accept_when_ready=True)
 
 
 def _die_with_parent() -> None:
