@@ -21,6 +21,7 @@ run for both engines:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +96,17 @@ def search_run(url: str, data_dir: Path, kind: str) -> float:
     return time.perf_counter() - started
 
 
-def serve_run(url: str, data_dir: Path, kind: str, port: int) -> tuple[float, int]:
+@contextlib.contextmanager
+def served(
+    url: str, data_dir: Path, kind: str, port: int, workers: int = 1
+) -> Iterator[tuple[subprocess.Popen[bytes], float]]:
+    """A ``sagashi serve`` and the seconds from its start to a 200 from /readyz."""
     import httpx
 
     started = time.perf_counter()
     process = subprocess.Popen(
         [SAGASHI, "serve", "--port", str(port)],
-        env=environment(url, data_dir, kind),
+        env={**environment(url, data_dir, kind), "SAGASHI_WORKERS": str(workers)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -114,10 +120,15 @@ def serve_run(url: str, data_dir: Path, kind: str, port: int) -> tuple[float, in
             if process.poll() is not None:
                 raise RuntimeError(f"sagashi serve exited with {process.returncode}")
             time.sleep(0.05)
-        return time.perf_counter() - started, _status("VmRSS", process.pid)
+        yield process, time.perf_counter() - started
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
+
+
+def serve_run(url: str, data_dir: Path, kind: str, port: int) -> tuple[float, int]:
+    with served(url, data_dir, kind, port) as (process, ready):
+        return ready, _status("VmRSS", process.pid)
 
 
 def _tree(pid: int) -> list[int]:
@@ -135,27 +146,8 @@ def _rollup(pid: int) -> dict[str, int]:
 
 def workers_memory(url: str, data_dir: Path, kind: str, workers: int, port: int) -> None:
     """Start a server with ``workers`` processes, warm every one, and log its memory."""
-    import httpx
-
-    env = {**environment(url, data_dir, kind), "SAGASHI_WORKERS": str(workers)}
-    process = subprocess.Popen(
-        [SAGASHI, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        started = time.perf_counter()
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        ready = time.perf_counter() - started
-        warm_up(base, 100 * workers)
+    with served(url, data_dir, kind, port, workers) as (process, ready):
+        warm_up(f"http://127.0.0.1:{port}", 100 * workers)
         pids = _tree(process.pid)
         rollups = [_rollup(pid) for pid in pids]
         pss = sum(r["Pss"] for r in rollups)
@@ -170,9 +162,6 @@ def workers_memory(url: str, data_dir: Path, kind: str, workers: int, port: int)
             uss / 1e9,
             rss / 1e9,
         )
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
 
 
 def warm_up(base: str, requests: int) -> None:
