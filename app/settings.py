@@ -247,6 +247,11 @@ class Settings(BaseSettings):
     thumb_size: int = Field(
         default=320, ge=32, le=2048, description="Longest side of thumbnails, in pixels."
     )
+    export_dir: Path | None = Field(
+        default=None,
+        description="Folder that exports started from the API or the gallery are written "
+        "under, one subfolder each (on the worker's host). Unset: SAGASHI_DATA_DIR/exports.",
+    )
     worker_poll_seconds: float = Field(
         default=2.0, gt=0, le=3600, description="How often 'sagashi worker' looks for jobs."
     )
@@ -262,7 +267,13 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "admin_token", "read_token", "model_dir", "alias_file", "database_url", mode="before"
+        "admin_token",
+        "read_token",
+        "model_dir",
+        "alias_file",
+        "database_url",
+        "export_dir",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -323,6 +334,9 @@ class Settings(BaseSettings):
         if self.workers:
             return self.workers
         return 1 if self.search_engine == "memory" else max(1, os.cpu_count() or 1)
+
+    def effective_export_dir(self) -> Path:
+        return self.export_dir if self.export_dir is not None else self.data_dir / "exports"
 
     def effective_torch_threads(self) -> int:
         return self.torch_threads or max(1, os.cpu_count() or 1)

@@ -59,6 +59,15 @@ class Layout(StrEnum):
     beside = "beside"
 
 
+class ImageMode(StrEnum):
+    """How ``sagashi export DIR`` puts the images in the dataset folder."""
+
+    copy = "copy"
+    hardlink = "hardlink"
+    symlink = "symlink"
+    none = "none"
+
+
 class EmptyIndexError(Exception):
     """There is no active generation, or it has no live images."""
 
@@ -238,11 +247,15 @@ def iter_live(engine: Engine, generation_id: int) -> Iterator[list[tuple[int, st
         after = rows[-1][0]
 
 
-def survey(engine: Engine, generation_id: int) -> Survey:
+def survey(engine: Engine, generation_id: int, only: frozenset[int] | None = None) -> Survey:
+    """``only``: the images a --where query matched (None: every live image)."""
     ids: list[np.ndarray] = []
     keys: list[np.ndarray] = []
     root: str | None = None
-    for rows in iter_live(engine, generation_id):
+    for found in iter_live(engine, generation_id):
+        rows = found if only is None else [row for row in found if row[0] in only]
+        if not rows:
+            continue
         ids.append(np.fromiter((i for i, _ in rows), dtype=np.int64, count=len(rows)))
         hashes = (key_hash(caption_key(p)) for _, p in rows)
         keys.append(np.fromiter(hashes, dtype=np.int64, count=len(rows)))
@@ -407,15 +420,18 @@ def export_captions(
     out_dir: Path | None,
     options: CaptionOptions,
     progress: Progress | None = None,
+    where: Callable[[int], Sequence[int]] | None = None,
 ) -> ExportSummary:
-    """Write a caption file for every live image of the active generation.
+    """Write a caption file for every live image of the active generation, or for those
+    ``where(generation id)`` returns (the ids a query matched).
 
     ``out_dir`` is required for the mirror layout (created if missing) and ignored for the
     beside layout. Raises :class:`EmptyIndexError` when there is nothing to export.
     """
     started = time.perf_counter()
     generation_id = _active_generation_id(engine)
-    ids, destination, renames = _prepare(engine, generation_id, out_dir, options.layout)
+    only = frozenset(where(generation_id)) if where is not None else None
+    ids, destination, renames = _prepare(engine, generation_id, out_dir, options.layout, only)
     summary = ExportSummary(root=destination.root)
     tags = _tag_table(engine)
     for start in range(0, len(ids), EXPORT_CHUNK):
@@ -438,12 +454,16 @@ def export_captions(
 
 
 def _prepare(
-    engine: Engine, generation_id: int, out_dir: Path | None, layout: Layout
+    engine: Engine,
+    generation_id: int,
+    out_dir: Path | None,
+    layout: Layout,
+    only: frozenset[int] | None = None,
 ) -> tuple[np.ndarray, Destination, dict[int, str]]:
     """The ids to export, where their captions go, and the renamed ones. The survey's
     hashes are dropped on return: the export itself needs only the ids."""
-    found = survey(engine, generation_id)
-    if not len(found.ids):
+    found = survey(engine, generation_id, only)
+    if not len(found.ids) and only is None:
         raise EmptyIndexError("the index has no live images")
     return found.ids, _destination(out_dir, layout, found.root), plan_renames(engine, found)
 
@@ -546,10 +566,38 @@ def parse_order(value: str) -> tuple[str, ...]:
     return order
 
 
-EPILOG = "Example: sagashi export --captions ./captions"
+EPILOG = (
+    "Example: sagashi export --captions ./captions\n\n"
+    "Example: sagashi export --where 'hatsune_miku -monochrome' --images hardlink ./miku"
+)
 
 
 def export_command(
+    folder: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[DIR]",
+            help="A dataset folder: the matching images (see --images) beside their captions "
+            "(IMAGE-STEM.txt), and metadata.jsonl.",
+            show_default=False,
+        ),
+    ] = None,
+    where: Annotated[
+        str | None,
+        typer.Option(
+            metavar="QUERY",
+            help="Only the images this search matches (Danbooru syntax, at the thresholds "
+            "below) [default: every image].",
+        ),
+    ] = None,
+    images: Annotated[
+        ImageMode | None,
+        typer.Option(
+            help="With DIR: copy the images, hard-link them (copied when on another "
+            "filesystem), symlink them, or none (captions and metadata only) [default: copy].",
+            show_default=False,
+        ),
+    ] = None,
     captions: Annotated[
         Path | None,
         typer.Option(
@@ -627,7 +675,11 @@ def export_command(
         bool, typer.Option(help="Replace existing caption files (else they are skipped).")
     ] = False,
 ) -> None:
-    """Write a Danbooru-style caption file (IMAGE-STEM.txt) for every indexed image.
+    """Export a search as a training set (DIR), or caption files for the indexed images.
+
+    sagashi export --where QUERY DIR puts the images QUERY matches into DIR with a caption
+    beside each (kohya-ss's layout) and metadata.jsonl; a re-run skips what is there and
+    adds what is new. Without DIR, --captions DIR (or --layout beside) writes captions only.
 
     The captions come from the stored scores of the active model, as training tools such
     as kohya-ss expect: one line, characters, then copyrights, then general tags (see
@@ -642,7 +694,14 @@ def export_command(
     from indexer.cli import fail, load_settings, open_store, split_list
 
     settings = load_settings()
-    out_dir = _output_dir(captions, layout, fail)
+    if folder is not None:
+        if captions is not None or layout is not Layout.mirror:
+            fail("give either DIR (a dataset folder) or --captions DIR / --layout beside")
+        if folder.exists() and not folder.is_dir():
+            fail(f"{folder} is not a folder")
+    elif images is not None:
+        fail("--images needs a dataset folder: sagashi export --images MODE DIR")
+    out_dir = _output_dir(captions, layout, fail) if folder is None else None
     try:
         groups = parse_order(order)
     except ValueError as exc:
@@ -662,8 +721,13 @@ def export_command(
         overwrite=overwrite,
     )
     engine = open_store(settings)
+    if where is not None:
+        _check_where(where, fail)
+    if folder is not None:
+        _export_dataset(engine, folder, options, aliases, where or "", images or ImageMode.copy)
+    matched = None if where is None else _matched_by(engine, where, options, aliases)
     try:
-        summary = _run_with_progress(engine, out_dir, options)
+        summary = _run_with_progress(engine, out_dir, options, matched)
     except EmptyIndexError:
         fail("the index is empty; run 'sagashi index' first")
     except SQLAlchemyError as exc:
@@ -671,6 +735,75 @@ def export_command(
     except OSError as exc:
         fail(f"cannot use the output folder {out_dir}: {exc.strerror or exc}")
     _log_summary(summary, out_dir)
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+def _check_where(where: str, fail: Fail) -> None:
+    from app.query import QueryError, parse
+
+    try:
+        parse(where)
+    except QueryError as exc:
+        fail(f"bad --where query at character {exc.position} ({exc.code}): {exc.message}")
+
+
+def _matched_by(
+    engine: Engine, where: str, options: CaptionOptions, aliases: dict[str, str]
+) -> Callable[[int], Sequence[int]]:
+    from indexer.dataset import matching_ids, query_thresholds
+
+    def matched(generation_id: int) -> Sequence[int]:
+        return matching_ids(engine, generation_id, where, aliases, query_thresholds(options))
+
+    return matched
+
+
+def _export_dataset(
+    engine: Engine,
+    folder: Path,
+    options: CaptionOptions,
+    aliases: dict[str, str],
+    where: str,
+    images: ImageMode,
+) -> NoReturn:
+    from app.query import QueryError
+    from indexer.cli import fail
+    from indexer.dataset import DatasetOptions, export_dataset
+    from indexer.summary import render
+
+    started = time.perf_counter()
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task("exporting", total=None, rate="")
+
+            def report(done: int, total: int) -> None:
+                rate = rate_text(done, time.perf_counter() - started, "img")
+                bar.update(task, completed=done, total=total, rate=rate)
+
+            dataset = DatasetOptions(options, images, where)
+            summary = export_dataset(engine, folder, dataset, aliases, report)
+    except EmptyIndexError:
+        fail("the index is empty; run 'sagashi index' first")
+    except QueryError as exc:
+        fail(f"bad --where query at character {exc.position} ({exc.code}): {exc.message}")
+    except SQLAlchemyError as exc:
+        fail(f"database error: {first_line(exc)}")
+    except OSError as exc:
+        fail(f"cannot use the folder {folder}: {exc.strerror or exc}")
+    for problem in summary.failures:
+        log.warning("failed: %s: %s: %s", problem.path, problem.code, problem.message)
+    for image, name in summary.renames:
+        log.warning("name taken: %s exported as %s", image, name)
+    if summary.copied_not_linked:
+        log.warning(
+            "%d images lie on another filesystem than %s and were copied, not hard-linked",
+            summary.copied_not_linked,
+            folder,
+        )
+    heading = f"exported {summary.matched} matching images to {folder} in {summary.elapsed:.1f}s"
+    if not summary.matched:
+        heading = f"no image matches {where!r}; nothing exported to {folder}"
+    typer.echo(render(heading, summary.as_dict()), err=True)
     raise typer.Exit(1 if summary.failed else 0)
 
 
@@ -695,7 +828,10 @@ def _output_dir(captions: Path | None, layout: Layout, fail: Fail) -> Path | Non
 
 
 def _run_with_progress(
-    engine: Engine, out_dir: Path | None, options: CaptionOptions
+    engine: Engine,
+    out_dir: Path | None,
+    options: CaptionOptions,
+    where: Callable[[int], Sequence[int]] | None = None,
 ) -> ExportSummary:
     started = time.perf_counter()
     with progress_bar() as bar:
@@ -705,7 +841,7 @@ def _run_with_progress(
             elapsed = time.perf_counter() - started
             bar.update(task, completed=done, total=total, rate=rate_text(done, elapsed, "img"))
 
-        return export_captions(engine, out_dir, options, report)
+        return export_captions(engine, out_dir, options, report, where)
 
 
 def _log_summary(summary: ExportSummary, out_dir: Path | None) -> None:

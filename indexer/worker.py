@@ -107,6 +107,11 @@ class Worker:
             return reindex_summary.as_dict()
         if kind == "rebuild_faiss":
             return jobs.run_rebuild_faiss(self.engine, self.settings, run)
+        if kind == "export":  # needs no model
+            from indexer.dataset import run_export
+
+            exported: dict[str, Any] = run_export(self.engine, self.settings, params, run)
+            return exported
         raise jobs.JobStopped(f"unknown job kind {kind!r}")
 
     def _tagger(self, model_dir: str | None) -> Tagger:

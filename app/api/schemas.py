@@ -174,6 +174,27 @@ class AdminJobRequest(BaseModel):
     )
 
 
+class ExportJobRequest(BaseModel):
+    """An export of a search into a dataset folder under SAGASHI_EXPORT_DIR."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=255,
+        description="The dataset folder's name, created under the worker's SAGASHI_EXPORT_DIR.",
+    )
+    q: str = Field(default="", max_length=10_000, description="The query whose images to export.")
+    images: Literal["copy", "hardlink", "symlink", "none"] = Field(
+        default="copy", description="How the images go in the folder (none: captions only)."
+    )
+    threshold_general: float | None = Field(default=None, ge=0, le=1)
+    threshold_character: float | None = Field(default=None, ge=0, le=1)
+    threshold_copyright: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=1, le=100_000)
+    overwrite: bool = Field(default=False, description="Replace files already in the folder.")
+
+
 class JobOut(BaseModel):
     id: int
     kind: str

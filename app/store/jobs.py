@@ -17,8 +17,21 @@ from app.store.db import session_factory
 from app.store.models import Job, JobFailure
 from app.store.repository import now
 
-JOB_KINDS = ("index", "reindex", "rebuild_faiss")  # what can be queued for a worker
+JOB_KINDS = ("index", "reindex", "rebuild_faiss", "export")  # what can be queued for a worker
 MAX_ATTEMPTS = 3  # a queued job whose worker died this often is failed, not retried
+
+
+def valid_export_name(name: str) -> bool:
+    """An export job's folder name: one plain folder name under SAGASHI_EXPORT_DIR."""
+    return (
+        0 < len(name) <= 255
+        and "/" not in name
+        and "\\" not in name
+        and "\x00" not in name
+        and not name.startswith(".")
+        and name.isprintable()
+        and name == name.encode("utf-8", "replace").decode("utf-8")
+    )
 
 
 class JobRecorder:

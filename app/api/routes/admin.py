@@ -18,10 +18,17 @@ from app.api.errors import ApiError
 from app.api.openapi import BEARER_SCHEME
 from app.api.resources import Res
 from app.api.routes.common import query_error
-from app.api.schemas import AdminJobRequest, JobOut, ReloadResponse
+from app.api.schemas import AdminJobRequest, ExportJobRequest, JobOut, ReloadResponse
 from app.query import QueryError, parse
 from app.search.service import EmptyIndex
-from app.store.jobs import enqueue, failure_records, get_job, job_record, recent_jobs
+from app.store.jobs import (
+    enqueue,
+    failure_records,
+    get_job,
+    job_record,
+    recent_jobs,
+    valid_export_name,
+)
 
 # Declares the scheme in the OpenAPI schema (clients and Swagger UI's "Authorize" send the
 # token); the checks and their error codes stay ours, hence auto_error=False.
@@ -57,6 +64,29 @@ def queue_job(body: AdminJobRequest, res: Res) -> JobOut:
     /api/admin/jobs/{id}."""
     params = _job_params(body)
     job = enqueue(res.engine, body.action, params)
+    return JobOut(**job_record(job))
+
+
+@router.post("/api/admin/export", response_model=JobOut, status_code=202)
+def queue_export(body: ExportJobRequest, res: Res) -> JobOut:
+    """Queue an export of a search (q, at the given thresholds) into a dataset folder named
+    name under SAGASHI_EXPORT_DIR: images (copied, hard-linked, symlinked or none), a caption
+    beside each, and metadata.jsonl, as 'sagashi export --where Q DIR' writes it. A
+    'sagashi worker' process runs it; follow it at /api/admin/jobs/{id}."""
+    if not valid_export_name(body.name):
+        raise ApiError(
+            422, "invalid_request", "name: one folder name, without '/' and not starting with '.'"
+        )
+    try:
+        body.q.encode("utf-8")
+        parse(body.q)
+    except UnicodeEncodeError as exc:
+        raise ApiError(422, "invalid_request", "q: not valid Unicode text") from exc
+    except QueryError as exc:
+        raise query_error(exc) from exc
+    params = body.model_dump()
+    params["where"] = params.pop("q")
+    job = enqueue(res.engine, "export", params)
     return JobOut(**job_record(job))
 
 

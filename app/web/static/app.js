@@ -384,6 +384,54 @@ function searchByFile(file) {
   navigate({ image: null }, false);
 }
 
+// --- export (an admin job run by sagashi worker) ---------------------------------------
+
+async function adminCall(path, options = {}) {
+  // Not api(): a 401 here is a missing admin token, not a reason to log in again.
+  const token = sessionStorage.getItem("sagashi-admin-token") || "";
+  const headers = { Authorization: `Bearer ${token}`, ...(options.headers || {}) };
+  const response = await fetch(path, { ...options, headers });
+  const body = await response.json().catch(() => null);
+  if (!response.ok) {
+    throw new ApiError(response.status, body && body.error ? body.error : { code: "http", message: `HTTP ${response.status}` });
+  }
+  return body;
+}
+
+function exportText(job) {
+  const s = job.summary || {};
+  if (job.state === "queued") return "Export queued: waiting for a 'sagashi worker' to run it";
+  if (job.state === "running") return `Exporting: ${job.done.toLocaleString()} of ${job.total.toLocaleString()} images`;
+  if (job.state === "failed") return `Export failed: ${job.error}`;
+  const failed = job.failed ? `, ${job.failed} failed (see job ${job.id})` : "";
+  return `Exported ${(s.matched ?? job.total).toLocaleString()} images to ${s.folder}${failed}`;
+}
+
+async function startExport(event) {
+  event.preventDefault();
+  const status = $("#export-status");
+  sessionStorage.setItem("sagashi-admin-token", $("#export-token").value.trim());
+  const body = { name: $("#export-name").value.trim(), q: params().get("q") || "", images: $("#export-images").value };
+  for (const [group, value] of Object.entries(thresholds())) {
+    if (group !== "rating") body[`threshold_${group}`] = value;
+  }
+  try {
+    let job = await adminCall("/api/admin/export", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    status.textContent = exportText(job);
+    while (job.state === "queued" || job.state === "running") {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      job = await adminCall(`/api/admin/jobs/${job.id}`);
+      status.textContent = exportText(job);
+    }
+  } catch (error) {
+    status.textContent = `Export refused: ${error.message}`;
+  }
+}
+
 // --- page -------------------------------------------------------------------------------
 
 function render() {
@@ -411,6 +459,13 @@ function start() {
     navigate({ q: $("#q").value.trim(), image: null });
   });
   $("#clear-upload").addEventListener("click", () => searchFor(params().get("q") || ""));
+  $("#export-open").addEventListener("click", (event) => {
+    const form = $("#export-form");
+    form.hidden = !form.hidden;
+    event.target.setAttribute("aria-expanded", String(!form.hidden));
+    $("#export-token").value = sessionStorage.getItem("sagashi-admin-token") || "";
+  });
+  $("#export-form").addEventListener("submit", startExport);
   $(".brand").addEventListener("click", (event) => {
     event.preventDefault();
     searchFor("");
