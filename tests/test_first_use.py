@@ -5,6 +5,7 @@ model never imports torch and stays small."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -167,3 +168,18 @@ def test_serve_without_a_model_never_loads_torch_and_stays_small(
         assert upload.status_code == 503 and upload.json()["error"]["code"] == "model_unavailable"
         assert mapped_torch(pid) == []
         assert rss_kib(pid) < 200 * 1024, rss_kib(pid)
+
+
+def test_import_and_worker_create_the_database_on_first_use(tmp_path: Path) -> None:
+    from tests.test_import import record, write_jsonl
+
+    file = write_jsonl(tmp_path / "p.jsonl", [record(0), record(1)])
+    imported = run_sagashi("import", str(file), "--json", env=environment(tmp_path / "a", None))
+    assert imported.returncode == 0, imported.stderr
+    assert "INFO sagashi: created the database" in imported.stderr
+    assert json.loads(imported.stdout)["new"] == 2
+    worked = run_sagashi("worker", "--once", env=environment(tmp_path / "b", None))
+    assert worked.returncode == 0, worked.stderr
+    assert "INFO sagashi: created the database" in worked.stderr
+    assert "INFO sagashi: worker ran 0 jobs" in worked.stderr
+    assert schema_of(f"sqlite:///{tmp_path / 'b' / 'data' / 'sagashi.db'}") == [HEAD]
