@@ -743,6 +743,7 @@ def serve(
     # Worker processes read their settings from the environment: hand them these options.
     if settings.model_dir is not None:
         os.environ["SAGASHI_MODEL_DIR"] = str(settings.model_dir)
+    os.environ["SAGASHI_WORKERS"] = str(count)
     os.environ[PARENT_VARIABLE] = str(os.getpid())
     target = "app.api.serving:app_from_environment"
     uvicorn.run(target, factory=True, workers=count, **uvicorn_options(settings, count))

@@ -96,6 +96,7 @@ def app_from_environment() -> FastAPI:
     _die_with_parent()
     settings = Settings()
     HeadTimeoutH11Protocol.header_timeout = settings.header_timeout  # this process's class
+    _share_cores(settings.effective_workers())
     return create_app(settings, accept_when_ready=True)
 
 
@@ -109,6 +110,16 @@ def _die_with_parent() -> None:
     parent = os.environ.get(PARENT_VARIABLE)
     if parent is not None and os.getppid() != int(parent):  # it died before the request
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _share_cores(workers: int) -> None:
+    """FAISS's OpenMP regions in each worker get the cores divided by the workers. With every
+    worker free to use every core, its threads spun waiting for cores the other workers held:
+    at 1M images, 2 workers on 2 cores served 46 requests/s under 8 clients with stalls of
+    seconds (search p99 6.7 s), where 1 worker served 103; with this, 80 (p99 0.64 s)."""
+    import faiss
+
+    faiss.omp_set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def uvicorn_options(settings: Settings, workers: int = 1) -> dict[str, Any]:
