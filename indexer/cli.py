@@ -657,6 +657,7 @@ def search(
         fail(f"bad query at character {exc.position} ({exc.code}): {exc.message}")
     except (EmptyIndex, NotFound, CursorError) as exc:
         fail(str(exc))
+    _say_unknown_tags(service, query)
     for hit in result.hits:
         if as_json:
             record = {k: v for k, v in hit.__dict__.items() if v is not None}
@@ -666,6 +667,17 @@ def search(
     log.info("%s; %d shown", plural(result.count, "match", "matches"), len(result.hits))
     if result.next_cursor:
         log.info("next page: --cursor %s", result.next_cursor)
+
+
+def _say_unknown_tags(service: SearchService, query: str) -> None:
+    """Tags of the query the index does not know (they match nothing), with the closest
+    known ones."""
+    from app.query import parse
+    from app.search.suggest import describe, unknown_tags
+
+    root = parse(query, max_terms=service.max_terms).root
+    for line in describe(unknown_tags(root, service.catalog())):
+        log.warning("%s", line)
 
 
 def query_embedding(engine: Engine, settings: Settings, image: Path) -> Any:

@@ -36,6 +36,19 @@ class SearchItem(BaseModel):
     tags: list[TagScoreOut] = Field(description="The image's top tags at the thresholds used.")
 
 
+class ClosestTag(BaseModel):
+    name: str = Field(description="A tag of the index.")
+    group: str
+    count: int = Field(description="Images with the tag at the default threshold.")
+    similarity: float = Field(description="Trigram similarity to the unknown tag (0..1).")
+    alias: str | None = Field(default=None, description="The alias of it that matched.")
+
+
+class UnknownTagOut(BaseModel):
+    tag: str = Field(description="A tag of the query that the index does not know.")
+    suggestions: list[ClosestTag] = Field(description="The closest known tags, best first.")
+
+
 class SearchResponse(BaseModel):
     items: list[SearchItem]
     next_cursor: str | None
@@ -43,6 +56,14 @@ class SearchResponse(BaseModel):
     estimated: bool = Field(description="True when count is an estimate.")
     engine: str
     plan: str | None = Field(default=None, description="kNN strategy of a similarity search.")
+    suggestions: list[UnknownTagOut] = Field(
+        default_factory=list,
+        description="Tags of the query the index does not know (they match nothing), each "
+        "with the closest known tags: did you mean.",
+    )
+    notice: str | None = Field(
+        default=None, description="Why there is nothing to show, e.g. an empty index."
+    )
 
 
 class ImageDetail(BaseModel):

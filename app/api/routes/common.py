@@ -11,8 +11,15 @@ from fastapi import Depends, Query
 
 from app.api.errors import ApiError
 from app.api.resources import Resources
-from app.api.schemas import SearchItem, SearchResponse, TagScoreOut
-from app.query import QueryError
+from app.api.schemas import (
+    ClosestTag,
+    SearchItem,
+    SearchResponse,
+    TagScoreOut,
+    UnknownTagOut,
+)
+from app.query import QueryError, parse
+from app.search import suggest
 from app.search.details import tags_of
 from app.search.paging import CursorError
 from app.search.service import EmptyIndex, NotFound, Page
@@ -102,8 +109,39 @@ def page_body(
     )
 
 
+EMPTY_INDEX_NOTICE = (
+    "The index is empty: index a folder with 'sagashi index PATH' (or queue an index job, "
+    "POST /api/admin/reindex), and its images appear here."
+)
+
+
 def empty_page(engine: str) -> SearchResponse:
-    return SearchResponse(items=[], next_cursor=None, count=0, estimated=False, engine=engine)
+    return SearchResponse(
+        items=[],
+        next_cursor=None,
+        count=0,
+        estimated=False,
+        engine=engine,
+        notice=EMPTY_INDEX_NOTICE,
+    )
+
+
+def unknown_tags(res: Resources, q: str) -> list[UnknownTagOut]:
+    """The query's tags the index does not know, with the closest known ones."""
+    if not q.strip():
+        return []
+    try:
+        root = parse(q, max_terms=res.settings.max_query_terms).root
+        catalog = res.search.catalog()
+    except (QueryError, EmptyIndex):
+        return []
+    return [
+        UnknownTagOut(
+            tag=item.tag,
+            suggestions=[ClosestTag(**vars(s)) for s in item.suggestions],
+        )
+        for item in suggest.unknown_tags(root, catalog)
+    ]
 
 
 # A route's parameter for the per-group thresholds it was given: ``wanted: Thresholds``.

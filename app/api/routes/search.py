@@ -12,7 +12,13 @@ from starlette.datastructures import FormData, UploadFile
 
 from app.api.errors import ApiError, describe_validation
 from app.api.resources import Res, Resources
-from app.api.routes.common import Thresholds, empty_page, page_body, search_errors
+from app.api.routes.common import (
+    Thresholds,
+    empty_page,
+    page_body,
+    search_errors,
+    unknown_tags,
+)
 from app.api.schemas import SearchResponse, SimilarRequest
 from app.api.uploads import decode_base64, fetch_url, read_upload
 from app.search.service import EmptyIndex, SearchRequest
@@ -42,7 +48,9 @@ def search(
             page = res.search.search(request)
         except EmptyIndex:
             return empty_page(res.search.kind)
-        return page_body(res, page, wanted, tags)
+        body = page_body(res, page, wanted, tags)
+    body.suggestions = unknown_tags(res, q)
+    return body
 
 
 SIMILAR_BODY: dict[str, Any] = {
@@ -108,7 +116,9 @@ def _similar_page(
     )
     with search_errors():
         page = res.search.search(request)
-        return page_body(res, page, wanted, 8)
+        answer = page_body(res, page, wanted, 8)
+    answer.suggestions = unknown_tags(res, request.query)
+    return answer
 
 
 async def _similar_body(request: Request) -> tuple[SimilarRequest, bytes | None]:

@@ -115,6 +115,44 @@ function setStatus(text) {
   $("#status").textContent = text;
 }
 
+// --- notices: an empty index, unknown tags ----------------------------------------------
+
+function replaceTerm(q, unknown, name) {
+  // Swaps the unknown tag for a known one, keeping each term's -/~ prefix and threshold.
+  return q.split(/(\s+)/).map((token) => {
+    const match = token.match(/^([-~]*)([^,]+)(,.*)?$/);
+    if (!match || match[2].toLowerCase() !== unknown) return token;
+    return `${match[1]}${name}${match[3] || ""}`;
+  }).join("");
+}
+
+function showNotice(page, q) {
+  const box = $("#notice");
+  box.replaceChildren();
+  if (page.notice) box.append(el("p", { class: "empty-index" }, page.notice));
+  for (const unknown of page.suggestions || []) {
+    const line = el("p", { class: "unknown-tag", "data-tag": unknown.tag }, "No tag ", el("code", {}, unknown.tag), " in the index");
+    if (unknown.suggestions.length) {
+      line.append("; did you mean ");
+      unknown.suggestions.forEach((s, index) => {
+        if (index) line.append(", ");
+        const fixed = replaceTerm(q, unknown.tag, s.name);
+        const link = el("a", { href: `/?q=${encodeURIComponent(fixed)}`, class: `group-${s.group} suggestion`, title: s.alias ? `alias ${s.alias}` : `${s.count} images` }, s.name);
+        link.addEventListener("click", (event) => {
+          event.preventDefault();
+          searchFor(fixed);
+        });
+        line.append(link, el("span", { class: "count" }, ` (${s.count.toLocaleString()})`));
+      });
+      line.append("?");
+    } else {
+      line.append(": it matches nothing.");
+    }
+    box.append(line);
+  }
+  box.hidden = !box.children.length;
+}
+
 // --- results grid -----------------------------------------------------------------------
 
 function thumbnail(item) {
@@ -159,6 +197,7 @@ async function loadMore(reset) {
     if (generation !== state.generation) return; // a newer search replaced this one
     if (reset) $("#grid").replaceChildren();
     clearError();
+    if (reset) showNotice(page, q);
     for (const item of page.items) $("#grid").append(thumbnail(item));
     state.cursor = page.next_cursor;
     const shown = $("#grid").children.length;
@@ -170,6 +209,7 @@ async function loadMore(reset) {
   } catch (error) {
     if (generation !== state.generation) return;
     if (reset) $("#grid").replaceChildren();
+    $("#notice").hidden = true;
     state.cursor = null;
     setStatus("");
     showError(error, q);
@@ -442,6 +482,7 @@ function render() {
   state.generation += 1;
   const image = p.get("image");
   $("#detail").hidden = !image;
+  if (image) $("#notice").hidden = true;
   $("#results").hidden = Boolean(image);
   if (image) {
     showImage(image);
