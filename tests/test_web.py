@@ -175,18 +175,21 @@ def test_image_page_groups_tags_and_a_tag_click_searches_it(
     detail = api(site, f"/api/images/{first}")
     groups = page.eval_on_selector_all("#detail .tags ul", "els => els.map(e => e.dataset.group)")
     assert set(groups) == {tag["group"] for tag in detail["tags"]}
-    shown = page.eval_on_selector_all(
-        "#detail .tags li",
-        "els => els.map(e => [e.querySelector('a').textContent, "
-        "e.querySelector('.score').textContent])",
-    )
-    assert {name for name, _ in shown} == {tag["name"] for tag in detail["tags"]}
+    rows = "els => els.map(e => [e.dataset.tag, e.querySelector('.score').textContent])"
+    # At the thresholds in force: the image's tags, and the rest collapsed under
+    # "low confidence" with a score bar and each tag's count.
+    shown = page.eval_on_selector_all("#detail .tags > div li", rows)
+    low = page.eval_on_selector_all("#detail .tags details li", rows)
+    assert {name for name, _ in shown} == {t["name"] for t in detail["tags"] if t["confident"]}
+    assert {name for name, _ in low} == {t["name"] for t in detail["tags"] if not t["confident"]}
+    assert page.locator("#detail .tags details").get_attribute("open") is None
+    assert page.locator("#detail .tags li .bar .fill").count() == len(detail["tags"])
     assert page.get_attribute("#detail .view img", "src") == f"/api/images/{first}/file"
     page.screenshot(path=str(shots / "image-page.png"))
-    general = next(t["name"] for t in detail["tags"] if t["group"] == "general")
-    page.click(f'#detail .tags a:text-is("{general}")')
+    confident = next(t["name"] for t in detail["tags"] if t["confident"] and t["group"] != "rating")
+    page.click(f'#detail .tags > div a:text-is("{confident}")')
     page.wait_for_selector("#results:not([hidden]) #grid .thumb")
-    assert page.input_value("#q") == general
+    assert page.input_value("#q") == confident
     assert first in grid_ids(page)
 
 

@@ -27,6 +27,11 @@ class TagScoreOut(BaseModel):
     group: str
 
 
+class ImageTagOut(TagScoreOut):
+    count: int = Field(description="Images of the index with this tag at the default threshold.")
+    confident: bool = Field(description="The score reaches the group's threshold in force.")
+
+
 class SearchItem(BaseModel):
     id: int
     path: str
@@ -76,7 +81,14 @@ class ImageDetail(BaseModel):
     sha256: str
     indexed_at: str
     generation: int
-    tags: list[TagScoreOut] = Field(description="Every stored tag, by score.")
+    thresholds: dict[str, float] = Field(
+        description="The per-group thresholds in force: the request's threshold_* parameters, "
+        "else the server's defaults."
+    )
+    tags: list[ImageTagOut] = Field(
+        description="Every stored tag (down to the storage floor), by score; confident says "
+        "whether it reaches its group's threshold, so a search for it finds this image."
+    )
 
 
 class SimilarRequest(BaseModel):

@@ -20,7 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from app.api.errors import ApiError
 from app.api.open_file import OpenFileResponse, requested_span
 from app.api.resources import Res, Resources
-from app.api.schemas import ImageDetail, TagScoreOut
+from app.api.routes.common import Thresholds
+from app.api.schemas import ImageDetail, ImageTagOut
 from app.search.details import image_row, tags_of
 from app.search.service import EmptyIndex
 from app.store.db import session_factory
@@ -47,12 +48,16 @@ MEDIA_TYPES = {  # by the canonical format names the index stores
 
 
 @router.get("/api/images/{image_id}", response_model=ImageDetail)
-def image_detail(image_id: ImageId, res: Res) -> ImageDetail:
-    """An image's metadata and every stored tag, with scores and groups."""
+def image_detail(image_id: ImageId, res: Res, wanted: Thresholds) -> ImageDetail:
+    """An image's metadata and every stored tag, with scores, groups, each tag's image count
+    and whether it reaches the thresholds in force (threshold_* parameters, else the
+    server's defaults): the gallery lists those, the rest under "low confidence"."""
     try:
+        catalog = res.search.catalog()
         generation = res.search.generation_id()
     except EmptyIndex as exc:
         raise _missing(image_id) from exc
+    thresholds = res.search.thresholds(wanted)
     with session_factory(res.engine)() as session:
         image = image_row(session, image_id)
         if image is None:
@@ -68,7 +73,17 @@ def image_detail(image_id: ImageId, res: Res) -> ImageDetail:
         sha256=image.sha256,
         indexed_at=image.indexed_at.isoformat(),
         generation=generation,
-        tags=[TagScoreOut(name=t.name, score=t.score, group=t.group) for t in tags],
+        thresholds=thresholds,
+        tags=[
+            ImageTagOut(
+                name=t.name,
+                score=t.score,
+                group=t.group,
+                count=info.count if (info := catalog.tags.get(t.name)) else 0,
+                confident=t.score >= thresholds.get(t.group, 0.0),
+            )
+            for t in tags
+        ],
     )
 
 

@@ -240,7 +240,7 @@ async function showImage(imageId) {
   const detail = $("#detail");
   detail.replaceChildren();
   try {
-    const image = await api(`/api/images/${imageId}`);
+    const image = await api(`/api/images/${imageId}?${thresholdQuery()}`);
     const view = el("div", { class: "view" },
       el("img", { src: `/api/images/${image.id}/file`, alt: image.path }),
       el("div", { class: "meta" }, `${image.width}×${image.height} · ${image.format} · ${(image.size_bytes / 1024).toFixed(0)} KiB · ${image.path}`),
@@ -255,23 +255,47 @@ async function showImage(imageId) {
   }
 }
 
-function tagPanel(tags) {
-  const panel = el("aside", { class: "tags" });
+function tagRow(tag) {
+  const link = el("a", { href: `/?q=${encodeURIComponent(tag.name)}`, class: `group-${tag.group} tag-link` }, tag.name);
+  link.addEventListener("click", (event) => {
+    event.preventDefault();
+    $("#q").value = tag.name;
+    searchFor(tag.name);
+  });
+  const bar = el("span", { class: "bar", role: "meter", "aria-valuemin": "0", "aria-valuemax": "1", "aria-valuenow": tag.score.toFixed(3), "aria-label": `score of ${tag.name}` },
+    el("span", { class: "fill", style: `width: ${(tag.score * 100).toFixed(1)}%` }));
+  return el("li", { "data-tag": tag.name },
+    link,
+    el("span", { class: "count", title: "images with this tag" }, tag.count.toLocaleString()),
+    bar,
+    el("span", { class: "score" }, tag.score.toFixed(3)));
+}
+
+function tagList(tags) {
+  // By group, in GROUP_ORDER; tags arrive by score.
+  const box = el("div", {});
   for (const group of GROUP_ORDER) {
     const inGroup = tags.filter((t) => t.group === group);
     if (!inGroup.length) continue;
-    panel.append(el("h3", { class: `group-${group}` }, group));
+    box.append(el("h3", { class: `group-${group}` }, group));
     const list = el("ul", { "data-group": group });
-    for (const tag of inGroup) {
-      const link = el("a", { href: `/?q=${encodeURIComponent(tag.name)}`, class: `group-${group} tag-link` }, tag.name);
-      link.addEventListener("click", (event) => {
-        event.preventDefault();
-        $("#q").value = tag.name;
-        searchFor(tag.name);
-      });
-      list.append(el("li", {}, link, el("span", { class: "score" }, tag.score.toFixed(3))));
-    }
-    panel.append(list);
+    for (const tag of inGroup) list.append(tagRow(tag));
+    box.append(list);
+  }
+  return box;
+}
+
+function tagPanel(tags) {
+  // The tags at the thresholds in force (the sliders), so each one's search finds this
+  // image; the rest, down to the storage floor, collapsed under "low confidence".
+  const panel = el("aside", { class: "tags" });
+  const confident = tags.filter((t) => t.confident);
+  const rest = tags.filter((t) => !t.confident);
+  panel.append(confident.length ? tagList(confident) : el("p", { class: "none" }, "No tag reaches the thresholds."));
+  if (rest.length) {
+    const low = el("details", { class: "low-confidence" }, el("summary", {}, `Low confidence (${rest.length})`));
+    low.append(tagList(rest));
+    panel.append(low);
   }
   return panel;
 }
