@@ -247,6 +247,12 @@ class Settings(BaseSettings):
     thumb_size: int = Field(
         default=320, ge=32, le=2048, description="Longest side of thumbnails, in pixels."
     )
+    index_thumbs: bool = Field(
+        default=True,
+        description="'sagashi index' (and index jobs) makes the gallery's thumbnails of new "
+        "and changed images in the background of the run, so a first gallery view needs no "
+        "decode.",
+    )
     export_dir: Path | None = Field(
         default=None,
         description="Folder that exports started from the API or the gallery are written "

@@ -23,6 +23,7 @@ from app.store.aliases import AliasError, load_aliases
 from app.store.db import session_factory
 from app.store.repository import GenerationMismatch, active_generation
 from app.tagger.protocol import Tagger
+from indexer import thumbnails
 from indexer.pipeline import Indexer, IndexOptions, IndexSummary
 from indexer.reindex import Reindexer, ReindexError, ReindexSummary
 from indexer.runs import Run, finish
@@ -103,7 +104,8 @@ def run_index(
 ) -> IndexSummary:
     options = index_options(settings)
     try:
-        summary = Indexer(engine, tagger, options).run(paths, run.update)
+        with thumbnails.following(engine, settings):
+            summary = Indexer(engine, tagger, options).run(paths, run.update)
     except GenerationMismatch as exc:
         raise JobStopped(str(exc)) from exc
     except SQLAlchemyError as exc:
