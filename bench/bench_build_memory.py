@@ -12,9 +12,10 @@ every 20 ms: what cannot be given back to the page cache).
 - Without ``--import``: ``vectors.rebuild`` of the bench_search database of --images
   synthetic images (imported once), into a scratch folder: what ``sagashi index``,
   ``reindex``, ``import`` and ``faiss rebuild`` run at their end.
-- With ``--import``: the whole of ``sagashi import`` (the importer, then the FAISS build of
-  ``jobs.refresh_faiss``) into a fresh SQLite file, with peaks after the import and at the
-  end, and the peak of the importer's file-reading child process.
+- With ``--import``: the whole of ``sagashi import`` (the importer, the FAISS build of
+  ``jobs.refresh_faiss``, then the segment set) into a fresh SQLite file, with peaks after
+  the import, after the FAISS build and at the end, and the peak of the importer's
+  file-reading child process.
 """
 
 from __future__ import annotations
@@ -74,9 +75,10 @@ def child_rebuild(url: str, data_dir: Path) -> dict[str, Any]:
 
 
 def child_import(url: str, data_dir: Path, source: Path) -> dict[str, Any]:
+    from app.search.segment_engine import write_segments
     from app.store import migrate
     from app.store.aliases import load_aliases
-    from app.store.db import create_db_engine
+    from app.store.db import create_db_engine, session_factory
     from app.tagger.vocab import load_pixai_vocabulary
     from indexer import jobs
     from indexer.importer import Importer, ImportOptions
@@ -91,13 +93,22 @@ def child_import(url: str, data_dir: Path, source: Path) -> dict[str, Any]:
     imported = time.perf_counter() - started
     after_import = peaks.now()
     jobs.refresh_faiss(engine, data_dir)
+    after_faiss, faiss_done = peaks.now(), time.perf_counter()
+    # What 'sagashi import' writes last with the segment engine (the default): its set.
+    generation = jobs.active_generation_id(engine)
+    assert generation is not None
+    with session_factory(engine)() as session:
+        write_segments(session, data_dir, generation)
     reader = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     return {
         "images": summary.new,
         "import_s": imported,
-        "faiss_s": time.perf_counter() - started - imported,
+        "faiss_s": faiss_done - started - imported,
+        "segments_s": time.perf_counter() - faiss_done,
         "import_hwm_gb": after_import["hwm_gb"],
         "import_anon_gb": after_import["anon_gb"],
+        "faiss_hwm_gb": after_faiss["hwm_gb"],
+        "faiss_anon_gb": after_faiss["anon_gb"],
         "reader_hwm_gb": reader / 1e9,
         **peaks.now(),
     }
