@@ -616,14 +616,14 @@ class PostingEngine:
         self,
         session: Session,
         reload: Callable[[], PostingEngine] | None = None,
-        overflow: Callable[[int], None] | None = None,
+        overflow: Callable[[int, int], None] | None = None,
     ) -> PostingEngine:
         """An engine current with the database: this one when nothing changed, else one with
         the changed images in a new segment, or a full reload when that is cheaper.
         ``reload`` replaces the full reload from the database (the segment engine reopens
         or rewrites its files instead). ``overflow``, when given, is told the delta's size
-        when it outgrows its limit instead of reloading (the segment engine merges in the
-        background meanwhile), and the delta keeps growing."""
+        and the change it reaches when it outgrows its limit, instead of reloading (the
+        segment engine merges in the background meanwhile), and the delta keeps growing."""
         low, high = latest_change(session)
         if high == self.seq:
             return self
@@ -642,7 +642,7 @@ class PostingEngine:
         if delta > max(MIN_DELTA_LIMIT, int(MAX_DELTA_SHARE * len(self.live))):
             if overflow is None:
                 return reload()
-            overflow(delta)
+            overflow(delta, high)
         if len(self.segments) < MAX_SEGMENTS:
             folded, kept = changed, [s.without(changed) for s in self.segments]
         else:

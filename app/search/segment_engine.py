@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.search.memory_engine import PostingBacked
-from app.search.postings import PostingEngine, latest_change, tag_groups
+from app.search.postings import PostingEngine, tag_groups
 from app.search.segment_files import SegmentError, SegmentStore
 from app.search.segment_merge import Merger
 
@@ -78,15 +78,14 @@ class SegmentEngine(PostingBacked):
             return rebuilt[-1]
 
         current = self.postings.refresh(
-            session, reload=reload, overflow=lambda delta: self._merge(session, delta)
+            session, reload=reload, overflow=lambda delta, high: self._merge(session, delta, high)
         )
         if rebuilt:
             return replace(self, postings=current, base_seq=current.seq)
         return self if current is self.postings else replace(self, postings=current)
 
-    def _merge(self, session: Session, delta: int) -> None:
+    def _merge(self, session: Session, delta: int, high: int) -> None:
         url = session.get_bind().engine.url.render_as_string(hide_password=False)
-        _low, high = latest_change(session)
         self.merger.start(url, self.store.root, self.generation_id, high, delta)
 
 
