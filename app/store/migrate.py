@@ -75,6 +75,12 @@ def _stored_revisions(engine: Engine) -> list[str] | None:
         return None
 
 
+def _is_current(engine: Engine) -> bool:
+    """The check every command runs, without Alembic: the version table holds the head."""
+    head = scripted_head()
+    return head is not None and _stored_revisions(engine) == [head]
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command
 
@@ -98,8 +104,7 @@ def is_new(engine: Engine) -> bool:
 def prepare_schema(engine: Engine, url: str) -> bool:
     """Create this code's schema on a new database (True), or check an existing one as
     :func:`check_schema` does: an older or newer schema is still refused with its reason."""
-    head = scripted_head()
-    if head is not None and _stored_revisions(engine) == [head]:
+    if _is_current(engine):
         return False
     if is_new(engine):
         upgrade(url)
@@ -111,8 +116,7 @@ def prepare_schema(engine: Engine, url: str) -> bool:
 
 def check_schema(engine: Engine) -> None:
     """Refuse a database older or newer than the code, saying what to do."""
-    head = scripted_head()
-    if head is not None and _stored_revisions(engine) == [head]:
+    if _is_current(engine):
         return
     from alembic.script import ScriptDirectory
 
