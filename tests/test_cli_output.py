@@ -59,7 +59,12 @@ def terminal_run(
     root = tmp_path_factory.mktemp("terminal")
     make_image(root / "art" / "one.png", seed=1)
     invalid_apng(root / "art" / "two.png")
-    env = {"SAGASHI_DATA_DIR": str(root / "data"), "SAGASHI_MODEL_DIR": str(tiny_pixai_dir)}
+    # The indexer's own decode warnings, not those of the index-time thumbnail thread.
+    env = {
+        "SAGASHI_DATA_DIR": str(root / "data"),
+        "SAGASHI_MODEL_DIR": str(tiny_pixai_dir),
+        "SAGASHI_INDEX_THUMBS": "false",
+    }
     status, output = run_in_terminal(["index", str(root / "art")], env)
     return root, env, status, output
 
