@@ -44,7 +44,7 @@ from indexer.export import EPILOG as EXPORT_EPILOG
 from indexer.export import export_command
 from indexer.importer import Importer, ImportError_, ImportOptions
 from indexer.jobs import first_line
-from indexer.progress import progress_bar, rate_text
+from indexer.progress import migration_bar, progress_bar, rate_text
 from indexer.reindex import ReindexError, drop_generation, list_generations
 from indexer.runs import Run, abort, finish, tracked
 from indexer.scan import iter_image_paths
@@ -355,7 +355,8 @@ def db_upgrade() -> None:
     settings = load_settings()
     url = database_url(settings)
     try:
-        migrate.upgrade(url)
+        with migration_bar() as progress:
+            migrate.upgrade(url, progress=progress)
     except SQLAlchemyError as exc:
         fail(f"cannot migrate {safe_url(url)}: {first_line(exc)}")
     log.info("database %s is at schema %s", safe_url(url), migrate.head_revision())

@@ -2,13 +2,15 @@
 
 Formats, chosen by extension:
 
-* ``.jsonl`` / ``.ndjson``: one object per line with ``path``, optional ``sha256``,
-  ``width``, ``height``, ``tags`` (``{name: score}``) and ``embedding`` (a list of floats).
+* ``.jsonl`` / ``.ndjson``: one object per line with ``path``, optional ``sha256`` and
+  ``md5`` (both computed from the file when ``sha256`` is missing), ``width``, ``height``,
+  ``tags`` (``{name: score}``) and ``embedding`` (a list of floats).
   For millions of images, leave ``embedding`` out and put a row-aligned ``.npy`` matrix
   (N × D, float16 or float32) beside the file as ``FILE.npy``, or name it with
   ``--embeddings``.
-* ``.parquet``: columns ``path``, ``sha256``, ``width``, ``height``, ``tag`` (list of
-  strings), ``score`` (list of floats) and ``embedding`` (list or fixed-size list of floats).
+* ``.parquet``: columns ``path``, ``sha256``, ``md5`` (optional), ``width``, ``height``,
+  ``tag`` (list of strings), ``score`` (list of floats) and ``embedding`` (list or
+  fixed-size list of floats).
 
 Each row gets the tagger path's validation: scores finite and within [0, 1], the embedding
 of the generation's dimension, finite and non-zero (stored L2-normalised), tag names
@@ -46,6 +48,7 @@ from sqlalchemy.orm import Session
 from app.store import repository as repo
 from app.store.aliases import canonical
 from app.store.db import session_factory
+from app.store.digests import of_file
 from app.store.formats import canonical_format
 from app.store.models import Tag
 from app.tagger.defaults import CARD
@@ -54,6 +57,7 @@ from app.tagger.vocab import GENERAL, GROUP_CODE, TagVocabulary
 log = logging.getLogger(__name__)
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MD5 = re.compile(r"^[0-9a-f]{32}$")
 MAX_SIDE = 1_000_000
 # Below this size a file is read in this process: starting a child costs about a second.
 CHILD_READER_MIN_BYTES = 8 << 20
@@ -173,14 +177,16 @@ def _parquet_rows(path: Path) -> Iterator[Row]:
         names = set(batch.schema.names)
         columns = {
             k: batch.column(k).to_pylist() if k in names else [None] * count
-            for k in ("path", "sha256", "width", "height", "tag", "score")
+            for k in ("path", "sha256", "md5", "width", "height", "tag", "score")
         }
         vectors = _embedding_column(path, batch.column("embedding")) if "embedding" in names else []
         for i in range(count):
             number += 1
             tags, scores = columns["tag"][i], columns["score"][i]
             raw: dict[str, Any] = {
-                k: columns[k][i] for k in ("path", "sha256", "width", "height") if k in names
+                k: columns[k][i]
+                for k in ("path", "sha256", "md5", "width", "height")
+                if k in names
             }
             if tags is not None and scores is not None:
                 if len(tags) != len(scores):
@@ -233,9 +239,13 @@ def validate(row: Row, dim: int | None, options: ImportOptions, known: set[str])
     for name, value in (("width", width), ("height", height)):
         if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_SIDE:
             raise RowError(f"'{name}' must be a positive integer, got {value!r}")
-    sha = raw.get("sha256") or _hash_file(path)
+    sha, md5 = raw.get("sha256"), raw.get("md5")
+    if not sha:  # both digests from the file's bytes
+        sha, md5 = _hash_file(path)
     if not isinstance(sha, str) or not SHA256.match(sha):
         raise RowError("'sha256' must be 64 lowercase hex digits")
+    if md5 is not None and (not isinstance(md5, str) or not MD5.match(md5)):
+        raise RowError("'md5' must be 32 lowercase hex digits")
     tags = _validate_tags(raw.get("tags"), options, known)
     embedding = row.embedding if row.embedding is not None else _embedding_from(raw)
     embedding = _validate_embedding(embedding, dim)
@@ -248,16 +258,15 @@ def validate(row: Row, dim: int | None, options: ImportOptions, known: set[str])
         width,
         height,
         canonical_format(os.path.splitext(path)[1])[:16],
+        md5,
     )
     return Valid(facts, tags, embedding)
 
 
-def _hash_file(path: str) -> str:
-    import hashlib
-
+def _hash_file(path: str) -> tuple[str, str]:
     try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
+        found = of_file(path)
+        return found.sha256, found.md5
     except OSError:
         raise RowError("no 'sha256' given and the file cannot be read to compute it") from None
 

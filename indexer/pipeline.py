@@ -9,7 +9,6 @@ stale), so it always agrees with the database.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import Counter
@@ -24,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from app.store import repository as repo
 from app.store.db import session_factory
+from app.store.digests import of_bytes
 from app.store.formats import canonical_format
 from app.store.models import Image
 from app.store.roots import add_roots, library_roots
@@ -50,6 +50,7 @@ class Existing:
     mtime_ns: int
     sha256: str
     generation_id: int | None
+    md5: str | None = None
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Loaded:
 
     found: Found
     sha256: str = ""
+    md5: str = ""
     tensor: torch.Tensor | None = None
     facts: repo.FileFacts | None = None
     error: ImageDecodeError | None = None
@@ -168,6 +170,7 @@ class Indexer:
                 Image.mtime_ns,
                 Image.sha256,
                 Image.generation_id,
+                Image.md5,
             ).where(Image.deleted_at.is_(None), under)
             for row in session.execute(query):
                 rows[row.path] = Existing(*row)
@@ -190,6 +193,7 @@ class Indexer:
                 and current.size == item.size
                 and current.mtime_ns == item.mtime_ns
                 and current.generation_id == generation_id
+                and current.md5 is not None  # else read again: the md5 it lacks
             ):
                 summary.unchanged += 1
             else:
@@ -235,7 +239,8 @@ class Indexer:
             and row.sha256 == loaded.sha256
             and row.generation_id == batch.generation_id
         ):
-            repo.touch_image(batch.session, row.id, found.size, found.mtime_ns)
+            md5 = loaded.md5 if row.md5 is None else None
+            repo.touch_image(batch.session, row.id, found.size, found.mtime_ns, md5)
             summary.unchanged += 1
             return
         movers = missing.get(loaded.sha256)
@@ -344,7 +349,8 @@ def load_candidate(
             "changed", "file changed during the scan; it will be indexed on the next run"
         )
         return loaded
-    loaded.sha256 = hashlib.sha256(data).hexdigest()
+    digests = of_bytes(data)  # the same bytes as the pixels tagged
+    loaded.sha256, loaded.md5 = digests.sha256, digests.md5
     if loaded.sha256 in skip_decode:
         return loaded
     try:
@@ -363,5 +369,6 @@ def load_candidate(
         meta.width,
         meta.height,
         canonical_format(meta.format),
+        loaded.md5,
     )
     return loaded

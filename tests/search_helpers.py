@@ -15,6 +15,7 @@ from app.search.plan import (
     PAttr,
     PFormat,
     PlanNode,
+    PMd5,
     PNot,
     PNothing,
     POr,
@@ -64,6 +65,7 @@ def build_index(
                 100 + (13 * i) % 400,
                 100 + (29 * i) % 300,
                 FORMATS[i % 3],
+                fixture_md5(i),
             )
             items.append(
                 (facts, repo.Prediction(tag_ids, scores, np.ones(4, np.float32) / 2), None)
@@ -88,6 +90,7 @@ def build_index(
                 "width": 100 + (13 * i) % 400,
                 "height": 100 + (29 * i) % 300,
                 "sha256": fixture_sha(i),
+                "md5": fixture_md5(i),
                 "format": FORMATS[i % 3],
                 "path": fixture_path(i),
                 "mpixels": (100 + (13 * i) % 400) * (100 + (29 * i) % 300) / 1_000_000.0,
@@ -102,6 +105,11 @@ def build_index(
 
 def fixture_sha(i: int) -> str:
     return f"{i:064x}"
+
+
+def fixture_md5(i: int) -> str | None:
+    """Every third image has no md5 (imported without its file): md5: never matches it."""
+    return None if i % 3 == 2 else f"{i:032x}"
 
 
 FORMATS = ("png", "jpeg", "webp")
@@ -142,6 +150,8 @@ def _matches(plan: PlanNode, tags: Mapping[int, float], attrs: Mapping[str, obje
         return plan.ranges.contains(count)
     if isinstance(plan, PSha):
         return attrs["sha256"] == plan.sha256
+    if isinstance(plan, PMd5):
+        return attrs["md5"] == plan.md5
     if isinstance(plan, PFormat):
         return attrs["format"] in plan.formats
     if isinstance(plan, PPath):

@@ -172,7 +172,7 @@ def test_tag_query_and_threshold_parameter_match_the_stored_scores(
         ("ordr:id", "query_unknown_metatag"),
         ('path:"/art', "query_unterminated_quote"),
         ("1girl id:>abc", "query_bad_value"),
-        ("md5:0123456789abcdef0123456789abcdef", "query_unsupported"),
+        ("md5:0123456789abcdef0123456789abcde", "query_bad_value"),
         ("path:/art/a\x00b.png", "query_bad_character"),  # a 500 on PostgreSQL before
         ('path:"a\x00"', "query_bad_character"),
         ("1girl solo\x1b", "query_bad_character"),

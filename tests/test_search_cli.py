@@ -89,7 +89,7 @@ def test_usage_lines_name_the_arguments(command: list[str], usage: str) -> None:
     [
         ("1girl (solo", "bad query at character 6 (unbalanced_parens)"),
         ("a --solo", "bad query at character 3 (syntax): only one prefix per term"),
-        ("md5:" + "0" * 32, "bad query at character 0 (unsupported): Sagashi does not store MD5"),
+        ("md5:" + "0" * 31, "bad query at character 4 (bad_value): expected 32 hexadecimal"),
         ("rating:g", "(unsupported): rating: needs a model that predicts ratings"),
         ("ratng:s", "bad query at character 0 (unknown_metatag)"),
         ("1girl order:similarity", "bad query at character 6 (bad_value): order:similarity needs"),

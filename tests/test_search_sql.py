@@ -84,7 +84,6 @@ def test_thresholds_and_group_defaults(migrated_url: str) -> None:
 @pytest.mark.parametrize(
     ("query", "position", "words"),
     [
-        (f"a md5:{'0' * 32}", 2, "sha256"),
         ("a rating:g", 2, "predicts none"),
         ("(b or rating:s,q)", 6, "ratings"),
     ],
@@ -194,6 +193,9 @@ def test_image_property_metatags(migrated_url: str) -> None:
         f"sha256:{2:064x}",
         "unaliased:a",
         "id:>0 -filesize:<1100",
+        f"md5:{1:032x}",
+        f"md5:{2:032X}",  # the third image has none: nothing matches
+        f"-md5:{0:032x}",
     ]
     assert search(migrated_url, images, queries) == [
         [2, 3, 4],
@@ -202,6 +204,9 @@ def test_image_property_metatags(migrated_url: str) -> None:
         [3],
         [1, 2, 3, 4],
         [4],
+        [2],
+        [],
+        [2, 3, 4],
     ]
 
 
@@ -212,7 +217,7 @@ GROUPS = {"char_a": "character", "copy_b": "copyright", **RATING_GROUPS}
 
 METATAGS = [
     "width:>300", "height:100..200", "filesize:<3000", "id:3,5,7", "width:<=150,>=450",
-    f"sha256:{7:064x}", "unaliased:ab", "height:250...350", "filesize:>=5kb",
+    f"sha256:{7:064x}", f"md5:{7:032x}", f"md5:{8:032x}", "unaliased:ab", "height:250...350", "filesize:>=5kb",
     "filetype:jpg", "filetype:png,webp", "path:/fixture/art/*", "path:*[1]*", "path:*0?.png",
     "path:/FIXTURE/*", "path:*_*",
     "rating:g", "rating:s,q", "rating:e", "mpixels:<0.03", "mpixels:0.02..0.05", "ratio:1",

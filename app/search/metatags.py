@@ -23,6 +23,7 @@ from app.search.plan import (
     PAttr,
     PFormat,
     PlanNode,
+    PMd5,
     PNothing,
     PPath,
     PRating,
@@ -99,6 +100,10 @@ def _sha(_binder: Binder, node: Meta) -> PlanNode:
     return PSha(str(node.value))
 
 
+def _md5(_binder: Binder, node: Meta) -> PlanNode:
+    return PMd5(str(node.value))
+
+
 def _filetype(_binder: Binder, node: Meta) -> PlanNode:
     values = cast(tuple[str, ...], node.value)
     return PFormat(frozenset(canonical_format(str(v)) for v in values))
@@ -138,7 +143,7 @@ METATAGS: dict[str, MetaBinding] = {
     "filetype": _filetype,
     "path": _path,
     "unaliased": _unaliased,
-    "md5": _unsupported("Sagashi does not store MD5 digests; search by sha256: instead"),
+    "md5": _md5,
 }
 
 

@@ -92,6 +92,13 @@ class PSha:
 
 
 @dataclass(frozen=True)
+class PMd5:
+    """``md5:``: images whose file has this md5 (images with no md5 recorded never match)."""
+
+    md5: str
+
+
+@dataclass(frozen=True)
 class PFormat:
     """``filetype:``: canonical format names (``jpg`` is ``jpeg``)."""
 
@@ -111,7 +118,7 @@ class PPath:
 
 
 PlanNode = (
-    PAll | PNothing | PTag | PAttr | PRating | PTagCount | PSha | PFormat | PPath
+    PAll | PNothing | PTag | PAttr | PRating | PTagCount | PSha | PMd5 | PFormat | PPath
     | PNot | PAnd | POr
 )  # fmt: skip
 

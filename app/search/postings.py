@@ -37,6 +37,7 @@ from app.search.plan import (
     PAttr,
     PFormat,
     PlanNode,
+    PMd5,
     PNot,
     PNothing,
     POr,
@@ -130,6 +131,8 @@ class Attributes:
     columns: dict[str, np.ndarray]
     sha_keys: np.ndarray  # sorted digests (bytes): no per-image Python objects to traverse
     sha_ids: np.ndarray  # image ids aligned with sha_keys
+    md5_keys: np.ndarray  # sorted md5 digests (bytes; empty where none is recorded)
+    md5_ids: np.ndarray  # image ids aligned with md5_keys
     format_codes: np.ndarray  # uint16 index into format_names
     format_names: list[str]
     paths: Sequence[str]  # a list, or a PathTable over a mapped file
@@ -166,10 +169,10 @@ class Attributes:
         return np.where(found, pos, 0), found
 
     def with_sha(self, digest: str) -> BitMap:
-        key = np.bytes_(digest.encode("ascii"))
-        start = int(np.searchsorted(self.sha_keys, key, side="left"))
-        end = int(np.searchsorted(self.sha_keys, key, side="right"))
-        return bitmap_of(self.sha_ids[start:end])
+        return _with_digest(self.sha_keys, self.sha_ids, digest)
+
+    def with_md5(self, digest: str) -> BitMap:
+        return _with_digest(self.md5_keys, self.md5_ids, digest)
 
     def mask(self, plan: PAttr | PFormat | PPath, positions: np.ndarray) -> np.ndarray:
         """Which of the images at ``positions`` the filter keeps."""
@@ -184,6 +187,13 @@ class Attributes:
             dtype=bool,
             count=len(positions),
         )
+
+
+def _with_digest(keys: np.ndarray, ids: np.ndarray, digest: str) -> BitMap:
+    key = np.bytes_(digest.encode("ascii"))
+    start = int(np.searchsorted(keys, key, side="left"))
+    end = int(np.searchsorted(keys, key, side="right"))
+    return bitmap_of(ids[start:end])
 
 
 def in_ranges(values: np.ndarray, ranges: Iterable[Any]) -> np.ndarray:
@@ -239,6 +249,8 @@ class Segment:
             return self._cached(plan, lambda: self._rating(plan))
         if isinstance(plan, PSha):
             return self.attributes.with_sha(plan.sha256) & self.live
+        if isinstance(plan, PMd5):
+            return self.attributes.with_md5(plan.md5) & self.live
         if isinstance(plan, PNot):
             return self.live - self.evaluate(plan.child)
         if isinstance(plan, POr):
@@ -530,6 +542,7 @@ def _attributes(session: Session, live: BitMap) -> Attributes:
         Image.format,
         Image.path,
         Image.indexed_at,
+        Image.md5,
     )
     rows: list[Any] = []
     live_rows = select(*columns).where(Image.deleted_at.is_(None)).order_by(Image.id)
@@ -544,6 +557,8 @@ def _attributes(session: Session, live: BitMap) -> Attributes:
     height = np.array([r[2] for r in rows], dtype=np.int64)
     digests = np.array([str(r[4]).encode("ascii") for r in rows], dtype="S64")
     by_digest = np.argsort(digests, kind="stable")
+    md5s = np.array([str(r[8] or "").encode("ascii") for r in rows], dtype="S32")
+    by_md5 = np.argsort(md5s, kind="stable")
     format_names = sorted({str(r[5]) for r in rows})
     code_of = {name: code for code, name in enumerate(format_names)}
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -561,6 +576,8 @@ def _attributes(session: Session, live: BitMap) -> Attributes:
         },
         sha_keys=digests[by_digest],
         sha_ids=ids[by_digest],
+        md5_keys=md5s[by_md5],
+        md5_ids=ids[by_md5],
         format_codes=np.array([code_of[str(r[5])] for r in rows], dtype=np.uint16),
         format_names=format_names,
         paths=[r[6] for r in rows],

@@ -40,7 +40,7 @@ from app.text import plural
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # bump whenever a file's layout or meaning changes: older sets are rebuilt
+FORMAT = 4  # bump whenever a file's layout or meaning changes: older sets are rebuilt
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 LOCK = "write.lock"
@@ -259,6 +259,8 @@ def _arrays(segment: Segment) -> dict[str, np.ndarray]:
         "image_ids": attributes.ids.astype(np.uint32),
         "sha_keys": attributes.sha_keys,
         "sha_ids": attributes.sha_ids.astype(np.uint32),
+        "md5_keys": attributes.md5_keys,
+        "md5_ids": attributes.md5_ids.astype(np.uint32),
         "format_codes": attributes.format_codes.astype(np.uint16),
         "path_offsets": path_offsets,
         "paths": np.frombuffer(b"".join(paths), dtype=np.uint8),
@@ -336,6 +338,8 @@ def _segment(folder: Path, manifest: dict[str, Any], tag_groups: dict[int, int])
         columns={column: load(f"column_{column}") for column in COLUMNS},
         sha_keys=load("sha_keys"),
         sha_ids=load("sha_ids"),
+        md5_keys=load("md5_keys"),
+        md5_ids=load("md5_ids"),
         format_codes=load("format_codes"),
         format_names=[str(name) for name in manifest["format_names"]],
         paths=PathTable(load("paths"), load("path_offsets")),

@@ -41,6 +41,7 @@ from app.search.plan import (
     PAttr,
     PFormat,
     PlanNode,
+    PMd5,
     PNot,
     PNothing,
     POr,
@@ -63,7 +64,7 @@ def to_select(plan: PlanNode, generation_id: int, dialect: str = "sqlite") -> Se
         return select(ImageTag.image_id).where(false())
     if isinstance(plan, PTag):
         return _tag(plan, generation_id)
-    if isinstance(plan, PAttr | PSha | PFormat | PPath):
+    if isinstance(plan, PAttr | PSha | PMd5 | PFormat | PPath):
         return _image_filter(plan, generation_id, dialect)
     if isinstance(plan, PRating):
         return _rating(plan, generation_id)
@@ -107,12 +108,14 @@ def _tag(plan: PTag, generation_id: int) -> Select[Any]:
 
 
 def _image_filter(
-    plan: PAttr | PSha | PFormat | PPath, generation_id: int, dialect: str
+    plan: PAttr | PSha | PMd5 | PFormat | PPath, generation_id: int, dialect: str
 ) -> Select[Any]:
     live = select(Embedding.image_id).where(Embedding.generation_id == generation_id)
     query = select(Image.id).where(Image.deleted_at.is_(None), Image.id.in_(live))
     if isinstance(plan, PSha):
         return query.where(Image.sha256 == plan.sha256)
+    if isinstance(plan, PMd5):
+        return query.where(Image.md5 == plan.md5)
     if isinstance(plan, PFormat):
         return query.where(Image.format.in_(sorted(plan.formats)))
     if isinstance(plan, PPath):

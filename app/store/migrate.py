@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,10 +82,19 @@ def _is_current(engine: Engine) -> bool:
     return head is not None and _stored_revisions(engine) == [head]
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+# A migration that works through every image (0006's md5 backfill) reports (done, total).
+MigrationProgress = Callable[[int, int], None]
+
+
+def upgrade(
+    url: str, revision: str = "head", progress: MigrationProgress | None = None
+) -> None:
     from alembic import command
 
-    command.upgrade(alembic_config(url), revision)
+    config = alembic_config(url)
+    if progress is not None:
+        config.attributes["progress"] = progress
+    command.upgrade(config, revision)
 
 
 def downgrade(url: str, revision: str) -> None:

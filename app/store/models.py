@@ -77,6 +77,9 @@ class Image(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # From the same bytes as sha256 (Danbooru's key); None for a row imported with a
+    # given sha256 and no md5, or one whose file changed before migration 0006 read it.
+    md5: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)

@@ -48,6 +48,7 @@ class FileFacts:
     width: int
     height: int
     format: str
+    md5: str | None = None  # from the same bytes as sha256; None when not known
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,7 @@ def _image_values(facts: FileFacts, stamp: datetime, generation_id: int) -> dict
     return {
         "path": facts.path,
         "sha256": facts.sha256,
+        "md5": facts.md5,
         "size_bytes": facts.size_bytes,
         "mtime_ns": facts.mtime_ns,
         "width": facts.width,
@@ -371,10 +373,17 @@ def move_image(session: Session, image_id: int, path: str, size_bytes: int, mtim
     record_changes(session, [image_id])
 
 
-def touch_image(session: Session, image_id: int, size_bytes: int, mtime_ns: int) -> None:
-    session.execute(
-        update(Image).where(Image.id == image_id).values(size_bytes=size_bytes, mtime_ns=mtime_ns)
-    )
+def touch_image(
+    session: Session, image_id: int, size_bytes: int, mtime_ns: int, md5: str | None = None
+) -> None:
+    """Record a new size and mtime for the same content; ``md5`` fills in a digest the row
+    lacked (migration 0006 could not read the file), which md5: searches then see."""
+    values: dict[str, object] = {"size_bytes": size_bytes, "mtime_ns": mtime_ns}
+    if md5 is not None:
+        values["md5"] = md5
+    session.execute(update(Image).where(Image.id == image_id).values(**values))
+    if md5 is not None:
+        record_changes(session, [image_id])
 
 
 def mark_deleted(session: Session, image_ids: Sequence[int]) -> None:
