@@ -100,7 +100,9 @@ class BackgroundThumbnails:
             return
         try:
             with open(path, "rb") as source:
-                self.cache.get(sha256, source)
+                # Pillow's warnings name the file, at DEBUG: the run's own decode of the
+                # same file has already said them
+                self.cache.get(sha256, source, name=path, note_level=logging.DEBUG)
             self.made += 1
         except (OSError, ImageDecodeError) as exc:
             self.failed += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 from fastapi.testclient import TestClient
 
 from app.api import create_app
@@ -57,3 +58,26 @@ def test_the_setting_turns_it_off(tmp_path: Path, tiny_pixai_dir: Path) -> None:
     result = run_sagashi("index", str(tmp_path / "library"), env=env)
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "data" / "thumbs").exists() and "thumbnails" not in result.stderr
+
+
+def test_a_thumbnail_made_on_request_names_the_file_in_pillows_warning(
+    tmp_path: Path, tiny_pixai_dir: Path
+) -> None:
+    from tests.serve_helpers import sagashi_serve
+    from tests.test_cli_output import invalid_apng
+
+    apng = invalid_apng(tmp_path / "library" / "odd.png")
+    env = {"SAGASHI_MODEL_DIR": str(tiny_pixai_dir), "SAGASHI_INDEX_THUMBS": "false"}
+    indexed = run_sagashi(
+        "index", str(apng.parent), env={"SAGASHI_DATA_DIR": str(tmp_path / "data"), **env}
+    )
+    assert indexed.returncode == 0, indexed.stderr
+    with sagashi_serve(tmp_path, env) as base:
+        item = httpx.get(f"{base}/api/search").json()["items"][0]
+        assert httpx.get(f"{base}/api/images/{item['id']}/thumb").status_code == 200
+    log = (tmp_path / "serve.log").read_text()
+    assert (
+        f"WARNING sagashi: {apng}: invalid APNG animation data; the still PNG image in the "
+        "file was used"
+    ) in log
+    assert "site-packages" not in log and "UserWarning" not in log

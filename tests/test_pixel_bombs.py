@@ -63,7 +63,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_pixai_dir: Path) -> It
     root = tmp_path_factory.mktemp("bombs")
     environment = {
         "SAGASHI_DATA_DIR": str(root / "data"),
-        "SAGASHI_INDEX_THUMBS": "false",  # thumbnails decoded on request, as tested
+        # thumbnails decoded on request, as tested (index-time ones would all be cached)
+        "SAGASHI_INDEX_THUMBS": "false",
         "SAGASHI_MODEL_DIR": str(tiny_pixai_dir),
         "SAGASHI_DEVICE": "cpu",
         "SAGASHI_TORCH_THREADS": "1",

@@ -18,6 +18,7 @@ from typing import IO
 
 from PIL import Image
 
+from app.tagger import pillow_notes
 from app.tagger.decode import decode_image
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,20 @@ class ThumbnailCache:
         sha256: str,
         source: IO[bytes],
         admit: Callable[[], AbstractContextManager[None]] = nullcontext,
+        *,
+        name: str = "an image file",
+        note_level: int = logging.WARNING,
     ) -> Path:
         """The cached thumbnail, made when missing from ``source``, the image file opened by
         :func:`app.store.safe_open.open_within` (never reopened by path, so a link swapped
         in meanwhile cannot change what is decoded). Raises ImageDecodeError for a file
         that no longer decodes. A decode runs inside ``admit()``, the server's bound on
-        concurrent decodes; a cached thumbnail costs none."""
+        concurrent decodes; a cached thumbnail costs none. Pillow's warnings about the file
+        name ``name`` (its path), at ``note_level`` (app.tagger.pillow_notes)."""
         target = self.path_for(sha256)
         if target.is_file():
             return target
-        with admit():
+        with admit(), pillow_notes.noting(name, note_level):
             # A cheap JPEG draft decode: a thumbnail needs a fraction of the pixels.
             image = decode_image(source, max_pixels=self.max_pixels, draft=self._draft)
             image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)

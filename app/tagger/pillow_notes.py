@@ -44,7 +44,8 @@ def _route(
         _shown(message, category, filename, lineno, file, line)
         return
     text = str(message)
-    log.warning("%s: %s", name, _REWORDED.get(text, text))
+    level = getattr(_current, "level", logging.WARNING)
+    log.log(level, "%s: %s", name, _REWORDED.get(text, text))
 
 
 def _from_pillow(filename: str) -> bool:
@@ -61,12 +62,17 @@ def install() -> None:
 
 
 @contextmanager
-def noting(name: str) -> Iterator[None]:
-    """Pillow's warnings in this thread name ``name`` (a path) while the block runs; a name
-    already given by a caller (the path behind the bytes being decoded) is kept."""
+def noting(name: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Pillow's warnings in this thread name ``name`` (a path) while the block runs, logged
+    at ``level`` (DEBUG for a second decode of a file whose first decode already said it);
+    a name and level already given by a caller (the path behind the bytes being decoded)
+    are kept."""
     previous = getattr(_current, "name", None)
+    previous_level = getattr(_current, "level", logging.WARNING)
     _current.name = previous or name
+    _current.level = previous_level if previous else level
     try:
         yield
     finally:
         _current.name = previous
+        _current.level = previous_level

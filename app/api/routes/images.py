@@ -130,7 +130,7 @@ async def image_thumb(image_id: ImageId, request: Request, res: Res) -> Response
             return Response(status_code=304, headers=headers)
         try:
             thumb = await run_in_threadpool(
-                res.thumbs.get, image.sha256, opened.file, res.decodes.slot
+                res.thumbs.get, image.sha256, opened.file, res.decodes.slot, name=image.path
             )
         except ImageDecodeError as exc:
             raise ApiError(
