@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from starlette.routing import Mount
 
 from app.api.auth import COOKIE, cookie_value
+from app.api.danbooru.shape import danbooru_shaped
 from app.settings import Settings
 from tests.api_helpers import ADMIN_TOKEN, ApiEnv, indexed_env
 
@@ -98,6 +99,29 @@ def examples(env: ApiEnv) -> dict[tuple[str, str], tuple[str, dict[str, Any], in
         ("GET", "/static"): ("/static/style.css", {}, 200),
         ("GET", "/login"): ("/login", {}, 200),
         ("POST", "/login"): ("/login", {"data": {"token": READ_TOKEN}}, 303),
+        ("GET", "/posts.json"): ("/posts.json", {}, 200),
+        ("GET", "/posts/random.json"): ("/posts/random.json", {}, 200),
+        ("GET", "/posts/{post_id}.json"): (f"/posts/{image_id}.json", {}, 200),
+        ("GET", "/counts/posts.json"): ("/counts/posts.json", {}, 200),
+        ("GET", "/tags.json"): ("/tags.json", {}, 200),
+        ("GET", "/autocomplete.json"): (
+            "/autocomplete.json",
+            {"params": {"search[query]": tag[:1]}},
+            200,
+        ),
+        ("GET", "/related_tag.json"): ("/related_tag.json", {"params": {"query": tag}}, 200),
+        ("GET", "/iqdb_queries.json"): (
+            "/iqdb_queries.json",
+            {"params": {"post_id": image_id}},
+            200,
+        ),
+        ("POST", "/iqdb_queries.json"): (
+            "/iqdb_queries.json",
+            {"files": {"file": ("a.png", data)}},
+            200,
+        ),
+        ("GET", "/data/original/{post_id}/{name}"): (f"/data/original/{image_id}/a.png", {}, 200),
+        ("GET", "/data/preview/{post_id}/{name}"): (f"/data/preview/{image_id}/a.webp", {}, 200),
     }
 
 
@@ -119,6 +143,10 @@ def test_every_route_but_health_and_login_needs_the_token(env: ApiEnv) -> None:
         elif (method, path) in PAGES:
             assert answer.status_code == 303, where
             assert answer.headers["location"] == f"/login?next=%2F{path[1:]}", where
+        elif danbooru_shaped({"path": url}):  # Danbooru's clients send HTTP Basic
+            assert answer.status_code == 401, where
+            assert answer.headers["www-authenticate"] == 'Basic realm="Sagashi"', where
+            assert answer.json()["success"] is False, where
         else:
             assert answer.status_code == 401, where
             assert answer.headers["www-authenticate"] == "Bearer", where

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.auth import ReadTokenMiddleware, Tokens
+from app.api.danbooru.routes import router as danbooru_router
 from app.api.decode_gate import DecodeGate
 from app.api.errors import install_handlers
 from app.api.inference import Inference
@@ -106,6 +107,7 @@ def create_app(
     for router in (search.router, images.router, tags.router, tagging.router, admin.router):
         app.include_router(router)
     app.include_router(ops.router)
+    app.include_router(danbooru_router)
     install_web(app)
     install_openapi(app, read_protected=settings.read_token is not None)
     return app

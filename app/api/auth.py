@@ -2,24 +2,30 @@
 readiness and the login form.
 
 A client sends ``Authorization: Bearer <token>`` (the read token or the admin token; admin
-routes still check the admin token themselves). A browser logs in once at /login and then
-sends a cookie, because ``<img>`` tags and page loads cannot carry a header. The cookie holds
-an HMAC of the token rather than the token itself, so a stolen cookie is not a bearer token
-for scripts, and rotating the token logs every browser out.
+routes still check the admin token themselves). Danbooru's clients send credentials their
+way, and those are accepted too: HTTP Basic with the token as the password (gallery-dl,
+Pybooru: ``username`` any, ``api_key`` the token), or the ``api_key`` query parameter. A
+browser logs in once at /login and then sends a cookie, because ``<img>`` tags and page
+loads cannot carry a header. The cookie holds an HMAC of the token rather than the token
+itself, so a stolen cookie is not a bearer token for scripts, and rotating the token logs
+every browser out.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from http.cookies import CookieError, SimpleCookie
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from pydantic import SecretStr
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.errors import error_response
+from app.api.danbooru.shape import danbooru_shaped
+from app.api.errors import error_response, error_response_for
 
 COOKIE = "sagashi_session"
 COOKIE_MAX_AGE = 30 * 24 * 3600
@@ -72,6 +78,15 @@ class ReadTokenMiddleware:
         response: Response
         if scope["path"] in PAGE_PATHS and scope["method"] in ("GET", "HEAD"):
             response = RedirectResponse(f"/login?next={quote(_target(scope), safe='')}", 303)
+        elif danbooru_shaped(scope):
+            response = error_response_for(
+                scope,
+                401,
+                "unauthorized",
+                "this server needs the read token: HTTP Basic with it as the password "
+                "(api_key), the api_key parameter, or Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": 'Basic realm="Sagashi"'},
+            )
         else:
             response = error_response(
                 401,
@@ -85,9 +100,34 @@ class ReadTokenMiddleware:
         header = _header(scope, b"authorization")
         if header:
             scheme, _, given = header.partition(" ")
+            if scheme.lower() == "basic":
+                return self.tokens.bearer_ok(_basic_password(given.strip()))
             return scheme.lower() == "bearer" and self.tokens.bearer_ok(given.strip())
+        api_key = _api_key(scope)
+        if api_key is not None:
+            return self.tokens.bearer_ok(api_key)
         cookie = _cookie(_header(scope, b"cookie"))
         return cookie is not None and self.tokens.cookie_ok(cookie)
+
+
+def _basic_password(credentials: str) -> str:
+    """The password of HTTP Basic credentials (Danbooru's api_key); the user name is free."""
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2]
+
+
+def _api_key(scope: Scope) -> str | None:
+    """Danbooru's ``api_key`` query parameter (``login`` beside it names nobody here)."""
+    query = bytes(scope.get("query_string", b"")).decode("latin-1")
+    if "api_key=" not in query:
+        return None
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == "api_key":
+            return value
+    return None
 
 
 def _target(scope: Scope) -> str:

@@ -20,6 +20,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
+from app.api.danbooru.shape import danbooru_shaped
+from app.api.danbooru.shape import error_body as danbooru_error_body
 from app.api.hf_errors import hf_error_body, hf_shaped
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,9 @@ def error_response_for(
     """The error in the shape the request's endpoint answers in."""
     if hf_shaped(scope):
         return JSONResponse(hf_error_body(code, message), status_code=status, headers=headers)
+    if danbooru_shaped(scope):  # Danbooru's clients read {"success": false, "message"}
+        body = danbooru_error_body(code, message)
+        return JSONResponse(body, status_code=status, headers=headers)
     return error_response(status, code, message, position, headers)
 
 

@@ -143,6 +143,17 @@ def page(
     return PageIds(result, next_cursor)
 
 
+def cursor_after(matches: BitMap, order: Order, skip: int) -> Cursor:
+    """The cursor after the first ``skip`` matches in an id order, found by the bitmap's
+    select rather than by walking them (Danbooru's numbered pages)."""
+    token = order_token(order)
+    if order.descending:
+        boundary = matches[len(matches) - skip] if skip < len(matches) else 0
+    else:
+        boundary = matches[min(skip, len(matches)) - 1] if matches else 0
+    return Cursor(token, float(boundary), int(boundary))
+
+
 def _page_by_id(matches: BitMap, order: Order, limit: int, cursor: Cursor | None) -> PageIds:
     if order.descending:
         end = len(matches) if cursor is None else matches.rank(cursor.id) - (cursor.id in matches)

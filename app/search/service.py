@@ -33,7 +33,7 @@ from app.search import similar
 from app.search.binder import Binder
 from app.search.catalog import Catalog
 from app.search.engine import TagEngine, open_engine
-from app.search.paging import DEFAULT_ORDER, Cursor, KeySource, page
+from app.search.paging import DEFAULT_ORDER, Cursor, KeySource, cursor_after, page
 from app.search.plan import COUNTED_GROUPS
 from app.search.postings import latest_change
 from app.store import vectors
@@ -70,6 +70,14 @@ class SearchRequest:
     # "Looks like indexed image N", given apart from the query text, which is then a filter
     # of its own: gluing "similar:N" to it as text breaks a filter with a top-level "or".
     similar_to: int | None = None
+    # An order given apart from the query text, replacing its order: (Danbooru's a<id> and
+    # b<id> pages run by id whatever the query orders by). Not for similarity searches.
+    order: Order | None = None
+    # Matches passed over before the page (Danbooru's numbered pages): by the bitmap's rank
+    # for the id orders, no deeper than that; other orders sort skip + limit.
+    skip: int = 0
+    # The request's limit wins over the query's limit: (Danbooru's limit parameter does).
+    fixed_limit: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,12 @@ class SearchService:
         thresholds = self.thresholds(request.thresholds)
         vector_query = query.similar is not None or request.embedding is not None
         order = _check_order(query, request.query, vector_query)
-        limit = query.limit or request.limit  # limit: in the query wins, as on Danbooru
+        if request.order is not None:
+            if vector_query:
+                message = "a similarity search is ordered by similarity"
+                raise QueryError(ErrorCode.CONFLICTING_SINGLETON, message, 0)
+            order = request.order
+        limit = request.limit if request.fixed_limit else query.limit or request.limit
         state = self.current()
         binder = Binder(state.catalog, thresholds)
         plan = binder.bind(query.root)
@@ -149,8 +162,11 @@ class SearchService:
             keys = self._keys(session, state, tags, order, thresholds)
             cursor = Cursor.decode(request.cursor, order) if request.cursor else None
             walk = tags.presorted()
-            found = page(matches, order, limit, cursor, keys, secrets.randbits(48), walk)
-            hits = _hits(session, tags, found.ids)
+            skip = request.skip
+            if skip and cursor is None and order.key == "id":
+                cursor, skip = cursor_after(matches, order, skip), 0
+            found = page(matches, order, skip + limit, cursor, keys, secrets.randbits(48), walk)
+            hits = _hits(session, tags, found.ids[skip:])
         return Page(hits, len(matches), False, found.next_cursor, tags.name)
 
     def matching(self, query: str | Node, thresholds: Mapping[str, float] | None = None) -> BitMap:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 
 from app.api.errors import ApiError
+from app.api.related import related_tags
 from app.api.resources import Res
 from app.api.routes.common import Thresholds, search_errors
 from app.api.schemas import RelatedResponse, RelatedTag, TagDefaultsOut, TagSuggestion
 from app.query.ast import Tag
-from app.search.details import co_occurrences, sample
 from app.search.service import EmptyIndex
-from app.store.db import session_factory
 
 router = APIRouter(tags=["tags"])
 
@@ -74,30 +72,14 @@ def related(
     info = catalog.lookup(name)
     if info is None or "*" in name:
         raise ApiError(404, "not_found", f"no tag {name!r} in the index")
-    levels = res.search.thresholds(wanted)
     with search_errors():
         matches = res.search.matching(Tag(canonical), wanted)
-    ids = sample(list(matches), sample_size)
-    with session_factory(res.engine)() as session:
-        counts, groups = co_occurrences(
-            session, res.search.generation_id(), ids, levels, catalog.names_by_id()
+    total, sampled, found = related_tags(res, matches, {canonical}, wanted, sample_size)
+    rows = [
+        RelatedTag(
+            name=r.name, group=r.group, count=r.count, frequency=r.frequency, cosine=r.cosine
         )
-    total, sampled = len(matches), len(ids)
-    rows = []
-    for other, together in counts.items():
-        tag = catalog.lookup(other)
-        if other == canonical or tag is None:
-            continue
-        estimated = together * total / sampled
-        denominator = math.sqrt(max(total, 1) * max(tag.count, 1))
-        rows.append(
-            RelatedTag(
-                name=other,
-                group=groups[other],
-                count=tag.count,
-                frequency=round(together / sampled, 6),
-                cosine=round(min(1.0, estimated / denominator), 6),
-            )
-        )
+        for r in found
+    ]
     rows.sort(key=lambda r: (-(r.frequency if order == "frequency" else r.cosine), r.name))
     return RelatedResponse(tag=canonical, count=total, sampled=sampled, related=rows[:limit])
