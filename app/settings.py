@@ -20,7 +20,7 @@ from app.tagger.defaults import CARD, TagDefaults
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps|cuda:all|cuda:\d+(,cuda:\d+)+)$")
 MIN_READ_TOKEN = 16
 
 
@@ -55,7 +55,23 @@ class Settings(BaseSettings):
     )
     device: str = Field(
         default="auto",
-        description="Inference device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N.",
+        description="Inference device: auto (CUDA when present, else CPU), cpu, cuda, cuda:N; "
+        "several GPUs as cuda:all or cuda:0,cuda:1 (one model per GPU, batches shared out).",
+    )
+    precision: Literal["auto", "fp32", "bf16", "autocast"] = Field(
+        default="auto",
+        description="Model weights' precision: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, "
+        "or autocast (fp32 weights under bf16 autocast).",
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="torch.compile the model (auto: on CUDA); compiled models pad every batch "
+        "to batch_size.",
+    )
+    read_processes: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Read and decode files for index and reindex in worker processes instead "
+        "of threads (auto: when the model runs on a GPU).",
     )
     batch_size: int = Field(default=8, ge=1, le=4096, description="Images per forward pass.")
     decode_workers: int = Field(
@@ -269,7 +285,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_device(cls, value: str) -> str:
         if not _DEVICE_RE.match(value):
-            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
+            raise ValueError(
+                f"must be auto, cpu, cuda, cuda:N, cuda:all, cuda:0,cuda:1,... or mps, "
+                f"not {value!r}"
+            )
         return value
 
     @field_validator(

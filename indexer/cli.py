@@ -117,11 +117,10 @@ def load_tagger(settings: Settings, embeddings: bool = True) -> Tagger:
     ``embeddings=False`` also admits a tag-only model (WD's own model.onnx)."""
     if settings.model_dir is None:
         fail("no model directory: pass --model-dir DIR or set SAGASHI_MODEL_DIR")
-    from app.tagger.factory import open_tagger
+    from app.tagger.factory import tagger_from_settings
 
-    threads = settings.effective_torch_threads()
     try:
-        return open_tagger(settings.model_dir, settings.device, threads, embeddings=embeddings)
+        return tagger_from_settings(settings, settings.model_dir, embeddings=embeddings)
     except ModelLoadError as exc:
         fail(str(exc))
 

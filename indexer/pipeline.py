@@ -13,31 +13,26 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from app.store import repository as repo
 from app.store.db import session_factory
-from app.store.digests import of_bytes
 from app.store.formats import canonical_format
 from app.store.models import Image
 from app.store.roots import add_roots, library_roots
-from app.tagger import pillow_notes
-from app.tagger.batching import lookahead, ordered_map, predict_stacked
-from app.tagger.decode import decode_with_meta
+from app.tagger.batching import lookahead, runs_on_gpu
 from app.tagger.defaults import CARD
 from app.tagger.errors import ImageDecodeError
-from app.tagger.preprocess import ImagePreprocess
 from app.tagger.protocol import Prediction, Tagger
+from indexer.forwarding import InFlight
+from indexer.readers import Readers, readers_for
+from indexer.reading import Read, ReadSpec, read_file
 from indexer.scan import Found, Problem, walk
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +55,7 @@ class Loaded:
     found: Found
     sha256: str = ""
     md5: str = ""
-    tensor: torch.Tensor | None = None
+    pixels: np.ndarray | None = field(default=None, repr=False)
     facts: repo.FileFacts | None = None
     error: ImageDecodeError | None = None
 
@@ -103,6 +98,17 @@ class IndexOptions:
     media_roots: tuple[str, ...] = ()
     # The thresholds tag counts are taken at (autocomplete, wildcard ranking): the server's.
     count_thresholds: Mapping[str, float] = field(default_factory=CARD.thresholds)
+    # Read files in worker processes instead of threads (see indexer.readers); None: when
+    # the model runs on a GPU.
+    read_processes: bool | None = None
+
+    def read_spec(self, tagger: Tagger, skip_decode: frozenset[str] = frozenset()) -> ReadSpec:
+        return ReadSpec(tagger.preprocess, self.max_pixels, self.jpeg_draft, skip_decode)
+
+    def readers(self, tagger: Tagger, skip_decode: frozenset[str] = frozenset()) -> Readers:
+        processes = runs_on_gpu(tagger) if self.read_processes is None else self.read_processes
+        ahead = lookahead(self.batch_size, self.workers)
+        return readers_for(self.read_spec(tagger, skip_decode), self.workers, ahead, processes)
 
 
 Progress = Callable[[int, int], None]  # (files done, files total)
@@ -122,30 +128,29 @@ class Indexer:
             served = [*library_roots(session), *self.options.media_roots]
         for item in walk(roots, served):
             (found if isinstance(item, Found) else summary.failures).append(item)  # type: ignore[arg-type]
-        with (
-            self.sessions() as session,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="sagashi-model") as model,
-        ):
+        with self.sessions() as session:
             generation = repo.generation_for_index(session, self.tagger.info)
             tag_map = repo.TagMap.ensure(session, self.tagger.vocab, self.options.aliases)
             add_roots(session, roots)
             session.commit()
             existing = self._existing(session, roots)
-            batch = _Batch(session, generation.id, tag_map, self.options.score_floor, model)
+            batch = _Batch(session, generation.id, tag_map, self.options.score_floor)
             candidates, missing = self._classify(found, existing, generation.id, summary)
             total = len(found)
             done = summary.unchanged
             if progress:
                 progress(done, total)
-            for loaded in self._load(candidates, existing, missing):
-                self._place(loaded, existing, missing, batch, summary)
-                if len(batch.to_tag) >= self.options.batch_size:
-                    batch.flush(self.tagger)
-                done += 1
-                if progress:
-                    progress(done, total)
-            batch.flush(self.tagger)
-            batch.drain()
+            with InFlight(self.tagger, batch.write) as model:
+                for loaded in self._load(candidates, existing, missing):
+                    self._place(loaded, existing, missing, batch, summary)
+                    if len(batch.to_tag) >= self.options.batch_size:
+                        batch.flush(model)
+                    done += 1
+                    if progress:
+                        progress(done, total)
+                batch.flush(model)
+                model.drain()
+            session.commit()
             gone = [row.id for rows in missing.values() for row in rows]
             if gone:
                 repo.mark_deleted(session, gone)
@@ -208,18 +213,10 @@ class Indexer:
     ) -> Iterable[Loaded]:
         known = {row.sha256 for rows in missing.values() for row in rows}
         known |= {existing[c.path].sha256 for c in candidates if c.path in existing}
-        options = self.options
-        preprocess = self.tagger.preprocess
-
-        def load(item: Found) -> Loaded:
-            return load_candidate(item, preprocess, options, skip_decode=known)
-
-        workers = options.workers
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sagashi-index") as pool:
-            for _item, loaded in ordered_map(
-                pool, load, candidates, lookahead(options.batch_size, workers)
-            ):
-                yield loaded
+        readers = self.options.readers(self.tagger, frozenset(known))
+        tasks = ((c.path, (c.size, c.mtime_ns)) for c in candidates)
+        for item, read in zip(candidates, readers.map(tasks), strict=True):
+            yield loaded_from(item, read)
 
     def _place(
         self,
@@ -252,8 +249,9 @@ class Indexer:
             repo.move_image(batch.session, source.id, found.path, found.size, found.mtime_ns)
             summary.moved += 1
             return
-        if loaded.tensor is None:  # content was expected to be known; decode it now
-            loaded = load_candidate(found, self.tagger.preprocess, self.options, skip_decode=set())
+        if loaded.pixels is None:  # content was expected to be known; decode it now
+            spec = self.options.read_spec(self.tagger)
+            loaded = loaded_from(found, read_file(spec, found.path, (found.size, found.mtime_ns)))
             if loaded.error is not None:
                 summary.failures.append(
                     Problem(found.path, loaded.error.code, loaded.error.message)
@@ -266,53 +264,26 @@ Waiting = list[tuple[Loaded, int | None]]
 
 
 class _Batch:
-    """Files waiting for one forward pass and one transaction.
+    """Files waiting for one forward pass and one transaction (written in input order)."""
 
-    The forward of a batch runs in the model thread while the main thread writes the batch
-    before it, so the accelerator is not idle during database work. Writes stay in input
-    order, each batch one transaction."""
-
-    def __init__(
-        self,
-        session: Session,
-        generation_id: int,
-        tag_map: repo.TagMap,
-        floor: float,
-        model: Executor,
-    ) -> None:
+    def __init__(self, session: Session, generation_id: int, tag_map: repo.TagMap, floor: float):
         self.session = session
         self.generation_id = generation_id
         self.tag_map = tag_map
         self.floor = floor
-        self.model = model
         self.to_tag: Waiting = []
-        self.in_flight: tuple[Waiting, Future[Prediction]] | None = None
         self.new = 0
         self.modified = 0
 
     def add(self, loaded: Loaded, existing_id: int | None) -> None:
         self.to_tag.append((loaded, existing_id))
 
-    def flush(self, tagger: Tagger) -> None:
-        """Start the forward of the files waiting, then write the batch before them."""
+    def flush(self, model: InFlight[tuple[Loaded, int | None]]) -> None:
+        """Hand the files waiting to the model; earlier batches are written meanwhile."""
         waiting, self.to_tag = self.to_tag, []
-        future = None
-        if waiting:
-            tensors = [item.tensor for item, _ in waiting]
-            future = self.model.submit(predict_stacked, tagger, tensors)  # type: ignore[arg-type]
-        self.drain()
-        if future is not None:
-            self.in_flight = (waiting, future)
+        model.submit(waiting, [item.pixels for item, _ in waiting])  # type: ignore[misc]
 
-    def drain(self) -> None:
-        """Write the batch in flight, if any, and commit what the session holds."""
-        if self.in_flight is not None:
-            waiting, future = self.in_flight
-            self.in_flight = None
-            self._write(waiting, future.result())
-        self.session.commit()
-
-    def _write(self, waiting: Waiting, prediction: Prediction) -> None:
+    def write(self, waiting: Waiting, prediction: Prediction) -> None:
         items = []
         for row, (loaded, existing_id) in enumerate(waiting):
             tag_ids, scores = self.tag_map.postings(prediction.probs[row], self.floor)
@@ -324,51 +295,21 @@ class _Batch:
             else:
                 self.modified += 1
         repo.write_images(self.session, self.generation_id, items)
+        self.session.commit()
 
 
-def load_candidate(
-    item: Found, preprocess: ImagePreprocess, options: IndexOptions, skip_decode: set[str]
-) -> Loaded:
-    """Read, hash and decode one file from the same bytes, so the hash always describes
-    the pixels that were tagged. A file that changes while it is read is skipped."""
-    loaded = Loaded(item)
-    try:
-        with open(item.path, "rb") as handle:
-            before = os.fstat(handle.fileno())
-            data = handle.read()
-            after = os.fstat(handle.fileno())
-    except FileNotFoundError:
-        loaded.error = ImageDecodeError("not_found", "file vanished during the scan")
-        return loaded
-    except OSError as exc:
-        loaded.error = ImageDecodeError("unreadable", f"cannot read file: {exc.strerror or exc}")
-        return loaded
-    stamp = (before.st_size, before.st_mtime_ns)
-    if stamp != (after.st_size, after.st_mtime_ns) or stamp != (item.size, item.mtime_ns):
-        loaded.error = ImageDecodeError(
-            "changed", "file changed during the scan; it will be indexed on the next run"
+def loaded_from(item: Found, read: Read) -> Loaded:
+    """The indexer's view of one read file: its facts for the images table."""
+    loaded = Loaded(item, read.sha256, read.md5, read.pixels, error=read.error)
+    if read.pixels is not None:
+        loaded.facts = repo.FileFacts(
+            item.path,
+            read.sha256,
+            item.size,
+            item.mtime_ns,
+            read.width,
+            read.height,
+            canonical_format(read.format),
+            read.md5,
         )
-        return loaded
-    digests = of_bytes(data)  # the same bytes as the pixels tagged
-    loaded.sha256, loaded.md5 = digests.sha256, digests.md5
-    if loaded.sha256 in skip_decode:
-        return loaded
-    try:
-        draft = preprocess.draft_request if options.jpeg_draft else None
-        with pillow_notes.noting(item.path):  # Pillow's warnings name the file
-            image, meta = decode_with_meta(data, max_pixels=options.max_pixels, draft=draft)
-        loaded.tensor = preprocess.tensor(image)
-    except ImageDecodeError as exc:
-        loaded.error = exc
-        return loaded
-    loaded.facts = repo.FileFacts(
-        item.path,
-        loaded.sha256,
-        item.size,
-        item.mtime_ns,
-        meta.width,
-        meta.height,
-        canonical_format(meta.format),
-        loaded.md5,
-    )
     return loaded

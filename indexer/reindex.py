@@ -10,12 +10,11 @@ images already in the building generation are skipped.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import Engine, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
@@ -27,10 +26,10 @@ from app.store import repository as repo
 from app.store import vectors
 from app.store.db import session_factory
 from app.store.models import Embedding, Image, ImageTag, IndexState, ModelGeneration, Tag
-from app.tagger.batching import lookahead, ordered_map, predict_stacked
-from app.tagger.protocol import Tagger
-from indexer.pipeline import IndexOptions, Loaded, load_candidate
-from indexer.scan import Found, Problem, os_problem
+from app.tagger.protocol import Prediction, Tagger
+from indexer.forwarding import InFlight
+from indexer.pipeline import IndexOptions
+from indexer.scan import Problem
 
 log = logging.getLogger(__name__)
 
@@ -176,53 +175,49 @@ class Reindexer:
         progress: Callable[[int, int], None] | None,
         total: int,
     ) -> set[int]:
-        """Re-tag ``todo``; returns the ids that failed."""
+        """Re-tag ``todo``; returns the ids that failed. The same readers and model
+        threads as ``sagashi index``: files are read ahead while the model runs one batch
+        and the batch before is written."""
         options = self.options
-        preprocess = self.tagger.preprocess
-
-        def load(item: tuple[int, str]) -> Loaded | Problem:
-            _image_id, path = item
-            try:
-                info = os.stat(path)
-            except OSError as exc:
-                return os_problem(path, exc)
-            return load_candidate(
-                Found(path, info.st_size, info.st_mtime_ns), preprocess, options, skip_decode=set()
-            )
-
-        batch: list[tuple[int, Loaded]] = []
         failed: set[int] = set()
-        with ThreadPoolExecutor(
-            max_workers=options.workers, thread_name_prefix="sagashi-reindex"
-        ) as pool:
-            for (image_id, _path), loaded in ordered_map(
-                pool, load, todo, lookahead(options.batch_size, options.workers)
+        handled = 0
+
+        def report() -> None:
+            if progress:
+                progress(summary.already_done + handled, total)
+
+        def write(batch: list[int], prediction: Prediction) -> None:
+            self._write(session, generation_id, tag_map, batch, prediction)
+            summary.retagged += len(batch)
+
+        readers = options.readers(self.tagger)
+        ids: list[int] = []
+        pixels: list[np.ndarray] = []
+        with InFlight(self.tagger, write) as model:
+            for (image_id, _path), read in zip(
+                todo, readers.map((path, None) for _id, path in todo), strict=True
             ):
-                if isinstance(loaded, Problem):
-                    summary.failures.append(loaded)
-                    failed.add(image_id)
-                elif loaded.error is not None or loaded.tensor is None:
-                    error = loaded.error
+                if read.error is not None or read.pixels is None:
+                    error = read.error
                     summary.failures.append(
                         Problem(
-                            loaded.found.path,
+                            read.path,
                             error.code if error else "corrupt",
                             error.message if error else "not decodable",
                         )
                     )
                     failed.add(image_id)
                 else:
-                    batch.append((image_id, loaded))
-                if len(batch) >= options.batch_size:
-                    self._write(session, generation_id, tag_map, batch)
-                    summary.retagged += len(batch)
-                    batch = []
-                if progress:
-                    progress(summary.already_done + summary.retagged + len(summary.failures), total)
-        self._write(session, generation_id, tag_map, batch)
-        summary.retagged += len(batch)
-        if progress:  # the last, partial batch counts too: a finished run is done == total
-            progress(summary.already_done + summary.retagged + len(summary.failures), total)
+                    ids.append(image_id)
+                    pixels.append(read.pixels)
+                if len(ids) >= options.batch_size:
+                    model.submit(ids, pixels)
+                    ids, pixels = [], []
+                handled += 1
+                report()
+            model.submit(ids, pixels)
+            model.drain()
+        report()  # a finished run is done == total
         return failed
 
     def _write(
@@ -230,19 +225,16 @@ class Reindexer:
         session: Session,
         generation_id: int,
         tag_map: repo.TagMap,
-        batch: list[tuple[int, Loaded]],
+        batch: list[int],
+        prediction: Prediction,
     ) -> None:
-        if not batch:
-            return
-        prediction = predict_stacked(self.tagger, [loaded.tensor for _, loaded in batch])  # type: ignore[misc]
         rows = []
-        for row, (image_id, _loaded) in enumerate(batch):
+        for row, image_id in enumerate(batch):
             tag_ids, scores = tag_map.postings(prediction.probs[row], self.options.score_floor)
             rows.append((image_id, repo.Prediction(tag_ids, scores, prediction.embeddings[row])))
-        image_ids = [image_id for image_id, _ in rows]
         if self.where is not None:  # in place: the old scores go in the same transaction
-            repo.clear_predictions(session, generation_id, image_ids)
-            repo.record_changes(session, image_ids)
+            repo.clear_predictions(session, generation_id, batch)
+            repo.record_changes(session, batch)
         repo.insert_predictions(session, generation_id, rows)
         repo.bump_version(session, generation_id)
         session.commit()

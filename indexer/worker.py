@@ -22,7 +22,7 @@ from app.store.jobs import claim_next, recover_dead, requeue
 from app.store.locks import WriterBusy, writer_lock
 from app.store.models import Job
 from app.tagger import ModelLoadError
-from app.tagger.factory import open_tagger
+from app.tagger.factory import tagger_from_settings
 from app.tagger.protocol import Tagger
 from indexer import jobs
 from indexer.runs import Run, abort, tracked
@@ -122,10 +122,8 @@ class Worker:
                 "for the worker"
             )
         if directory not in self._taggers:
-            settings = self.settings
-            threads = settings.effective_torch_threads()
             try:
-                tagger = open_tagger(directory, settings.device, threads)
+                tagger = tagger_from_settings(self.settings, directory)
             except ModelLoadError as exc:
                 raise jobs.JobStopped(str(exc)) from exc
             self._taggers[directory] = tagger

@@ -24,9 +24,9 @@ def test_micro_batcher_answers_each_request_with_its_own_row(tiny_pixai_dir: Pat
     tagger = TimmTagger(tiny_pixai_dir, "cpu", 1)
     tagger.load()
     size = tagger.preprocess.size
-    generator = torch.Generator().manual_seed(0)
-    tensors = [torch.randn(3, size, size, generator=generator) for _ in range(24)]
-    alone = [tagger.predict(t.unsqueeze(0)) for t in tensors]
+    rng = np.random.default_rng(0)
+    tensors = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(24)]
+    alone = [tagger.predict_pixels(torch.from_numpy(t)[None]) for t in tensors]
     batcher = MicroBatcher(tagger, batch_size=8)
     results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     start = threading.Barrier(len(tensors))

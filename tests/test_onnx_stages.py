@@ -39,8 +39,12 @@ def rgb(image: Image.Image | np.ndarray) -> list[list[tuple[int, ...]]]:
 
 
 def stage(raw: dict[str, object]) -> object:
-    pipeline = parse_stages({"stages": [raw, {"type": "center_crop", "size": 1}]}, "test.json")
-    return pipeline.stages[0]
+    # A square around the stage: after an image stage, before an array stage (image stages
+    # may not follow array stages).
+    square = {"type": "center_crop", "size": 1}
+    if raw["type"] in ("to_tensor", "maybe_to_tensor", "rescale", "normalize"):
+        return parse_stages({"stages": [square, raw]}, "test.json").stages[1]
+    return parse_stages({"stages": [raw, square]}, "test.json").stages[0]
 
 
 def test_published_pixai_file_is_the_torch_preprocessing() -> None:

@@ -13,7 +13,6 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,9 +22,6 @@ from app.settings import Settings
 from app.tagger import ModelLoadError
 from app.tagger.batching import predict_stacked, prepare
 from app.tagger.protocol import Tagger
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +39,15 @@ class MicroBatcher:
     def __init__(self, tagger: Tagger, batch_size: int) -> None:
         self.tagger = tagger
         self.batch_size = batch_size
-        self._queue: queue.Queue[tuple[torch.Tensor, Future[tuple[np.ndarray, np.ndarray]]]]
+        self._queue: queue.Queue[tuple[np.ndarray, Future[tuple[np.ndarray, np.ndarray]]]]
         self._queue = queue.Queue()
         self.batches = 0  # forward passes run, for metrics and tests
         self._thread = threading.Thread(target=self._loop, name="sagashi-infer", daemon=True)
         self._thread.start()
 
-    def submit(self, tensor: torch.Tensor) -> Future[tuple[np.ndarray, np.ndarray]]:
+    def submit(self, pixels: np.ndarray) -> Future[tuple[np.ndarray, np.ndarray]]:
         future: Future[tuple[np.ndarray, np.ndarray]] = Future()
-        self._queue.put((tensor, future))
+        self._queue.put((pixels, future))
         return future
 
     def _loop(self) -> None:
@@ -64,10 +60,10 @@ class MicroBatcher:
                 pass
             self._run(batch)
 
-    def _run(self, batch: list[tuple[torch.Tensor, Future[tuple[np.ndarray, np.ndarray]]]]) -> None:
+    def _run(self, batch: list[tuple[np.ndarray, Future[tuple[np.ndarray, np.ndarray]]]]) -> None:
         self.batches += 1
         try:
-            prediction = predict_stacked(self.tagger, [tensor for tensor, _ in batch])
+            prediction = predict_stacked(self.tagger, [pixels for pixels, _ in batch])
         except Exception as exc:  # the requests see the failure; the thread lives on
             log.exception("inference failed for a batch of %d", len(batch))
             for _, future in batch:
@@ -116,11 +112,10 @@ class Inference:
             )
         # Imported here: torch and timm take seconds to import, and a server that only
         # searches never needs them (its /readyz waits for nothing of theirs).
-        from app.tagger.factory import open_tagger
+        from app.tagger.factory import tagger_from_settings
 
-        threads = settings.effective_torch_threads()
         try:
-            tagger = open_tagger(settings.model_dir, settings.device, threads)
+            tagger = tagger_from_settings(settings, settings.model_dir)
         except ModelLoadError as exc:
             self._error = str(exc)
             raise ApiError(503, "model_unavailable", f"the model failed to load: {exc}") from exc
@@ -133,12 +128,12 @@ class Inference:
         check_pixels(data, max_pixels)  # from the header, before any decode is admitted
         with self.gate.slot():
             prepared = prepare(data, tagger.preprocess, max_pixels, self.settings.jpeg_draft)
-        if prepared.error is not None or prepared.tensor is None:
+        if prepared.error is not None or prepared.pixels is None:
             code = prepared.error.code if prepared.error else "corrupt"
             message = prepared.error.message if prepared.error else "cannot decode"
             if code == "too_large":  # a header that lied about its size, or out of memory
                 raise too_many_pixels(None, max_pixels)
             raise ApiError(415, "bad_image", f"not a decodable image ({code}): {message}")
         assert self._batcher is not None
-        probs, embedding = self._batcher.submit(prepared.tensor).result()
+        probs, embedding = self._batcher.submit(prepared.pixels).result()
         return Inferred(probs, embedding)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -21,9 +21,6 @@ from app.tagger.decode import decode_image
 from app.tagger.errors import ImageDecodeError
 from app.tagger.preprocess import ImagePreprocess
 from app.tagger.protocol import Prediction, Tagger
-
-if TYPE_CHECKING:
-    import torch
 
 Source = str | os.PathLike[str] | bytes
 T = TypeVar("T")
@@ -69,7 +66,7 @@ class TagOutcome:
 
 @dataclass(frozen=True)
 class _Prepared:
-    tensor: torch.Tensor | None
+    pixels: np.ndarray | None
     width: int
     height: int
     error: ImageDecodeError | None
@@ -82,7 +79,7 @@ def prepare(source: Source, preprocess: ImagePreprocess, max_pixels: int, draft:
             source, max_pixels=max_pixels, draft=preprocess.draft_request if draft else None
         )
         width, height = image.size
-        return _Prepared(preprocess.tensor(image), width, height, None)
+        return _Prepared(preprocess.pixels(image), width, height, None)
     except ImageDecodeError as exc:
         return _Prepared(None, 0, 0, exc)
     except MemoryError:
@@ -106,13 +103,13 @@ def tag_sources(
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sagashi-decode") as pool:
         waiting: list[TagOutcome] = []
-        tensors: list[torch.Tensor] = []
+        tensors: list[np.ndarray] = []
         owners: list[TagOutcome] = []
         for src, prepared in ordered_map(pool, load, sources, lookahead(batch_size, workers)):
             outcome = TagOutcome(src, prepared.width, prepared.height, error=prepared.error)
             waiting.append(outcome)
-            if prepared.tensor is not None:
-                tensors.append(prepared.tensor)
+            if prepared.pixels is not None:
+                tensors.append(prepared.pixels)
                 owners.append(outcome)
             if len(tensors) == batch_size:
                 _run(tagger, tensors, owners)
@@ -128,23 +125,25 @@ def lookahead(batch_size: int, workers: int) -> int:
     return max(batch_size * 2, workers * 2)
 
 
-def predict_stacked(tagger: Tagger, tensors: list[torch.Tensor]) -> Prediction:
-    import torch  # the tensors exist, so torch is loaded already
-
+def runs_on_gpu(tagger: Tagger) -> bool:
+    """Whether the tagger's forward runs on a CUDA device (the torch tagger's ``device``)."""
     device = getattr(tagger, "device", None)
-    if isinstance(device, torch.device) and device.type == "cuda":
-        # Stacked straight into page-locked memory: one copy, and the copy to the GPU
-        # runs at full speed.
-        batch = torch.empty(
-            (len(tensors), *tensors[0].shape), dtype=tensors[0].dtype, pin_memory=True
-        )
-        torch.stack(tensors, out=batch)
-    else:
-        batch = torch.stack(tensors)
-    return tagger.predict(batch)
+    return getattr(device, "type", None) == "cuda"
 
 
-def _run(tagger: Tagger, tensors: list[torch.Tensor], owners: list[TagOutcome]) -> None:
+def predict_stacked(tagger: Tagger, images: Sequence[np.ndarray]) -> Prediction:
+    """One forward over (S, S, 3) uint8 images: stacked in one copy (into page-locked
+    memory for a GPU, so the copy there runs at full speed and overlaps), normalised by the
+    tagger on its device."""
+    import torch
+
+    pinned = runs_on_gpu(tagger)
+    batch = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=pinned)
+    np.stack(images, out=batch.numpy())
+    return tagger.predict_pixels(batch)
+
+
+def _run(tagger: Tagger, tensors: list[np.ndarray], owners: list[TagOutcome]) -> None:
     prediction = predict_stacked(tagger, tensors)
     for row, outcome in enumerate(owners):
         outcome.probs = prediction.probs[row]

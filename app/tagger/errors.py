@@ -15,5 +15,9 @@ class ImageDecodeError(Exception):
         self.code = code
         self.message = message
 
+    def __reduce__(self) -> tuple[type[ImageDecodeError], tuple[str, str]]:
+        # Sent back from reader processes: rebuilt from both fields, not from args.
+        return (type(self), (self.code, self.message))
+
     def as_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}

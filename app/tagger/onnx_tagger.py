@@ -150,6 +150,11 @@ class OnnxTagger:
     def preprocess(self) -> ImagePreprocess:
         return self._loaded()[3]
 
+    def predict_pixels(self, pixels: torch.Tensor) -> Prediction:
+        """The same for a (N, S, S, 3) uint8 batch: preprocess.json's array stages, then the
+        graph."""
+        return self.predict(self._loaded()[3].normalise(pixels.cpu()))
+
     def predict(self, batch: torch.Tensor) -> Prediction:
         """Sigmoid scores and L2-normalised embeddings for a (N, 3, S, S) batch."""
         session, io, vocab, _, _ = self._loaded()

@@ -34,12 +34,23 @@ DRAFT_OVERSAMPLE = 2
 
 
 class ImagePreprocess(Protocol):
-    """What the decode pipeline needs of a model's preprocessing, whichever runtime runs it."""
+    """What the decode pipeline needs of a model's preprocessing, whichever runtime runs it.
+
+    Preprocessing is split where the data turns into floats: :meth:`pixels` (decode side,
+    numpy only, fit for worker processes) makes the (S, S, 3) uint8 RGB image at model size,
+    four times smaller than floats to hand over; :meth:`normalise` turns a (N, S, S, 3) uint8
+    batch into the model's (N, 3, S, S) float input on whatever device the batch is on (the
+    GPU, for a GPU run). :meth:`tensor` is the two in a row for one image.
+    """
 
     @property
     def size(self) -> int: ...
 
     def draft_request(self, width: int, height: int) -> tuple[int, int] | None: ...
+
+    def pixels(self, image: Image.Image) -> np.ndarray: ...
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor: ...
 
     def tensor(self, image: Image.Image) -> torch.Tensor: ...
 
@@ -90,19 +101,35 @@ class Preprocess:
             image = image.resize((self.size, self.size), _RESAMPLE[self.interpolation])
         return image
 
-    def tensor(self, image: Image.Image) -> torch.Tensor:
-        """A (3, size, size) float32 tensor, normalised and in the model's channel order."""
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """The (size, size, 3) uint8 RGB image the model sees, before normalisation."""
         if image.mode != "RGB":
             raise ValueError(f"expected an RGB image, got mode {image.mode}")
-        pixels = np.asarray(self.geometry(image), dtype=np.float32)
-        pixels = pixels * (1.0 / 255.0)
-        pixels -= np.asarray(self.mean, dtype=np.float32)
-        pixels /= np.asarray(self.std, dtype=np.float32)
-        if self.channel_order == "BGR":
-            pixels = pixels[:, :, ::-1]
+        return np.array(self.geometry(image), dtype=np.uint8)  # writable: torch shares it
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, size, size, 3) uint8 to the (N, 3, size, size) float32 model input, on the
+        batch's device. The same float32 operations in the same order as the reference
+        pipelines (x / 255 as x * (1/255), minus mean, over std)."""
         import torch  # lazily: the modules that only read a Preprocess start without torch
 
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+        pixels = batch.to(torch.float32) * (1.0 / 255.0)
+        pixels -= torch.tensor(self.mean, dtype=torch.float32, device=batch.device)
+        pixels /= torch.tensor(self.std, dtype=torch.float32, device=batch.device)
+        if self.channel_order == "BGR":
+            pixels = pixels.flip(-1)
+        return pixels.permute(0, 3, 1, 2).contiguous()
+
+    def tensor(self, image: Image.Image) -> torch.Tensor:
+        """A (3, size, size) float32 tensor, normalised and in the model's channel order."""
+        return normalise_one(self, self.pixels(image))
+
+
+def normalise_one(preprocess: ImagePreprocess, pixels: np.ndarray) -> torch.Tensor:
+    """One image's model input from its uint8 pixels, through the batch normalisation."""
+    import torch
+
+    return preprocess.normalise(torch.from_numpy(pixels)[None])[0]
 
 
 def pad_to_square(image: Image.Image, color: tuple[int, int, int]) -> Image.Image:

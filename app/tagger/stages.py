@@ -93,7 +93,7 @@ class Normalize:
 
 
 Stage = ConvertRGB | Resize | CenterCrop | PadToSize | ToTensor | Rescale | Normalize
-_GEOMETRY = (Resize, CenterCrop, PadToSize)
+_ARRAY_STAGES = (ToTensor, Rescale, Normalize)
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,38 @@ class StagePipeline:
         scale = target / shorter
         return (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
 
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """The (size, size, 3) uint8 RGB image after the image stages (those before
+        ``to_tensor``); the array stages run in :meth:`normalise`."""
+        value: Image.Image | np.ndarray = image
+        for stage in self.stages:
+            if isinstance(stage, _ARRAY_STAGES):
+                break
+            value = apply_stage(stage, value)
+        assert isinstance(value, Image.Image)
+        if value.mode != "RGB":
+            value = value.convert("RGB")
+        return np.array(value, dtype=np.uint8)  # writable: torch shares it
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, size, size, 3) uint8 to the (N, 3, size, size) float32 input: the array
+        stages, as float32 operations in the order of their numpy reference."""
+        import torch  # lazily, as app.tagger.preprocess
+
+        value = batch.permute(0, 3, 1, 2).to(torch.float32) / 255
+        for stage in self.stages:
+            if isinstance(stage, Rescale):
+                value = value * torch.tensor(stage.factor, dtype=torch.float32)
+            elif isinstance(stage, Normalize):
+                shape = (1, -1, 1, 1)
+                mean = torch.tensor(stage.mean, dtype=torch.float32, device=batch.device)
+                std = torch.tensor(stage.std, dtype=torch.float32, device=batch.device)
+                value = (value - mean.reshape(shape)) / std.reshape(shape)
+        return value.contiguous()
+
     def array(self, image: Image.Image) -> np.ndarray:
+        """One image's float32 (3, size, size) input: every stage, in numpy (the reference
+        :meth:`normalise` is tested against)."""
         value: Image.Image | np.ndarray = image
         for stage in self.stages:
             value = apply_stage(stage, value)
@@ -130,9 +161,9 @@ class StagePipeline:
         return np.ascontiguousarray(value, dtype=np.float32)
 
     def tensor(self, image: Image.Image) -> torch.Tensor:
-        import torch  # lazily, as app.tagger.preprocess
+        from app.tagger.preprocess import normalise_one
 
-        return torch.from_numpy(self.array(image))
+        return normalise_one(self, self.pixels(image))
 
 
 # -- parsing -----------------------------------------------------------------------------
@@ -153,7 +184,22 @@ def parse_stages(raw: Any, source: str) -> StagePipeline:
         raise ModelLoadError(f'{source}: expected {{"stages": [...]}} with at least one stage')
     parsed = tuple(_parse_stage(item, index, source) for index, item in enumerate(stages))
     output_size(parsed, source)  # refuses a pipeline that does not end in a square
+    _check_order(parsed, source)
     return StagePipeline(parsed, source)
+
+
+def _check_order(stages: tuple[Stage, ...], source: str) -> None:
+    """Image stages first, array stages after: the image stages run where the file is
+    decoded and the array stages where the batch is (the GPU, in a GPU run)."""
+    arrays = False
+    for index, stage in enumerate(stages):
+        if isinstance(stage, _ARRAY_STAGES):
+            arrays = True
+        elif arrays:
+            raise ModelLoadError(
+                f"{source}: stage {index} ({_describe(stage)['type']}) works on images and "
+                "must come before to_tensor, rescale and normalize"
+            )
 
 
 def _parse_stage(item: Any, index: int, source: str) -> Stage:

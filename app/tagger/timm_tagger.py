@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from app.tagger.config import ModelConfig
 from app.tagger.errors import ModelLoadError
+from app.tagger.forward import ForwardOptions, attention_kernels, compile_network, pad_rows
 from app.tagger.layouts import TORCH_LAYOUTS
 from app.tagger.model import ModelFiles, TaggerNet, build_network, locate_model_files
 from app.tagger.preprocess import Preprocess
@@ -44,11 +45,22 @@ def preprocess_for(family: str, config: ModelConfig) -> Preprocess:
 class TimmTagger:
     """Load with :meth:`load`, then call :meth:`predict` on preprocessed batches."""
 
-    def __init__(self, model_dir: Path, device: str = "auto", torch_threads: int = 0) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str = "auto",
+        torch_threads: int = 0,
+        forward: ForwardOptions | None = None,
+    ) -> None:
         self.model_dir = Path(model_dir)
         self.device_name = device
         self.torch_threads = torch_threads
+        self.forward = forward or ForwardOptions()
         self._net: TaggerNet | None = None
+        self._call: Any = None  # the network, or its compiled form
+        self._dtype = torch.float32
+        self._pad_to = 0  # rows every forward is padded to; 0: none
+        self.compile_seconds = 0.0
         self._vocab: TagVocabulary | None = None
         self._preprocess: Preprocess | None = None
         self._info: ModelInfo | None = None
@@ -68,9 +80,13 @@ class TimmTagger:
         self.device = resolve_device(self.device_name)
         if self.device.type == "cpu" and self.torch_threads:
             torch.set_num_threads(self.torch_threads)
-        self._net = net.eval().to(self.device)
+        self._dtype = self.forward.dtype(self.device)
+        self._net = net.eval().to(self.device, dtype=self._dtype)
+        self._call = self._net
+        self._pad_to = self.forward.batch_size if self.forward.padded(self.device) else 0
         self._vocab = vocab
         self._preprocess = preprocess_for(files.family, config)
+        compiled = self._compile() if self.forward.compiled(self.device) else ""
         self._info = ModelInfo(
             name=self.model_dir.resolve().name,
             family=files.family,
@@ -82,15 +98,38 @@ class TimmTagger:
             runtime=f"torch {self.device}",
         )
         log.info(
-            "loaded %s model %s (%s, %d tags, %d-d embeddings) on %s in %.1fs",
+            "loaded %s model %s (%s, %d tags, %d-d embeddings) on %s, %s, attention %s%s "
+            "in %.1fs",
             files.family,
             self.model_dir,
             config.architecture,
             len(vocab),
             net.embedding_dim,
             self.device,
+            self.precision_name,
+            attention_kernels(net),
+            compiled,
             time.perf_counter() - started,
         )
+
+    @property
+    def precision_name(self) -> str:
+        if self.forward.precision == "autocast":
+            return "fp32 weights under bf16 autocast"
+        return "bf16 weights" if self._dtype == torch.bfloat16 else "fp32"
+
+    def _compile(self) -> str:
+        """Compile for the padded batch shape now, so the first real batch does not wait."""
+        started = time.perf_counter()
+        self._call = compile_network(self._net)
+        assert self._preprocess is not None
+        size = self._preprocess.size
+        with torch.inference_mode(), self.forward.autocast(self.device):
+            warm = torch.zeros((self._pad_to, 3, size, size), dtype=self._dtype, device=self.device)
+            self._call(warm)
+        seconds = time.perf_counter() - started
+        self.compile_seconds = seconds
+        return f", compiled for batches of {self._pad_to} in {seconds:.1f}s"
 
     @staticmethod
     def _config(files: ModelFiles) -> ModelConfig:
@@ -126,16 +165,32 @@ class TimmTagger:
         return self._loaded()[0]
 
     def predict(self, batch: torch.Tensor) -> Prediction:
-        """Sigmoid scores and L2-normalised pooled embeddings for a (N, 3, S, S) batch."""
-        net = self._loaded()[0]
-        on_gpu = self.device.type == "cuda"
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
-        with torch.inference_mode(), autocast:
-            inputs = batch.to(self.device, non_blocking=on_gpu)
-            logits, pooled = net(inputs)
-            probs = torch.sigmoid(logits.float())
-            embeddings = F.normalize(pooled.float(), dim=-1)
+        """Sigmoid scores and L2-normalised pooled embeddings for a (N, 3, S, S) float
+        batch of model input."""
+        self._loaded()
+        with torch.inference_mode():
+            return self._forward(batch.to(self.device, non_blocking=True))
+
+    def predict_pixels(self, pixels: torch.Tensor) -> Prediction:
+        """The same for a (N, S, S, 3) uint8 batch of :meth:`Preprocess.pixels`: the copy
+        to the device moves a quarter of the bytes, and normalisation runs there."""
+        preprocess = self._loaded()[2]
+        with torch.inference_mode():
+            on_device = pixels.to(self.device, non_blocking=True)
+            return self._forward(preprocess.normalise(on_device))
+
+    def _forward(self, inputs: torch.Tensor) -> Prediction:
+        rows = inputs.shape[0]
+        step = self._pad_to or rows
+        probs, embeddings = [], []
+        with self.forward.autocast(self.device):
+            for start in range(0, rows, step):
+                chunk = pad_rows(inputs[start : start + step].to(self._dtype), self._pad_to)
+                logits, pooled = self._call(chunk)
+                kept = min(step, rows - start)
+                probs.append(torch.sigmoid(logits[:kept].float()))
+                embeddings.append(F.normalize(pooled[:kept].float(), dim=-1))
         return Prediction(
-            probs=probs.cpu().numpy().astype(np.float32, copy=False),
-            embeddings=embeddings.cpu().numpy().astype(np.float32, copy=False),
+            probs=torch.cat(probs).cpu().numpy().astype(np.float32, copy=False),
+            embeddings=torch.cat(embeddings).cpu().numpy().astype(np.float32, copy=False),
         )

@@ -1,0 +1,94 @@
+"""How a torch tagger runs its forward pass: precision, compilation, fixed batch shape.
+
+Each choice is made once in ``load()`` from :class:`ForwardOptions`, so the CPU path stays
+the plain fp32 eager model unless asked otherwise, and a GPU gets the fast one:
+
+* ``precision``: ``bf16`` casts the weights to bfloat16 (not autocast, which re-casts
+  every weight at every call); ``auto`` is bf16 on CUDA, fp32 elsewhere; ``autocast`` keeps
+  fp32 weights under bf16 autocast (the earlier GPU path, kept for comparison).
+* ``compile``: ``torch.compile`` of the network; ``auto`` is on for CUDA. It compiles for
+  one batch shape, so a compiled tagger also pads every batch to ``batch_size`` (the last,
+  partial batch of a run would otherwise compile a second graph).
+* ``fixed_batch``: the padding alone, without compilation (``None``: as ``compile``).
+
+timm's EVA02 attention calls ``F.scaled_dot_product_attention`` (its ``fused_attn``), which
+picks the fused flash or memory-efficient kernels on a GPU; :func:`attention_kernels`
+reports whether every attention block does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "bf16", "autocast"]
+CompileMode = Literal["auto", "on", "off"]
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    precision: Precision = "auto"
+    compile: CompileMode = "auto"
+    batch_size: int = 8
+    fixed_batch: bool | None = None
+
+    def dtype(self, device: torch.device) -> torch.dtype:
+        """The weights' and inputs' dtype."""
+        import torch
+
+        if self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda"):
+            return torch.bfloat16
+        return torch.float32
+
+    def autocast(self, device: torch.device) -> Any:
+        from contextlib import nullcontext
+
+        import torch
+
+        if self.precision == "autocast":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def compiled(self, device: torch.device) -> bool:
+        return self.compile == "on" or (self.compile == "auto" and device.type == "cuda")
+
+    def padded(self, device: torch.device) -> bool:
+        return self.compiled(device) if self.fixed_batch is None else self.fixed_batch
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ForwardOptions:
+        return cls(settings.precision, settings.compile, settings.batch_size)
+
+
+def attention_kernels(net: torch.nn.Module) -> str:
+    """``fused`` when every attention block calls scaled_dot_product_attention, else which
+    do not (timm turns it off with TIMM_FUSED_ATTN=0)."""
+    blocks = [m for m in net.modules() if hasattr(m, "fused_attn")]
+    plain = [type(m).__name__ for m in blocks if not m.fused_attn]
+    if not blocks:
+        return "unknown (no timm attention blocks)"
+    return "fused" if not plain else f"plain in {len(plain)} of {len(blocks)} blocks"
+
+
+def compile_network(net: Any) -> Any:
+    """``torch.compile`` for one fixed shape; compilation happens at the first call."""
+    import torch
+
+    return torch.compile(net, dynamic=False)
+
+
+def pad_rows(batch: torch.Tensor, rows: int) -> torch.Tensor:
+    """``batch`` with zero rows appended up to ``rows`` (a no-op when it has them)."""
+    import torch
+
+    missing = rows - batch.shape[0]
+    if missing <= 0:
+        return batch
+    filler = torch.zeros((missing, *batch.shape[1:]), dtype=batch.dtype, device=batch.device)
+    return torch.cat([batch, filler])

@@ -1,0 +1,89 @@
+"""Read, hash and decode one file to model-size pixels: the work of the indexer's readers.
+
+It runs in reader threads or reader processes (:mod:`indexer.readers`), so it imports only
+what decoding needs (no database, no torch) and returns plain data: a spawned process
+starts quickly and sends back little besides the (S, S, 3) uint8 pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.store.digests import of_bytes
+from app.tagger import pillow_notes
+from app.tagger.decode import decode_with_meta
+from app.tagger.errors import ImageDecodeError
+from app.tagger.preprocess import ImagePreprocess
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """What every read of one run shares (sent once to each reader process)."""
+
+    preprocess: ImagePreprocess
+    max_pixels: int
+    jpeg_draft: bool
+    # Content already indexed elsewhere (a moved file): hashed, not decoded.
+    skip_decode: frozenset[str] = frozenset()
+
+
+@dataclass
+class Read:
+    """One file as read: its hash and pixels, or why it could not be."""
+
+    path: str
+    size: int = 0
+    mtime_ns: int = 0
+    sha256: str = ""
+    md5: str = ""
+    pixels: np.ndarray | None = field(default=None, repr=False)
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    error: ImageDecodeError | None = None
+
+
+def read_file(spec: ReadSpec, path: str, expect: tuple[int, int] | None) -> Read:
+    """Read, hash and decode one file from the same bytes, so the hash always describes the
+    pixels that were tagged. ``expect`` is the (size, mtime_ns) the scan saw; a file that
+    differs from it, or changes while it is read, is skipped. ``None``: take the file as it
+    is now."""
+    read = Read(path)
+    try:
+        with open(path, "rb") as handle:
+            before = os.fstat(handle.fileno())
+            data = handle.read()
+            after = os.fstat(handle.fileno())
+    except FileNotFoundError:
+        read.error = ImageDecodeError("not_found", "file vanished during the scan")
+        return read
+    except OSError as exc:
+        read.error = ImageDecodeError("unreadable", f"cannot read file: {exc.strerror or exc}")
+        return read
+    stamp = (before.st_size, before.st_mtime_ns)
+    read.size, read.mtime_ns = stamp
+    if stamp != (after.st_size, after.st_mtime_ns) or stamp != (expect or stamp):
+        read.error = ImageDecodeError(
+            "changed", "file changed during the scan; it will be indexed on the next run"
+        )
+        return read
+    digests = of_bytes(data)
+    read.sha256, read.md5 = digests.sha256, digests.md5
+    if read.sha256 in spec.skip_decode:
+        return read
+    try:
+        draft = spec.preprocess.draft_request if spec.jpeg_draft else None
+        with pillow_notes.noting(path):  # Pillow's warnings name the file
+            image, meta = decode_with_meta(data, max_pixels=spec.max_pixels, draft=draft)
+        read.pixels = spec.preprocess.pixels(image)
+    except ImageDecodeError as exc:
+        read.error = exc
+        return read
+    except MemoryError:
+        read.error = ImageDecodeError("too_large", "out of memory decoding")
+        return read
+    read.width, read.height, read.format = meta.width, meta.height, meta.format
+    return read
