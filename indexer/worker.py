@@ -18,8 +18,15 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.settings import Settings
-from app.store.jobs import claim_next, recover_dead, requeue
-from app.store.locks import WriterBusy, writer_lock
+from app.store.jobs import (
+    READ_ONLY_KINDS,
+    claim,
+    claim_next,
+    next_queued,
+    recover_dead,
+    requeue,
+)
+from app.store.locks import WriterBusy, job_lease, writer_lock
 from app.store.models import Job
 from app.tagger import ModelLoadError
 from app.tagger.factory import tagger_from_settings
@@ -56,8 +63,9 @@ class Worker:
 
     def run_next(self) -> bool:
         """Take the writer lock if it is free, settle jobs whose process died, then claim
-        and run the oldest queued job. False when there was nothing to run, or another run
-        (a CLI command, another worker) holds the lock."""
+        and run the oldest queued job that writes; else (nothing to write, or another run
+        holds the lock) the oldest read-only one (an export), without the lock. False when
+        there was nothing this worker could run."""
         try:
             with writer_lock(self.engine, wait=0):
                 requeued, failed = recover_dead(self.engine)
@@ -65,16 +73,31 @@ class Worker:
                     log.warning(
                         "%d dead jobs back in the queue, %d marked failed", requeued, failed
                     )
-                job = claim_next(self.engine)
+                job = claim_next(self.engine, skip=READ_ONLY_KINDS)
+                if job is not None:
+                    self.execute(job)
+                    return True
+        except WriterBusy:
+            pass
+        return self.run_read_only()
+
+    def run_read_only(self) -> bool:
+        """Claim and run the oldest queued read-only job under its lease (taken before the
+        claim, so a lock holder settling dead jobs never sees it running without one)."""
+        while (candidate := next_queued(self.engine, kinds=READ_ONLY_KINDS)) is not None:
+            with job_lease(self.engine, candidate) as mine:
+                if not mine:
+                    return False  # another worker is claiming it
+                job = claim(self.engine, candidate)
                 if job is None:
-                    return False
+                    continue  # another worker took it first
                 self.execute(job)
                 return True
-        except WriterBusy:
-            return False
+        return False
 
     def execute(self, job: Job) -> None:
-        """Run one claimed job, the writer lock held; its outcome goes on its record."""
+        """Run one claimed job, the writer lock (or a read-only job's lease) held; its
+        outcome goes on its record."""
         params: dict[str, Any] = json.loads(job.params)
         log.info("job %d: %s %s", job.id, job.kind, json.dumps(params))
         try:

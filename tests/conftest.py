@@ -103,6 +103,7 @@ SLOW_MODULES = frozenset(
         "test_cli_output.py",
         "test_cli_tag.py",
         "test_crash_jobs.py",
+        "test_export_job_lock.py",
         "test_danbooru_clients.py",
         "test_first_use.py",
         "test_index_crash.py",

@@ -7,7 +7,7 @@ processes (the API, ``sagashi jobs``) while the run's batches commit separately.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from sqlalchemy import Engine, insert, select, text, update
@@ -18,6 +18,9 @@ from app.store.models import Job, JobFailure
 from app.store.repository import now
 
 JOB_KINDS = ("index", "reindex", "rebuild_faiss", "export")  # what can be queued for a worker
+# Jobs that only read the index: a worker runs them without the writer lock, under a lease
+# of the job (app.store.locks.job_lease), so index runs go on meanwhile.
+READ_ONLY_KINDS = frozenset({"export"})
 MAX_ATTEMPTS = 3  # a queued job whose worker died this often is failed, not retried
 
 
@@ -158,30 +161,47 @@ def _insert_job(engine: Engine, kind: str, params: dict[str, Any], **fields: Any
         return job
 
 
-def claim_next(engine: Engine) -> Job | None:
-    """Take the oldest queued job, marking it running. Safe with several workers: the
-    conditional update lets exactly one of them win each job."""
-    sessions = session_factory(engine)
-    with sessions() as session:
-        while True:
-            queued = select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(1)
-            candidate = session.scalar(queued)
-            if candidate is None:
-                return None
-            stamp = now()
-            claimed = session.execute(
-                update(Job)
-                .where(Job.id == candidate, Job.state == "queued")
-                .values(
-                    state="running",
-                    started_at=stamp,
-                    heartbeat_at=stamp,
-                    attempts=Job.attempts + 1,
-                )
+def claim_next(
+    engine: Engine, kinds: Collection[str] | None = None, skip: Collection[str] = ()
+) -> Job | None:
+    """Take the oldest queued job (of ``kinds``, not of ``skip``), marking it running. Safe
+    with several workers: the conditional update lets exactly one of them win each job."""
+    while (candidate := next_queued(engine, kinds, skip)) is not None:
+        claimed = claim(engine, candidate)
+        if claimed is not None:
+            return claimed
+    return None
+
+
+def next_queued(
+    engine: Engine, kinds: Collection[str] | None = None, skip: Collection[str] = ()
+) -> int | None:
+    """The oldest queued job's id (of ``kinds``, not of ``skip``), or None."""
+    query = select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(1)
+    if kinds is not None:
+        query = query.where(Job.kind.in_(sorted(kinds)))
+    if skip:
+        query = query.where(Job.kind.not_in(sorted(skip)))
+    with session_factory(engine)() as session:
+        found = session.scalar(query)
+        return None if found is None else int(found)
+
+
+def claim(engine: Engine, job_id: int) -> Job | None:
+    """Mark queued job ``job_id`` running; None when another worker took it first."""
+    with session_factory(engine)() as session:
+        stamp = now()
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "queued")
+            .values(
+                state="running", started_at=stamp, heartbeat_at=stamp, attempts=Job.attempts + 1
             )
-            session.commit()
-            if getattr(claimed, "rowcount", 0) == 1:
-                return session.get(Job, candidate)
+        )
+        session.commit()
+        if getattr(claimed, "rowcount", 0) == 1:
+            return session.get(Job, job_id)
+        return None
 
 
 def job_record(job: Job) -> dict[str, Any]:
@@ -228,26 +248,39 @@ def requeue(engine: Engine, job_id: int) -> None:
 
 def recover_dead(engine: Engine) -> tuple[int, int]:
     """Settle jobs whose process died. Call only while holding the writer lock: every run
-    holds it while it runs, so any other job still marked running has no live process.
-    Queued jobs go back to the queue (each run resumes where the last stopped), unless they
-    have died MAX_ATTEMPTS times; a command's own run is marked failed (run it again to
-    resume). Returns (requeued, failed)."""
-    stamp = now()
+    holds it while it runs, except a read-only job (an export), which holds its own lease
+    instead; so any other job still marked running has no live process. Queued jobs go back
+    to the queue (each run resumes where the last stopped), unless they have died
+    MAX_ATTEMPTS times; a command's own run is marked failed (run it again to resume).
+    Returns (requeued, failed)."""
+    from app.store.locks import lease_held
+
     died = "its process died (killed, or the machine stopped); nothing was lost"
     with session_factory(engine)() as session:
         running = list(session.scalars(select(Job).where(Job.state == "running")))
-        requeued = failed = 0
-        for job in running:
-            if job.origin == "queue" and job.attempts < MAX_ATTEMPTS:
-                job.state, job.started_at, job.heartbeat_at = "queued", None, None
-                requeued += 1
-                continue
-            job.state, job.finished_at = "failed", stamp
-            job.error = (
+        session.expunge_all()
+    requeued = failed = 0
+    for job in running:
+        if lease_held(engine, job.id):
+            continue  # an export, alive
+        if job.origin == "queue" and job.attempts < MAX_ATTEMPTS:
+            values: dict[str, Any] = {"state": "queued", "started_at": None, "heartbeat_at": None}
+        else:
+            error = (
                 f"{died}; run the command again to resume"
                 if job.origin != "queue"
                 else f"{died}, {job.attempts} times; giving up (resubmit it to try again)"
             )
-            failed += 1
-        session.commit()
+            values = {"state": "failed", "finished_at": now(), "error": error}
+        with session_factory(engine)() as session:
+            # only if still running: an export may have finished since it was read
+            changed = session.execute(
+                update(Job).where(Job.id == job.id, Job.state == "running").values(**values)
+            )
+            session.commit()
+        if getattr(changed, "rowcount", 0) == 1:
+            if values["state"] == "queued":
+                requeued += 1
+            else:
+                failed += 1
     return requeued, failed

@@ -4,6 +4,10 @@ Two concurrent runs over the same collection would race on the same paths. The l
 held by the operating system or the database server for the life of the process, so a run
 killed with -9 never leaves a stale lock: SQLite uses an flock on a file beside the
 database, PostgreSQL a session-level advisory lock on a dedicated connection.
+
+A queued job that only reads the index (an export) runs without that lock, under a lease
+of its own job (:func:`job_lease`, held the same two ways), so that whoever settles dead
+jobs under the writer lock can tell it is alive (:func:`lease_held`).
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 ADVISORY_KEY = 0x5A6A_5368  # "Sagashi writer"
+LEASE_CLASS = 0x5A6A_4A62  # "Sagashi job": pg_advisory_lock(LEASE_CLASS, job id)
 # A run killed a moment ago may still hold the lock while the server notices its socket
 # closed; waiting this long covers that without making a real conflict slow to report.
 WAIT_SECONDS = 5.0
@@ -91,3 +96,89 @@ def _retry(attempt: Callable[[], bool], wait: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
+
+
+@contextmanager
+def job_lease(engine: Engine, job_id: int) -> Iterator[bool]:
+    """Hold job ``job_id``'s lease for the block if no other process holds it; yields
+    whether this one does. Released when the block ends or the process dies."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            mine = _try_lease(connection, job_id)
+            try:
+                yield mine
+            finally:
+                if mine:
+                    with suppress(SQLAlchemyError):
+                        query = text("select pg_advisory_unlock(:c, :j)")
+                        connection.execute(query, {"c": LEASE_CLASS, "j": job_id})
+                        connection.commit()
+        return
+    path = _lease_path(engine, job_id)
+    if path is None:
+        yield True
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # locked, and still the file at that path (lease_held may have just removed it)
+        mine = _try_flock(fd) and _is_at(fd, path)
+        try:
+            yield mine
+        finally:
+            if mine:  # the job's record is final by now: a checker finding no file is right
+                with suppress(FileNotFoundError):
+                    os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+def lease_held(engine: Engine, job_id: int) -> bool:
+    """Whether a live process (this one included) holds job ``job_id``'s lease."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            if not _try_lease(connection, job_id):
+                return True
+            query = text("select pg_advisory_unlock(:c, :j)")
+            connection.execute(query, {"c": LEASE_CLASS, "j": job_id})
+            connection.commit()
+            return False
+    path = _lease_path(engine, job_id)
+    if path is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        if not _try_flock(fd):
+            return True
+        # Its process died: the file goes. A new holder that opened it meanwhile fails to
+        # lock it and tries again later on a new file.
+        with suppress(FileNotFoundError):
+            os.unlink(path)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _try_lease(connection: Connection, job_id: int) -> bool:
+    query = text("select pg_try_advisory_lock(:c, :j)")
+    acquired = bool(connection.execute(query, {"c": LEASE_CLASS, "j": job_id}).scalar())
+    connection.commit()
+    return acquired
+
+
+def _lease_path(engine: Engine, job_id: int) -> Path | None:
+    database = engine.url.database
+    if not database or database == ":memory:":
+        return None
+    return Path(f"{database}.job-{int(job_id)}.lock")
