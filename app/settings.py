@@ -48,6 +48,21 @@ class Settings(BaseSettings):
         description="Extra Danbooru tag-alias CSV (antecedent_name,consequent_name[,status]) "
         "on top of the subset shipped with Sagashi.",
     )
+    implications: bool = Field(
+        default=True,
+        description="Search: a tag term also matches images of the tags that imply it "
+        "(plaid_skirt for skirt); unimplied:TAG turns it off for one term.",
+    )
+    implication_file: Path | None = Field(
+        default=None,
+        description="Extra Danbooru tag-implication CSV (antecedent_name,consequent_name"
+        "[,status]) on top of the subset shipped with Sagashi; search and captions use it.",
+    )
+    exclusion_file: Path | None = Field(
+        default=None,
+        description="Rules file of mutually exclusive tags (README, Contradictions) in place "
+        "of the one shipped with Sagashi.",
+    )
     model_dir: Path | None = Field(
         default=None,
         description="Local model directory (PixAI v0.9 or WD v3 layout). "
@@ -296,6 +311,8 @@ class Settings(BaseSettings):
         "read_token",
         "model_dir",
         "alias_file",
+        "implication_file",
+        "exclusion_file",
         "database_url",
         "export_dir",
         mode="before",

@@ -53,6 +53,7 @@ from indexer.summary import report
 if TYPE_CHECKING:  # torch and timm load only in the commands that run a model
     from app.tagger import Tagger
     from app.tagger.batching import TagOutcome
+    from app.tagrules import TagRules
 
 log = logging.getLogger("sagashi")
 
@@ -192,6 +193,29 @@ def tag(
     embedding: Annotated[
         bool, typer.Option(help="json: include the L2-normalised pooled embedding.")
     ] = False,
+    overlap: Annotated[
+        bool | None,
+        typer.Option(
+            help="Drop a tag when a more specific tag implying it is kept (plaid_skirt keeps, "
+            "skirt goes) [default: on for caption, off for json].",
+            show_default=False,
+        ),
+    ] = None,
+    contradictions: Annotated[
+        bool,
+        typer.Option(
+            help="Keep only the highest-scored tag's side of each rule of mutually exclusive "
+            "tags (1girl against multiple_girls, ...)."
+        ),
+    ] = True,
+    exclusions: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Rules file of mutually exclusive tags [default: SAGASHI_EXCLUSION_FILE, "
+            "else the shipped one].",
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
 ) -> None:
@@ -201,6 +225,19 @@ def tag(
     still printed), 2 for a usage or model error.
     """
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
+    from app.tagrules import RulesError
+    from app.tagrules.configured import refinement
+
+    caption = output_format is OutputFormat.caption
+    try:
+        refine = refinement(
+            settings,
+            overlap=caption if overlap is None else overlap,
+            contradictions=contradictions,
+            exclusion_file=exclusions,
+        )
+    except RulesError as exc:
+        fail(str(exc))
     policy = OutputPolicy.preset(
         preset.value,
         settings.tag_defaults(),
@@ -209,6 +246,7 @@ def tag(
         threshold_character=threshold_character,
         allow=split_list(allow),
         deny=split_list(deny),
+        refine=refine,
     )
     files = list(iter_image_paths(paths))
     if not files:
@@ -487,6 +525,17 @@ def _aliases(settings: Settings) -> dict[str, str]:
         fail(str(exc))
 
 
+def _tag_rules(settings: Settings) -> TagRules:
+    """The implication and exclusion rules the settings name, or a one-line exit."""
+    from app.tagrules import RulesError
+    from app.tagrules.configured import tag_rules
+
+    try:
+        return tag_rules(settings)
+    except RulesError as exc:
+        fail(str(exc))
+
+
 def _import_vocabulary(
     settings: Settings, vocabulary: Path | None, use_model: bool
 ) -> tuple[TagVocabulary | None, GenerationIdentity | None]:
@@ -646,6 +695,7 @@ def search(
         duplicate_similarity=settings.duplicate_similarity,
         max_terms=settings.max_query_terms,
         defaults=settings.tag_defaults().thresholds(),
+        implications=_tag_rules(settings).implications if settings.implications else None,
     )
     embedding = query_embedding(engine, settings, like) if like is not None else None
     request = SearchRequest(
@@ -742,6 +792,7 @@ def serve(
     # a new database gets its schema; an older or newer one is refused before listening
     open_store(settings, create=True).dispose()
     _aliases(settings)
+    _tag_rules(settings)
     count = settings.effective_workers()
     log.info(
         "serving on http://%s:%d with %d worker(s) (API docs at /docs)",

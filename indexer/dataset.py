@@ -51,6 +51,8 @@ from app.store.models import Image, Tag
 from app.tagger.defaults import CARD
 from app.tagger.policy import TagScore
 from app.tagger.vocab import CHARACTER, COPYRIGHT, GENERAL
+from app.tagrules.configured import refinement, search_implications
+from app.tagrules.implications import Implications, RulesError
 from indexer.export import (
     EXPORT_CHUNK,
     MAX_REPORTED,
@@ -136,8 +138,10 @@ def matching_ids(
     where: str,
     aliases: Mapping[str, str],
     thresholds: Mapping[str, float],
+    implications: Implications | None = None,
 ) -> list[int]:
-    """Ids of the images a filter query matches, ascending (QueryError if it is bad)."""
+    """Ids of the images a filter query matches, ascending (QueryError if it is bad); with
+    ``implications``, a tag term matches the tags implying it too, as search does."""
     query = parse(where)
     for name, value in (("order", query.order), ("similar", query.similar)):
         if value is not None:
@@ -145,7 +149,7 @@ def matching_ids(
             raise QueryError(ErrorCode.BAD_VALUE, message, max(0, where.find(f"{name}:")))
     with session_factory(engine)() as session:
         rows = session.execute(select(Tag.id, Tag.name, Tag.group, Tag.image_count)).all()
-        catalog = Catalog.from_rows([(r[0], r[1], r[2], r[3]) for r in rows], aliases)
+        catalog = Catalog.from_rows([(r[0], r[1], r[2], r[3]) for r in rows], aliases, implications)
         plan = Binder(catalog, dict(thresholds)).bind(query.root)
         ids = execute(session, plan, generation_id)
     return ids[: query.limit] if query.limit else ids
@@ -292,6 +296,7 @@ def export_dataset(
     options: DatasetOptions,
     aliases: Mapping[str, str],
     progress: Progress | None = None,
+    implications: Implications | None = None,
 ) -> DatasetSummary:
     """Export the images ``options.where`` matches (every live image when it is empty) into
     ``folder`` (created if missing). Raises EmptyIndexError when the index has no active
@@ -299,7 +304,7 @@ def export_dataset(
     started = time.perf_counter()
     generation_id = _active_generation_id(engine)
     thresholds = query_thresholds(options.captions)
-    ids = matching_ids(engine, generation_id, options.where, aliases, thresholds)
+    ids = matching_ids(engine, generation_id, options.where, aliases, thresholds, implications)
     folder.mkdir(parents=True, exist_ok=True)
     prior = read_manifest(folder)
     names = Names(folder, options.images, prior)
@@ -419,12 +424,18 @@ def run_export(engine: Engine, settings: Settings, params: Mapping[str, Any], ru
     folder = job_folder(settings, str(params.get("name", "")))
     defaults = settings.tag_defaults()
     try:
+        refine = refinement(settings, overlap=True)
+        implications = search_implications(settings)
+    except RulesError as exc:
+        raise JobStopped(str(exc)) from exc
+    try:
         captions = CaptionOptions(
             threshold_general=_param(params, "threshold_general", defaults.general),
             threshold_character=_param(params, "threshold_character", defaults.character),
             threshold_copyright=_param(params, "threshold_copyright", defaults.copyright),
             top_k=int(params.get("top_k") or defaults.top_k),
             overwrite=bool(params.get("overwrite", False)),
+            refine=refine,
         )
         options = DatasetOptions(
             captions, ImageMode(params.get("images", "copy")), params.get("where") or ""
@@ -432,7 +443,8 @@ def run_export(engine: Engine, settings: Settings, params: Mapping[str, Any], ru
     except ValueError as exc:
         raise JobStopped(f"bad export parameters: {exc}") from exc
     try:
-        summary = export_dataset(engine, folder, options, aliases_of(settings), run.update)
+        aliases = aliases_of(settings)
+        summary = export_dataset(engine, folder, options, aliases, run.update, implications)
     except EmptyIndexError as exc:
         raise JobStopped("the index is empty; run 'sagashi index' first") from exc
     except QueryError as exc:

@@ -40,6 +40,8 @@ from app.tagger.caption import DEFAULT_ORDER, format_caption
 from app.tagger.defaults import CARD
 from app.tagger.policy import OutputPolicy, TagScore
 from app.tagger.vocab import CHARACTER, COPYRIGHT, GENERAL, GROUPS, RATING
+from app.tagrules.implications import Implications
+from app.tagrules.refine import Refinement
 from indexer.jobs import active_generation_id, first_line
 from indexer.progress import progress_bar, rate_text
 
@@ -91,6 +93,8 @@ class CaptionOptions:
     order: tuple[str, ...] = DEFAULT_ORDER
     layout: Layout = Layout.mirror
     overwrite: bool = False
+    # The tag rules (contradictions; overlap, on for captions): app.tagrules.refine.
+    refine: Refinement | None = None
     # What `sagashi tag` would report from these scores: one policy for both.
     policy: OutputPolicy = field(init=False, repr=False, compare=False)
 
@@ -104,6 +108,7 @@ class CaptionOptions:
             threshold_character=self.threshold_character,
             allow=self.allow,
             deny=self.deny,
+            refine=self.refine,
         )
         check_order(self.order)
         object.__setattr__(self, "policy", policy)
@@ -674,6 +679,28 @@ def export_command(
     overwrite: Annotated[
         bool, typer.Option(help="Replace existing caption files (else they are skipped).")
     ] = False,
+    overlap: Annotated[
+        bool,
+        typer.Option(
+            help="Drop a tag when a more specific tag implying it is kept (plaid_skirt "
+            "keeps, skirt goes)."
+        ),
+    ] = True,
+    contradictions: Annotated[
+        bool,
+        typer.Option(
+            help="Keep only the highest-scored tag's side of each rule of mutually "
+            "exclusive tags (1girl against multiple_girls, ...)."
+        ),
+    ] = True,
+    exclusions: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Rules file of mutually exclusive tags [default: SAGASHI_EXCLUSION_FILE, "
+            "else the shipped one].",
+        ),
+    ] = None,
 ) -> None:
     """Export a search as a training set (DIR), or caption files for the indexed images.
 
@@ -708,6 +735,16 @@ def export_command(
         fail(f"--order: {exc}")
     aliases = _aliases(settings.alias_file, fail)
     defaults = settings.tag_defaults()
+    from app.tagrules import RulesError
+    from app.tagrules.configured import refinement, search_implications
+
+    try:
+        refine = refinement(
+            settings, overlap=overlap, contradictions=contradictions, exclusion_file=exclusions
+        )
+        implications = search_implications(settings)
+    except RulesError as exc:
+        fail(str(exc))
     options = CaptionOptions(
         threshold_general=_given(threshold_general, defaults.general),
         threshold_character=_given(threshold_character, defaults.character),
@@ -719,13 +756,16 @@ def export_command(
         order=groups,
         layout=layout,
         overwrite=overwrite,
+        refine=refine,
     )
     engine = open_store(settings)
     if where is not None:
         _check_where(where, fail)
     if folder is not None:
-        _export_dataset(engine, folder, options, aliases, where or "", images or ImageMode.copy)
-    matched = None if where is None else _matched_by(engine, where, options, aliases)
+        _export_dataset(
+            engine, folder, options, aliases, where or "", images or ImageMode.copy, implications
+        )
+    matched = None if where is None else _matched_by(engine, where, options, aliases, implications)
     try:
         summary = _run_with_progress(engine, out_dir, options, matched)
     except EmptyIndexError:
@@ -748,12 +788,17 @@ def _check_where(where: str, fail: Fail) -> None:
 
 
 def _matched_by(
-    engine: Engine, where: str, options: CaptionOptions, aliases: dict[str, str]
+    engine: Engine,
+    where: str,
+    options: CaptionOptions,
+    aliases: dict[str, str],
+    implications: Implications | None,
 ) -> Callable[[int], Sequence[int]]:
     from indexer.dataset import matching_ids, query_thresholds
 
     def matched(generation_id: int) -> Sequence[int]:
-        return matching_ids(engine, generation_id, where, aliases, query_thresholds(options))
+        thresholds = query_thresholds(options)
+        return matching_ids(engine, generation_id, where, aliases, thresholds, implications)
 
     return matched
 
@@ -765,6 +810,7 @@ def _export_dataset(
     aliases: dict[str, str],
     where: str,
     images: ImageMode,
+    implications: Implications | None,
 ) -> NoReturn:
     from app.query import QueryError
     from indexer.cli import fail
@@ -781,7 +827,7 @@ def _export_dataset(
                 bar.update(task, completed=done, total=total, rate=rate)
 
             dataset = DatasetOptions(options, images, where)
-            summary = export_dataset(engine, folder, dataset, aliases, report)
+            summary = export_dataset(engine, folder, dataset, aliases, report, implications)
     except EmptyIndexError:
         fail("the index is empty; run 'sagashi index' first")
     except QueryError as exc:

@@ -125,17 +125,32 @@ ATTRIBUTES: dict[int, dict[str, object]] = {}
 TAG_GROUPS: dict[int, int] = {}
 
 
-def brute(plan: PlanNode, data: Mapping[int, Mapping[int, float]]) -> list[int]:
-    return sorted(i for i, tags in data.items() if _matches(plan, tags, ATTRIBUTES[i]))
+def brute(
+    plan: PlanNode,
+    data: Mapping[int, Mapping[int, float]],
+    implying: Mapping[int, set[int]] | None = None,
+) -> list[int]:
+    """The images ``plan`` matches. With ``implying`` (tag id -> ids of the tags implying
+    it), a tag range holds the highest stored score of the tag and the tags implying it:
+    the meaning of a query with implications, evaluated on a plan bound without them."""
+    return sorted(
+        i for i, tags in data.items() if _matches(plan, tags, ATTRIBUTES[i], implying or {})
+    )
 
 
-def _matches(plan: PlanNode, tags: Mapping[int, float], attrs: Mapping[str, object]) -> bool:
+def _matches(
+    plan: PlanNode,
+    tags: Mapping[int, float],
+    attrs: Mapping[str, object],
+    implying: Mapping[int, set[int]],
+) -> bool:
     if isinstance(plan, PAll):
         return True
     if isinstance(plan, PNothing):
         return False
     if isinstance(plan, PTag):
-        return plan.tag_id in tags and plan.contains(tags[plan.tag_id])
+        scores = [tags[t] for t in {plan.tag_id, *implying.get(plan.tag_id, ())} if t in tags]
+        return bool(scores) and plan.contains(max(scores))
     if isinstance(plan, PAttr):
         return plan.ranges.contains(attrs[plan.column])  # type: ignore[arg-type]
     if isinstance(plan, PRating):
@@ -157,11 +172,11 @@ def _matches(plan: PlanNode, tags: Mapping[int, float], attrs: Mapping[str, obje
     if isinstance(plan, PPath):
         return plan.regex().fullmatch(str(attrs["path"])) is not None
     if isinstance(plan, PNot):
-        return not _matches(plan.child, tags, attrs)
+        return not _matches(plan.child, tags, attrs, implying)
     if isinstance(plan, PAnd):
-        return all(_matches(c, tags, attrs) for c in plan.children)
+        return all(_matches(c, tags, attrs, implying) for c in plan.children)
     assert isinstance(plan, POr)
-    return any(_matches(c, tags, attrs) for c in plan.children)
+    return any(_matches(c, tags, attrs, implying) for c in plan.children)
 
 
 def _rating(plan: PRating, tags: Mapping[int, float]) -> int:

@@ -593,6 +593,7 @@ METATAG_VALUES = [
     ('path:"(x) or y"', "(x) or y"),
     ("path:'say \"hi\"'", 'say "hi"'),
     ("unaliased:Kitten", "kitten"),
+    ("unimplied:Skirt", "skirt"),
 ]
 
 
@@ -672,6 +673,8 @@ METATAG_ERRORS = [
     ("md5:" + "0" * 31, BAD, 4),
     ("unaliased:", BAD, 10),
     ("unaliased:a*", BAD, 10),
+    ("unimplied:", BAD, 10),
+    ('unimplied:"a b"', BAD, 11),
     ('unaliased:"a b"', BAD, 11),
     ("limit:0", BAD, 6),
     ("limit:1001", BAD, 6),

@@ -32,6 +32,7 @@ from app.store.db import create_db_engine, database_url
 from app.store.migrate import check_schema
 from app.store.thumbs import ThumbnailCache
 from app.tagger.protocol import Tagger
+from app.tagrules.configured import search_implications, tag_rules
 from app.web import install_web
 
 DESCRIPTION = """Search an anime image collection by Danbooru-style tags (with confidence
@@ -46,6 +47,7 @@ def build_resources(
 ) -> Resources:
     engine = create_db_engine(database_url(settings), settings.statement_timeout)
     check_schema(engine)
+    tag_rules(settings)  # a bad implication or exclusion file stops the start with its line
     search_service = SearchService(
         engine,
         settings.data_dir,
@@ -55,6 +57,7 @@ def build_resources(
         max_terms=settings.max_query_terms,
         defaults=settings.tag_defaults().thresholds(),
         prefetch_vectors=True,
+        implications=search_implications(settings),  # RulesError: a bad file stops the start
     )
     thumbs = ThumbnailCache(
         settings.data_dir / "thumbs", settings.thumb_size, settings.max_image_pixels

@@ -27,9 +27,27 @@ class TagScoreOut(BaseModel):
     group: str
 
 
+class TagDropOut(BaseModel):
+    rule: Literal["contradiction", "overlap"] = Field(
+        description="contradiction: a tag it excludes scores higher; overlap: a more "
+        "specific tag implying it is kept."
+    )
+    by: str = Field(description="The tag that wins.")
+
+
 class ImageTagOut(TagScoreOut):
     count: int = Field(description="Images of the index with this tag at the default threshold.")
-    confident: bool = Field(description="The score reaches the group's threshold in force.")
+    confident: bool = Field(
+        description="The tag's search at the thresholds in force finds this image: its score, "
+        "or that of a tag implying it, reaches the group's threshold."
+    )
+    implied_by: str | None = Field(
+        default=None,
+        description="Confident only through this tag, which implies it (score 0: not stored).",
+    )
+    dropped: TagDropOut | None = Field(
+        default=None, description="Captions and tag lists leave this confident tag out: why."
+    )
 
 
 class SearchItem(BaseModel):

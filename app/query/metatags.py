@@ -12,6 +12,8 @@
 - ``sha256`` / ``md5``: ``str`` of 64 / 32 lower-case hex digits.
 - ``path``: ``str``, any glob, case kept, may be empty.
 - ``unaliased``: ``str``, one lower-cased tag name, matched without applying aliases.
+- ``unimplied``: ``str``, one lower-cased tag name, matched by its own score only (not by
+  the tags that imply it).
 - ``order``: ``Order``; see ``ORDERS``, plus ``score:<tag>``.
 - ``limit``: ``int`` within [1, max_limit]. ``similar``: ``int``, an image id, 1 or more.
 
@@ -45,7 +47,7 @@ KNOWN_METATAGS = frozenset(
         "rating", "width", "height", "mpixels", "ratio", "filesize", "filetype",
         "date", "age", "id", "sha256", "md5", "path",
         "tagcount", "gentags", "chartags", "copytags",
-        "order", "limit", "similar", "unaliased",
+        "order", "limit", "similar", "unaliased", "unimplied",
     }
 )  # fmt: skip
 
@@ -258,10 +260,13 @@ def _path(value: str, locate: Locate) -> MetaValue:
     return value
 
 
-def _unaliased(value: str, locate: Locate) -> MetaValue:
-    if not value or "*" in value or any(ch.isspace() for ch in value):
-        raise _bad("unaliased: takes one tag name, without spaces or *", locate(0))
-    return value.lower()
+def _one_tag(name: str) -> Callable[[str, Locate], MetaValue]:
+    def read(value: str, locate: Locate) -> MetaValue:
+        if not value or "*" in value or any(ch.isspace() for ch in value):
+            raise _bad(f"{name}: takes one tag name, without spaces or *", locate(0))
+        return value.lower()
+
+    return read
 
 
 def _order(value: str, locate: Locate) -> MetaValue:
@@ -312,5 +317,6 @@ _READERS: dict[str, Callable[[str, Locate], MetaValue]] = {
     "copytags": _int_ranges,
     "order": _order,
     "similar": _similar,
-    "unaliased": _unaliased,
+    "unaliased": _one_tag("unaliased"),
+    "unimplied": _one_tag("unimplied"),
 }

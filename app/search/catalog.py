@@ -1,6 +1,6 @@
 """The tag catalog of the active generation: tag names to ids and groups, with the image
-counts that rank autocomplete and wildcard expansion, and the alias table applied at query
-time."""
+counts that rank autocomplete and wildcard expansion, and the alias and implication tables
+applied at query time."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from app.tagger.vocab import GROUPS
+from app.tagrules.implications import Implications
 
 WILDCARD_LIMIT = 100
 
@@ -23,22 +24,51 @@ class TagInfo:
 
 @dataclass
 class Catalog:
-    """The index's tags, by name, with the alias table for query-time aliasing."""
+    """The index's tags, by name, with the alias table for query-time aliasing and the
+    implication table (None: implications off) for query-time implication."""
 
     tags: Mapping[str, TagInfo]
     aliases: Mapping[str, str] = field(default_factory=dict)
+    implications: Implications | None = None
     _by_count: list[tuple[str, TagInfo]] | None = None
     _names: list[str] = field(default_factory=list)
     _matches: dict[str, list[TagInfo]] = field(default_factory=dict)
     _alias_names: list[str] | None = None
     _by_id: dict[int, tuple[str, str]] | None = None
+    _implying: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_rows(
-        cls, rows: Sequence[tuple[int, str, int, int]], aliases: Mapping[str, str]
+        cls,
+        rows: Sequence[tuple[int, str, int, int]],
+        aliases: Mapping[str, str],
+        implications: Implications | None = None,
     ) -> Catalog:
         """Rows of (id, name, group code, image count), as the tags table holds them."""
-        return cls({name: TagInfo(i, GROUPS[g], n) for i, name, g, n in rows}, aliases)
+        tags = {name: TagInfo(i, GROUPS[g], n) for i, name, g, n in rows}
+        return cls(tags, aliases, implications)
+
+    def implying(self, info: TagInfo) -> tuple[int, ...]:
+        """Ids of the index's tags that imply this one, directly or through others (tags
+        the index lacks are skipped, the chain through them is not), ascending; () with
+        implications off."""
+        if self.implications is None:
+            return ()
+        found = self._implying.get(info.id)
+        if found is None:
+            name = self.names_by_id()[info.id][0]
+            known = (self.tags.get(other) for other in self.implications.implying(name))
+            found = tuple(sorted(other.id for other in known if other is not None))
+            self._implying[info.id] = found
+        return found
+
+    def implying_name(self, name: str) -> list[TagInfo]:
+        """For a tag the index lacks: the index's tags that imply it (aliases applied),
+        by id; [] with implications off."""
+        if self.implications is None:
+            return []
+        known = (self.tags.get(o) for o in self.implications.implying(self.aliases.get(name, name)))
+        return sorted((info for info in known if info is not None), key=lambda info: info.id)
 
     def lookup(self, name: str) -> TagInfo | None:
         return self.tags.get(self.aliases.get(name, name))

@@ -115,7 +115,12 @@ def _path(_binder: Binder, node: Meta) -> PlanNode:
 
 def _unaliased(binder: Binder, node: Meta) -> PlanNode:
     info = binder.catalog.tags.get(str(node.value))  # the name as typed: no alias applied
-    return binder.tag(info, None) if info else PNothing()
+    return binder.term(info, None) if info else PNothing()
+
+
+def _unimplied(binder: Binder, node: Meta) -> PlanNode:
+    info = binder.catalog.lookup(str(node.value))
+    return binder.tag(info, None) if info else PNothing()  # its own score: no implication
 
 
 def _unsupported(reason: str) -> MetaBinding:
@@ -143,6 +148,7 @@ METATAGS: dict[str, MetaBinding] = {
     "filetype": _filetype,
     "path": _path,
     "unaliased": _unaliased,
+    "unimplied": _unimplied,
     "md5": _md5,
 }
 

@@ -43,6 +43,7 @@ from app.store.repository import active_generation, decode_vectors, index_versio
 from app.store.vectors import OPENING
 from app.tagger.defaults import CARD
 from app.tagger.vocab import GROUPS
+from app.tagrules.implications import Implications, packaged_implications
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ class SearchService:
     prefetch_vectors: bool = False
     # Per-group thresholds of a term without one (Settings.tag_defaults(): SAGASHI_THRESHOLD_*).
     defaults: Mapping[str, float] = field(default_factory=CARD.thresholds)
+    # Query-time implications (SAGASHI_IMPLICATIONS, SAGASHI_IMPLICATION_FILE); None: off.
+    implications: Implications | None = field(default_factory=packaged_implications)
     _state: _State | None = field(default=None, repr=False)
     _checked_at: float = field(default=-math.inf, repr=False)
     _sessions: sessionmaker[Session] | None = field(default=None, repr=False)
@@ -240,7 +243,8 @@ class SearchService:
         gc.unfreeze()
         opening = self._prefetch(session, generation_id) if self.prefetch_vectors else None
         tags = open_engine(self.kind, session, generation_id, self.data_dir)
-        state = _State(generation_id, dim, seq, _catalog(session, self.aliases), tags)
+        catalog = _catalog(session, self.aliases, self.implications)
+        state = _State(generation_id, dim, seq, catalog, tags)
         state.opening = opening
         # The engine holds millions of long-lived objects (paths, arrays, bitmaps); a full
         # collection walking them all paused searches for 200 ms at 1M images. Frozen, they
@@ -265,7 +269,7 @@ class SearchService:
         if seq == state.seq:
             return
         state.tags = state.tags.refreshed(session)
-        state.catalog = _catalog(session, self.aliases)
+        state.catalog = _catalog(session, self.aliases, self.implications)
         state.seq = seq
 
     def open_vectors(self, report: vectors.Report | None = None) -> vectors.IndexMeta:
@@ -404,9 +408,11 @@ def _hits(session: Session, tags: TagEngine, ids: list[int]) -> list[Hit]:
     return [Hit(i, *known[i]) for i in ids if i in known]
 
 
-def _catalog(session: Session, aliases: Mapping[str, str]) -> Catalog:
+def _catalog(
+    session: Session, aliases: Mapping[str, str], implications: Implications | None
+) -> Catalog:
     rows = session.execute(select(Tag.id, Tag.name, Tag.group, Tag.image_count)).all()
-    return Catalog.from_rows([(r[0], r[1], r[2], r[3]) for r in rows], aliases)
+    return Catalog.from_rows([(r[0], r[1], r[2], r[3]) for r in rows], aliases, implications)
 
 
 def _with_similarity(hit: Hit, score: float) -> Hit:

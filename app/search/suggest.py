@@ -162,11 +162,11 @@ def index_for(catalog: Catalog) -> TrigramIndex:
 
 
 def unknown_tags(root: Node, catalog: Catalog, limit: int = LIMIT) -> list[UnknownTag]:
-    """The query's plain tag terms the index does not know (aliases resolved), in query
-    order, each with the closest known tags."""
+    """The query's plain tag terms the index does not know (aliases resolved), and no tag
+    it knows implies, in query order, each with the closest known tags."""
     seen: list[str] = []
     for name in _tag_names(root):
-        if name not in seen and catalog.lookup(name) is None:
+        if name not in seen and catalog.lookup(name) is None and not catalog.implying_name(name):
             seen.append(name)
         if len(seen) >= MAX_UNKNOWN:
             break

@@ -16,6 +16,7 @@ import numpy as np
 
 from app.tagger.defaults import CARD, TagDefaults
 from app.tagger.vocab import CHARACTER, COPYRIGHT, GENERAL, GROUP_CODE, RATING, TagVocabulary
+from app.tagrules.refine import Refinement
 
 # A copyright ties with the character it came from; the character is listed first.
 _TIE_ORDER = {CHARACTER: 0, COPYRIGHT: 1, GENERAL: 2, RATING: 3}
@@ -52,6 +53,9 @@ class OutputPolicy:
     include_copyright: bool = True
     include_rating: bool = True
     rating_threshold: float | None = None
+    # The tag rules (contradictions, overlap) applied to general and character tags before
+    # top_k: app.tagrules.refine, the one place every output takes them from.
+    refine: Refinement | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -99,8 +103,9 @@ class OutputPolicy:
             name = vocab.names[index]
             if self._permitted(name):
                 kept.append(TagScore(name, float(probs[index]), vocab.group(index)))
-                if len(kept) == self.top_k:
+                if len(kept) == self.top_k and self.refine is None:
                     break
+        kept = self.refined(kept)[: self.top_k]
         extra: list[TagScore] = []
         if self.include_copyright:
             extra.extend(self._copyrights(kept, vocab))
@@ -130,12 +135,20 @@ class OutputPolicy:
             elif self._permitted(tag.tag) and np.float32(tag.score) >= limits[tag.group]:
                 (kept if tag.group == COPYRIGHT else ranked).append(tag)
         ranked.sort(key=lambda t: (-t.score, t.tag))
-        kept.extend(ranked[: self.top_k])
+        kept.extend(self.refined(ranked)[: self.top_k])
         if self.include_rating and ratings:
             best = min(ratings, key=lambda t: (-t.score, t.tag))
             if self._permitted(best.tag):
                 kept.append(best)
         return kept
+
+    def refined(self, tags: list[TagScore]) -> list[TagScore]:
+        """``tags`` less those the rules drop (contradicted, or overlapped by a more
+        specific tag), in their order."""
+        if self.refine is None:
+            return tags
+        gone = self.refine.drops((t.tag, t.score) for t in tags)
+        return [t for t in tags if t.tag not in gone] if gone else tags
 
     def _copyrights(self, kept: list[TagScore], vocab: TagVocabulary) -> list[TagScore]:
         best: dict[str, float] = {}

@@ -21,13 +21,15 @@ from app.api.errors import ApiError
 from app.api.open_file import OpenFileResponse, requested_span
 from app.api.resources import Res, Resources
 from app.api.routes.common import Thresholds
-from app.api.schemas import ImageDetail, ImageTagOut
+from app.api.schemas import ImageDetail, ImageTagOut, TagDropOut
 from app.search.details import image_row, tags_of
 from app.search.service import EmptyIndex
 from app.store.db import session_factory
 from app.store.models import Image
 from app.store.safe_open import LibraryFile, OpenRefused, open_within
 from app.tagger.errors import ImageDecodeError
+from app.tagrules.configured import refinement
+from app.tagrules.listing import list_tags
 
 router = APIRouter(tags=["images"])
 
@@ -63,6 +65,13 @@ def image_detail(image_id: ImageId, res: Res, wanted: Thresholds) -> ImageDetail
         if image is None:
             raise _missing(image_id)
         tags = tags_of(session, generation, [image_id]).get(image_id, [])
+    listed = list_tags(
+        [(t.name, t.score, t.group) for t in tags],
+        thresholds,
+        lambda name: info.group if (info := catalog.tags.get(name)) else None,
+        catalog.implications,
+        refinement(res.settings, overlap=True),
+    )
     return ImageDetail(
         id=image.id,
         path=image.path,
@@ -80,9 +89,11 @@ def image_detail(image_id: ImageId, res: Res, wanted: Thresholds) -> ImageDetail
                 score=t.score,
                 group=t.group,
                 count=info.count if (info := catalog.tags.get(t.name)) else 0,
-                confident=t.score >= thresholds.get(t.group, 0.0),
+                confident=t.confident,
+                implied_by=t.implied_by,
+                dropped=TagDropOut(rule=t.dropped.rule, by=t.dropped.by) if t.dropped else None,
             )
-            for t in tags
+            for t in listed
         ],
     )
 

@@ -30,6 +30,8 @@ from app.api.uploads import decode_base64, fetch_url, read_upload
 from app.search.plan import RATING_LETTERS, RATING_TAGS
 from app.tagger.policy import OutputPolicy, TagScore
 from app.tagger.vocab import RATING
+from app.tagrules.configured import refinement
+from app.tagrules.refine import Refinement
 
 router = APIRouter(tags=["tagging"])
 
@@ -139,7 +141,9 @@ async def evaluate(
         raise ApiError(400, "bad_format", f"format must be html or json, not {chosen_format!r}")
     if len(file) > MAX_EVALUATE_FILES:
         raise ApiError(413, "too_large", f"at most {MAX_EVALUATE_FILES} files per request")
-    policy = _evaluate_policy(_given(threshold_in_query, threshold), _given(limit_in_query, limit))
+    policy = _evaluate_policy(
+        res, _given(threshold_in_query, threshold), _given(limit_in_query, limit)
+    )
     results = []
     for upload in file:
         name = upload.filename or ""
@@ -164,7 +168,12 @@ def _given(in_query: T | None, in_form: T | None) -> T | None:
 
 
 # One function per endpoint builds its OutputPolicy, so where defaults come from is
-# decided in one place each.
+# decided in one place each. Every one applies the tag rules of app.tagrules (the
+# contradictions; overlap is for captions, and these answer lists).
+
+
+def _rules(res: Resources) -> Refinement:
+    return refinement(res.settings, overlap=False)
 
 
 def _pixai_policy(res: Resources, params: PixaiParameters) -> OutputPolicy:
@@ -173,14 +182,15 @@ def _pixai_policy(res: Resources, params: PixaiParameters) -> OutputPolicy:
         top_k=params.top_k,
         threshold_general=params.threshold_general,
         threshold_character=params.threshold_character,
+        refine=_rules(res),
     )
 
 
 def _classification_policy(res: Resources, params: ClassificationParameters) -> OutputPolicy:
-    return OutputPolicy.of(res.settings.tag_defaults(), top_k=params.top_k)
+    return OutputPolicy.of(res.settings.tag_defaults(), top_k=params.top_k, refine=_rules(res))
 
 
-def _evaluate_policy(threshold: float | None, limit: int | None) -> OutputPolicy:
+def _evaluate_policy(res: Resources, threshold: float | None, limit: int | None) -> OutputPolicy:
     # One threshold for every group, ratings included (all of them, as autotagger lists).
     cut = EVALUATE_THRESHOLD if threshold is None else threshold
     return OutputPolicy(
@@ -188,6 +198,7 @@ def _evaluate_policy(threshold: float | None, limit: int | None) -> OutputPolicy
         threshold_general=cut,
         threshold_character=cut,
         rating_threshold=cut,
+        refine=_rules(res),
     )
 
 

@@ -264,8 +264,17 @@ function tagRow(tag) {
   });
   const bar = el("span", { class: "bar", role: "meter", "aria-valuemin": "0", "aria-valuemax": "1", "aria-valuenow": tag.score.toFixed(3), "aria-label": `score of ${tag.name}` },
     el("span", { class: "fill", style: `width: ${(tag.score * 100).toFixed(1)}%` }));
-  return el("li", { "data-tag": tag.name },
-    link,
+  // The tag rules (app/tagrules): confident through an implying tag, left out of captions.
+  const notes = [];
+  if (tag.implied_by) {
+    notes.push(el("span", { class: "note implied", title: `found through ${tag.implied_by}, which implies it` }, `via ${tag.implied_by}`));
+  }
+  if (tag.dropped) {
+    const why = tag.dropped.rule === "overlap" ? `the more specific ${tag.dropped.by} is kept` : `contradicts ${tag.dropped.by}, which scores higher`;
+    notes.push(el("span", { class: "note dropped", title: `left out of captions: ${why}` }, `${tag.dropped.rule}: ${tag.dropped.by}`));
+  }
+  return el("li", { "data-tag": tag.name, class: tag.dropped ? "dropped" : "" },
+    notes.length ? el("span", { class: "name" }, link, ...notes) : link,
     el("span", { class: "count", title: "images with this tag" }, tag.count.toLocaleString()),
     bar,
     el("span", { class: "score" }, tag.score.toFixed(3)));
