@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
+import os
 import signal
+import subprocess
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
 from typing import Protocol
 
-from app.process import die_with_parent
 from app.tagger.batching import ordered_map
 from app.tagger.errors import ImageDecodeError
 from indexer.reading import Read, ReadSpec, read_file
@@ -71,29 +71,38 @@ def readers_for(spec: ReadSpec, workers: int, lookahead: int, processes: bool) -
 
 @dataclass
 class _Reader:
-    process: BaseProcess
-    conn: Connection
+    process: subprocess.Popen[bytes]
+    send: Connection  # tasks to the reader
+    conn: Connection  # results from it; end of file when it dies
     held: deque[tuple[int, Task]] = field(default_factory=deque)
     finished: int = 0
 
 
 class ProcessReaders:
+    """Reader processes started as ``python -m indexer.reader_main``: a fresh interpreter
+    that imports only the reading code (about 0.1 s), inherits no CUDA context, database
+    connection or thread of the indexer, and does not re-import the indexer's main module
+    as multiprocessing's spawn and forkserver children do."""
+
     def __init__(self, spec: ReadSpec, workers: int, lookahead: int) -> None:
         self.spec = spec
         self.workers = max(1, workers)
         self.lookahead = max(lookahead, self.workers * PER_READER)
-        # spawn, not fork: the parent may hold CUDA and database connections, which a
-        # forked child must not inherit.
-        self.context = multiprocessing.get_context("spawn")
         self.crashes = 0  # readers replaced during the run, for the log and the tests
+        self._live: list[_Reader] = []
+
+    def pids(self) -> list[int]:
+        """The reader processes running now (for the tests' second hand)."""
+        return [r.process.pid for r in self._live if r.process.poll() is None]
 
     def map(self, tasks: Iterable[Task]) -> Iterator[Read]:
-        readers = [self._start() for _ in range(self.workers)]
+        readers = self._live = [self._start() for _ in range(self.workers)]
         try:
             yield from self._run(readers, enumerate(tasks))
         finally:
             for reader in readers:
                 self._stop(reader)
+            self._live = []
 
     def _run(self, readers: list[_Reader], source: Iterator[tuple[int, Task]]) -> Iterator[Read]:
         done: dict[int, Read] = {}
@@ -120,38 +129,42 @@ class ProcessReaders:
                             exhausted = True
                             break
                         in_hand += 1
-                    reader.conn.send(item[1])
                     reader.held.append(item)
+                    try:
+                        reader.send.send(item[1])
+                    except OSError:
+                        break  # it died: its results pipe says so below
             if not any(r.held for r in readers):
                 if exhausted and not again:
                     return
                 continue
-            ready = set(wait([r.conn for r in readers] + [r.process.sentinel for r in readers]))
-            for index, reader in enumerate(readers):
-                if reader.conn in ready:
-                    self._collect(reader, done)
-                if reader.process.sentinel in ready and not reader.process.is_alive():
-                    start_failures = start_failures + 1 if reader.finished == 0 else 0
-                    if start_failures >= START_FAILURES:
-                        raise RuntimeError(
-                            "reader processes exit at start (exit code "
-                            f"{reader.process.exitcode}); see the messages above"
-                        )
-                    self._lost(reader, done, again, tries)
-                    readers[index] = self._start()
+            for conn in wait([r.conn for r in readers]):
+                index = next(i for i, r in enumerate(readers) if r.conn is conn)
+                reader = readers[index]
+                if self._collect(reader, done):
+                    continue
+                start_failures = start_failures + 1 if reader.finished == 0 else 0
+                if start_failures >= START_FAILURES:
+                    raise RuntimeError(
+                        f"reader processes exit at start ({_exit_reason(reader)}); "
+                        "see the messages above"
+                    )
+                self._lost(reader, done, again, tries)
+                readers[index] = self._start()
 
-    def _collect(self, reader: _Reader, done: dict[int, Read]) -> None:
-        """Every result the reader has sent (a dead reader's last ones too)."""
-        while reader.held and reader.conn.poll():
+    def _collect(self, reader: _Reader, done: dict[int, Read]) -> bool:
+        """Every result the reader has sent; False when its pipe is closed (it died)."""
+        while reader.conn.poll():
             try:
                 read, notes = reader.conn.recv()
             except (EOFError, OSError):
-                return
+                return False
             index, _task = reader.held.popleft()
             done[index] = read
             reader.finished += 1
             for note in notes:
                 logging.getLogger("sagashi").warning("%s", note)
+        return True
 
     def _lost(
         self,
@@ -160,82 +173,62 @@ class ProcessReaders:
         again: deque[tuple[int, Task]],
         tries: dict[int, int],
     ) -> None:
-        self._collect(reader, done)
         self.crashes += 1
-        reader.conn.close()
+        reason = _exit_reason(reader)
+        self._stop(reader)
         if not reader.held:
             return
         index, task = reader.held.popleft()  # the file it was decoding when it died
         tries[index] = tries.get(index, 0) + 1
-        code = _exit_reason(reader.process.exitcode)
         if tries[index] > 1:
-            log.warning("%s: the decoder process died on this file twice (%s)", task[0], code)
+            log.warning("%s: the decoder process died on this file twice (%s)", task[0], reason)
             done[index] = Read(
                 task[0],
                 error=ImageDecodeError(
-                    "decoder_crashed", f"the decoder process died reading this file ({code})"
+                    "decoder_crashed", f"the decoder process died reading this file ({reason})"
                 ),
             )
         else:
-            log.warning("a reader process died (%s) on %s; trying it again", code, task[0])
+            log.warning("a reader process died (%s) on %s; trying it again", reason, task[0])
             again.append((index, task))
         again.extend(reader.held)  # only waiting in its pipe: not its fault
         reader.held.clear()
 
     def _start(self) -> _Reader:
-        parent, child = self.context.Pipe()
-        process = self.context.Process(
-            target=_reader_main, args=(child, self.spec), name="sagashi-reader", daemon=True
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "indexer.reader_main", str(task_r), str(result_w)],
+            pass_fds=(task_r, result_w),
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
-        process.start()
-        child.close()
-        return _Reader(process, parent)
+        os.close(task_r)
+        os.close(result_w)
+        send = Connection(task_w, readable=False)
+        send.send(self.spec)
+        return _Reader(process, send, Connection(result_r, writable=False))
 
     @staticmethod
     def _stop(reader: _Reader) -> None:
         with contextlib.suppress(OSError):
-            reader.conn.send(None)
-        reader.process.join(timeout=5)
-        if reader.process.is_alive():
+            reader.send.send(None)
+        reader.send.close()
+        try:
+            reader.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             reader.process.kill()
-            reader.process.join()
+            reader.process.wait()
         reader.conn.close()
 
 
-def _exit_reason(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        return f"killed by {signal.Signals(-exitcode).name}"
-    return f"exit code {exitcode}"
-
-
-class _Notes(logging.Handler):
-    """The reader's log warnings (Pillow's, through pillow_notes), sent with its result."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-    def take(self) -> list[str]:
-        lines, self.lines = self.lines, []
-        return lines
-
-
-def _reader_main(conn: Connection, spec: ReadSpec) -> None:
-    die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    notes = _Notes()
-    sagashi = logging.getLogger("sagashi")
-    sagashi.addHandler(notes)
-    sagashi.propagate = False
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        read = read_file(spec, *task)
-        conn.send((read, notes.take()))
+def _exit_reason(reader: _Reader) -> str:
+    try:
+        code = reader.process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        reader.process.kill()
+        return "stopped answering"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"

@@ -5,7 +5,6 @@ has the GPU figures)."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 from dataclasses import dataclass
@@ -247,9 +246,9 @@ def test_a_reader_killed_from_outside_mid_run_loses_nothing(tmp_path: Path) -> N
     reads: list[Read] = []
     for read in readers.map((p, None) for p in paths):
         if len(reads) == 2:  # the second hand: the OOM killer, a codec crash in a library
-            victims = [c for c in multiprocessing.active_children() if c.name == "sagashi-reader"]
-            assert victims
-            os.kill(victims[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
+            victims = readers.pids()
+            assert len(victims) == 2
+            os.kill(victims[0], signal.SIGKILL)
         reads.append(read)
     assert [r.path for r in reads] == paths
     assert readers.crashes >= 1

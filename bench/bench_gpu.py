@@ -1,0 +1,345 @@
+"""Tagging at the GPU's speed: every figure of the GPU issue in one run with a time limit.
+
+    python3 -m bench.bench_gpu --device cuda --images 2048 --batch-size 64 --budget 480
+    python -m bench.bench_gpu --device cpu --tiny --images 48 --batch-size 8   # smoke test
+
+In one process, on one model (the real-size EVA02-Large with a random, calibrated 13,461-tag
+head, in PixAI's file layout; --tiny: the test suite's tiny model):
+
+1. the handler-style baseline: fp32 weights, one image per call, torchvision transforms on
+   a PIL image, as the PixAI card's handler.py does;
+2. the bare forward (random input already on the device) for each forward variant: fp32,
+   fp32 weights under bf16 autocast (the earlier GPU path), bf16 weights, bf16 weights
+   compiled (the default on CUDA), with the compile time;
+3. each variant's scores against fp32 on real-size generated images: max and mean absolute
+   probability difference, top-10 agreement, least embedding cosine;
+4. the readers alone (threads against processes) and the GPU JPEG decoder (torchvision's
+   ``decode_jpeg`` on the device, batched) with its score difference against Pillow;
+5. ``sagashi index`` end to end (Indexer on SQLite, FAISS build excluded) with the default
+   path, with reader threads, and with the earlier path (autocast, threads, no compile);
+   then a reindex of the same files.
+
+Images: generated JPEGs (2000x1500 and 3000x2250, gradients, shapes and noise) and PNGs
+(1600x1200, flatter, as illustrations), a quarter PNG, copied up to --images files.
+Every section prints its line as it finishes, and the table at the end; --budget stops
+starting new sections when the time is nearly spent. JSON goes to --out when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from app.store import migrate
+from app.store.aliases import load_aliases
+from app.store.db import create_db_engine
+from app.tagger import TimmTagger
+from app.tagger.batching import predict_stacked
+from app.tagger.forward import ForwardOptions
+from bench.bench_tagger import build_random_pixai
+from bench.common import machine
+from indexer.pipeline import Indexer, IndexOptions
+from indexer.readers import ProcessReaders, ThreadReaders
+from indexer.reading import ReadSpec
+from indexer.reindex import Reindexer
+
+log = logging.getLogger("bench.gpu")
+
+
+def make_image(path: Path, size: tuple[int, int], seed: int, flat: bool) -> Path:
+    rng = np.random.default_rng(seed)
+    width, height = size
+    x = np.linspace(0, 1, width, dtype=np.float32)[None, :]
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
+    channels = [200 * x + 40 * y, 120 + 100 * np.sin(6 * x + seed), 220 * y * (1 - x)]
+    base = np.stack(np.broadcast_arrays(*channels), axis=-1).astype(np.float32)
+    for _ in range(12):  # flat shapes, as in illustrations
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(40, 400)
+        mask = (np.arange(width)[None, :] - cx) ** 2 + (np.arange(height)[:, None] - cy) ** 2
+        base[mask < r * r] = rng.uniform(0, 255, 3)
+    noise = 3 if flat else 18
+    pixels = np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    if path.suffix == ".png":
+        image.save(path, optimize=False)
+    else:
+        image.save(path, quality=90)
+    return path
+
+
+def make_images(work: Path, count: int) -> tuple[Path, list[Path]]:
+    """Distinct sources in parallel, then copies up to ``count`` in one folder."""
+    sources = work / "sources"
+    sources.mkdir()
+    specs = [(sources / f"j{i:03d}.jpg", (2000, 1500), i, False) for i in range(48)]
+    specs += [(sources / f"l{i:03d}.jpg", (3000, 2250), 100 + i, False) for i in range(8)]
+    specs += [(sources / f"p{i:03d}.png", (1600, 1200), 200 + i, True) for i in range(16)]
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        made = list(pool.map(make_image, *zip(*specs, strict=True)))
+    jpegs = [p for p in made if p.suffix == ".jpg"]
+    pngs = [p for p in made if p.suffix == ".png"]
+    folder = work / "collection"
+    folder.mkdir()
+    files = []
+    for i in range(count):  # a quarter PNG
+        source = pngs[i // 4 % len(pngs)] if i % 4 == 3 else jpegs[i % len(jpegs)]
+        target = folder / f"{i:05d}{source.suffix}"
+        shutil.copyfile(source, target)
+        files.append(target)
+    return folder, files
+
+
+def open_model(directory: Path, device: str, batch: int, **forward: Any) -> TimmTagger:
+    tagger = TimmTagger(directory, device, forward=ForwardOptions(batch_size=batch, **forward))
+    tagger.load()
+    return tagger
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bare_rate(tagger: TimmTagger, batch: int, count: int) -> float:
+    size = tagger.preprocess.size
+    inputs = torch.randn(batch, 3, size, size, device=tagger.device)
+    tagger.predict(inputs)
+    tagger.predict(inputs)
+    sync(str(tagger.device))
+    started = time.perf_counter()
+    done = 0
+    while done < count:
+        tagger.predict(inputs)  # returns numpy: the device work is finished
+        done += batch
+    return done / (time.perf_counter() - started)
+
+
+def handler_rate(tagger: TimmTagger, files: list[Path]) -> float:
+    """PixAI handler.py's shape: one PIL image per call, torchvision transforms, fp32."""
+    from torchvision import transforms
+
+    size = tagger.preprocess.size
+    transform = transforms.Compose(
+        [
+            transforms.Resize((size, size)),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]),
+        ]
+    )
+    net = tagger.network
+    started = time.perf_counter()
+    for path in files:
+        with Image.open(path) as image:
+            tensor = transform(image.convert("RGB")).unsqueeze(0).to(tagger.device)
+        with torch.inference_mode():
+            logits, _pooled = net(tensor)
+            torch.sigmoid(logits).cpu()
+    return len(files) / (time.perf_counter() - started)
+
+
+def pixels_of(tagger: TimmTagger, files: list[Path]) -> list[np.ndarray]:
+    spec = ReadSpec(tagger.preprocess, 10**9, True)
+    return [r.pixels for r in ThreadReaders(spec, 8, 32).map((str(p), None) for p in files)]  # type: ignore[misc]
+
+
+def agreement(reference: Any, other: Any) -> dict[str, float]:
+    diff = np.abs(reference.probs - other.probs)
+    top = np.argsort(-reference.probs, axis=1)[:, :10]
+    top_other = np.argsort(-other.probs, axis=1)[:, :10]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, top_other, strict=True)])
+    cosine = (reference.embeddings * other.embeddings).sum(axis=1).min()
+    return {
+        "max_abs_prob_diff": float(diff.max()),
+        "mean_abs_prob_diff": float(diff.mean()),
+        "top10_agreement": float(overlap),
+        "min_embedding_cosine": float(cosine),
+    }
+
+
+def reader_rate(spec: ReadSpec, files: list[Path], workers: int, processes: bool) -> float:
+    kind = ProcessReaders if processes else ThreadReaders
+    readers = kind(spec, workers, workers * 4)
+    started = time.perf_counter()
+    done = sum(r.error is None for r in readers.map((str(p), None) for p in files))
+    return done / (time.perf_counter() - started)
+
+
+def nvjpeg(tagger: TimmTagger, jpegs: list[Path], batch: int) -> dict[str, float]:
+    """torchvision's GPU JPEG decoder, batched, resized and normalised on the GPU, against
+    the Pillow path's pixels for the same files."""
+    import torch.nn.functional as F
+    from torchvision.io import decode_jpeg
+
+    size = tagger.preprocess.size
+    datas = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in jpegs]
+
+    def gpu_pixels(chunk: list[torch.Tensor]) -> torch.Tensor:
+        decoded = decode_jpeg(chunk, device=tagger.device)
+        resized = [
+            F.interpolate(d[None].float(), size=(size, size), mode="bilinear", antialias=True)
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)[0]
+            .permute(1, 2, 0)
+            for d in decoded
+        ]
+        return torch.stack(resized)
+
+    gpu_pixels(datas[:batch])
+    sync(str(tagger.device))
+    started = time.perf_counter()
+    for start in range(0, len(datas), batch):
+        gpu_pixels(datas[start : start + batch])
+    sync(str(tagger.device))
+    rate = len(datas) / (time.perf_counter() - started)
+    sample = jpegs[:batch]
+    on_gpu = tagger.predict_pixels(gpu_pixels(datas[:batch]))
+    pillow = predict_stacked(tagger, pixels_of(tagger, sample))
+    return {"decode_resize_img_s": rate, **agreement(pillow, on_gpu)}
+
+
+def index_rate(
+    tagger: TimmTagger, folder: Path, work: Path, name: str, batch: int, processes: bool
+) -> tuple[float, Any, str]:
+    url = f"sqlite:///{work / name}.db"
+    migrate.upgrade(url)
+    engine = create_db_engine(url)
+    options = IndexOptions(
+        batch_size=batch,
+        workers=max(1, (os.cpu_count() or 2) - 1),
+        max_pixels=10**9,
+        jpeg_draft=True,
+        score_floor=0.05,
+        aliases=load_aliases(),
+        read_processes=processes,
+    )
+    started = time.perf_counter()
+    summary = Indexer(engine, tagger, options).run([folder])
+    rate = summary.new / (time.perf_counter() - started)
+    return rate, options, url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--budget", type=float, default=480, help="seconds; 0: no limit")
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny model (smoke run)")
+    parser.add_argument("--out", default=os.environ.get("OUT"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    started = time.perf_counter()
+    results: dict[str, Any] = {"machine": machine(), "args": vars(args)}
+    log.info("machine: %s", results["machine"])
+    device, batch = args.device, args.batch_size
+
+    def section(name: str, fn: Callable[[], Any]) -> None:
+        spent = time.perf_counter() - started
+        if args.budget and spent > args.budget:
+            log.info("%s: skipped, %.0f s of the %.0f s budget spent", name, spent, args.budget)
+            return
+        try:
+            results[name] = fn()
+        except Exception as exc:  # a failed section must not cost the others
+            log.exception("%s failed", name)
+            results[name] = f"failed: {exc}"
+        log.info("%s: %s", name, json.dumps(results[name], default=str))
+        if args.out:
+            Path(args.out, "bench_gpu.json").write_text(json.dumps(results, indent=1, default=str))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir = work / "model"
+        model_dir.mkdir()
+        if args.tiny:
+            from tests.tiny_models import build_tiny_pixai
+
+            build_tiny_pixai(model_dir)
+        else:
+            build_random_pixai(model_dir)
+        folder, files = make_images(work, args.images)
+        results["images"] = f"{len(files)} files, {sum(f.stat().st_size for f in files) >> 20} MiB"
+        log.info("images: %s; setup %.0f s", results["images"], time.perf_counter() - started)
+        sample = files[:batch]
+        models: dict[str, TimmTagger] = {}
+        outputs: dict[str, Any] = {}
+
+        def variant(name: str, **forward: Any) -> dict[str, Any]:
+            loading = time.perf_counter()
+            tagger = open_model(model_dir, device, batch, **forward)
+            models[name] = tagger
+            load_s = time.perf_counter() - loading
+            outputs[name] = predict_stacked(tagger, pixels_of(tagger, sample))
+            line = {
+                "load_s": round(load_s, 1),
+                "compile_s": round(tagger.compile_seconds, 1),
+                "bare_img_s": round(bare_rate(tagger, batch, max(batch * 8, 256)), 1),
+            }
+            if name != "fp32":
+                line.update(agreement(outputs["fp32"], outputs[name]))
+            return line
+
+        if device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference is fp32
+        section("fp32", lambda: variant("fp32", precision="fp32", compile="off"))
+        section("handler_fp32_b1_img_s", lambda: round(handler_rate(models["fp32"], files[:96]), 1))
+        section("autocast", lambda: variant("autocast", precision="autocast", compile="off"))
+        section("bf16", lambda: variant("bf16", precision="bf16", compile="off"))
+        section("bf16_compiled", lambda: variant("bf16_compiled", precision="bf16", compile="on"))
+        workers = max(1, (os.cpu_count() or 2) - 1)
+        spec = ReadSpec(models["fp32"].preprocess, 10**9, True)
+        jpegs = [f for f in files if f.suffix == ".jpg"]
+        section(
+            "read_threads_img_s", lambda: round(reader_rate(spec, files[:512], workers, False), 1)
+        )
+        section(
+            "read_processes_img_s", lambda: round(reader_rate(spec, files[:512], workers, True), 1)
+        )
+        section(
+            "read_processes_jpeg_img_s",
+            lambda: round(reader_rate(spec, jpegs[:384], workers, True), 1),
+        )
+        if device.startswith("cuda"):
+            section("nvjpeg", lambda: nvjpeg(models["bf16_compiled"], jpegs[:512], batch))
+        fast = models.get("bf16_compiled") or models["bf16"]
+        last: dict[str, Any] = {}
+
+        def run_index(name: str, tagger: TimmTagger, processes: bool) -> float:
+            rate, options, url = index_rate(tagger, folder, work, name, batch, processes)
+            last.update(options=options, url=url)
+            return round(rate, 1)
+
+        section("index_default_img_s", lambda: run_index("default", fast, True))
+
+        def reindex() -> float:
+            engine = create_db_engine(last["url"])
+            began = time.perf_counter()
+            summary = Reindexer(engine, fast, last["options"], work / "data", where="*").run()
+            return round(summary.retagged / (time.perf_counter() - began), 1)
+
+        section("reindex_default_img_s", reindex)
+        section("index_threads_img_s", lambda: run_index("threads", fast, False))
+        section("index_before_img_s", lambda: run_index("before", models["autocast"], False))
+    log.info("RESULTS %s", json.dumps(results, default=str))
+    table = [(k, v) for k, v in results.items() if k not in ("args",)]
+    for key, value in table:
+        print(f"| {key} | {json.dumps(value, default=str)} |")
+
+
+if __name__ == "__main__":
+    main()
