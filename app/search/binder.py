@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import cast
 
 from app.query import All, And, Meta, Not, Or, Tag, Wildcard
 from app.query.ast import Node
@@ -53,6 +54,8 @@ from app.search.plan import (
     PTag,
 )
 from app.tagger.defaults import CARD
+
+IMPLIED_PLANS = 4096  # bound implied terms a catalog keeps
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,14 @@ class Binder:
     def term(self, info: TagInfo, threshold: ScoreRange | None) -> PlanNode:
         """A tag term with implications: the tag or a tag implying it in range."""
         own = self.tag(info, threshold)
-        return _implied(own, self.catalog.implying(info))
+        plans = self.catalog.implied_plans
+        found = plans.get(own)
+        if found is None:
+            found = _implied(own, self.catalog.implying(info))
+            if len(plans) >= IMPLIED_PLANS:
+                plans.clear()
+            plans[own] = found
+        return cast(PlanNode, found)
 
     def _implied_only(self, infos: list[TagInfo], threshold: ScoreRange | None) -> PlanNode:
         """A tag the index lacks, through the tags implying it: each at the term's range,

@@ -36,6 +36,9 @@ class Catalog:
     _alias_names: list[str] | None = None
     _by_id: dict[int, tuple[str, str]] | None = None
     _implying: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    # Bound implied terms by their own tag range (app.search.binder): one plan object per
+    # term, so engines find it in their caches by identity.
+    implied_plans: dict[object, object] = field(default_factory=dict)
 
     @classmethod
     def from_rows(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from app.query.ranges import RangeSet
 from app.tagger.vocab import CHARACTER, COPYRIGHT, GENERAL
@@ -54,6 +55,15 @@ class PAnd:
 @dataclass(frozen=True)
 class POr:
     children: tuple[PlanNode, ...]
+
+    # An implied tag (holding: 219 implying tags) is an OR of hundreds of ranges, bound once
+    # per catalog and used as an engine cache key: its hash is computed once, not per lookup.
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash(self.children)
 
 
 @dataclass(frozen=True)
