@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from app.tagger.fetch import PUBLISHED, FetchError, fetch_model
 from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary, load_wd_vocabulary
 from app.text import plural
 from indexer import jobs
+from indexer import up as up_run
 from indexer.cli_parsing import DashQueryCommand, SagashiTyper
 from indexer.export import EPILOG as EXPORT_EPILOG
 from indexer.export import export_command
@@ -54,6 +56,7 @@ if TYPE_CHECKING:  # torch and timm load only in the commands that run a model
     from app.tagger import Tagger
     from app.tagger.batching import TagOutcome
     from app.tagrules import TagRules
+    from indexer.pipeline import IndexSummary
 
 log = logging.getLogger("sagashi")
 
@@ -414,19 +417,18 @@ def index(
     files could not be indexed (the summary lists why).
     """
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
+    summary = _index(settings, paths, as_json)
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+def _index(settings: Settings, paths: list[Path], as_json: bool) -> IndexSummary:
     engine = open_store(settings, create=True)
     tagger = load_tagger(settings)
-    params = {"paths": [str(p) for p in paths], "model": tagger.info.name}
-    with writer_guard(), tracked(engine, "index", params, "indexing", "files") as run:
+    with writer_guard():
         try:
-            summary = jobs.run_index(engine, settings, tagger, paths, run)
+            return up_run.index_paths(engine, settings, tagger, paths, as_json)
         except jobs.JobStopped as exc:
-            stop(run, str(exc))
-    failures = [(p.path, p.code, p.message) for p in summary.failures]
-    for path, code, message in failures:
-        log.warning("failed: %s: %s: %s", path, code, message)
-    report("indexed", run.job_id, run.elapsed(), summary.as_dict(), as_json)
-    raise typer.Exit(1 if summary.failed else 0)
+            fail(str(exc))
 
 
 @contextmanager
@@ -783,12 +785,16 @@ def serve(
     several workers each process answers requests on the same port; with the segments
     engine they share one copy of the index files in the page cache.
     """
+    settings = load_settings(host=host, port=port, model_dir=model_dir, workers=workers)
+    _serve(settings)
+
+
+def _serve(settings: Settings) -> None:
     import uvicorn
 
     from app.api import create_app
     from app.api.serving import PARENT_VARIABLE, uvicorn_options
 
-    settings = load_settings(host=host, port=port, model_dir=model_dir, workers=workers)
     # a new database gets its schema; an older or newer one is refused before listening
     open_store(settings, create=True).dispose()
     _aliases(settings)
@@ -810,6 +816,33 @@ def serve(
     os.environ[PARENT_VARIABLE] = str(os.getpid())
     target = "app.api.serving:app_from_environment"
     uvicorn.run(target, factory=True, workers=count, **uvicorn_options(settings, count))
+
+
+@app.command(epilog="Example: sagashi up ~/Pictures/art")
+def up(
+    paths: Annotated[list[Path], typer.Argument(help="Folders (or files) to index, recursively.")],
+    model_dir: ModelDirOption = None,
+    host: Annotated[str | None, typer.Option(help="Listen address [SAGASHI_HOST].")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Listen port [SAGASHI_PORT].")
+    ] = None,
+) -> None:
+    """Index folders, then serve the gallery and the API: the first run in one command.
+
+    With no model in --model-dir (or SAGASHI_MODEL_DIR; default ./models/pixai-v0.9-onnx),
+    downloads PixAI Tagger v0.9's ungated ONNX export into it first. Files that cannot be
+    indexed are listed in the summary and the rest is served; run it again to pick up new
+    and changed files.
+    """
+    settings = load_settings(model_dir=model_dir, host=host, port=port)
+    try:
+        up_run.check_paths(paths)
+        settings = settings.model_copy(update={"model_dir": up_run.model_directory(settings)})
+    except (up_run.FirstRunError, FetchError) as exc:
+        fail(str(exc))
+    up_run.say_failures(_index(settings, paths, as_json=False))
+    gc.collect()  # the indexing model's memory goes back before serving
+    _serve(settings)
 
 
 @app.command(epilog="Example: SAGASHI_MODEL_DIR=./models/pixai-v0.9 sagashi worker")

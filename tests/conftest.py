@@ -113,6 +113,7 @@ SLOW_MODULES = frozenset(
         "test_serve_e2e.py",
         "test_serve_workers.py",
         "test_tag_defaults.py",
+        "test_up.py",
         "test_tag_rules_cli.py",
         "test_worker.py",
     }
