@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         description="Read and decode files for index and reindex in worker processes instead "
         "of threads (auto: when the model runs on a GPU).",
     )
+    device_jpeg: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="index and reindex decode JPEGs on the model's device (nvJPEG through "
+        "torchvision) instead of in the readers (auto: when the model runs on a GPU).",
+    )
     batch_size: int = Field(default=8, ge=1, le=4096, description="Images per forward pass.")
     decode_workers: int = Field(
         default=0,

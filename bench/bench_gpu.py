@@ -16,8 +16,9 @@ head, in PixAI's file layout; --tiny: the test suite's tiny model):
 4. the readers alone (threads against processes) and the GPU JPEG decoder (torchvision's
    ``decode_jpeg`` on the device, batched) with its score difference against Pillow;
 5. ``sagashi index`` end to end (Indexer on SQLite, FAISS build excluded) with the default
-   path, with reader threads, and with the earlier path (autocast, threads, no compile);
-   then a reindex of the same files.
+   path (reader processes, JPEGs decoded on the GPU, bf16 compiled), then a full reindex of
+   the same files (FAISS build included); then the index with JPEGs decoded by the readers,
+   with reader threads, and with the earlier path (autocast, threads, no compile).
 
 Images: generated JPEGs (2000x1500 and 3000x2250, gradients, shapes and noise) and PNGs
 (1600x1200, flatter, as illustrations), a quarter PNG, copied up to --images files.
@@ -213,7 +214,13 @@ def nvjpeg(tagger: TimmTagger, jpegs: list[Path], batch: int) -> dict[str, float
 
 
 def index_rate(
-    tagger: TimmTagger, folder: Path, work: Path, name: str, batch: int, processes: bool
+    tagger: TimmTagger,
+    folder: Path,
+    work: Path,
+    name: str,
+    batch: int,
+    processes: bool,
+    device_jpeg: bool | None = None,
 ) -> tuple[float, Any, str]:
     url = f"sqlite:///{work / name}.db"
     migrate.upgrade(url)
@@ -226,6 +233,7 @@ def index_rate(
         score_floor=0.05,
         aliases=load_aliases(),
         read_processes=processes,
+        device_jpeg=device_jpeg,
     )
     started = time.perf_counter()
     summary = Indexer(engine, tagger, options).run([folder])
@@ -319,8 +327,12 @@ def main() -> None:
         fast = models.get("bf16_compiled") or models["bf16"]
         last: dict[str, Any] = {}
 
-        def run_index(name: str, tagger: TimmTagger, processes: bool) -> float:
-            rate, options, url = index_rate(tagger, folder, work, name, batch, processes)
+        def run_index(
+            name: str, tagger: TimmTagger, processes: bool, device_jpeg: bool | None = None
+        ) -> float:
+            rate, options, url = index_rate(
+                tagger, folder, work, name, batch, processes, device_jpeg
+            )
             last.update(options=options, url=url)
             return round(rate, 1)
 
@@ -329,12 +341,13 @@ def main() -> None:
         def reindex() -> float:
             engine = create_db_engine(last["url"])
             began = time.perf_counter()
-            summary = Reindexer(engine, fast, last["options"], work / "data", where="*").run()
+            summary = Reindexer(engine, fast, last["options"], work / "data").run()
             return round(summary.retagged / (time.perf_counter() - began), 1)
 
         section("reindex_default_img_s", reindex)
-        section("index_threads_img_s", lambda: run_index("threads", fast, False))
-        section("index_before_img_s", lambda: run_index("before", models["autocast"], False))
+        section("index_cpu_decode_img_s", lambda: run_index("cpu", fast, True, False))
+        section("index_threads_img_s", lambda: run_index("threads", fast, False, False))
+        section("index_before_img_s", lambda: run_index("before", models["autocast"], False, False))
     log.info("RESULTS %s", json.dumps(results, default=str))
     table = [(k, v) for k, v in results.items() if k not in ("args",)]
     for key, value in table:

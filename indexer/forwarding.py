@@ -13,9 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
-import numpy as np
-
-from app.tagger.batching import predict_stacked
+from app.tagger.batching import Pixels, predict_stacked
 from app.tagger.protocol import Prediction, Tagger
 
 T = TypeVar("T")
@@ -33,7 +31,7 @@ class InFlight(Generic[T]):
         self.model = ThreadPoolExecutor(self.depth, thread_name_prefix="sagashi-model")
         self.queue: deque[tuple[list[T], Future[Prediction]]] = deque()
 
-    def submit(self, items: list[T], pixels: Sequence[np.ndarray]) -> None:
+    def submit(self, items: list[T], pixels: Sequence[Pixels]) -> None:
         """Start the forward of one batch, then write the oldest ones beyond the depth."""
         if items:
             self.queue.append((items, self.model.submit(predict_stacked, self.tagger, pixels)))

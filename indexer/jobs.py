@@ -70,6 +70,7 @@ def index_options(settings: Settings) -> IndexOptions:
         media_roots=tuple(str(root) for root in settings.media_roots),
         count_thresholds=settings.tag_defaults().thresholds(),
         read_processes={"auto": None, "on": True, "off": False}[settings.read_processes],
+        device_jpeg={"auto": None, "on": True, "off": False}[settings.device_jpeg],
     )
 
 

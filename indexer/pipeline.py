@@ -27,6 +27,7 @@ from app.store.models import Image
 from app.store.roots import add_roots, library_roots
 from app.tagger.batching import lookahead, runs_on_gpu
 from app.tagger.defaults import CARD
+from app.tagger.device_decode import Jpeg, supports
 from app.tagger.errors import ImageDecodeError
 from app.tagger.protocol import Prediction, Tagger
 from indexer.forwarding import InFlight
@@ -55,7 +56,7 @@ class Loaded:
     found: Found
     sha256: str = ""
     md5: str = ""
-    pixels: np.ndarray | None = field(default=None, repr=False)
+    pixels: np.ndarray | Jpeg | None = field(default=None, repr=False)
     facts: repo.FileFacts | None = None
     error: ImageDecodeError | None = None
 
@@ -101,9 +102,17 @@ class IndexOptions:
     # Read files in worker processes instead of threads (see indexer.readers); None: when
     # the model runs on a GPU.
     read_processes: bool | None = None
+    # Hand JPEGs to the model's device to decode (app.tagger.device_decode); None: when the
+    # model runs on a GPU and its preprocessing can run there.
+    device_jpeg: bool | None = None
 
     def read_spec(self, tagger: Tagger, skip_decode: frozenset[str] = frozenset()) -> ReadSpec:
-        return ReadSpec(tagger.preprocess, self.max_pixels, self.jpeg_draft, skip_decode)
+        on_device = supports(tagger.preprocess) and hasattr(tagger, "device")
+        if self.device_jpeg is None:
+            on_device = on_device and runs_on_gpu(tagger)
+        else:
+            on_device = on_device and self.device_jpeg
+        return ReadSpec(tagger.preprocess, self.max_pixels, self.jpeg_draft, skip_decode, on_device)
 
     def readers(self, tagger: Tagger, skip_decode: frozenset[str] = frozenset()) -> Readers:
         processes = runs_on_gpu(tagger) if self.read_processes is None else self.read_processes
@@ -159,6 +168,7 @@ class Indexer:
             repo.prune_changes(session)
             session.commit()
         summary.new, summary.modified = batch.new, batch.modified
+        summary.failures.extend(batch.failures)
         return summary
 
     def _existing(self, session: Session, roots: Sequence[Path]) -> dict[str, Existing]:
@@ -249,7 +259,7 @@ class Indexer:
             repo.move_image(batch.session, source.id, found.path, found.size, found.mtime_ns)
             summary.moved += 1
             return
-        if loaded.pixels is None:  # content was expected to be known; decode it now
+        if loaded.pixels is None:  # content was expected to be known; read it now
             spec = self.options.read_spec(self.tagger)
             loaded = loaded_from(found, read_file(spec, found.path, (found.size, found.mtime_ns)))
             if loaded.error is not None:
@@ -274,6 +284,7 @@ class _Batch:
         self.to_tag: Waiting = []
         self.new = 0
         self.modified = 0
+        self.failures: list[Problem] = []
 
     def add(self, loaded: Loaded, existing_id: int | None) -> None:
         self.to_tag.append((loaded, existing_id))
@@ -286,6 +297,10 @@ class _Batch:
     def write(self, waiting: Waiting, prediction: Prediction) -> None:
         items = []
         for row, (loaded, existing_id) in enumerate(waiting):
+            error = prediction.errors.get(row)
+            if error is not None:  # a JPEG the device and then the CPU could not decode
+                self.failures.append(Problem(loaded.found.path, error.code, error.message))
+                continue
             tag_ids, scores = self.tag_map.postings(prediction.probs[row], self.floor)
             stored = repo.Prediction(tag_ids, scores, prediction.embeddings[row])
             assert loaded.facts is not None
@@ -300,8 +315,9 @@ class _Batch:
 
 def loaded_from(item: Found, read: Read) -> Loaded:
     """The indexer's view of one read file: its facts for the images table."""
-    loaded = Loaded(item, read.sha256, read.md5, read.pixels, error=read.error)
-    if read.pixels is not None:
+    pixels = read.pixels if read.jpeg is None else read.jpeg
+    loaded = Loaded(item, read.sha256, read.md5, pixels, error=read.error)
+    if pixels is not None:
         loaded.facts = repo.FileFacts(
             item.path,
             read.sha256,

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.store.digests import of_bytes
-from app.tagger import pillow_notes
+from app.tagger import device_decode, pillow_notes
 from app.tagger.decode import decode_with_meta
+from app.tagger.device_decode import Jpeg
 from app.tagger.errors import ImageDecodeError
 from app.tagger.preprocess import ImagePreprocess
 
@@ -28,6 +29,8 @@ class ReadSpec:
     jpeg_draft: bool
     # Content already indexed elsewhere (a moved file): hashed, not decoded.
     skip_decode: frozenset[str] = frozenset()
+    # JPEGs the model's device can decode are handed on as bytes (app.tagger.device_decode).
+    device_jpeg: bool = False
 
 
 @dataclass
@@ -40,10 +43,16 @@ class Read:
     sha256: str = ""
     md5: str = ""
     pixels: np.ndarray | None = field(default=None, repr=False)
+    jpeg: Jpeg | None = field(default=None, repr=False)  # instead of pixels: see ReadSpec
     width: int = 0
     height: int = 0
     format: str = ""
     error: ImageDecodeError | None = None
+
+
+def decoded(read: Read) -> bool:
+    """Whether the read carries what the model needs: pixels, or a JPEG for the device."""
+    return read.pixels is not None or read.jpeg is not None
 
 
 def read_file(spec: ReadSpec, path: str, expect: tuple[int, int] | None) -> Read:
@@ -73,6 +82,15 @@ def read_file(spec: ReadSpec, path: str, expect: tuple[int, int] | None) -> Read
     digests = of_bytes(data)
     read.sha256, read.md5 = digests.sha256, digests.md5
     if read.sha256 in spec.skip_decode:
+        return read
+    header = device_decode.for_device(data, spec.max_pixels) if spec.device_jpeg else None
+    if header is not None:
+        read.jpeg, read.width, read.height, read.format = (
+            header.jpeg,
+            header.width,
+            header.height,
+            "jpeg",
+        )
         return read
     try:
         draft = spec.preprocess.draft_request if spec.jpeg_draft else None

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import Engine, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
@@ -26,9 +25,11 @@ from app.store import repository as repo
 from app.store import vectors
 from app.store.db import session_factory
 from app.store.models import Embedding, Image, ImageTag, IndexState, ModelGeneration, Tag
+from app.tagger.batching import Pixels
 from app.tagger.protocol import Prediction, Tagger
 from indexer.forwarding import InFlight
 from indexer.pipeline import IndexOptions
+from indexer.reading import decoded
 from indexer.scan import Problem
 
 log = logging.getLogger(__name__)
@@ -186,18 +187,26 @@ class Reindexer:
             if progress:
                 progress(summary.already_done + handled, total)
 
-        def write(batch: list[int], prediction: Prediction) -> None:
-            self._write(session, generation_id, tag_map, batch, prediction)
-            summary.retagged += len(batch)
+        def write(batch: list[tuple[int, str]], prediction: Prediction) -> None:
+            kept = []
+            for row, (image_id, path) in enumerate(batch):
+                error = prediction.errors.get(row)
+                if error is None:
+                    kept.append((row, image_id))
+                else:  # a JPEG the device and then the CPU could not decode
+                    summary.failures.append(Problem(path, error.code, error.message))
+                    failed.add(image_id)
+            self._write(session, generation_id, tag_map, kept, prediction)
+            summary.retagged += len(kept)
 
         readers = options.readers(self.tagger)
-        ids: list[int] = []
-        pixels: list[np.ndarray] = []
+        ids: list[tuple[int, str]] = []
+        pixels: list[Pixels] = []
         with InFlight(self.tagger, write) as model:
             for (image_id, _path), read in zip(
                 todo, readers.map((path, None) for _id, path in todo), strict=True
             ):
-                if read.error is not None or read.pixels is None:
+                if read.error is not None or not decoded(read):
                     error = read.error
                     summary.failures.append(
                         Problem(
@@ -208,8 +217,8 @@ class Reindexer:
                     )
                     failed.add(image_id)
                 else:
-                    ids.append(image_id)
-                    pixels.append(read.pixels)
+                    ids.append((image_id, read.path))
+                    pixels.append(read.pixels if read.jpeg is None else read.jpeg)  # type: ignore[arg-type]
                 if len(ids) >= options.batch_size:
                     model.submit(ids, pixels)
                     ids, pixels = [], []
@@ -225,16 +234,20 @@ class Reindexer:
         session: Session,
         generation_id: int,
         tag_map: repo.TagMap,
-        batch: list[int],
+        batch: list[tuple[int, int]],
         prediction: Prediction,
     ) -> None:
+        """Write the (row, image id) pairs of ``batch`` from the prediction's rows."""
+        if not batch:
+            return
         rows = []
-        for row, image_id in enumerate(batch):
+        for row, image_id in batch:
             tag_ids, scores = tag_map.postings(prediction.probs[row], self.options.score_floor)
             rows.append((image_id, repo.Prediction(tag_ids, scores, prediction.embeddings[row])))
+        image_ids = [image_id for _row, image_id in batch]
         if self.where is not None:  # in place: the old scores go in the same transaction
-            repo.clear_predictions(session, generation_id, batch)
-            repo.record_changes(session, batch)
+            repo.clear_predictions(session, generation_id, image_ids)
+            repo.record_changes(session, image_ids)
         repo.insert_predictions(session, generation_id, rows)
         repo.bump_version(session, generation_id)
         session.commit()

@@ -331,3 +331,114 @@ def test_reindex_with_reader_processes_equals_the_index(
     assert summary.retagged == 7 and not summary.failures
     assert done[-1] == (7, 7)
     assert snapshot(engine) == before
+
+
+# -- JPEGs decoded on the model's device (here the CPU, through the same torchvision code) --
+
+
+def jpeg_with_orientation(path: Path, seed: int, orientation: int, mode: str = "RGB") -> Path:
+    rng = np.random.default_rng(seed)
+    image = PILImage.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)).convert(mode)
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, "JPEG", quality=95, exif=exif.tobytes())
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_device_decode_turns_every_exif_orientation_as_pillow(
+    orientation: int, tmp_path: Path
+) -> None:
+    from PIL import ImageOps
+
+    from app.tagger.device_decode import for_device, upright
+
+    path = jpeg_with_orientation(tmp_path / "o.jpg", orientation, orientation)
+    header = for_device(path.read_bytes(), 10**8)
+    assert header is not None and header.jpeg.orientation == orientation
+    from torchvision.io import decode_jpeg
+
+    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    turned = upright(decode_jpeg(data), orientation).permute(1, 2, 0).numpy()
+    with PILImage.open(path) as image:
+        expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    assert (header.width, header.height) == (expected.shape[1], expected.shape[0])
+    assert np.array_equal(turned, expected)  # the same libjpeg-turbo decode on the CPU
+
+
+@pytest.mark.parametrize("preprocess", [PIXAI, WD], ids=["stretch-bilinear", "pad-bicubic"])
+def test_device_geometry_is_within_resize_noise_of_pillows(preprocess: Preprocess) -> None:
+    from app.tagger.device_decode import geometry
+
+    rng = np.random.default_rng(8)
+    base = np.linspace(0, 255, 900, dtype=np.float32)[None, :, None]
+    pixels = np.clip(base + rng.normal(0, 8, (600, 900, 3)), 0, 255).astype(np.uint8)
+    on_device = geometry(torch.from_numpy(pixels).permute(2, 0, 1), preprocess).numpy()
+    pillow = preprocess.pixels(PILImage.fromarray(pixels))
+    assert on_device.shape == pillow.shape == (448, 448, 3)
+    diff = np.abs(on_device.astype(int) - pillow.astype(int))
+    assert diff.mean() < 1.0 and diff.max() <= 16, (diff.mean(), diff.max())
+
+
+def test_only_jpegs_the_device_takes_as_pillow_are_handed_over(tmp_path: Path) -> None:
+    from app.tagger.device_decode import for_device
+
+    grey = jpeg_with_orientation(tmp_path / "grey.jpg", 1, 1, mode="L")
+    cmyk = tmp_path / "cmyk.jpg"
+    PILImage.new("CMYK", (20, 20), (10, 20, 30, 40)).save(cmyk, "JPEG")
+    png = make_image(tmp_path / "x.png", seed=1)
+    big = jpeg_with_orientation(tmp_path / "big.jpg", 2, 1)
+    assert for_device(grey.read_bytes(), 10**8) is not None
+    assert for_device(cmyk.read_bytes(), 10**8) is None  # CMYK stays with Pillow
+    assert for_device(png.read_bytes(), 10**8) is None
+    assert for_device(big.read_bytes(), 1000) is None  # over the limit: the CPU path refuses
+    assert for_device(b"\xff\xd8\xff\xe0garbage", 10**8) is None  # a broken header too
+
+
+def test_an_index_with_device_jpegs_matches_the_cpu_decode(
+    migrated_url: str, tagger: TimmTagger, tmp_path: Path
+) -> None:
+    root = tmp_path / "art"
+    for i in range(5):
+        jpeg_with_orientation(root / f"r{i}.jpg", i, 1 + i % 8)
+    jpeg_with_orientation(root / "rot6.jpg", 40, 6)
+    jpeg_with_orientation(root / "grey.jpg", 41, 1, mode="L")
+    PILImage.new("CMYK", (30, 20), (10, 200, 30, 40)).save(root / "cmyk.jpg", "JPEG")
+    make_image(root / "p.png", seed=3)
+    whole = jpeg_with_orientation(tmp_path / "whole.jpg", 42, 1).read_bytes()
+    (root / "cut.jpg").write_bytes(whole[: len(whole) // 2])  # the header reads, the data ends
+    engine = create_db_engine(migrated_url)
+    on_device = Indexer(engine, tagger, options(device_jpeg=True, read_processes=True)).run([root])
+    other_url = f"sqlite:///{tmp_path / 'cpu.db'}"
+    migrate.upgrade(other_url)
+    on_cpu = Indexer(create_db_engine(other_url), tagger, options(device_jpeg=False)).run([root])
+    assert on_device.as_dict() == on_cpu.as_dict()
+    assert {(Path(p.path).name, p.code) for p in on_device.failures} == {
+        (Path(p.path).name, p.code) for p in on_cpu.failures
+    }
+    device_state, cpu_state = snapshot(engine), snapshot(create_db_engine(other_url))
+    assert device_state.keys() == cpu_state.keys()
+    for path, state in device_state.items():
+        twin = cpu_state[path]
+        assert (state["sha256"], state["size"]) == (twin["sha256"], twin["size"]), path
+        a = np.frombuffer(state["vector"], dtype=np.float16).astype(np.float32)  # type: ignore[arg-type]
+        b = np.frombuffer(twin["vector"], dtype=np.float16).astype(np.float32)  # type: ignore[arg-type]
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99, path
+
+
+def test_a_jpeg_the_device_refuses_is_decoded_on_the_cpu_in_the_batch(tagger: TimmTagger) -> None:
+    from app.tagger.device_decode import Jpeg
+
+    buffer = __import__("io").BytesIO()
+    rng = np.random.default_rng(9)
+    PILImage.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    whole = buffer.getvalue()
+    side = tagger.preprocess.size
+    pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    batch = [pixels, Jpeg(whole), Jpeg(whole[: len(whole) // 2]), Jpeg(whole[:3] + b"junk")]
+    prediction = predict_stacked(tagger, batch)
+    assert set(prediction.errors) == {2, 3}
+    assert prediction.errors[2].code == "truncated"
+    alone = predict_stacked(tagger, [pixels])
+    np.testing.assert_allclose(prediction.probs[0], alone.probs[0], atol=1e-5)

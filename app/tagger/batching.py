@@ -17,9 +17,10 @@ from typing import TypeVar
 
 import numpy as np
 
-from app.tagger.decode import decode_image
+from app.tagger.decode import decode_image, decode_with_meta
+from app.tagger.device_decode import Jpeg, decode_batch
 from app.tagger.errors import ImageDecodeError
-from app.tagger.preprocess import ImagePreprocess
+from app.tagger.preprocess import ImagePreprocess, Preprocess
 from app.tagger.protocol import Prediction, Tagger
 
 Source = str | os.PathLike[str] | bytes
@@ -131,16 +132,63 @@ def runs_on_gpu(tagger: Tagger) -> bool:
     return getattr(device, "type", None) == "cuda"
 
 
-def predict_stacked(tagger: Tagger, images: Sequence[np.ndarray]) -> Prediction:
+Pixels = np.ndarray | Jpeg  # (S, S, 3) uint8 at model size, or a JPEG for the device
+
+
+def predict_stacked(tagger: Tagger, images: Sequence[Pixels]) -> Prediction:
     """One forward over (S, S, 3) uint8 images: stacked in one copy (into page-locked
-    memory for a GPU, so the copy there runs at full speed and overlaps), normalised by the
-    tagger on its device."""
+    memory for a GPU, so the copy there runs at full speed), normalised by the tagger on
+    its device. :class:`Jpeg` items are decoded on the tagger's device first."""
     import torch
 
+    if any(isinstance(image, Jpeg) for image in images):
+        return _predict_mixed(tagger, images)
     pinned = runs_on_gpu(tagger)
-    batch = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=pinned)
-    np.stack(images, out=batch.numpy())
+    first = images[0]
+    assert isinstance(first, np.ndarray)
+    batch = torch.empty((len(images), *first.shape), dtype=torch.uint8, pin_memory=pinned)
+    np.stack(images, out=batch.numpy())  # type: ignore[arg-type]
     return tagger.predict_pixels(batch)
+
+
+def _predict_mixed(tagger: Tagger, images: Sequence[Pixels]) -> Prediction:
+    """Device-decoded JPEGs and host pixels in one batch on the tagger's device; a JPEG
+    the device refuses is decoded on the CPU from its bytes, as the readers would have."""
+    import torch
+
+    preprocess = tagger.preprocess
+    assert isinstance(preprocess, Preprocess)
+    device = tagger.device  # type: ignore[attr-defined]
+    size = preprocess.size
+    batch = torch.empty((len(images), size, size, 3), dtype=torch.uint8, device=device)
+    jpeg_rows = [row for row, image in enumerate(images) if isinstance(image, Jpeg)]
+    host_rows = [row for row, image in enumerate(images) if not isinstance(image, Jpeg)]
+    if host_rows:
+        host = torch.from_numpy(np.stack([images[row] for row in host_rows]))  # type: ignore[misc]
+        batch[host_rows] = host.to(device)
+    jpegs: list[Jpeg] = [images[row] for row in jpeg_rows]  # type: ignore[misc]
+    errors: dict[int, ImageDecodeError] = {}
+    for row, jpeg, pixels in zip(
+        jpeg_rows,
+        jpegs,
+        decode_batch(jpegs, preprocess, device),
+        strict=True,  # type: ignore[arg-type]
+    ):
+        if pixels is None:
+            try:
+                pixels = torch.from_numpy(_decode_on_host(jpeg, preprocess)).to(device)  # type: ignore[arg-type]
+            except ImageDecodeError as exc:
+                errors[row] = exc
+                pixels = torch.zeros((size, size, 3), dtype=torch.uint8, device=device)
+        batch[row] = pixels
+    prediction = tagger.predict_pixels(batch)
+    return Prediction(prediction.probs, prediction.embeddings, errors)
+
+
+def _decode_on_host(jpeg: Jpeg, preprocess: Preprocess) -> np.ndarray:
+    # The header passed the pixel limit already; the decode reports truncation, corruption.
+    image, _meta = decode_with_meta(jpeg.data, max_pixels=2**62, draft=preprocess.draft_request)
+    return preprocess.pixels(image)
 
 
 def _run(tagger: Tagger, tensors: list[np.ndarray], owners: list[TagOutcome]) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from app.tagger.errors import ImageDecodeError
 from app.tagger.preprocess import ImagePreprocess
 from app.tagger.vocab import TagVocabulary
 
@@ -33,10 +35,13 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Prediction:
-    """``probs``: (N, num_tags) sigmoid scores; ``embeddings``: (N, D), L2-normalised."""
+    """``probs``: (N, num_tags) sigmoid scores; ``embeddings``: (N, D), L2-normalised;
+    ``errors``: rows whose image could not be decoded after all (a JPEG handed to the
+    device as bytes), whose scores are meaningless."""
 
     probs: np.ndarray
     embeddings: np.ndarray
+    errors: Mapping[int, ImageDecodeError] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -1,0 +1,163 @@
+"""JPEGs decoded on the model's device (the GPU's nvJPEG through torchvision), batched.
+
+On a GPU run the readers' CPU time is mostly JPEG decoding and resizing (about 40 ms of a
+CPU core for a 2000x1500 photo-like JPEG, drafted); the GPU decodes and resizes the same
+batch several times faster (docs/benchmarks.md). A reader then only reads, hashes and
+parses the header, and hands the bytes on as a :class:`Jpeg` when the device decoder takes
+the file as Pillow would:
+
+* 8-bit baseline or progressive JPEG in YCbCr or greyscale (Pillow mode RGB or L); CMYK,
+  YCCK and anything else stays on the CPU path;
+* within the pixel limit (else the CPU path refuses it with its own message);
+* EXIF orientation applied as ``ImageOps.exif_transpose`` does;
+* a model preprocessing the device can reproduce (:func:`supports`): stretch or pad to a
+  square, bilinear, bicubic or nearest resizing.
+
+A file the device decoder refuses (truncated, corrupt) is decoded on the CPU from the same
+bytes, so its error or pixels are exactly the CPU path's. The device resize is torch's
+antialiased interpolation, not Pillow's: scores differ from the CPU path's within the
+tolerance measured in docs/benchmarks.md; SAGASHI_DEVICE_JPEG=off keeps every decode on
+the CPU.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from app.tagger.preprocess import ImagePreprocess, Preprocess
+
+if TYPE_CHECKING:
+    import torch
+
+EXIF_ORIENTATION = 0x0112
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_DEVICE_MODES = ("nearest", "bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class Jpeg:
+    """A JPEG for the device to decode: its bytes and EXIF orientation (1-8)."""
+
+    data: bytes
+    orientation: int = 1
+
+
+@dataclass(frozen=True)
+class JpegHeader:
+    jpeg: Jpeg
+    width: int  # upright, as the CPU path reports it
+    height: int
+
+
+def supports(preprocess: ImagePreprocess) -> bool:
+    """Whether the device can reproduce this preprocessing's geometry."""
+    return isinstance(preprocess, Preprocess) and preprocess.interpolation in _DEVICE_MODES
+
+
+def for_device(data: bytes, max_pixels: int) -> JpegHeader | None:
+    """The file as a :class:`Jpeg` when the device decoder takes it as Pillow would, else
+    None (the CPU path decodes it, and reports any problem in its words)."""
+    if not data.startswith(_JPEG_MAGIC):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # the header only: nothing decoded
+            if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+                return None
+            width, height = image.size
+            if width < 1 or height < 1 or width * height > max_pixels:
+                return None
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # any header problem: the CPU path says what it is
+        return None
+    if not isinstance(orientation, int) or not 1 <= orientation <= 8:
+        orientation = 1
+    if orientation >= 5:  # 5-8 turn the image a quarter
+        width, height = height, width
+    return JpegHeader(Jpeg(data, orientation), width, height)
+
+
+def decode_batch(
+    jpegs: list[Jpeg], preprocess: Preprocess, device: torch.device
+) -> list[torch.Tensor | None]:
+    """Each JPEG as (S, S, 3) uint8 model-size pixels on ``device``; None for a file the
+    device decoder refused (decode it on the CPU)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    datas = [torch.frombuffer(bytearray(j.data), dtype=torch.uint8) for j in jpegs]
+    try:
+        images: list[torch.Tensor | None] = list(
+            decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+        )
+    except RuntimeError:  # one bad file fails the batched call: find it one by one
+        images = [_decode_one(data, device) for data in datas]
+    return [
+        None if image is None else geometry(upright(image, jpeg.orientation), preprocess)
+        for image, jpeg in zip(images, jpegs, strict=True)
+    ]
+
+
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        image: torch.Tensor = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        return image
+    except RuntimeError:
+        return None
+
+
+def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A (3, H, W) image turned as ``ImageOps.exif_transpose`` turns it."""
+    import torch
+
+    if orientation == 2:
+        return image.flip(2)
+    if orientation == 3:
+        return image.flip(1).flip(2)
+    if orientation == 4:
+        return image.flip(1)
+    if orientation == 5:
+        return image.transpose(1, 2)
+    if orientation == 6:
+        return torch.rot90(image, k=-1, dims=(1, 2))
+    if orientation == 7:
+        return image.transpose(1, 2).flip(1).flip(2)
+    if orientation == 8:
+        return torch.rot90(image, k=1, dims=(1, 2))
+    return image
+
+
+def geometry(image: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """:meth:`Preprocess.geometry` on the device: (3, H, W) uint8 to (S, S, 3) uint8."""
+    import torch
+    import torch.nn.functional as F
+
+    if preprocess.resize == "pad":
+        image = _pad_to_square(image, preprocess.pad_color)
+    size = preprocess.size
+    if tuple(image.shape[1:]) == (size, size):
+        return image.permute(1, 2, 0).contiguous()
+    mode = preprocess.interpolation
+    resized = F.interpolate(
+        image[None].float(), size=(size, size), mode=mode, antialias=mode != "nearest"
+    )[0]
+    return resized.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
+def _pad_to_square(image: torch.Tensor, color: tuple[int, int, int]) -> torch.Tensor:
+    import torch
+
+    _, height, width = image.shape
+    side = max(width, height)
+    if width == height:
+        return image
+    canvas = torch.tensor(color, dtype=torch.uint8, device=image.device)
+    canvas = canvas[:, None, None].expand(3, side, side).clone()
+    top, left = (side - height) // 2, (side - width) // 2
+    canvas[:, top : top + height, left : left + width] = image
+    return canvas
