@@ -26,7 +26,13 @@ from tests.api_helpers import ADMIN_TOKEN, ApiEnv, indexed_env
 READ_TOKEN = "read-token-0123456789"
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/login"), ("POST", "/login")}
+PUBLIC = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("GET", "/favicon.ico"),  # the login form's icon, as /static/favicon.svg
+}
 PAGES = {("GET", "/"), ("GET", "/docs"), ("GET", "/redoc")}
 
 
@@ -98,6 +104,7 @@ def examples(env: ApiEnv) -> dict[tuple[str, str], tuple[str, dict[str, Any], in
         ("GET", "/"): ("/", {}, 200),
         ("GET", "/static"): ("/static/style.css", {}, 200),
         ("GET", "/login"): ("/login", {}, 200),
+        ("GET", "/favicon.ico"): ("/favicon.ico", {}, 200),
         ("POST", "/login"): ("/login", {"data": {"token": READ_TOKEN}}, 303),
         ("GET", "/posts.json"): ("/posts.json", {}, 200),
         ("GET", "/posts/random.json"): ("/posts/random.json", {}, 200),
@@ -151,6 +158,13 @@ def test_every_route_but_health_and_login_needs_the_token(env: ApiEnv) -> None:
             assert answer.status_code == 401, where
             assert answer.headers["www-authenticate"] == "Bearer", where
             assert answer.json()["error"]["code"] == "unauthorized", where
+
+
+def test_of_the_static_files_only_the_icon_is_public(env: ApiEnv) -> None:
+    icon = send(env, "GET", "/static/favicon.svg", {})
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg")
+    for path in ("/static/app.js", "/static/index.html", "/static/favicon.svg/../app.js"):
+        assert send(env, "GET", path, {}).status_code == 401, path
 
 
 @pytest.mark.parametrize("token", ["read", "admin"])

@@ -160,6 +160,7 @@ def test_the_gallery_reads_the_defaults_from_the_server(
             "rating": 0.9,
         },
         "top_k": 5,
+        "url_fetch": False,
     }
 
 

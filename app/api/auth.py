@@ -29,8 +29,9 @@ from app.api.errors import error_response, error_response_for
 
 COOKIE = "sagashi_session"
 COOKIE_MAX_AGE = 30 * 24 * 3600
-# Reachable without a token: orchestrators probe these, and a browser must reach the form.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login"})
+# Reachable without a token: orchestrators probe these, and a browser must reach the form
+# (and its icon).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login", "/favicon.ico", "/static/favicon.svg"})
 # Pages a person opens in a browser: sent to the login form instead of a JSON 401.
 PAGE_PATHS = frozenset({"/", "/docs", "/redoc"})
 

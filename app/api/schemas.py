@@ -137,6 +137,10 @@ class TagDefaultsOut(BaseModel):
 
     thresholds: dict[str, float]
     top_k: int
+    url_fetch: bool = Field(
+        description="Whether POST /api/similar downloads a query image from a url "
+        "(SAGASHI_URL_FETCH); the gallery shows its URL field only then."
+    )
 
 
 class RelatedTag(BaseModel):

@@ -24,3 +24,8 @@ def install_web(app: FastAPI) -> None:
     def gallery() -> FileResponse:
         # no-cache: the page is tiny, and a stale one after an upgrade would call old routes
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        # for clients that ask the old path; the page itself links /static/favicon.svg
+        return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon")

@@ -76,14 +76,16 @@ def page(next_path: str, error: str | None) -> str:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Sagashi: log in</title>
+<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
 <style>
 body {{ margin: 0; min-height: 100vh; display: grid; place-items: center;
   background: #1d1f26; color: #e6e6e6; font-family: system-ui, sans-serif; }}
-form {{ background: #272a33; padding: 1.5rem 2rem; border-radius: 6px;
-  display: grid; gap: .8rem; min-width: 20rem; }}
+form {{ background: #272a33; padding: 1.5rem 2rem; border-radius: 6px; box-sizing: border-box;
+  display: grid; gap: .8rem; width: min(24rem, calc(100vw - 2rem)); }}
 input, button {{ font: inherit; padding: .5rem .7rem; border-radius: 4px; }}
-input {{ border: 1px solid #444; background: #15171c; color: #e6e6e6; }}
-button {{ border: 0; background: #4fa3ff; color: #fff; cursor: pointer; }}
+input {{ border: 1px solid #7a8190; background: #15171c; color: #e6e6e6; }}
+button {{ border: 0; background: #4fa3ff; color: #10141b; cursor: pointer; }}
+:focus-visible {{ outline: 3px solid #ffd166; outline-offset: 2px; }}
 .error {{ color: #ff6b6b; margin: 0; }}
 </style>
 </head>

@@ -26,9 +26,14 @@ def normalise_prefix(text: str) -> str:
 @router.get("/api/defaults", response_model=TagDefaultsOut)
 def tag_defaults(res: Res) -> TagDefaultsOut:
     """The server's default threshold per group and its tag cap, as set by
-    SAGASHI_THRESHOLD_* and SAGASHI_TOP_K (the gallery's sliders start from these)."""
+    SAGASHI_THRESHOLD_* and SAGASHI_TOP_K (the gallery's sliders start from these), and
+    whether reverse search by URL is on (SAGASHI_URL_FETCH)."""
     defaults = res.settings.tag_defaults()
-    return TagDefaultsOut(thresholds=defaults.thresholds(), top_k=defaults.top_k)
+    return TagDefaultsOut(
+        thresholds=defaults.thresholds(),
+        top_k=defaults.top_k,
+        url_fetch=res.settings.url_fetch,
+    )
 
 
 @router.get("/api/tags", response_model=list[TagSuggestion])

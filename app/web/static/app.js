@@ -1,6 +1,7 @@
-// Sagashi's web gallery: search with autocomplete, infinite scroll, image pages, similar
-// search (by image or by a dropped file) and per-group thresholds. Plain ES modules, no
-// build step; every piece of data is put in the page with textContent, never as HTML.
+// Sagashi's web gallery: search with autocomplete, infinite scroll, image pages (with
+// previous/next by keyboard), similar search (by an indexed image, a chosen, pasted or
+// dropped file, or a URL) and per-group thresholds. Plain ES modules, no build step; every
+// piece of data is put in the page with textContent, never as HTML.
 
 // The server's default threshold per group (SAGASHI_THRESHOLD_*), read at start.
 const DEFAULTS = {};
@@ -9,7 +10,10 @@ const GROUP_ORDER = ["copyright", "character", "general", "rating"];
 const PAGE = 60;
 
 const $ = (selector) => document.querySelector(selector);
-const state = { cursor: null, loading: false, upload: null, generation: 0 };
+// upload: the query image of a reverse search, { file } or { url }, with a name to show.
+// ids: the results loaded so far, in order (the image page's previous and next).
+const state = { cursor: null, loading: false, upload: null, generation: 0, ids: [], count: 0, returnTo: null };
+const FEATURES = { urlFetch: false };
 
 function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -162,6 +166,7 @@ function thumbnail(item) {
     navigate({ image: item.id });
   });
   const title = item.tags.map((t) => t.name).join(" ");
+  link.setAttribute("aria-label", `Image ${item.id}${title ? `: ${title}` : ""}`);
   link.append(el("img", { src: `/api/images/${item.id}/thumb`, alt: title, title, loading: "lazy" }));
   if (item.similarity !== null && item.similarity !== undefined) {
     link.append(el("span", { class: "similarity" }, `${(item.similarity * 100).toFixed(1)}%`));
@@ -171,9 +176,18 @@ function thumbnail(item) {
 
 async function fetchPage(cursor) {
   const q = params().get("q") || "";
+  if (state.upload && state.upload.url) {
+    const body = { url: state.upload.url, q, k: PAGE };
+    if (cursor) body.cursor = cursor;
+    return api(`/api/similar?${thresholdQuery()}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  }
   if (state.upload) {
     const form = new FormData();
-    form.append("file", state.upload);
+    form.append("file", state.upload.file);
     form.append("q", q);
     form.append("k", String(PAGE));
     if (cursor) form.append("cursor", cursor);
@@ -195,20 +209,33 @@ async function loadMore(reset) {
   try {
     const page = await fetchPage(reset ? null : state.cursor);
     if (generation !== state.generation) return; // a newer search replaced this one
-    if (reset) $("#grid").replaceChildren();
-    clearError();
-    if (reset) showNotice(page, q);
-    for (const item of page.items) $("#grid").append(thumbnail(item));
+    if (reset) {
+      $("#grid").replaceChildren();
+      state.ids = [];
+    }
+    const onImage = Boolean(params().get("image"));
+    if (!onImage) clearError();
+    if (reset && !onImage) showNotice(page, q);
+    for (const item of page.items) {
+      $("#grid").append(thumbnail(item));
+      state.ids.push(String(item.id));
+    }
     state.cursor = page.next_cursor;
+    state.count = page.count;
     const shown = $("#grid").children.length;
     $("#clear-upload").hidden = !state.upload;
     const count = `${page.count.toLocaleString()}${page.estimated ? " (estimated)" : ""}`;
-    setStatus(state.upload
+    if (onImage) updatePager();
+    else setStatus(state.upload
       ? `Most like ${state.upload.name} first, of ${count} images; ${shown} shown`
       : `${count} images matching; ${shown} shown`);
+    if (reset && !onImage) focusReturn();
   } catch (error) {
     if (generation !== state.generation) return;
-    if (reset) $("#grid").replaceChildren();
+    if (reset) {
+      $("#grid").replaceChildren();
+      state.ids = [];
+    }
     $("#notice").hidden = true;
     state.cursor = null;
     setStatus("");
@@ -216,7 +243,12 @@ async function loadMore(reset) {
   } finally {
     if (generation === state.generation) state.loading = false;
   }
-  if (state.cursor && sentinelVisible()) loadMore(false);
+  if (!state.cursor || generation !== state.generation) return;
+  if (!params().get("image")) {
+    if (sentinelVisible()) loadMore(false);
+  } else if (position() < 0 && state.ids.length < PAGE * 10) {
+    loadMore(false); // an image page opened from a link: find it among the results
+  }
 }
 
 function sentinelVisible() {
@@ -237,8 +269,9 @@ function similarQuery(imageId) {
 }
 
 async function showImage(imageId) {
-  const detail = $("#detail");
+  const detail = $("#detail-body");
   detail.replaceChildren();
+  updatePager();
   try {
     const image = await api(`/api/images/${imageId}?${thresholdQuery()}`);
     const view = el("div", { class: "view" },
@@ -247,12 +280,64 @@ async function showImage(imageId) {
       el("div", { class: "actions" },
         el("button", { type: "button", id: "find-similar", onclick: () => searchFor(similarQuery(image.id)) }, "Find similar"),
         el("a", { href: `/api/images/${image.id}/file`, target: "_blank", rel: "noopener" }, "Open file")));
-    detail.append(tagPanel(image.tags), view);
+    detail.append(view, tagPanel(image.tags));
     clearError();
-    setStatus("");
+    updatePager();
   } catch (error) {
     showError(error, null);
   }
+}
+
+// --- previous, next, back: buttons and keys on the image page -------------------------
+
+function position() {
+  return state.ids.indexOf(params().get("image") || "");
+}
+
+function updatePager() {
+  const index = position();
+  $("#prev-image").disabled = index <= 0;
+  $("#next-image").disabled = index < 0 || (index === state.ids.length - 1 && !state.cursor);
+  if (index >= 0) setStatus(`Result ${index + 1} of ${state.count.toLocaleString()}`);
+  else setStatus("");
+}
+
+async function step(delta) {
+  let index = position();
+  if (index < 0) return;
+  if (delta > 0 && index === state.ids.length - 1 && state.cursor) {
+    await loadMore(false); // the next page of results, then the first of it
+    index = position();
+  }
+  const target = state.ids[index + delta];
+  if (target) navigate({ image: target }, true); // Back in the browser goes to the grid
+}
+
+function backToGrid() {
+  state.returnTo = params().get("image");
+  navigate({ image: null });
+}
+
+function focusReturn() {
+  // Back from an image page: its thumbnail has the focus, in view.
+  if (!state.returnTo) return;
+  const thumb = $(`#grid .thumb[data-id="${CSS.escape(state.returnTo)}"]`);
+  state.returnTo = null;
+  if (thumb) {
+    thumb.focus({ preventScroll: true });
+    thumb.scrollIntoView({ block: "center" });
+  }
+}
+
+function onPageKey(event) {
+  if ($("#detail").hidden || event.altKey || event.ctrlKey || event.metaKey) return;
+  const target = event.target;
+  if (target instanceof HTMLElement && target.closest("input, textarea, select, [contenteditable]")) return;
+  if (event.key === "ArrowLeft") step(-1);
+  else if (event.key === "ArrowRight") step(1);
+  else if (event.key === "Escape") backToGrid();
+  else return;
+  event.preventDefault();
 }
 
 function tagRow(tag) {
@@ -453,8 +538,36 @@ function setUpDrop() {
 }
 
 function searchByFile(file) {
-  state.upload = file;
+  state.upload = { file, name: file.name || "the pasted image" };
   navigate({ image: null }, false);
+}
+
+function searchByUrl(url) {
+  const name = url.split(/[?#]/)[0].split("/").filter(Boolean).pop() || url;
+  state.upload = { url, name };
+  navigate({ image: null }, false);
+}
+
+function setUpImageInput() {
+  // The file picker, paste (an image copied anywhere: Ctrl+V / long-press Paste) and, when
+  // the server downloads URLs, the URL field: reverse search without drag and drop.
+  $("#upload-button").addEventListener("click", () => $("#upload").click());
+  $("#upload").addEventListener("change", (event) => {
+    const file = event.target.files?.[0];
+    if (file) searchByFile(file);
+    event.target.value = ""; // the same file chosen again searches again
+  });
+  document.addEventListener("paste", (event) => {
+    const file = [...(event.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
+    if (!file) return; // text goes where it was pasted
+    event.preventDefault();
+    searchByFile(file);
+  });
+  $("#url-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const url = $("#image-url").value.trim();
+    if (url) searchByUrl(url);
+  });
 }
 
 // --- export (an admin job run by sagashi worker) ---------------------------------------
@@ -518,7 +631,12 @@ function render() {
   if (image) $("#notice").hidden = true;
   $("#results").hidden = Boolean(image);
   if (image) {
+    state.loading = false; // a page still loading belonged to the grid's generation
     showImage(image);
+    $("#detail").focus({ preventScroll: true });
+    window.scrollTo(0, 0);
+    // Opened from a link: load the results too, for previous and next.
+    if (!state.ids.includes(image) && !state.loading) loadMore(true);
     return;
   }
   state.cursor = null;
@@ -559,8 +677,17 @@ function start() {
   }, { rootMargin: "400px" }).observe($("#sentinel"));
   window.addEventListener("popstate", render);
   setUpDrop();
+  setUpImageInput();
+  $("#prev-image").addEventListener("click", () => step(-1));
+  $("#next-image").addEventListener("click", () => step(1));
+  $("#back-to-grid").addEventListener("click", backToGrid);
+  document.addEventListener("keydown", onPageKey);
   api("/api/defaults")
-    .then((defaults) => Object.assign(DEFAULTS, defaults.thresholds))
+    .then((defaults) => {
+      Object.assign(DEFAULTS, defaults.thresholds);
+      FEATURES.urlFetch = Boolean(defaults.url_fetch);
+      $("#url-form").hidden = !FEATURES.urlFetch;
+    })
     .catch(() => {}) // shown by the search's own error; the sliders then start at 0.5
     .finally(render);
 }
