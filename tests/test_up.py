@@ -88,15 +88,17 @@ def environment(root: Path, hub_url: str, port: int) -> dict[str, str]:
     }
 
 
-def serve_the_readme_command(root: Path, hub_url: str) -> tuple[str, str]:
-    """Run the command until it serves; check the server; stop it. Returns its output and
-    the base URL it served on."""
+def serve_the_readme_command(
+    root: Path, hub_url: str, command: str | None = None
+) -> tuple[str, str]:
+    """Run the README's command (or ``command``) until it serves; check the server; stop
+    it. Returns its output and the base URL it served on."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = root / f"up-{port}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            ["bash", "-c", readme_run_command()],
+            ["bash", "-c", command or readme_run_command()],
             cwd=root,
             env=environment(root, hub_url, port),
             stdout=log,
@@ -202,3 +204,15 @@ def test_a_missing_folder_is_refused_before_any_download(
     assert result.returncode == 2
     assert result.stderr.strip() == "sagashi: error: no such file or folder: imgaes"
     assert handler.requests == []
+
+
+def test_a_model_folder_that_holds_a_model_is_used_as_it_is(
+    hub: tuple[str, type[Hub]], tmp_path: Path, tiny_pixai_dir: Path
+) -> None:
+    url, handler = hub
+    root = fresh_folder(tmp_path / "clone")
+    command = f".venv/bin/sagashi up ./images --model-dir {tiny_pixai_dir}"
+    output, _ = serve_the_readme_command(root, url, command)
+    assert handler.requests == []  # the PixAI .pth layout given, nothing downloaded
+    assert "downloading" not in output and not (root / "models").exists()
+    assert f"loaded pixai model {tiny_pixai_dir}" in output

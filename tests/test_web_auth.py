@@ -26,7 +26,7 @@ from indexer.jobs import index_options
 from indexer.pipeline import Indexer
 from tests.api_helpers import make_library, settings_for
 from tests.test_serve_e2e import free_port
-from tests.test_web import CHROMIUM, browser  # noqa: F401  (the fixture)
+from tests.test_web import CHROMIUM, browser, check_names_and_contrast  # noqa: F401
 
 READ_TOKEN = "read-token-0123456789"
 IMAGES = 6
@@ -124,6 +124,12 @@ def test_the_gallery_logs_in_and_then_loads_thumbnails_and_files(
     log_in(page, "not-the-token-at-all")
     assert page.text_content("[role=alert]") == "That token is not valid."
     shot(page, "login.png")
+    # the login form too: named fields, readable text, a visible focus, and its icon
+    check_names_and_contrast(page, "the login form")
+    page.keyboard.press("Tab")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+    icon = page.get_attribute('link[rel="icon"]', "href")
+    assert page.request.get(icon).status == 200  # no token needed for it
 
     log_in(page, READ_TOKEN)
     page.wait_for_url("**/?q=1girl")
