@@ -82,7 +82,7 @@ def make_image(path: Path, size: tuple[int, int], seed: int, flat: bool) -> Path
     return path
 
 
-def make_images(work: Path, count: int) -> tuple[Path, list[Path]]:
+def make_images(work: Path, count: int, png_every: int) -> tuple[Path, list[Path]]:
     """Distinct sources in parallel, then copies up to ``count`` in one folder."""
     sources = work / "sources"
     sources.mkdir()
@@ -96,8 +96,9 @@ def make_images(work: Path, count: int) -> tuple[Path, list[Path]]:
     folder = work / "collection"
     folder.mkdir()
     files = []
-    for i in range(count):  # a quarter PNG
-        source = pngs[i // 4 % len(pngs)] if i % 4 == 3 else jpegs[i % len(jpegs)]
+    for i in range(count):  # every png_every-th file a PNG (0: none)
+        png = png_every and i % png_every == png_every - 1
+        source = pngs[i // max(png_every, 1) % len(pngs)] if png else jpegs[i % len(jpegs)]
         target = folder / f"{i:05d}{source.suffix}"
         shutil.copyfile(source, target)
         files.append(target)
@@ -249,6 +250,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=480, help="seconds; 0: no limit")
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny model (smoke run)")
     parser.add_argument("--out", default=os.environ.get("OUT"))
+    parser.add_argument("--png-every", type=int, default=4, help="every Nth file a PNG; 0: none")
+    parser.add_argument("--skip", default="", help="comma-separated section names to skip")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     started = time.perf_counter()
@@ -258,6 +261,8 @@ def main() -> None:
 
     def section(name: str, fn: Callable[[], Any]) -> None:
         spent = time.perf_counter() - started
+        if name in args.skip.split(","):
+            return
         if args.budget and spent > args.budget:
             log.info("%s: skipped, %.0f s of the %.0f s budget spent", name, spent, args.budget)
             return
@@ -280,7 +285,7 @@ def main() -> None:
             build_tiny_pixai(model_dir)
         else:
             build_random_pixai(model_dir)
-        folder, files = make_images(work, args.images)
+        folder, files = make_images(work, args.images, args.png_every)
         results["images"] = f"{len(files)} files, {sum(f.stat().st_size for f in files) >> 20} MiB"
         log.info("images: %s; setup %.0f s", results["images"], time.perf_counter() - started)
         sample = files[:batch]
@@ -298,7 +303,7 @@ def main() -> None:
                 "compile_s": round(tagger.compile_seconds, 1),
                 "bare_img_s": round(bare_rate(tagger, batch, max(batch * 8, 256)), 1),
             }
-            if name != "fp32":
+            if name != "fp32" and "fp32" in outputs:
                 line.update(agreement(outputs["fp32"], outputs[name]))
             return line
 
@@ -310,7 +315,7 @@ def main() -> None:
         section("bf16", lambda: variant("bf16", precision="bf16", compile="off"))
         section("bf16_compiled", lambda: variant("bf16_compiled", precision="bf16", compile="on"))
         workers = max(1, (os.cpu_count() or 2) - 1)
-        spec = ReadSpec(models["fp32"].preprocess, 10**9, True)
+        spec = ReadSpec(next(iter(models.values())).preprocess, 10**9, True)
         jpegs = [f for f in files if f.suffix == ".jpg"]
         section(
             "read_threads_img_s", lambda: round(reader_rate(spec, files[:512], workers, False), 1)
@@ -346,6 +351,7 @@ def main() -> None:
 
         section("reindex_default_img_s", reindex)
         section("index_cpu_decode_img_s", lambda: run_index("cpu", fast, True, False))
+        section("index_device_threads_img_s", lambda: run_index("dt", fast, False, True))
         section("index_threads_img_s", lambda: run_index("threads", fast, False, False))
         section("index_before_img_s", lambda: run_index("before", models["autocast"], False, False))
     log.info("RESULTS %s", json.dumps(results, default=str))

@@ -69,7 +69,7 @@ def index_options(settings: Settings) -> IndexOptions:
         aliases=aliases_of(settings),
         media_roots=tuple(str(root) for root in settings.media_roots),
         count_thresholds=settings.tag_defaults().thresholds(),
-        read_processes={"auto": None, "on": True, "off": False}[settings.read_processes],
+        read_processes=settings.read_processes == "on",
         device_jpeg={"auto": None, "on": True, "off": False}[settings.device_jpeg],
     )
 

@@ -99,9 +99,9 @@ class IndexOptions:
     media_roots: tuple[str, ...] = ()
     # The thresholds tag counts are taken at (autocomplete, wildcard ranking): the server's.
     count_thresholds: Mapping[str, float] = field(default_factory=CARD.thresholds)
-    # Read files in worker processes instead of threads (see indexer.readers); None: when
-    # the model runs on a GPU.
-    read_processes: bool | None = None
+    # Read files in worker processes instead of threads (see indexer.readers; threads
+    # measured faster on a 16-core H200 host, docs/benchmarks.md).
+    read_processes: bool = False
     # Hand JPEGs to the model's device to decode (app.tagger.device_decode); None: when the
     # model runs on a GPU and its preprocessing can run there.
     device_jpeg: bool | None = None
@@ -115,9 +115,9 @@ class IndexOptions:
         return ReadSpec(tagger.preprocess, self.max_pixels, self.jpeg_draft, skip_decode, on_device)
 
     def readers(self, tagger: Tagger, skip_decode: frozenset[str] = frozenset()) -> Readers:
-        processes = runs_on_gpu(tagger) if self.read_processes is None else self.read_processes
         ahead = lookahead(self.batch_size, self.workers)
-        return readers_for(self.read_spec(tagger, skip_decode), self.workers, ahead, processes)
+        spec = self.read_spec(tagger, skip_decode)
+        return readers_for(spec, self.workers, ahead, self.read_processes)
 
 
 Progress = Callable[[int, int], None]  # (files done, files total)

@@ -2,11 +2,11 @@
 
 Two implementations of one interface, picked once per run:
 
-* :class:`ThreadReaders`: a thread pool. Pillow releases the GIL while it decodes, which is
-  enough beside a CPU forward (torch releases it too).
-* :class:`ProcessReaders`: worker processes. Beside a GPU the model thread is mostly Python
-  launching kernels, and decode threads take the GIL from it between every launch; processes
-  never do. Each reader handles one file at a time and sends back the (S, S, 3) uint8 pixels
+* :class:`ThreadReaders` (the default): a thread pool. Pillow and hashlib release the GIL
+  while they decode and hash; on a 16-core H200 host threads read 166 img/s against the
+  processes' 108, and the index ran faster with them (docs/benchmarks.md).
+* :class:`ProcessReaders` (SAGASHI_READ_PROCESSES=on): worker processes, which never take
+  the GIL from the model thread between kernel launches. Each reader handles one file at a time and sends back the (S, S, 3) uint8 pixels
   (a quarter of the float tensor's bytes). A reader that dies (a codec crash, the OOM
   killer) is replaced; the file it held is tried once more in a fresh reader, and reported
   as ``decoder_crashed`` if that one dies too. Pillow's per-file warnings come back with the
