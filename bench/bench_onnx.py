@@ -30,6 +30,7 @@ import torch
 from app.store.repository import GenerationIdentity
 from app.tagger.batching import prepare
 from app.tagger.onnx_tagger import OnnxTagger
+from app.tagger.preprocess import normalise_one
 from app.tagger.protocol import Prediction, Tagger
 from app.tagger.timm_tagger import TimmTagger
 from bench.bench_tagger import GENERAL, NUM_TAGS, build_random_pixai
@@ -114,8 +115,8 @@ def quantise(source: Path, target: Path, per_channel: bool = False) -> Path:
 def batches(tagger: Tagger, count: int) -> torch.Tensor:
     """``count`` preprocessed real images, or random pixels when the real data is absent."""
     files = sorted(REAL_IMAGES.glob("*"))[:count] if REAL_IMAGES.is_dir() else []
-    prepared = [prepare(p, tagger.preprocess, 10**9, True).tensor for p in files]
-    tensors = [t for t in prepared if t is not None]
+    prepared = [prepare(p, tagger.preprocess, 10**9, True).pixels for p in files]
+    tensors = [normalise_one(tagger.preprocess, t) for t in prepared if t is not None]
     if len(tensors) < count:
         size = tagger.preprocess.size
         generator = torch.Generator().manual_seed(0)

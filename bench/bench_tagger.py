@@ -30,6 +30,7 @@ from app.tagger import TimmTagger
 from app.tagger.batching import prepare, tag_sources
 from app.tagger.config import ModelConfig
 from app.tagger.model import PixaiHead, create_encoder
+from app.tagger.preprocess import normalise_one
 from bench.common import SHARED_DATA, machine
 
 log = logging.getLogger("bench.tagger")
@@ -141,7 +142,10 @@ def draft_effect(tagger: TimmTagger, files: list[Path], workdir: Path) -> dict[s
     for draft in (False, True):
         started = time.perf_counter()
         tensors[draft] = torch.stack(
-            [prepare(p, tagger.preprocess, 10**9, draft).tensor for p in jpegs]  # type: ignore[misc]
+            [
+                normalise_one(tagger.preprocess, prepare(p, tagger.preprocess, 10**9, draft).pixels)  # type: ignore[arg-type]
+                for p in jpegs
+            ]
         )
         timings[draft] = (time.perf_counter() - started) / len(jpegs)
     full = tagger.predict(tensors[False][: len(scored)]).probs

@@ -509,8 +509,8 @@ def test_related_tag_errors(env: ApiEnv) -> None:
 
 def direct_tags(env: ApiEnv, data: bytes, policy: OutputPolicy) -> list[tuple[str, float, str]]:
     prepared = prepare(data, env.tagger.preprocess, env.settings.max_image_pixels, True)
-    assert prepared.tensor is not None
-    prediction = predict_stacked(env.tagger, [prepared.tensor])
+    assert prepared.pixels is not None
+    prediction = predict_stacked(env.tagger, [prepared.pixels])
     return [
         (t.tag, round(t.score, 6), t.group)
         for t in policy.select(prediction.probs[0], env.tagger.vocab)

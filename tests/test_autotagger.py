@@ -70,8 +70,8 @@ def danbooru_request(image: bytes, filename: str) -> dict[str, Any]:
 def rating_scores(autotagger: Autotagger) -> dict[str, float]:
     """The model's own score for each rating, as "rating:<letter>"."""
     prepared = prepare(autotagger.image.read_bytes(), autotagger.tagger.preprocess, 10**8, True)
-    assert prepared.tensor is not None
-    probs = predict_stacked(autotagger.tagger, [prepared.tensor]).probs[0]
+    assert prepared.pixels is not None
+    probs = predict_stacked(autotagger.tagger, [prepared.pixels]).probs[0]
     vocab = autotagger.tagger.vocab
     letters = {name: RATING_LETTERS[RATING_TAGS.index(name)] for name in RATING_TAGS}
     return {f"rating:{letters[vocab.names[i]]}": float(probs[i]) for i in vocab.indices(RATING)}

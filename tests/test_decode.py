@@ -24,7 +24,7 @@ from app.settings import Settings
 from app.tagger.batching import prepare, tag_sources
 from app.tagger.decode import decode_image
 from app.tagger.errors import ImageDecodeError
-from app.tagger.preprocess import Preprocess
+from app.tagger.preprocess import Preprocess, normalise_one
 from app.tagger.protocol import Prediction
 from tests import bad_images as bad
 from tests.conftest import SHARED_DATA, shared_path
@@ -549,13 +549,13 @@ def test_prepare_never_raises(catalogue: dict[str, Path], tmp_path: Path, draft:
         prepared = prepare(source, PREPROCESS, DEFAULT_MAX_PIXELS, draft)  # type: ignore[arg-type]
         if code is None:
             assert prepared.error is None, f"{name}: {prepared.error and prepared.error.message}"
-            assert prepared.tensor is not None
-            assert prepared.tensor.shape == (3, 32, 32), name
-            assert prepared.tensor.dtype == torch.float32, name
-            assert torch.isfinite(prepared.tensor).all(), name
+            assert prepared.pixels is not None
+            assert prepared.pixels.shape == (32, 32, 3), name
+            assert prepared.pixels.dtype == np.uint8, name
+            assert torch.isfinite(normalise_one(PREPROCESS, prepared.pixels)).all(), name
             assert prepared.width > 0 and prepared.height > 0
         else:
-            assert prepared.tensor is None, name
+            assert prepared.pixels is None, name
             assert prepared.error is not None, name
             assert prepared.error.code == code, f"{name}: {prepared.error.message}"
             assert prepared.error.message and prepared.error.message != code, name
@@ -570,8 +570,8 @@ class _CountingTagger:
     def __init__(self) -> None:
         self.batches: list[int] = []
 
-    def predict(self, batch: torch.Tensor) -> Prediction:
-        assert batch.shape[1:] == (3, 32, 32)
+    def predict_pixels(self, batch: torch.Tensor) -> Prediction:
+        assert batch.shape[1:] == (32, 32, 3) and batch.dtype == torch.uint8
         self.batches.append(batch.shape[0])
         count = batch.shape[0]
         return Prediction(np.zeros((count, 4), np.float32), np.ones((count, 2), np.float32))
@@ -671,12 +671,12 @@ def test_danbooru_file(manifest: dict[str, dict[str, str]], relative: str) -> No
             # Every file Pillow decodes is within the default limit (the largest is 2048x858),
             # so each must give a tensor.
             assert prepared.error is None, prepared.error and prepared.error.message
-            assert prepared.tensor is not None
-            assert prepared.tensor.shape == (3, 32, 32)
-            assert prepared.tensor.dtype == torch.float32
+            assert prepared.pixels is not None
+            assert prepared.pixels.shape == (32, 32, 3)
+            assert prepared.pixels.dtype == np.uint8
         else:
             expected = DANBOORU_ERROR_CODES.get(relative, "not_an_image")
-            assert prepared.tensor is None
+            assert prepared.pixels is None
             assert prepared.error is not None
             assert prepared.error.code == expected, prepared.error.message
             assert prepared.error.message
