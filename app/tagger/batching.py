@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from app.tagger.device_decode import Jpeg, decode_batch
 from app.tagger.errors import ImageDecodeError
 from app.tagger.preprocess import ImagePreprocess, Preprocess
 from app.tagger.protocol import Prediction, Tagger
+
+if TYPE_CHECKING:
+    import torch
 
 Source = str | os.PathLike[str] | bytes
 T = TypeVar("T")
@@ -135,23 +138,49 @@ def runs_on_gpu(tagger: Tagger) -> bool:
 Pixels = np.ndarray | Jpeg  # (S, S, 3) uint8 at model size, or a JPEG for the device
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A batch ready for the forward: (N, S, S, 3) uint8 on the tagger's device (or in
+    page-locked memory on its way there), and the rows that could not be decoded."""
+
+    pixels: torch.Tensor
+    errors: Mapping[int, ImageDecodeError] = field(default_factory=dict)
+
+
 def predict_stacked(tagger: Tagger, images: Sequence[Pixels]) -> Prediction:
-    """One forward over (S, S, 3) uint8 images: stacked in one copy (into page-locked
-    memory for a GPU, so the copy there runs at full speed), normalised by the tagger on
-    its device. :class:`Jpeg` items are decoded on the tagger's device first."""
+    """One forward over a batch: :func:`stage` then :func:`predict_staged`."""
+    return predict_staged(tagger, stage(tagger, images))
+
+
+def predict_staged(tagger: Tagger, staged: Staged) -> Prediction:
+    prediction = tagger.predict_pixels(staged.pixels)
+    if not staged.errors:
+        return prediction
+    return Prediction(prediction.probs, prediction.embeddings, staged.errors)
+
+
+def stage(tagger: Tagger, images: Sequence[Pixels]) -> Staged:
+    """Stack (S, S, 3) uint8 images in one copy (into page-locked memory for a GPU, so the
+    copy there runs at full speed, started here without waiting); :class:`Jpeg` items are
+    decoded on the tagger's device. The indexer runs this in a thread of its own, so a
+    batch is staged while the one before runs through the model."""
     import torch
 
     if any(isinstance(image, Jpeg) for image in images):
-        return _predict_mixed(tagger, images)
+        return _stage_mixed(tagger, images)
     pinned = runs_on_gpu(tagger)
     first = images[0]
     assert isinstance(first, np.ndarray)
     batch = torch.empty((len(images), *first.shape), dtype=torch.uint8, pin_memory=pinned)
     np.stack(images, out=batch.numpy())  # type: ignore[arg-type]
-    return tagger.predict_pixels(batch)
+    if pinned:
+        # Ordered before the forward's kernels on the same (default) stream; the pinned
+        # buffer stays referenced by the copy until it is done.
+        batch = batch.to(tagger.device, non_blocking=True)  # type: ignore[attr-defined]
+    return Staged(batch)
 
 
-def _predict_mixed(tagger: Tagger, images: Sequence[Pixels]) -> Prediction:
+def _stage_mixed(tagger: Tagger, images: Sequence[Pixels]) -> Staged:
     """Device-decoded JPEGs and host pixels in one batch on the tagger's device; a JPEG
     the device refuses is decoded on the CPU from its bytes, as the readers would have."""
     import torch
@@ -168,21 +197,16 @@ def _predict_mixed(tagger: Tagger, images: Sequence[Pixels]) -> Prediction:
         batch[host_rows] = host.to(device)
     jpegs: list[Jpeg] = [images[row] for row in jpeg_rows]  # type: ignore[misc]
     errors: dict[int, ImageDecodeError] = {}
-    for row, jpeg, pixels in zip(
-        jpeg_rows,
-        jpegs,
-        decode_batch(jpegs, preprocess, device),
-        strict=True,  # type: ignore[arg-type]
-    ):
+    decoded = decode_batch(jpegs, preprocess, device)
+    for row, jpeg, pixels in zip(jpeg_rows, jpegs, decoded, strict=True):
         if pixels is None:
             try:
-                pixels = torch.from_numpy(_decode_on_host(jpeg, preprocess)).to(device)  # type: ignore[arg-type]
+                pixels = torch.from_numpy(_decode_on_host(jpeg, preprocess)).to(device)
             except ImageDecodeError as exc:
                 errors[row] = exc
                 pixels = torch.zeros((size, size, 3), dtype=torch.uint8, device=device)
         batch[row] = pixels
-    prediction = tagger.predict_pixels(batch)
-    return Prediction(prediction.probs, prediction.embeddings, errors)
+    return Staged(batch, errors)
 
 
 def _decode_on_host(jpeg: Jpeg, preprocess: Preprocess) -> np.ndarray:
