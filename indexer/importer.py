@@ -184,9 +184,7 @@ def _parquet_rows(path: Path) -> Iterator[Row]:
             number += 1
             tags, scores = columns["tag"][i], columns["score"][i]
             raw: dict[str, Any] = {
-                k: columns[k][i]
-                for k in ("path", "sha256", "md5", "width", "height")
-                if k in names
+                k: columns[k][i] for k in ("path", "sha256", "md5", "width", "height") if k in names
             }
             if tags is not None and scores is not None:
                 if len(tags) != len(scores):

@@ -6,11 +6,12 @@ Two implementations of one interface, picked once per run:
   while they decode and hash; on a 16-core H200 host threads read 166 img/s against the
   processes' 108, and the index ran faster with them (docs/benchmarks.md).
 * :class:`ProcessReaders` (SAGASHI_READ_PROCESSES=on): worker processes, which never take
-  the GIL from the model thread between kernel launches. Each reader handles one file at a time and sends back the (S, S, 3) uint8 pixels
-  (a quarter of the float tensor's bytes). A reader that dies (a codec crash, the OOM
-  killer) is replaced; the file it held is tried once more in a fresh reader, and reported
-  as ``decoder_crashed`` if that one dies too. Pillow's per-file warnings come back with the
-  result and are logged here, as a thread's would be.
+  the GIL from the model thread between kernel launches. Each reader handles one file at a
+  time and sends back the (S, S, 3) uint8 pixels (a quarter of the float tensor's bytes). A
+  reader that dies (a codec crash, the OOM killer) is replaced; the file it held is tried
+  once more in a fresh reader, and reported as ``decoder_crashed`` if that one dies too.
+  Pillow's per-file warnings come back with the result and are logged here, as a thread's
+  would be.
 """
 
 from __future__ import annotations

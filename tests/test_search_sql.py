@@ -217,7 +217,8 @@ GROUPS = {"char_a": "character", "copy_b": "copyright", **RATING_GROUPS}
 
 METATAGS = [
     "width:>300", "height:100..200", "filesize:<3000", "id:3,5,7", "width:<=150,>=450",
-    f"sha256:{7:064x}", f"md5:{7:032x}", f"md5:{8:032x}", "unaliased:ab", "height:250...350", "filesize:>=5kb",
+    f"sha256:{7:064x}", f"md5:{7:032x}", f"md5:{8:032x}", "unaliased:ab", "height:250...350",
+    "filesize:>=5kb",
     "filetype:jpg", "filetype:png,webp", "path:/fixture/art/*", "path:*[1]*", "path:*0?.png",
     "path:/FIXTURE/*", "path:*_*",
     "rating:g", "rating:s,q", "rating:e", "mpixels:<0.03", "mpixels:0.02..0.05", "ratio:1",

@@ -86,9 +86,7 @@ def _is_current(engine: Engine) -> bool:
 MigrationProgress = Callable[[int, int], None]
 
 
-def upgrade(
-    url: str, revision: str = "head", progress: MigrationProgress | None = None
-) -> None:
+def upgrade(url: str, revision: str = "head", progress: MigrationProgress | None = None) -> None:
     from alembic import command
 
     config = alembic_config(url)

@@ -98,8 +98,7 @@ class TimmTagger:
             runtime=f"torch {self.device}",
         )
         log.info(
-            "loaded %s model %s (%s, %d tags, %d-d embeddings) on %s, %s, attention %s%s "
-            "in %.1fs",
+            "loaded %s model %s (%s, %d tags, %d-d embeddings) on %s, %s, attention %s%s in %.1fs",
             files.family,
             self.model_dir,
             config.architecture,
