@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     )
     compile: Literal["auto", "on", "off"] = Field(
         default="auto",
-        description="torch.compile the model (auto: on CUDA); compiled models pad every batch "
+        description="torch.compile the model (auto: on CUDA for index, reindex and tag; off in "
+        "the server, whose uploads come one at a time); compiled models pad every batch "
         "to batch_size.",
     )
     read_processes: Literal["on", "off"] = Field(

@@ -442,3 +442,23 @@ def test_a_jpeg_the_device_refuses_is_decoded_on_the_cpu_in_the_batch(tagger: Ti
     assert prediction.errors[2].code == "truncated"
     alone = predict_stacked(tagger, [pixels])
     np.testing.assert_allclose(prediction.probs[0], alone.probs[0], atol=1e-5)
+
+
+def test_the_server_does_not_compile_unless_asked(tiny_pixai_dir: Path, tmp_path: Path) -> None:
+    from app.settings import Settings
+    from app.tagger.factory import tagger_from_settings
+
+    settings = Settings(data_dir=tmp_path, model_dir=tiny_pixai_dir, batch_size=4)
+    served = tagger_from_settings(settings, tiny_pixai_dir, serving=True)
+    indexing = tagger_from_settings(settings, tiny_pixai_dir)
+    assert served.forward.compile == "off"  # type: ignore[attr-defined]
+    assert indexing.forward.compile == "auto"  # type: ignore[attr-defined]
+    asked = Settings(data_dir=tmp_path, model_dir=tiny_pixai_dir, compile="on", batch_size=4)
+    compiled = tagger_from_settings(asked, tiny_pixai_dir, serving=True)
+    assert compiled.compile_seconds > 0  # type: ignore[attr-defined]
+    rng = np.random.default_rng(10)
+    side = compiled.preprocess.size
+    images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(3)]
+    np.testing.assert_allclose(
+        predict_stacked(compiled, images).probs, predict_stacked(served, images).probs, atol=1e-4
+    )

@@ -115,7 +115,7 @@ class Inference:
         from app.tagger.factory import tagger_from_settings
 
         try:
-            tagger = tagger_from_settings(settings, settings.model_dir)
+            tagger = tagger_from_settings(settings, settings.model_dir, serving=True)
         except ModelLoadError as exc:
             self._error = str(exc)
             raise ApiError(503, "model_unavailable", f"the model failed to load: {exc}") from exc

@@ -7,6 +7,7 @@ the runtime again.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,22 @@ from app.tagger.protocol import Tagger
 from app.tagger.replicas import Replicas
 
 
-def tagger_from_settings(settings: Any, model_dir: Path, *, embeddings: bool = True) -> Tagger:
+def tagger_from_settings(
+    settings: Any, model_dir: Path, *, embeddings: bool = True, serving: bool = False
+) -> Tagger:
     """The loaded tagger every command and the server use: device, threads, precision and
-    compilation from the settings."""
+    compilation from the settings. ``serving``: for the server's uploads, where one image's
+    latency counts more than a batch's throughput, ``SAGASHI_COMPILE=auto`` means off (a
+    compiled model pads every forward to the batch size)."""
+    forward = ForwardOptions.from_settings(settings)
+    if serving and forward.compile == "auto":
+        forward = replace(forward, compile="off")
     return open_tagger(
         model_dir,
         settings.device,
         settings.effective_torch_threads(),
         embeddings=embeddings,
-        forward=ForwardOptions.from_settings(settings),
+        forward=forward,
     )
 
 
