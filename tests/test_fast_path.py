@@ -422,8 +422,8 @@ def test_an_index_with_device_jpegs_matches_the_cpu_decode(
     for path, state in device_state.items():
         twin = cpu_state[path]
         assert (state["sha256"], state["size"]) == (twin["sha256"], twin["size"]), path
-        a = np.frombuffer(state["vector"], dtype=np.float16).astype(np.float32)  # type: ignore[arg-type]
-        b = np.frombuffer(twin["vector"], dtype=np.float16).astype(np.float32)  # type: ignore[arg-type]
+        a = np.frombuffer(state["vector"], dtype=np.float16).astype(np.float32)  # type: ignore[call-overload]
+        b = np.frombuffer(twin["vector"], dtype=np.float16).astype(np.float32)  # type: ignore[call-overload]
         assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99, path
 
 
@@ -436,7 +436,12 @@ def test_a_jpeg_the_device_refuses_is_decoded_on_the_cpu_in_the_batch(tagger: Ti
     whole = buffer.getvalue()
     side = tagger.preprocess.size
     pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-    batch = [pixels, Jpeg(whole), Jpeg(whole[: len(whole) // 2]), Jpeg(whole[:3] + b"junk")]
+    batch: list[np.ndarray | Jpeg] = [
+        pixels,
+        Jpeg(whole),
+        Jpeg(whole[: len(whole) // 2]),
+        Jpeg(whole[:3] + b"junk"),
+    ]
     prediction = predict_stacked(tagger, batch)
     assert set(prediction.errors) == {2, 3}
     assert prediction.errors[2].code == "truncated"
