@@ -12,6 +12,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from app.api.danbooru.shape import danbooru_shaped
 from app.api.hf_errors import HF_SHAPED_POSTS
 from tests.api_helpers import ADMIN_TOKEN, ApiEnv, indexed_env
 
@@ -50,6 +51,11 @@ def _fuzzer(operation: Any, admin: bool, statuses: list[int]) -> Any:
             if case.method == "POST" and case.path in HF_SHAPED_POSTS:
                 assert set(body) == {"error", "code"}, f"{where}: {body}"
                 assert isinstance(body["error"], str) and body["error"] and body["code"], body
+                return
+            if danbooru_shaped({"path": case.formatted_path}):
+                # Danbooru's routes answer in Danbooru's error shape, as its clients expect.
+                assert set(body) == {"success", "error", "message"}, f"{where}: {body}"
+                assert body["success"] is False and body["error"] and body["message"], body
                 return
             assert set(body) == {"error"}, f"{where}: {body}"
             assert body["error"]["code"] and body["error"]["message"], body
