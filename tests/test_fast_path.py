@@ -394,6 +394,9 @@ def test_only_jpegs_the_device_takes_as_pillow_are_handed_over(tmp_path: Path) -
     assert for_device(png.read_bytes(), 10**8) is None
     assert for_device(big.read_bytes(), 1000) is None  # over the limit: the CPU path refuses
     assert for_device(b"\xff\xd8\xff\xe0garbage", 10**8) is None  # a broken header too
+    huge = tmp_path / "huge.jpg"  # 4100x4100: a batch of them would fill a GPU
+    PILImage.new("RGB", (4100, 4100), (9, 9, 9)).save(huge, "JPEG")
+    assert for_device(huge.read_bytes(), 10**9) is None
 
 
 def test_an_index_with_device_jpegs_matches_the_cpu_decode(

@@ -8,7 +8,9 @@ the file as Pillow would:
 
 * 8-bit baseline or progressive JPEG in YCbCr or greyscale (Pillow mode RGB or L); CMYK,
   YCCK and anything else stays on the CPU path;
-* within the pixel limit (else the CPU path refuses it with its own message);
+* within the pixel limit (else the CPU path refuses it with its own message) and at most
+  4096x4096 pixels (larger ones decode on the CPU at a reduced scale, which bounds the
+  device memory a batch can take);
 * EXIF orientation applied as ``ImageOps.exif_transpose`` does;
 * a model preprocessing the device can reproduce (:func:`supports`): stretch or pad to a
   square, bilinear, bicubic or nearest resizing.
@@ -34,6 +36,10 @@ if TYPE_CHECKING:
     import torch
 
 EXIF_ORIENTATION = 0x0112
+# Larger JPEGs decode on the CPU, drafted at a reduced DCT scale: the device decodes at full
+# size, and a batch of 64 such images already takes 3.2 GB of device memory at this bound
+# (SAGASHI_MAX_IMAGE_PIXELS allows 179M pixels: 34 GB for a batch).
+DEVICE_MAX_PIXELS = 4096 * 4096
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DEVICE_MODES = ("nearest", "bilinear", "bicubic")
 
@@ -68,7 +74,7 @@ def for_device(data: bytes, max_pixels: int) -> JpegHeader | None:
             if image.format != "JPEG" or image.mode not in ("RGB", "L"):
                 return None
             width, height = image.size
-            if width < 1 or height < 1 or width * height > max_pixels:
+            if width < 1 or height < 1 or width * height > min(max_pixels, DEVICE_MAX_PIXELS):
                 return None
             orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # any header problem: the CPU path says what it is
