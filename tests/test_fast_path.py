@@ -397,6 +397,8 @@ def test_only_jpegs_the_device_takes_as_pillow_are_handed_over(tmp_path: Path) -
     huge = tmp_path / "huge.jpg"  # 4100x4100: a batch of them would fill a GPU
     PILImage.new("RGB", (4100, 4100), (9, 9, 9)).save(huge, "JPEG")
     assert for_device(huge.read_bytes(), 10**9) is None
+    heavy = grey.read_bytes() + b"\0" * (8 << 20)  # trailing bytes: still a valid JPEG
+    assert for_device(grey.read_bytes(), 10**8) is not None and for_device(heavy, 10**8) is None
 
 
 def test_an_index_with_device_jpegs_matches_the_cpu_decode(

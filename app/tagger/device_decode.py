@@ -40,6 +40,9 @@ EXIF_ORIENTATION = 0x0112
 # size, and a batch of 64 such images already takes 3.2 GB of device memory at this bound
 # (SAGASHI_MAX_IMAGE_PIXELS allows 179M pixels: 34 GB for a batch).
 DEVICE_MAX_PIXELS = 4096 * 4096
+# A JPEG waits as bytes until its batch is staged (up to two batches ahead): larger files are
+# decoded by the readers, which keep only the model-size pixels.
+DEVICE_MAX_BYTES = 8 << 20
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DEVICE_MODES = ("nearest", "bilinear", "bicubic")
 
@@ -67,7 +70,7 @@ def supports(preprocess: ImagePreprocess) -> bool:
 def for_device(data: bytes, max_pixels: int) -> JpegHeader | None:
     """The file as a :class:`Jpeg` when the device decoder takes it as Pillow would, else
     None (the CPU path decodes it, and reports any problem in its words)."""
-    if not data.startswith(_JPEG_MAGIC):
+    if not data.startswith(_JPEG_MAGIC) or len(data) > DEVICE_MAX_BYTES:
         return None
     try:
         with Image.open(io.BytesIO(data)) as image:  # the header only: nothing decoded
