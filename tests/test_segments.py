@@ -409,3 +409,28 @@ def test_segments_equal_sql_and_brute_force_opened_with_a_delta_and_merged(
     checked += _three_ways(engine, merged, catalog, data, rng, 400)
     assert checked >= 1000
     engine.dispose()
+
+
+def test_a_set_streamed_from_the_database_equals_one_written_from_memory(
+    indexed: tuple[Engine, int, Catalog], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.search.segment_build import build_from_database
+
+    monkeypatch.setattr(posting_module, "PREBUILD_MIN", 10)  # prebuilt bitmaps here too
+    engine, generation, catalog = indexed
+    streamed, in_memory = (
+        store_for(tmp_path / "a", generation),
+        store_for(tmp_path / "b", generation),
+    )
+    with session_factory(engine)() as session:
+        _low, seq = posting_module.latest_change(session)
+        build_from_database(streamed, session, seq)
+        in_memory.write(posting_module.PostingEngine.load(session, generation).segments[0], seq)
+    manifests = []
+    for root in (tmp_path / "a", tmp_path / "b"):
+        folder = store_for(root, generation).folder / current_set(root, generation)
+        manifests.append(json.loads((folder / MANIFEST).read_text()))
+    assert manifests[0]["files"] == manifests[1]["files"]  # every file, byte for byte
+    assert manifests[0]["images"] == manifests[1]["images"] == 150
+    assert manifests[0]["files"]["prebuilt.npy"]["bytes"] > 1000
+    assert assert_equals_sql(engine, opened(engine, generation, tmp_path / "a"), catalog, 3) > 100

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -212,6 +212,9 @@ def in_ranges(values: np.ndarray, ranges: Iterable[Any]) -> np.ndarray:
 SCANNED = (PAttr, PFormat, PPath, PTagCount)
 # Tags with at least this many stored scores get a prebuilt default-threshold bitmap.
 PREBUILD_MIN = 2_000
+# At the card's thresholds: with other SAGASHI_THRESHOLD_* settings, default-threshold terms
+# are computed on demand instead of found prebuilt (slower, never wrong).
+PREBUILD_THRESHOLDS = {GROUPS.index(group): t for group, t in CARD.thresholds().items()}
 
 
 @dataclass
@@ -418,11 +421,7 @@ class Segment:
     ) -> Segment:
         """The whole generation, or (``image_ids``) the current state of those images."""
         if image_ids is None:
-            live = BitMap(
-                session.scalars(
-                    select(Embedding.image_id).where(Embedding.generation_id == generation_id)
-                ).all()
-            )
+            live = generation_images(session, generation_id)
             postings = _read_postings(session, generation_id, None)
         else:
             live = BitMap()
@@ -439,10 +438,37 @@ class Segment:
         attributes = _attributes(session, live)
         live &= bitmap_of(attributes.ids, presorted=True)
         segment = cls(live, postings, attributes, tag_groups)
-        # At the card's thresholds: with other SAGASHI_THRESHOLD_* settings, default-threshold
-        # terms are computed on demand instead of found prebuilt (slower, never wrong).
-        segment.prebuild({GROUPS.index(g): t for g, t in CARD.thresholds().items()})
+        segment.prebuild(PREBUILD_THRESHOLDS)
         return segment
+
+
+def generation_images(session: Session, generation_id: int) -> BitMap:
+    """The ids of the images the generation holds (those with an embedding)."""
+    return BitMap(
+        session.scalars(
+            select(Embedding.image_id).where(Embedding.generation_id == generation_id)
+        ).all()
+    )
+
+
+def generation_attributes(session: Session, live: BitMap) -> tuple[BitMap, Attributes]:
+    """The live images' attributes, and ``live`` less any image without a live row."""
+    attributes = _attributes(session, live)
+    return live & bitmap_of(attributes.ids, presorted=True), attributes
+
+
+def generation_postings(session: Session, generation_id: int) -> Iterator[tuple[int, Postings]]:
+    """The generation's postings tag by tag (:func:`tag_postings`), read in the key's order."""
+    statement = select(ImageTag.tag_id, ImageTag.score, ImageTag.image_id).where(
+        ImageTag.generation_id == generation_id
+    )
+    key = (ImageTag.tag_id, ImageTag.score, ImageTag.image_id)
+    return tag_postings(_raw_blocks(session, statement.order_by(*key)))
+
+
+def posting_count(session: Session, generation_id: int) -> int:
+    statement = select(func.count()).where(ImageTag.generation_id == generation_id)
+    return int(session.scalar(statement) or 0)
 
 
 def _read_postings(
@@ -456,8 +482,7 @@ def _read_postings(
         ImageTag.generation_id == generation_id
     )
     if image_ids is None:
-        key = (ImageTag.tag_id, ImageTag.score, ImageTag.image_id)
-        return _grouped(_raw_blocks(session, base.order_by(*key)))
+        return dict(generation_postings(session, generation_id))
     # No ORDER BY here: asked for the key's order, SQLite walked the whole key (60M rows at
     # 1M images) for each chunk of 500 images instead of their index; they are sorted below.
     statements = [base.where(ImageTag.image_id.in_(c)) for c in chunks(image_ids, ID_CHUNK)]
@@ -488,11 +513,16 @@ def _raw_blocks(session: Session, statement: Any) -> Iterable[np.ndarray]:
 
 
 def _grouped(blocks: Iterable[np.ndarray]) -> dict[int, Postings]:
-    """Postings by tag from (tag, score, image) blocks in ascending key order, grouped as the
-    blocks arrive: a block's tags are final once the next one starts, so the load holds the
-    final arrays and one block, never the whole result as rows (at 1M images, that peaked at
-    4.5 GB for 0.48 GB of arrays)."""
-    grouped: dict[int, Postings] = {}
+    """Postings by tag from (tag, score, image) blocks in ascending key order (see
+    :func:`tag_postings`)."""
+    return dict(tag_postings(blocks))
+
+
+def tag_postings(blocks: Iterable[np.ndarray]) -> Iterator[tuple[int, Postings]]:
+    """Each tag's postings, in ascending tag order, from (tag, score, image) blocks in
+    ascending key order, grouped as the blocks arrive: a block's tags are final once the next
+    one starts, so a caller holds one tag's postings and one block, never the whole result
+    as rows (at 1M images, that peaked at 4.5 GB for 0.48 GB of arrays)."""
     open_tag, pieces = -1, list[tuple[np.ndarray, np.ndarray]]()
     for block in blocks:
         tags = block[:, 0].astype(np.int64)
@@ -502,13 +532,12 @@ def _grouped(blocks: Iterable[np.ndarray]) -> dict[int, Postings]:
         for start, end in zip([0, *bounds], [*bounds, len(tags)], strict=True):
             tag = int(tags[start])
             if tag != open_tag and pieces:
-                grouped[open_tag] = _joined(pieces)
+                yield open_tag, _joined(pieces)
                 pieces = []
             open_tag = tag
             pieces.append((ids[start:end], neg[start:end]))
     if pieces:
-        grouped[open_tag] = _joined(pieces)
-    return grouped
+        yield open_tag, _joined(pieces)
 
 
 def _joined(pieces: list[tuple[np.ndarray, np.ndarray]]) -> Postings:

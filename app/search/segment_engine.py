@@ -23,7 +23,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.search.memory_engine import PostingBacked
-from app.search.postings import PostingEngine, tag_groups
+from app.search.postings import PostingEngine, latest_change, tag_groups
+from app.search.segment_build import build_from_database
 from app.search.segment_files import SegmentError, SegmentStore
 from app.search.segment_merge import Merger
 
@@ -112,13 +113,14 @@ def _rebuilt_locked(session: Session, store: SegmentStore) -> PostingEngine:
 
 
 def _rebuild(session: Session, store: SegmentStore) -> tuple[PostingEngine, bool]:
-    """Read the generation from the database and write it as the current set (the caller
-    holds the writer lock). A set that cannot be written is logged; the read engine serves."""
-    engine = PostingEngine.load(session, store.generation_id)
+    """Write the generation's set from the database, tag by tag, as the current set (the
+    caller holds the writer lock), and open it. A set that cannot be written is logged; the
+    generation is then read into memory and served from there."""
+    _low, seq = latest_change(session)
     try:
-        store.write(engine.segments[0], engine.seq)
+        build_from_database(store, session, seq)
     except OSError as exc:
         log.error("cannot write the segment set of generation %d: %s", store.generation_id, exc)
-        return engine, False
+        return PostingEngine.load(session, store.generation_id), False
     segment, info = store.read(tag_groups(session))
     return PostingEngine(store.generation_id, info.seq, [segment]), True

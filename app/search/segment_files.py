@@ -158,18 +158,24 @@ class SegmentStore:
     def write(self, segment: Segment, seq: int) -> SetInfo:
         """Write ``segment`` (covering changes up to ``seq``) as the new current set. The
         caller holds :meth:`writer_lock`. On failure the current set is left as it was."""
+        return self.publish(seq, lambda staging: _write_segment(staging, segment))
+
+    def publish(self, seq: int, fill: Callable[[Path], Written]) -> SetInfo:
+        """Make a set as ``fill`` writes it into a staging folder (its ``.npy`` files, each
+        synced) and make it the current one, atomically (see :meth:`write`)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"set-{seq:012d}-{uuid.uuid4().hex[:8]}"
         staging = self.folder / f".tmp-{name}"
         try:
-            files = _write_arrays(staging, segment)
+            staging.mkdir(parents=True)
+            written = fill(staging)
             manifest = {
                 "format": FORMAT,
                 "generation_id": self.generation_id,
                 "seq": seq,
-                "images": len(segment.live),
-                "format_names": segment.attributes.format_names,
-                "files": files,
+                "images": written.images,
+                "format_names": written.format_names,
+                "files": {path.name: _file_entry(path) for path in sorted(staging.iterdir())},
             }
             _write_synced(staging / MANIFEST, json.dumps(manifest).encode())
             os.rename(staging, self.folder / name)
@@ -182,7 +188,7 @@ class SegmentStore:
             shutil.rmtree(self.folder / name, ignore_errors=True)
             raise
         self._remove_others(name)
-        images = plural(len(segment.live), "image")
+        images = plural(written.images, "image")
         log.info("wrote segment set %s: %s up to change %d", name, images, seq)
         return _info(name, manifest)
 
@@ -243,17 +249,26 @@ def _arrays(segment: Segment) -> dict[str, np.ndarray]:
     np.cumsum(lengths, out=offsets[1:])
     posting_ids = [segment.postings[int(t)].ids for t in tag_ids]
     posting_neg = [segment.postings[int(t)].neg_scores for t in tag_ids]
-    attributes = segment.attributes
-    paths = [p.encode("utf-8", "surrogateescape") for p in attributes.paths]
-    path_offsets = np.zeros(len(paths) + 1, dtype=np.int64)
-    np.cumsum([len(p) for p in paths], out=path_offsets[1:])
-    groups = sorted(segment.tag_groups.items())
-    arrays: dict[str, np.ndarray] = {
-        "live": np.frombuffer(segment.live.to_array(), dtype=np.uint32),
+    return {
         "tag_ids": tag_ids,
         "tag_offsets": offsets,
         "posting_ids": _joined(posting_ids, np.uint32),
         "posting_neg_scores": _joined(posting_neg, np.float32),
+        **image_arrays(segment.live, segment.attributes, segment.tag_groups),
+        **prebuilt_arrays(segment),
+    }
+
+
+def image_arrays(
+    live: BitMap, attributes: Attributes, tag_groups: dict[int, int]
+) -> dict[str, np.ndarray]:
+    """The arrays of a set besides the postings and the prebuilt bitmaps."""
+    paths = [p.encode("utf-8", "surrogateescape") for p in attributes.paths]
+    path_offsets = np.zeros(len(paths) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in paths], out=path_offsets[1:])
+    groups = sorted(tag_groups.items())
+    arrays: dict[str, np.ndarray] = {
+        "live": np.frombuffer(live.to_array(), dtype=np.uint32),
         "group_tags": np.array([t for t, _ in groups], dtype=np.int64),
         "group_codes": np.array([g for _, g in groups], dtype=np.int64),
         "image_ids": attributes.ids.astype(np.uint32),
@@ -267,11 +282,10 @@ def _arrays(segment: Segment) -> dict[str, np.ndarray]:
     }
     for column in COLUMNS:
         arrays[f"column_{column}"] = attributes.columns[column]
-    arrays.update(_prebuilt_arrays(segment))
     return arrays
 
 
-def _prebuilt_arrays(segment: Segment) -> dict[str, np.ndarray]:
+def prebuilt_arrays(segment: Segment) -> dict[str, np.ndarray]:
     plans = [plan for plan in segment.prebuilt_plans() if plan.hi is None and plan.lo_inclusive]
     blobs = [segment.prebuilt(plan).serialize() for plan in plans]
     offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
@@ -298,17 +312,30 @@ def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
 
 
-def _write_arrays(staging: Path, segment: Segment) -> dict[str, dict[str, int]]:
-    staging.mkdir(parents=True)
-    files: dict[str, dict[str, int]] = {}
+@dataclass(frozen=True)
+class Written:
+    """What a set's manifest says besides its files."""
+
+    images: int
+    format_names: list[str]
+
+
+def _write_segment(staging: Path, segment: Segment) -> Written:
     for name, array in _arrays(segment).items():
-        path = staging / f"{name}.npy"
-        with open(path, "wb") as stream:
-            np.save(stream, np.ascontiguousarray(array), allow_pickle=False)
-            stream.flush()
-            os.fsync(stream.fileno())
-        files[path.name] = {"bytes": path.stat().st_size, "xxh3": _digest(path)}
-    return files
+        save_array(staging / f"{name}.npy", array)
+    return Written(len(segment.live), segment.attributes.format_names)
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """One array of a set, as a synced ``.npy`` file."""
+    with open(path, "wb") as stream:
+        np.save(stream, np.ascontiguousarray(array), allow_pickle=False)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def _file_entry(path: Path) -> dict[str, int]:
+    return {"bytes": path.stat().st_size, "xxh3": _digest(path)}
 
 
 def _segment(folder: Path, manifest: dict[str, Any], tag_groups: dict[int, int]) -> Segment:
