@@ -2,6 +2,7 @@
 
     python -m bench.bench_build_memory --images 1000000 --baseline-code /tmp/base
     python -m bench.bench_build_memory --images 200000 --import --baseline-code /tmp/base
+    python -m bench.bench_build_memory --images 1000000 --segments --baseline-code /tmp/base
 
 Each measurement is a fresh Python process running one checkout's code (this one, and
 first, with ``--baseline-code DIR``, another checkout such as a ``git worktree`` of the
@@ -12,6 +13,8 @@ every 20 ms: what cannot be given back to the page cache).
 - Without ``--import``: ``vectors.rebuild`` of the bench_search database of --images
   synthetic images (imported once), into a scratch folder: what ``sagashi index``,
   ``reindex``, ``import`` and ``faiss rebuild`` run at their end.
+- With ``--segments``: the segment set of that database written into a scratch folder
+  (what ``index``, ``import`` and a server's rebuild write), time and peaks.
 - With ``--import``: the whole of ``sagashi import`` (the importer, the FAISS build of
   ``jobs.refresh_faiss``, then the segment set) into a fresh SQLite file, with peaks after
   the import, after the FAISS build and at the end, and the peak of the importer's
@@ -74,6 +77,20 @@ def child_rebuild(url: str, data_dir: Path) -> dict[str, Any]:
     return {"seconds": seconds, "kind": index.meta.kind, "params": index.meta.params, **peaks.now()}
 
 
+def child_segments(url: str, data_dir: Path) -> dict[str, Any]:
+    """The generation's segment set written from the database, as the end of an index or
+    import run and a server's rebuild write it."""
+    from app.search.segment_engine import write_segments
+    from app.store.db import create_db_engine, session_factory
+
+    peaks = Peaks()
+    engine = create_db_engine(url)
+    started = time.perf_counter()
+    with session_factory(engine)() as session:
+        write_segments(session, data_dir, 1)
+    return {"seconds": time.perf_counter() - started, **peaks.now()}
+
+
 def child_import(url: str, data_dir: Path, source: Path) -> dict[str, Any]:
     from app.search.segment_engine import write_segments
     from app.store import migrate
@@ -132,6 +149,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/sagashi-bench"))
     parser.add_argument("--baseline-code", type=Path, default=None)
     parser.add_argument("--import", dest="whole", action="store_true", help="a whole import")
+    parser.add_argument(
+        "--segments", action="store_true", help="the segment set's write from the database"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
@@ -141,6 +161,8 @@ def main() -> None:
         logging.basicConfig(level=logging.WARNING)
         if args.source is not None:
             found = child_import(args.url, args.data_dir, args.source)
+        elif args.segments:
+            found = child_segments(args.url, args.data_dir)
         else:
             found = child_rebuild(args.url, args.data_dir)
         print(json.dumps(found))
@@ -168,7 +190,7 @@ def main() -> None:
         if args.whole:
             child_args = ["--url", f"sqlite:///{scratch / 'import.db'}", "--source", str(source)]
         else:
-            child_args = ["--url", url]
+            child_args = ["--url", url, *(["--segments"] if args.segments else [])]
         found = measure(code, [*child_args, "--data-dir", str(scratch / "data")])
         log.info("%s: %s", label, json.dumps(found))
         shutil.rmtree(scratch, ignore_errors=True)
