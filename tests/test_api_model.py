@@ -103,3 +103,28 @@ def test_startup_loading_holds_readiness(tmp_path: Path, tiny_pixai_dir: Path) -
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "failed"
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_users_rules_file_applies_to_api_tag_and_evaluate(
+    tmp_path: Path, tiny_pixai_dir: Path
+) -> None:
+    body = {**image_body(tmp_path), "parameters": {"threshold_general": 0.0, "top_k": 50}}
+    files = {"file": ("q.png", (tmp_path / "q.png").read_bytes(), "image/png")}
+    form = {"threshold": "0", "limit": "50", "format": "json"}
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "ruled").mkdir()
+    with _client(tmp_path / "plain", tiny_pixai_dir) as client:
+        wait_ready(client)
+        plain = client.post("/api/tag", json=body).json()
+        plain_eval = client.post("/evaluate", files=files, data=form).json()[0]["tags"]
+    general = [t for t in plain if t["group"] == "general"]
+    best, second, third = (t["tag"] for t in general[:3])  # by score
+    rules = tmp_path / "rules.txt"
+    rules.write_text(f"{second} | {best} {third}\n")
+    with _client(tmp_path / "ruled", tiny_pixai_dir, exclusion_file=rules) as client:
+        wait_ready(client)
+        ruled = [t["tag"] for t in client.post("/api/tag", json=body).json()]
+        ruled_eval = client.post("/evaluate", files=files, data=form).json()[0]["tags"]
+    assert best in ruled and third in ruled and second not in ruled
+    assert len(ruled) == len(plain) - 1
+    assert second in plain_eval and second not in ruled_eval and best in ruled_eval
