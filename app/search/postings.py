@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 from pyroaring import BitMap
@@ -121,6 +121,37 @@ def _f32_floor(value: float) -> np.float32:
     """The largest float32 at or below ``value``."""
     near = np.float32(value)
     return np.nextafter(near, np.float32(-np.inf)) if float(near) > value else near
+
+
+class PathTable(Sequence[str]):
+    """Image paths as one UTF-8 blob and its offsets, decoded one at a time on demand."""
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray) -> None:
+        self._blob = blob
+        self._offsets = offsets
+
+    @property
+    def blob(self) -> np.ndarray:
+        return self._blob
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self._offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        start, end = int(self._offsets[index]), int(self._offsets[index + 1])
+        return bytes(self._blob[start:end]).decode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True)
@@ -562,6 +593,9 @@ def _joined(pieces: list[tuple[np.ndarray, np.ndarray]]) -> Postings:
 
 
 def _attributes(session: Session, live: BitMap) -> Attributes:
+    """The live images' attributes, read a block of rows at a time into growing arrays: no
+    Python object per image outlives its block (at 1M images the rows alone were most of a
+    segment build's memory), and the paths end as one UTF-8 blob (:class:`PathTable`)."""
     columns = (
         Image.id,
         Image.width,
@@ -573,44 +607,89 @@ def _attributes(session: Session, live: BitMap) -> Attributes:
         Image.indexed_at,
         Image.md5,
     )
-    rows: list[Any] = []
     live_rows = select(*columns).where(Image.deleted_at.is_(None)).order_by(Image.id)
     if len(live) > MIN_DELTA_LIMIT:
-        statement = live_rows.where(Image.id >= live.min(), Image.id <= live.max())
-        rows = [row for row in session.execute(statement) if row[0] in live]
+        statements = [live_rows.where(Image.id >= live.min(), Image.id <= live.max())]
     else:
-        for chunk in chunks(list(live), ID_CHUNK):
-            rows.extend(session.execute(live_rows.where(Image.id.in_(chunk))).all())
-    ids = np.array([r[0] for r in rows], dtype=np.uint32)
-    width = np.array([r[1] for r in rows], dtype=np.int64)
-    height = np.array([r[2] for r in rows], dtype=np.int64)
-    digests = np.array([str(r[4]).encode("ascii") for r in rows], dtype="S64")
-    by_digest = np.argsort(digests, kind="stable")
-    md5s = np.array([str(r[8] or "").encode("ascii") for r in rows], dtype="S32")
-    by_md5 = np.argsort(md5s, kind="stable")
-    format_names = sorted({str(r[5]) for r in rows})
-    code_of = {name: code for code, name in enumerate(format_names)}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = width.astype(np.float64) / np.where(height == 0, np.nan, height)
-    return Attributes(
-        ids=ids,
-        columns={
-            "id": ids.astype(np.int64),
-            "width": width,
-            "height": height,
-            "size_bytes": np.array([r[3] for r in rows], dtype=np.int64),
-            "mpixels": width.astype(np.float64) * height / 1_000_000.0,
-            "ratio": ratio,
-            "indexed_us": np.array([micros(r[7]) for r in rows], dtype=np.int64),
-        },
-        sha_keys=digests[by_digest],
-        sha_ids=ids[by_digest],
-        md5_keys=md5s[by_md5],
-        md5_ids=ids[by_md5],
-        format_codes=np.array([code_of[str(r[5])] for r in rows], dtype=np.uint16),
-        format_names=format_names,
-        paths=[r[6] for r in rows],
-    )
+        statements = [live_rows.where(Image.id.in_(c)) for c in chunks(list(live), ID_CHUNK)]
+    built = _AttributeBlocks()
+    for statement in statements:
+        result = session.execute(statement.execution_options(yield_per=ATTRIBUTE_BLOCK))
+        for partition in result.partitions():
+            built.add([row for row in partition if row[0] in live])
+    return built.finish()
+
+
+ATTRIBUTE_BLOCK = 20_000
+
+
+class _AttributeBlocks:
+    """Blocks of (id, width, height, size, sha256, format, path, indexed_at, md5) rows in id
+    order, kept as arrays."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {}
+        self.paths = bytearray()
+        self.path_ends: list[np.ndarray] = []
+        self.format_code: dict[str, int] = {}  # first seen: renumbered by name at the end
+
+    def _append(self, name: str, values: np.ndarray) -> None:
+        self.parts.setdefault(name, []).append(values)
+
+    def add(self, rows: list[Any]) -> None:
+        if not rows:
+            return
+        self._append("ids", np.array([r[0] for r in rows], dtype=np.uint32))
+        self._append("width", np.array([r[1] for r in rows], dtype=np.int64))
+        self._append("height", np.array([r[2] for r in rows], dtype=np.int64))
+        self._append("size_bytes", np.array([r[3] for r in rows], dtype=np.int64))
+        self._append("sha", np.array([str(r[4]).encode("ascii") for r in rows], dtype="S64"))
+        self._append("md5", np.array([str(r[8] or "").encode("ascii") for r in rows], dtype="S32"))
+        codes = [self.format_code.setdefault(str(r[5]), len(self.format_code)) for r in rows]
+        self._append("format", np.array(codes, dtype=np.uint16))
+        self._append("indexed_us", np.array([micros(r[7]) for r in rows], dtype=np.int64))
+        ends = []
+        for row in rows:
+            self.paths += str(row[6]).encode("utf-8", "surrogateescape")
+            ends.append(len(self.paths))
+        self.path_ends.append(np.array(ends, dtype=np.int64))
+
+    def _joined(self, name: str, dtype: Any) -> np.ndarray:
+        parts = self.parts.get(name)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    def finish(self) -> Attributes:
+        ids = self._joined("ids", np.uint32)
+        width, height = self._joined("width", np.int64), self._joined("height", np.int64)
+        digests, md5s = self._joined("sha", "S64"), self._joined("md5", "S32")
+        by_digest = np.argsort(digests, kind="stable")
+        by_md5 = np.argsort(md5s, kind="stable")
+        format_names = sorted(self.format_code)
+        renumber = np.zeros(max(len(format_names), 1), dtype=np.uint16)
+        for name, first_seen in self.format_code.items():
+            renumber[first_seen] = format_names.index(name)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = width.astype(np.float64) / np.where(height == 0, np.nan, height)
+        offsets = np.concatenate([np.zeros(1, dtype=np.int64), *self.path_ends])
+        return Attributes(
+            ids=ids,
+            columns={
+                "id": ids.astype(np.int64),
+                "width": width,
+                "height": height,
+                "size_bytes": self._joined("size_bytes", np.int64),
+                "mpixels": width.astype(np.float64) * height / 1_000_000.0,
+                "ratio": ratio,
+                "indexed_us": self._joined("indexed_us", np.int64),
+            },
+            sha_keys=digests[by_digest],
+            sha_ids=ids[by_digest],
+            md5_keys=md5s[by_md5],
+            md5_ids=ids[by_md5],
+            format_codes=renumber[self._joined("format", np.uint16)],
+            format_names=format_names,
+            paths=PathTable(np.frombuffer(bytes(self.paths), dtype=np.uint8), offsets),
+        )
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -24,10 +24,10 @@ import mmap
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 import xxhash
@@ -35,7 +35,7 @@ from pyroaring import BitMap
 
 from app.search.bitmaps import bitmap_of
 from app.search.plan import PTag
-from app.search.postings import Attributes, Postings, Segment
+from app.search.postings import Attributes, PathTable, Postings, Segment
 from app.text import plural
 
 log = logging.getLogger(__name__)
@@ -57,29 +57,6 @@ class SetInfo:
     generation_id: int
     seq: int
     images: int
-
-
-class PathTable(Sequence[str]):
-    """Image paths as one UTF-8 blob and its offsets, decoded one at a time on demand."""
-
-    def __init__(self, blob: np.ndarray, offsets: np.ndarray) -> None:
-        self._blob = blob
-        self._offsets = offsets
-
-    def __len__(self) -> int:
-        return len(self._offsets) - 1
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[str]: ...
-
-    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        start, end = int(self._offsets[index]), int(self._offsets[index + 1])
-        return bytes(self._blob[start:end]).decode("utf-8", "surrogateescape")
 
 
 class PrebuiltBitmaps(dict[PTag, BitMap]):
@@ -263,9 +240,14 @@ def image_arrays(
     live: BitMap, attributes: Attributes, tag_groups: dict[int, int]
 ) -> dict[str, np.ndarray]:
     """The arrays of a set besides the postings and the prebuilt bitmaps."""
-    paths = [p.encode("utf-8", "surrogateescape") for p in attributes.paths]
-    path_offsets = np.zeros(len(paths) + 1, dtype=np.int64)
-    np.cumsum([len(p) for p in paths], out=path_offsets[1:])
+    paths = attributes.paths
+    if isinstance(paths, PathTable):
+        blob, path_offsets = paths.blob, paths.offsets.astype(np.int64)
+    else:
+        encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
+        path_offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(p) for p in encoded], out=path_offsets[1:])
+        blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
     groups = sorted(tag_groups.items())
     arrays: dict[str, np.ndarray] = {
         "live": np.frombuffer(live.to_array(), dtype=np.uint32),
@@ -278,7 +260,7 @@ def image_arrays(
         "md5_ids": attributes.md5_ids.astype(np.uint32),
         "format_codes": attributes.format_codes.astype(np.uint16),
         "path_offsets": path_offsets,
-        "paths": np.frombuffer(b"".join(paths), dtype=np.uint8),
+        "paths": blob,
     }
     for column in COLUMNS:
         arrays[f"column_{column}"] = attributes.columns[column]
