@@ -409,6 +409,18 @@ def index(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     as_json: SummaryJsonOption = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Tag on Ray: 'local' (a Ray for this run), 'auto' (RAY_ADDRESS or the "
+            "cluster on this node) or a cluster address; needs pip install 'sagashi[ray]'.",
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int, typer.Option(min=0, help="With --ray: tagger actors (0: one per GPU, else CPUs/4).")
+    ] = 0,
 ) -> None:
     """Index images: tag new and changed files, follow moves, mark deletions.
 
@@ -417,8 +429,34 @@ def index(
     files could not be indexed (the summary lists why).
     """
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
-    summary = _index(settings, paths, as_json)
+    if ray is not None:
+        summary = _index_on_ray(settings, paths, as_json, ray, ray_actors)
+    else:
+        summary = _index(settings, paths, as_json)
     raise typer.Exit(1 if summary.failed else 0)
+
+
+def _index_on_ray(
+    settings: Settings, paths: list[Path], as_json: bool, address: str, actors: int
+) -> IndexSummary:
+    from indexer import ray_tagging
+
+    try:
+        options = ray_tagging.ray_options(settings, address, actors)
+        ray_tagging.require_ray()
+    except ray_tagging.RayUnavailable as exc:
+        fail(str(exc))
+    engine = open_store(settings, create=True)
+    tagger = load_tagger(settings)
+    try:
+        ray_tagging.start(options)
+    except ray_tagging.RayUnavailable as exc:
+        fail(str(exc))
+    with writer_guard():
+        try:
+            return ray_tagging.index_paths(engine, settings, tagger, paths, as_json, options)
+        except jobs.JobStopped as exc:
+            fail(str(exc))
 
 
 def _index(settings: Settings, paths: list[Path], as_json: bool) -> IndexSummary:

@@ -12,6 +12,11 @@ Formats, chosen by extension:
   ``tag`` (list of strings), ``score`` (list of floats) and ``embedding`` (list or
   fixed-size list of floats).
 
+Both formats may also give ``size`` and ``mtime_ns`` (the file's size in bytes and
+modification time in nanoseconds when it was tagged) and ``format`` (``png``, ``jpeg``, ...,
+else taken from the extension): with them a later ``sagashi index`` of the same, unchanged
+files skips them instead of reading them again (``sagashi index --ray`` writes them).
+
 Each row gets the tagger path's validation: scores finite and within [0, 1], the embedding
 of the generation's dimension, finite and non-zero (stored L2-normalised), tag names
 normalised through the alias table, a unique path. A bad row is reported with its line and
@@ -61,6 +66,10 @@ MD5 = re.compile(r"^[0-9a-f]{32}$")
 MAX_SIDE = 1_000_000
 # Below this size a file is read in this process: starting a child costs about a second.
 CHILD_READER_MIN_BYTES = 8 << 20
+
+
+# The per-file columns of a Parquet input (tags, scores and embeddings apart).
+FILE_COLUMNS = ("path", "sha256", "md5", "width", "height", "size", "mtime_ns", "format")
 
 
 class ImportError_(Exception):
@@ -177,14 +186,14 @@ def _parquet_rows(path: Path) -> Iterator[Row]:
         names = set(batch.schema.names)
         columns = {
             k: batch.column(k).to_pylist() if k in names else [None] * count
-            for k in ("path", "sha256", "md5", "width", "height", "tag", "score")
+            for k in (*FILE_COLUMNS, "tag", "score")
         }
         vectors = _embedding_column(path, batch.column("embedding")) if "embedding" in names else []
         for i in range(count):
             number += 1
             tags, scores = columns["tag"][i], columns["score"][i]
             raw: dict[str, Any] = {
-                k: columns[k][i] for k in ("path", "sha256", "md5", "width", "height") if k in names
+                k: columns[k][i] for k in FILE_COLUMNS if k in names and columns[k][i] is not None
             }
             if tags is not None and scores is not None:
                 if len(tags) != len(scores):
@@ -248,15 +257,15 @@ def validate(row: Row, dim: int | None, options: ImportOptions, known: set[str])
     embedding = row.embedding if row.embedding is not None else _embedding_from(raw)
     embedding = _validate_embedding(embedding, dim)
     assert isinstance(width, int) and isinstance(height, int)  # checked above
+    size, mtime_ns = raw.get("size", 0), raw.get("mtime_ns", 0)
+    for name, value in (("size", size), ("mtime_ns", mtime_ns)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise RowError(f"'{name}' must be a non-negative integer, got {value!r}")
+    kind = raw.get("format") or os.path.splitext(path)[1]
+    if not isinstance(kind, str):
+        raise RowError(f"'format' must be a string, got {kind!r}")
     facts = repo.FileFacts(
-        path,
-        sha,
-        0,
-        0,
-        width,
-        height,
-        canonical_format(os.path.splitext(path)[1])[:16],
-        md5,
+        path, sha, size, mtime_ns, width, height, canonical_format(kind)[:16], md5
     )
     return Valid(facts, tags, embedding)
 

@@ -1,0 +1,188 @@
+"""``sagashi index --ray``: the tagging on a real local Ray (two CPUs), the scan and change
+detection the local index's own. Results equal a local index of the same files; bad files are
+reported as locally; a missing Ray is one line and exit status 2."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.settings import Settings
+from app.store import migrate
+from app.store.db import create_db_engine
+from app.tagger.factory import open_tagger
+from app.tagger.protocol import Tagger
+from indexer import jobs
+from indexer.pipeline import Indexer, IndexSummary
+from indexer.ray_tagging import INSTALL_HINT, RayIndexer, RayOptions, ray_options
+from tests.index_helpers import make_image, snapshot
+
+ray = pytest.importorskip("ray")
+
+IMAGES = 30
+# Measured: a Ray run and a local run of the tiny model on the CPU (fp32) store the same
+# scores and float16 embeddings to the bit on these files; the bounds leave room for a
+# forward whose batch composition differs (the rows around a bad file).
+SCORE_TOLERANCE = 1e-5
+VECTOR_TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def collection(root: Path) -> Path:
+    for i in range(IMAGES):
+        make_image(root / f"{i // 10}" / f"{i:03d}.png", seed=i)
+    (root / "0" / "not-an-image.png").write_bytes(b"this is not a picture")
+    whole = make_image(root / "1" / "whole.png", seed=999).read_bytes()
+    (root / "1" / "whole.png").unlink()
+    (root / "1" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    return root
+
+
+def settings_for(url: str, data_dir: Path, model_dir: Path) -> Settings:
+    return Settings(
+        database_url=url,
+        data_dir=data_dir,
+        model_dir=model_dir,
+        batch_size=8,
+        device="cpu",
+        search_engine="memory",
+    )
+
+
+def index_locally(settings: Settings, tagger: Tagger, root: Path) -> IndexSummary:
+    engine = create_db_engine(settings.database_url or "")
+    try:
+        return Indexer(engine, tagger, jobs.index_options(settings)).run([root])
+    finally:
+        engine.dispose()
+
+
+def index_on_ray(settings: Settings, tagger: Tagger, root: Path) -> IndexSummary:
+    engine = create_db_engine(settings.database_url or "")
+    options = ray_options(settings, "auto", actors=1)
+    try:
+        indexer = RayIndexer(
+            engine, tagger, jobs.index_options(settings), options, settings.data_dir
+        )
+        return indexer.run([root])
+    finally:
+        engine.dispose()
+
+
+def assert_same(got_url: str, want_url: str) -> tuple[float, float]:
+    """The two indexes hold the same files, contents and tags, scores and embeddings
+    within the tolerances; returns the largest differences seen."""
+    engines = [create_db_engine(got_url), create_db_engine(want_url)]
+    try:
+        got, want = (snapshot(engine) for engine in engines)
+    finally:
+        for engine in engines:
+            engine.dispose()
+    assert sorted(got) == sorted(want)
+    worst_score = worst_vector = 0.0
+    for path, state in got.items():
+        expected = want[path]
+        assert (state["sha256"], state["size"]) == (expected["sha256"], expected["size"]), path
+        tags, want_tags = state["tags"], expected["tags"]
+        assert isinstance(tags, dict) and isinstance(want_tags, dict)
+        assert sorted(tags) == sorted(want_tags), path
+        for name, score in tags.items():
+            worst_score = max(worst_score, abs(score - want_tags[name]))
+        vector = np.frombuffer(state["vector"], dtype="<f2").astype(np.float32)  # type: ignore[arg-type]
+        want_vector = np.frombuffer(expected["vector"], dtype="<f2").astype(np.float32)  # type: ignore[arg-type]
+        worst_vector = max(worst_vector, float(np.abs(vector - want_vector).max()))
+    assert worst_score <= SCORE_TOLERANCE
+    assert worst_vector <= VECTOR_TOLERANCE
+    return worst_score, worst_vector
+
+
+def failures(summary: IndexSummary) -> list[tuple[str, str, str]]:
+    return sorted((p.path, p.code, p.message) for p in summary.failures)
+
+
+def test_ray_index_equals_a_local_index_through_changes(
+    local_ray: None, db_url: str, tmp_path: Path, tiny_pixai_dir: Path
+) -> None:
+    root = collection(tmp_path / "art")
+    local_url = f"sqlite:///{tmp_path / 'local.db'}"
+    migrate.upgrade(local_url)
+    migrate.upgrade(db_url)
+    local = settings_for(local_url, tmp_path / "local-data", tiny_pixai_dir)
+    on_ray = settings_for(db_url, tmp_path / "ray-data", tiny_pixai_dir)
+    tagger = open_tagger(tiny_pixai_dir, "cpu", 1)
+
+    want = index_locally(local, tagger, root)
+    got = index_on_ray(on_ray, tagger, root)
+    assert got.as_dict() == want.as_dict()
+    assert got.new == IMAGES and got.failed == 2
+    assert failures(got) == failures(want)  # per file, with the local run's reasons
+    assert_same(db_url, local_url)
+    assert not (tmp_path / "ray-data" / "ray-shards").exists() or not any(
+        (tmp_path / "ray-data" / "ray-shards").rglob("*.parquet")
+    ), "the shards go once imported"
+
+    # Moved, modified, deleted, replaced by a moved file, and a copy: decided as locally
+    # (a move keeps its tags and is not tagged again).
+    shutil.move(root / "0" / "001.png", root / "2" / "moved.png")
+    make_image(root / "0" / "002.png", seed=1000)
+    (root / "1" / "011.png").unlink()
+    shutil.move(root / "1" / "012.png", root / "1" / "013.png")
+    shutil.copy(root / "2" / "020.png", root / "2" / "copy.png")
+    (root / "0" / "not-an-image.png").unlink()
+    want = index_locally(local, tagger, root)
+    got = index_on_ray(on_ray, tagger, root)
+    assert got.as_dict() == want.as_dict()
+    assert (got.moved, got.modified, got.deleted) == (2, 1, 1)
+    assert failures(got) == failures(want)
+    assert_same(db_url, local_url)
+
+    # Nothing changed: nothing read, nothing sent to Ray.
+    again = index_on_ray(on_ray, tagger, root)
+    assert again.as_dict() == index_locally(local, tagger, root).as_dict()
+    assert again.unchanged == IMAGES - 1 and again.new == again.modified == 0  # 2 gone, a copy
+
+
+def test_without_ray_the_option_fails_in_one_line(tmp_path: Path, tiny_pixai_dir: Path) -> None:
+    root = collection(tmp_path / "art")
+    env = {
+        **os.environ,
+        "SAGASHI_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "SAGASHI_DATA_DIR": str(tmp_path / "data"),
+        "SAGASHI_MODEL_DIR": str(tiny_pixai_dir),
+    }
+    program = (
+        "import sys; sys.modules['ray'] = None; from indexer.cli import main; "
+        f"sys.argv = ['sagashi', 'index', {str(root)!r}, '--ray', 'local']; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"sagashi: error: {INSTALL_HINT}"
+    assert not (tmp_path / "db.sqlite").exists(), "nothing is done before the refusal"
+
+
+def test_options_follow_the_settings(tmp_path: Path, tiny_pixai_dir: Path) -> None:
+    settings = settings_for("sqlite://", tmp_path, tiny_pixai_dir)
+    options = ray_options(settings, "ray://head:10001", actors=3)
+    assert options == RayOptions(
+        "ray://head:10001",
+        tiny_pixai_dir.resolve(),
+        "cpu",
+        settings.torch_threads,
+        3,
+        forward=options.forward,
+    )
