@@ -145,7 +145,6 @@ SLOW_TESTS = frozenset(
         "test_paging_walk.py::test_walking_presorted_images_pages_like_sorting",
         "test_pixel_bombs.py::test_bombs_over_the_upload_limit_are_refused_from_the_header",
         "test_ray_index.py::test_ray_index_equals_a_local_index_through_changes",
-        "test_ray_index.py::test_ray_index_equals_a_local_index_through_changes",
         "test_reindex.py::test_a_finished_reindex_records_every_image_done",
         "test_reindex_live.py::test_search_answers_throughout_a_reindex_and_its_swap",
         "test_reliability.py::test_generated_queries_never_cause_a_server_error",
