@@ -648,11 +648,10 @@ class _AttributeBlocks:
         codes = [self.format_code.setdefault(str(r[5]), len(self.format_code)) for r in rows]
         self._append("format", np.array(codes, dtype=np.uint16))
         self._append("indexed_us", np.array([micros(r[7]) for r in rows], dtype=np.int64))
-        ends = []
-        for row in rows:
-            self.paths += str(row[6]).encode("utf-8", "surrogateescape")
-            ends.append(len(self.paths))
-        self.path_ends.append(np.array(ends, dtype=np.int64))
+        encoded = [str(r[6]).encode("utf-8", "surrogateescape") for r in rows]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        self.path_ends.append(len(self.paths) + np.cumsum(lengths))
+        self.paths += b"".join(encoded)
 
     def _joined(self, name: str, dtype: Any) -> np.ndarray:
         parts = self.parts.get(name)
