@@ -19,6 +19,8 @@ RUN apt-get update \
 ENV TORCH_INDEX=https://download.pytorch.org/whl/cu128 EXTRAS=postgres
 
 FROM base-${VARIANT} AS final
+# More extras after the variant's, e.g. ",ray" for the compose file's Ray services.
+ARG MORE_EXTRAS=""
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/sagashi PATH=/opt/sagashi/bin:$PATH \
     SAGASHI_DATA_DIR=/data SAGASHI_HOST=0.0.0.0
@@ -31,7 +33,7 @@ COPY app ./app
 COPY indexer ./indexer
 COPY migrations ./migrations
 # Editable: Alembic's scripts (migrations/) stay beside the code that finds them.
-RUN pip install --no-cache-dir -e ".[${EXTRAS}]" \
+RUN pip install --no-cache-dir -e ".[${EXTRAS}${MORE_EXTRAS}]" \
  && useradd --system --uid 10001 --home-dir /data sagashi \
  && mkdir -p /data /models \
  && chown sagashi /data /models

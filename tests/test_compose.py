@@ -48,7 +48,11 @@ def compose_config(variables: dict[str, str]) -> dict[str, Any]:
 
 
 def test_services_start_in_order_on_health(resolved: dict[str, Any]) -> None:
-    services = resolved["services"]
+    services = {
+        name: service
+        for name, service in resolved["services"].items()
+        if not service.get("profiles")  # started only when asked for (the Ray profile)
+    }
     assert set(services) == {"postgres", "migrate", "api", "worker"}
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert "pgdata:/var/lib/postgresql/data:rw" in _volumes(services["postgres"])
@@ -105,6 +109,31 @@ def test_the_api_is_published_on_loopback_unless_told_otherwise(
     assert exposed["services"]["api"]["environment"]["SAGASHI_READ_TOKEN"] == token
     for name in ("postgres", "migrate", "worker"):
         assert "ports" not in exposed["services"][name], name
+
+
+def test_the_ray_profile_has_a_head_and_a_gpu_worker_on_the_same_paths(
+    resolved: dict[str, Any],
+) -> None:
+    services = resolved["services"]
+    head, worker = services["ray-head"], services["ray-gpu-worker"]
+    assert head["profiles"] == worker["profiles"] == ["ray"]
+    assert head["build"]["args"] == {"VARIANT": "cuda", "MORE_EXTRAS": ",ray"}
+    assert head["image"] == worker["image"] == "sagashi:cuda-ray"
+    assert head["entrypoint"] == worker["entrypoint"] == ["ray"]
+    assert head["command"][:2] == ["start", "--head"] and "--port=6379" in head["command"]
+    assert worker["command"][:2] == ["start", "--address=ray-head:6379"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    # The driver runs in the head: the single writer, with the database and the data dir.
+    assert head["environment"]["SAGASHI_DATABASE_URL"].endswith("@postgres:5432/sagashi")
+    assert any(v.startswith("data:/data") for v in _volumes(head))
+    for service in (head, worker):  # Ray's workers read images and the model by path
+        assert "/srv/art:/library:ro" in _volumes(service)
+        assert "models:/models:ro" in _volumes(service)
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert 'pip install --no-cache-dir -e ".[${EXTRAS}${MORE_EXTRAS}]"' in dockerfile
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'^ray = \["ray\[data\]', pyproject, flags=re.M)
 
 
 def test_the_dockerfile_builds_both_variants() -> None:
