@@ -443,7 +443,7 @@ def _index_on_ray(
 
     try:
         options = ray_tagging.ray_options(settings, address, actors)
-        ray_tagging.require_ray()
+        ray_tagging.preflight(options)
     except ray_tagging.RayUnavailable as exc:
         fail(str(exc))
     engine = open_store(settings, create=True)

@@ -394,6 +394,8 @@ def connect(ray: Any, options: RayOptions) -> None:
     if ray.is_initialized():  # the caller's own (tests, a notebook)
         return
     quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if options.address not in ("local", "auto"):
+        probe(options.address)
     try:
         if options.address == "local":
             ray.init(num_cpus=options.local_cpus or None, include_dashboard=False, **quiet)
@@ -402,6 +404,23 @@ def connect(ray: Any, options: RayOptions) -> None:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RayUnavailable(f"cannot reach Ray at '{options.address}': {reason}") from None
+
+
+def probe(address: str, timeout: float = 5.0) -> None:
+    """Refuse an address nothing answers at, in seconds: Ray itself retries for minutes."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailable(
+            f"bad Ray address '{address}': use local, auto, HOST:PORT or ray://HOST:PORT"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise RayUnavailable(f"cannot reach Ray at '{address}': {reason}") from None
 
 
 @dataclass(frozen=True)
@@ -575,6 +594,14 @@ def ray_options(settings: Any, address: str, actors: int) -> RayOptions:
         actors=actors,
         forward=ForwardOptions.from_settings(settings),
     )
+
+
+def preflight(options: RayOptions) -> None:
+    """Ray installed and the address answering, before the database or the model is
+    opened: either fails with a one-line :class:`RayUnavailable`."""
+    require_ray()
+    if options.address not in ("local", "auto"):
+        probe(options.address)
 
 
 def start(options: RayOptions) -> None:

@@ -175,6 +175,35 @@ def test_without_ray_the_option_fails_in_one_line(tmp_path: Path, tiny_pixai_dir
     assert not (tmp_path / "db.sqlite").exists(), "nothing is done before the refusal"
 
 
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.1:1", "cannot reach Ray at '127.0.0.1:1': Connection refused"),
+        ("nowhere", "bad Ray address 'nowhere': use local, auto, HOST:PORT or ray://HOST:PORT"),
+    ],
+)
+def test_an_address_nothing_answers_at_fails_in_one_line(
+    tmp_path: Path, tiny_pixai_dir: Path, address: str, reason: str
+) -> None:
+    env = {
+        **os.environ,
+        "SAGASHI_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "SAGASHI_DATA_DIR": str(tmp_path / "data"),
+        "SAGASHI_MODEL_DIR": str(tiny_pixai_dir),
+    }
+    sagashi = str(Path(sys.executable).with_name("sagashi"))
+    result = subprocess.run(
+        [sagashi, "index", str(tmp_path), "--ray", address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"sagashi: error: {reason}"
+    assert not (tmp_path / "db.sqlite").exists(), "nothing is done before the refusal"
+
+
 def test_options_follow_the_settings(tmp_path: Path, tiny_pixai_dir: Path) -> None:
     settings = settings_for("sqlite://", tmp_path, tiny_pixai_dir)
     options = ray_options(settings, "ray://head:10001", actors=3)
