@@ -162,7 +162,7 @@ class RayIndexer(Indexer):
             session.commit()  # touches and moves: nothing of theirs goes to Ray
             files = collect.files + [(c, None) for c in unread]
             names: dict[int, str] = dict(session.execute(select(Tag.id, Tag.name)).all())  # type: ignore[arg-type]
-        imported = self._tag(files, tag_map, names, counts, progress)
+        imported = self._tag(files, len(collect.files), tag_map, names, counts, progress)
         summary.new, summary.modified = imported.new, imported.updated
         summary.failures.extend(counts.failures)
         summary.failures.extend(  # a row the importer refused (a bug, were it to happen)
@@ -190,28 +190,31 @@ class RayIndexer(Indexer):
     def _tag(
         self,
         files: list[tuple[Found, int | None]],
+        hashed: int,
         tag_map: repo.TagMap,
         names: dict[int, str],
         counts: _Counts,
         progress: Progress | None,
     ) -> ImportSummary:
         """Import the leftover shards' rows that still describe these files, tag the rest on
-        Ray into new shards, importing each as it lands."""
+        Ray into new shards, importing each as it lands. The first ``hashed`` files were
+        read here, and counted in the progress then."""
         wanted = {found.path: found for found, _ in files}
+        counted = {found.path for found, _ in files[:hashed]}  # in the progress already
         leftover, rows = leftover_rows(self.shards, wanted)
         remaining = [found for found, _ in files if found.path not in leftover]
         if leftover:
             log.info("%d files tagged by an earlier run come from %s", len(leftover), self.shards)
 
-        def step(n: int) -> None:
-            counts.done += n
+        def step(paths: list[str]) -> None:
+            counts.done += sum(1 for path in paths if path not in counted)
             if progress:
                 progress(counts.done, counts.total)
 
         def source() -> Iterator[Row]:
             for row in rows:
                 counts.paths.append(row["path"])
-                step(1)
+                step([row["path"]])
                 yield Row(len(counts.paths), row, None)
             if not remaining:
                 return
@@ -219,10 +222,10 @@ class RayIndexer(Indexer):
             for batch in tag_on_ray(self.ray_options, self.options, self.tagger, remaining):
                 shard_rows, failures = writer.write(batch)
                 counts.failures.extend(failures)
-                step(len(failures))
+                step([problem.path for problem in failures])
                 for row in shard_rows:
                     counts.paths.append(row["path"])
-                    step(1)
+                    step([row["path"]])
                     yield Row(len(counts.paths), row, None)
 
         rows_per_commit = max(64, self.options.batch_size * 4)

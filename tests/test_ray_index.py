@@ -71,15 +71,22 @@ def index_locally(settings: Settings, tagger: Tagger, root: Path) -> IndexSummar
 
 
 def index_on_ray(settings: Settings, tagger: Tagger, root: Path) -> IndexSummary:
+    """A Ray run, whose progress must count every file found once: never past the total,
+    and all of them at the end."""
     engine = create_db_engine(settings.database_url or "")
     options = ray_options(settings, "auto", actors=1)
+    seen: list[tuple[int, int]] = []
     try:
         indexer = RayIndexer(
             engine, tagger, jobs.index_options(settings), options, settings.data_dir
         )
-        return indexer.run([root])
+        summary = indexer.run([root], lambda done, total: seen.append((done, total)))
     finally:
         engine.dispose()
+    assert all(done <= total for done, total in seen)
+    found = summary.new + summary.modified + summary.unchanged + summary.moved + summary.failed
+    assert seen[-1] == (found, found)
+    return summary
 
 
 def assert_same(got_url: str, want_url: str) -> tuple[float, float]:
