@@ -144,6 +144,7 @@ SLOW_TESTS = frozenset(
         "test_openapi.py::test_a_generated_client_uploads_files",
         "test_paging_walk.py::test_walking_presorted_images_pages_like_sorting",
         "test_pixel_bombs.py::test_bombs_over_the_upload_limit_are_refused_from_the_header",
+        "test_ray_index.py::test_a_killed_actor_is_restarted_and_the_result_is_exact",
         "test_ray_index.py::test_ray_index_equals_a_local_index_through_changes",
         "test_reindex.py::test_a_finished_reindex_records_every_image_done",
         "test_reindex_live.py::test_search_answers_throughout_a_reindex_and_its_swap",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -160,6 +161,57 @@ def test_ray_index_equals_a_local_index_through_changes(
     again = index_on_ray(on_ray, tagger, root)
     assert again.as_dict() == index_locally(local, tagger, root).as_dict()
     assert again.unchanged == IMAGES - 1 and again.new == again.modified == 0  # 2 gone, a copy
+
+
+def tagger_actor_pids() -> list[int]:
+    """The processes of the tagger actors of this test's own local Ray."""
+    listing = subprocess.run(
+        ["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    return [
+        int(line.split(None, 1)[0])
+        for line in listing.splitlines()
+        if "ray::MapWorker" in line and "TaggerActor" in line
+    ]
+
+
+def test_a_killed_actor_is_restarted_and_the_result_is_exact(
+    local_ray: None, tmp_path: Path, tiny_pixai_dir: Path
+) -> None:
+    import threading
+    import time
+
+    from indexer.ray_tagging import shard_folder
+
+    root = collection(tmp_path / "art")
+    for i in range(IMAGES, 4 * IMAGES):  # long enough to be killed midway
+        make_image(root / "3" / f"{i:03d}.png", seed=i)
+    url = f"sqlite:///{tmp_path / 'ray.db'}"
+    local_url = f"sqlite:///{tmp_path / 'local.db'}"
+    migrate.upgrade(url)
+    migrate.upgrade(local_url)
+    settings = settings_for(url, tmp_path / "data", tiny_pixai_dir)
+    tagger = open_tagger(tiny_pixai_dir, "cpu", 1)
+    folder = shard_folder(settings.data_dir, tagger)
+    outcome: list[IndexSummary] = []
+    run = threading.Thread(target=lambda: outcome.append(index_on_ray(settings, tagger, root)))
+    run.start()
+    killed = []
+    deadline = time.monotonic() + 120
+    while run.is_alive() and not killed and time.monotonic() < deadline:
+        if folder.is_dir() and any(folder.glob("*.parquet")):
+            for pid in tagger_actor_pids():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        time.sleep(0.02)
+    run.join(timeout=300)
+    assert killed, "the actor was killed while the run went on"
+    assert outcome, "the run finished despite the lost actor"
+    summary = outcome[0]
+    assert summary.new == 4 * IMAGES and summary.failed == 2
+    want = index_locally(settings_for(local_url, tmp_path / "l", tiny_pixai_dir), tagger, root)
+    assert failures(summary) == failures(want)
+    assert_same(url, local_url)
 
 
 def test_without_ray_the_option_fails_in_one_line(tmp_path: Path, tiny_pixai_dir: Path) -> None:
