@@ -163,7 +163,7 @@ class Indexer:
             gone = [row.id for rows in missing.values() for row in rows]
             if gone:
                 repo.mark_deleted(session, gone)
-                summary.deleted = len(gone)
+                summary.deleted += len(gone)  # files replaced by moved ones are counted already
             repo.refresh_tag_counts(session, generation.id, self.options.count_thresholds)
             repo.prune_changes(session)
             session.commit()

@@ -173,7 +173,7 @@ class RayIndexer(Indexer):
             gone = [row.id for rows in missing.values() for row in rows]
             if gone:
                 repo.mark_deleted(session, gone)
-                summary.deleted = len(gone)  # as the local run counts them
+                summary.deleted += len(gone)  # as the local run counts them
             repo.refresh_tag_counts(session, generation.id, self.options.count_thresholds)
             repo.prune_changes(session)
             session.commit()

@@ -277,3 +277,18 @@ def test_cli_reports_links_out_of_the_library(
     assert set(snapshot(engine)) == {str(art / "good.png"), str(art / "same.png")}
     assert str(shelf) not in str(snapshot(engine))
     engine.dispose()
+
+
+def test_a_file_replaced_by_a_moved_one_counts_as_deleted_beside_other_deletions(
+    migrated_url: str, tagger: TimmTagger, tmp_path: Path
+) -> None:
+    root = tmp_path / "art"
+    for i in range(3):
+        make_image(root / f"{i}.png", seed=i)
+    indexer(migrated_url, tagger).run([root])
+    os.replace(root / "0.png", root / "1.png")  # 0's content moves onto 1's path
+    (root / "2.png").unlink()
+    after = indexer(migrated_url, tagger).run([root])
+    assert (after.new, after.moved, after.deleted, after.unchanged) == (0, 1, 2, 0)
+    live = snapshot(create_db_engine(migrated_url))
+    assert list(live) == [str(root / "1.png")]
