@@ -132,11 +132,7 @@ class Indexer:
 
     def run(self, roots: Sequence[Path], progress: Progress | None = None) -> IndexSummary:
         summary = IndexSummary()
-        found: list[Found] = []
-        with self.sessions() as session:
-            served = [*library_roots(session), *self.options.media_roots]
-        for item in walk(roots, served):
-            (found if isinstance(item, Found) else summary.failures).append(item)  # type: ignore[arg-type]
+        found = self._scan(roots, summary)
         with self.sessions() as session:
             generation = repo.generation_for_index(session, self.tagger.info)
             tag_map = repo.TagMap.ensure(session, self.tagger.vocab, self.options.aliases)
@@ -160,16 +156,36 @@ class Indexer:
                 batch.flush(model)
                 model.drain()
             session.commit()
-            gone = [row.id for rows in missing.values() for row in rows]
-            if gone:
-                repo.mark_deleted(session, gone)
-                summary.deleted += len(gone)  # files replaced by moved ones are counted already
-            repo.refresh_tag_counts(session, generation.id, self.options.count_thresholds)
-            repo.prune_changes(session)
-            session.commit()
+            self._finish(session, generation.id, missing, summary)
         summary.new, summary.modified = batch.new, batch.modified
         summary.failures.extend(batch.failures)
         return summary
+
+    def _scan(self, roots: Sequence[Path], summary: IndexSummary) -> list[Found]:
+        """The files under ``roots``; what cannot be indexed goes to the summary's failures."""
+        found: list[Found] = []
+        with self.sessions() as session:
+            served = [*library_roots(session), *self.options.media_roots]
+        for item in walk(roots, served):
+            (found if isinstance(item, Found) else summary.failures).append(item)  # type: ignore[arg-type]
+        return found
+
+    def _finish(
+        self,
+        session: Session,
+        generation_id: int,
+        missing: dict[str, list[Existing]],
+        summary: IndexSummary,
+    ) -> None:
+        """Mark the files gone from the folders deleted, refresh tag counts, prune the
+        change log, commit."""
+        gone = [row.id for rows in missing.values() for row in rows]
+        if gone:
+            repo.mark_deleted(session, gone)
+            summary.deleted += len(gone)  # files replaced by moved ones are counted already
+        repo.refresh_tag_counts(session, generation_id, self.options.count_thresholds)
+        repo.prune_changes(session)
+        session.commit()
 
     def _existing(self, session: Session, roots: Sequence[Path]) -> dict[str, Existing]:
         rows: dict[str, Existing] = {}

@@ -41,13 +41,13 @@ from sqlalchemy import Engine, select
 from app.store import repository as repo
 from app.store.formats import canonical_format
 from app.store.models import Tag
-from app.store.roots import add_roots, library_roots
+from app.store.roots import add_roots
 from app.tagger.protocol import Tagger
 from indexer.importer import Importer, ImportOptions, ImportSummary, Row
 from indexer.pipeline import Indexer, IndexOptions, IndexSummary, Loaded, _Batch, loaded_from
 from indexer.readers import readers_for
 from indexer.reading import ReadSpec, read_file
-from indexer.scan import Found, Problem, walk
+from indexer.scan import Found, Problem
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,7 @@ class RayIndexer(Indexer):
 
     def run(self, roots: Any, progress: Progress | None = None) -> IndexSummary:
         summary = IndexSummary()
-        found: list[Found] = []
-        with self.sessions() as session:
-            served = [*library_roots(session), *self.options.media_roots]
-        for item in walk(roots, served):
-            (found if isinstance(item, Found) else summary.failures).append(item)  # type: ignore[arg-type]
+        found = self._scan(roots, summary)
         with self.sessions() as session:
             generation = repo.generation_for_index(session, self.tagger.info)
             tag_map = repo.TagMap.ensure(session, self.tagger.vocab, self.options.aliases)
@@ -170,13 +166,7 @@ class RayIndexer(Indexer):
             for number, reason in imported.failures
         )
         with self.sessions() as session:
-            gone = [row.id for rows in missing.values() for row in rows]
-            if gone:
-                repo.mark_deleted(session, gone)
-                summary.deleted += len(gone)  # as the local run counts them
-            repo.refresh_tag_counts(session, generation.id, self.options.count_thresholds)
-            repo.prune_changes(session)
-            session.commit()
+            self._finish(session, generation.id, missing, summary)
         remove_shards(self.shards)
         return summary
 
