@@ -48,7 +48,7 @@ from PIL import Image
 from app.store import migrate
 from app.store.aliases import load_aliases
 from app.store.db import create_db_engine
-from app.tagger import TimmTagger
+from app.tagger import TimmTagger, batching
 from app.tagger.batching import predict_stacked
 from app.tagger.forward import ForwardOptions
 from bench.bench_tagger import build_random_pixai
@@ -82,27 +82,44 @@ def make_image(path: Path, size: tuple[int, int], seed: int, flat: bool) -> Path
     return path
 
 
-def make_images(work: Path, count: int, png_every: int) -> tuple[Path, list[Path]]:
-    """Distinct sources in parallel, then copies up to ``count`` in one folder."""
+def make_sources(work: Path) -> list[Path]:
+    """Distinct JPEG and PNG sources, made in parallel."""
     sources = work / "sources"
     sources.mkdir()
     specs = [(sources / f"j{i:03d}.jpg", (2000, 1500), i, False) for i in range(48)]
     specs += [(sources / f"l{i:03d}.jpg", (3000, 2250), 100 + i, False) for i in range(8)]
     specs += [(sources / f"p{i:03d}.png", (1600, 1200), 200 + i, True) for i in range(16)]
     with ProcessPoolExecutor(os.cpu_count()) as pool:
-        made = list(pool.map(make_image, *zip(*specs, strict=True)))
+        return list(pool.map(make_image, *zip(*specs, strict=True)))
+
+
+def make_images(
+    work: Path, made: list[Path], name: str, count: int, png_every: int
+) -> tuple[Path, list[Path]]:
+    """Copies of the sources up to ``count`` in one folder, every ``png_every``-th a PNG."""
     jpegs = [p for p in made if p.suffix == ".jpg"]
     pngs = [p for p in made if p.suffix == ".png"]
-    folder = work / "collection"
+    folder = work / name
     folder.mkdir()
     files = []
-    for i in range(count):  # every png_every-th file a PNG (0: none)
+    for i in range(count):
         png = png_every and i % png_every == png_every - 1
         source = pngs[i // max(png_every, 1) % len(pngs)] if png else jpegs[i % len(jpegs)]
         target = folder / f"{i:05d}{source.suffix}"
         shutil.copyfile(source, target)
         files.append(target)
     return folder, files
+
+
+class LastLine(logging.Handler):
+    """Keeps the last message logged: the in-flight timings of the last index run."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
 
 
 def open_model(directory: Path, device: str, batch: int, **forward: Any) -> TimmTagger:
@@ -285,23 +302,25 @@ def main() -> None:
             build_tiny_pixai(model_dir)
         else:
             build_random_pixai(model_dir)
-        folder, files = make_images(work, args.images, args.png_every)
+        made = make_sources(work)
+        folder, files = make_images(work, made, "collection", args.images, args.png_every)
+        jpeg_folder, _ = make_images(work, made, "jpegs", args.images, 0)
         results["images"] = f"{len(files)} files, {sum(f.stat().st_size for f in files) >> 20} MiB"
         log.info("images: %s; setup %.0f s", results["images"], time.perf_counter() - started)
         sample = files[:batch]
         models: dict[str, TimmTagger] = {}
         outputs: dict[str, Any] = {}
 
-        def variant(name: str, **forward: Any) -> dict[str, Any]:
+        def variant(name: str, rows: int = batch, **forward: Any) -> dict[str, Any]:
             loading = time.perf_counter()
-            tagger = open_model(model_dir, device, batch, **forward)
+            tagger = open_model(model_dir, device, rows, **forward)
             models[name] = tagger
             load_s = time.perf_counter() - loading
             outputs[name] = predict_stacked(tagger, pixels_of(tagger, sample))
             line = {
                 "load_s": round(load_s, 1),
                 "compile_s": round(tagger.compile_seconds, 1),
-                "bare_img_s": round(bare_rate(tagger, batch, max(batch * 8, 256)), 1),
+                "bare_img_s": round(bare_rate(tagger, rows, max(rows * 8, 256)), 1),
             }
             if name != "fp32" and "fp32" in outputs:
                 line.update(agreement(outputs["fp32"], outputs[name]))
@@ -313,7 +332,18 @@ def main() -> None:
         section("handler_fp32_b1_img_s", lambda: round(handler_rate(models["fp32"], files[:96]), 1))
         section("autocast", lambda: variant("autocast", precision="autocast", compile="off"))
         section("bf16", lambda: variant("bf16", precision="bf16", compile="off"))
-        section("bf16_compiled", lambda: variant("bf16_compiled", precision="bf16", compile="on"))
+        section(
+            "bf16_compiled",
+            lambda: variant("bf16_compiled", precision="bf16", compile="on", fuse="off"),
+        )
+        section(
+            "bf16_compiled_fused",
+            lambda: variant("bf16_compiled_fused", precision="bf16", compile="on", fuse="on"),
+        )
+        section(
+            "bf16_compiled_fused_b128",
+            lambda: variant("bf16_compiled_fused_b128", 128, precision="bf16", compile="on"),
+        )
         workers = max(1, (os.cpu_count() or 2) - 1)
         spec = ReadSpec(next(iter(models.values())).preprocess, 10**9, True)
         jpegs = [f for f in files if f.suffix == ".jpg"]
@@ -323,25 +353,39 @@ def main() -> None:
         section(
             "read_processes_img_s", lambda: round(reader_rate(spec, files[:512], workers, True), 1)
         )
-        section(
-            "read_processes_jpeg_img_s",
-            lambda: round(reader_rate(spec, jpegs[:384], workers, True), 1),
-        )
         if device.startswith("cuda"):
             section("nvjpeg", lambda: nvjpeg(models["bf16_compiled"], jpegs[:512], batch))
-        fast = models.get("bf16_compiled") or models["bf16"]
+        fastest = ["bf16_compiled_fused", "bf16_compiled", "bf16"]
+        fast = next(models[name] for name in fastest if name in models)
         last: dict[str, Any] = {}
+        timings = LastLine()
+        logging.getLogger("indexer.forwarding").setLevel(logging.DEBUG)
+        logging.getLogger("indexer.forwarding").addHandler(timings)
 
         def run_index(
-            name: str, tagger: TimmTagger, processes: bool, device_jpeg: bool | None = None
-        ) -> float:
-            rate, options, url = index_rate(
-                tagger, folder, work, name, batch, processes, device_jpeg
-            )
+            name: str,
+            tagger: TimmTagger,
+            processes: bool,
+            device_jpeg: bool | None = None,
+            where: Path = folder,
+            side_stream: bool = True,
+        ) -> dict[str, Any]:
+            batching.SIDE_STREAM = side_stream
+            try:
+                rate, options, url = index_rate(
+                    tagger, where, work, name, tagger.forward.batch_size, processes, device_jpeg
+                )
+            finally:
+                batching.SIDE_STREAM = True
             last.update(options=options, url=url)
-            return round(rate, 1)
+            return {"img_s": round(rate, 1), "in_flight": timings.last}
 
-        section("index_default_img_s", lambda: run_index("default", fast, True))
+        section("index_default", lambda: run_index("default", fast, False))
+        section("index_jpegs", lambda: run_index("jpegs", fast, False, where=jpeg_folder))
+        section(
+            "index_jpegs_one_stream",
+            lambda: run_index("jpegs1", fast, False, where=jpeg_folder, side_stream=False),
+        )
 
         def reindex() -> float:
             engine = create_db_engine(last["url"])
@@ -349,11 +393,13 @@ def main() -> None:
             summary = Reindexer(engine, fast, last["options"], work / "data").run()
             return round(summary.retagged / (time.perf_counter() - began), 1)
 
-        section("reindex_default_img_s", reindex)
-        section("index_cpu_decode_img_s", lambda: run_index("cpu", fast, True, False))
-        section("index_device_threads_img_s", lambda: run_index("dt", fast, False, True))
-        section("index_threads_img_s", lambda: run_index("threads", fast, False, False))
-        section("index_before_img_s", lambda: run_index("before", models["autocast"], False, False))
+        section("reindex_jpegs_img_s", reindex)
+        if "bf16_compiled_fused_b128" in models:
+            wide = models["bf16_compiled_fused_b128"]
+            section("index_jpegs_b128", lambda: run_index("b128", wide, False, where=jpeg_folder))
+        section("index_processes", lambda: run_index("processes", fast, True))
+        section("index_cpu_decode", lambda: run_index("cpu", fast, False, False))
+        section("index_before", lambda: run_index("before", models["autocast"], False, False))
     log.info("RESULTS %s", json.dumps(results, default=str))
     table = [(k, v) for k, v in results.items() if k not in ("args",)]
     for key, value in table:

@@ -5,6 +5,7 @@ has the GPU figures)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image as PILImage
 
@@ -23,6 +25,8 @@ from app.tagger.batching import predict_stacked
 from app.tagger.errors import ModelLoadError
 from app.tagger.factory import expand_devices, open_tagger
 from app.tagger.forward import ForwardOptions
+from app.tagger.fused_layers import AlignedSwiGLU
+from app.tagger.model import PixaiHead
 from app.tagger.preprocess import Preprocess
 from app.tagger.replicas import Replicas
 from app.tagger.stages import parse_stages
@@ -31,6 +35,13 @@ from indexer.readers import ProcessReaders, ThreadReaders
 from indexer.reading import Read, ReadSpec, read_file
 from indexer.reindex import Reindexer
 from tests.index_helpers import make_image, snapshot
+from tests.tiny_models import (
+    CHARACTER_TAGS,
+    GENERAL_TAGS,
+    TINY_CONFIG,
+    TINY_DIM,
+    build_tiny_pixai,
+)
 
 PIXAI = Preprocess(448, "stretch", "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB")
 WD = Preprocess(448, "pad", "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "BGR")
@@ -161,6 +172,50 @@ def test_bf16_weights_stay_near_fp32(tiny_pixai_dir: Path, tagger: TimmTagger) -
     top = np.argsort(-full.probs, axis=1)[:, :5]
     top_half = np.argsort(-half.probs, axis=1)[:, :5]
     assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top, top_half, strict=True)]) >= 0.8
+
+
+def eva02_large_shaped_pixai(directory: Path) -> Path:
+    """The tiny PixAI with EVA02-Large's block layout: separate q/k/v projections (biases
+    on q and v) and a layer norm inside the SwiGLU MLP, 85 hidden units (not a multiple of
+    64), every bias non-zero."""
+    config = json.loads(json.dumps(TINY_CONFIG))
+    config["model_args"].update(qkv_fused=False, swiglu_mlp=True, scale_mlp=True)
+    encoder = timm.create_model(config["architecture"], num_classes=0, **config["model_args"])
+    network = torch.nn.Sequential(encoder, PixaiHead(TINY_DIM, len(GENERAL_TAGS + CHARACTER_TAGS)))
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    build_tiny_pixai(directory)
+    torch.save(network.state_dict(), directory / "model_v0.9.pth")
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_fused_layers_compute_what_the_loaded_network_does(tmp_path: Path) -> None:
+    model = eva02_large_shaped_pixai(tmp_path / "model")
+    plain = TimmTagger(model, "cpu", forward=ForwardOptions(fuse="off"))
+    fused = TimmTagger(model, "cpu", forward=ForwardOptions(fuse="on"))
+    plain.load()
+    fused.load()
+    modules = list(fused.network.modules())
+    mlps = [m for m in modules if isinstance(m, AlignedSwiGLU)]
+    assert len(mlps) == 2 and all((m.hidden, m.padded) == (85, 128) for m in mlps)
+    assert not any(hasattr(m, "q_proj") and m.q_proj is not None for m in modules)
+    rng = np.random.default_rng(12)
+    side = plain.preprocess.size
+    images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(5)]
+    before, after = predict_stacked(plain, images), predict_stacked(fused, images)
+    assert np.abs(before.probs - 0.5).max() > 0.1  # the scores are not all the same
+    np.testing.assert_allclose(after.probs, before.probs, atol=1e-5)
+    np.testing.assert_allclose(after.embeddings, before.embeddings, atol=1e-5)
+
+
+def test_layers_are_fused_with_compilation_only(tagger: TimmTagger) -> None:
+    assert ForwardOptions().fused(torch.device("cuda"))
+    assert not ForwardOptions().fused(torch.device("cpu"))
+    assert not ForwardOptions(compile="off").fused(torch.device("cuda"))
+    assert not any(isinstance(m, AlignedSwiGLU) for m in tagger.network.modules())
 
 
 def test_fp32_on_cpu_unless_asked(tagger: TimmTagger) -> None:

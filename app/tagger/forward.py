@@ -10,6 +10,8 @@ the plain fp32 eager model unless asked otherwise, and a GPU gets the fast one:
   one batch shape, so a compiled tagger also pads every batch to ``batch_size`` (the last,
   partial batch of a run would otherwise compile a second graph).
 * ``fixed_batch``: the padding alone, without compilation (``None``: as ``compile``).
+* ``fuse``: the encoder's linear layers rearranged for tensor cores
+  (:mod:`app.tagger.fused_layers`); ``auto`` is on with compilation.
 
 timm's EVA02 attention calls ``F.scaled_dot_product_attention`` (its ``fused_attn``), which
 picks the fused flash or memory-efficient kernels on a GPU; :func:`attention_kernels`
@@ -37,6 +39,7 @@ class ForwardOptions:
     compile: CompileMode = "auto"
     batch_size: int = 8
     fixed_batch: bool | None = None
+    fuse: CompileMode = "auto"
 
     def dtype(self, device: torch.device) -> torch.dtype:
         """The weights' and inputs' dtype."""
@@ -57,6 +60,9 @@ class ForwardOptions:
 
     def compiled(self, device: torch.device) -> bool:
         return self.compile == "on" or (self.compile == "auto" and device.type == "cuda")
+
+    def fused(self, device: torch.device) -> bool:
+        return self.fuse == "on" or (self.fuse == "auto" and self.compiled(device))
 
     def padded(self, device: torch.device) -> bool:
         return self.compiled(device) if self.fixed_batch is None else self.fixed_batch

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from app.tagger.config import ModelConfig
 from app.tagger.errors import ModelLoadError
 from app.tagger.forward import ForwardOptions, attention_kernels, compile_network, pad_rows
+from app.tagger.fused_layers import fuse_network
 from app.tagger.layouts import TORCH_LAYOUTS
 from app.tagger.model import ModelFiles, TaggerNet, build_network, locate_model_files
 from app.tagger.preprocess import Preprocess
@@ -82,6 +83,7 @@ class TimmTagger:
             torch.set_num_threads(self.torch_threads)
         self._dtype = self.forward.dtype(self.device)
         self._net = net.eval().to(self.device, dtype=self._dtype)
+        fused = f", {fuse_network(self._net)}" if self.forward.fused(self.device) else ""
         self._call = self._net
         self._pad_to = self.forward.batch_size if self.forward.padded(self.device) else 0
         self._vocab = vocab
@@ -107,7 +109,7 @@ class TimmTagger:
             self.device,
             self.precision_name,
             attention_kernels(net),
-            compiled,
+            fused + compiled,
             time.perf_counter() - started,
         )
 
