@@ -10,18 +10,23 @@ head, in PixAI's file layout; --tiny: the test suite's tiny model):
    a PIL image, as the PixAI card's handler.py does;
 2. the bare forward (random input already on the device) for each forward variant: fp32,
    fp32 weights under bf16 autocast (the earlier GPU path), bf16 weights, bf16 weights
-   compiled (the default on CUDA), with the compile time;
+   compiled, and compiled with the fused layers (the default on CUDA) at batch 64 and 128,
+   with the compile time;
 3. each variant's scores against fp32 on real-size generated images: max and mean absolute
    probability difference, top-10 agreement, least embedding cosine;
 4. the readers alone (threads against processes) and the GPU JPEG decoder (torchvision's
    ``decode_jpeg`` on the device, batched) with its score difference against Pillow;
 5. ``sagashi index`` end to end (Indexer on SQLite, FAISS build excluded) with the default
-   path (reader processes, JPEGs decoded on the GPU, bf16 compiled), then a full reindex of
-   the same files (FAISS build included); then the index with JPEGs decoded by the readers,
-   with reader threads, and with the earlier path (autocast, threads, no compile).
+   path (reader threads, JPEGs decoded on the GPU, bf16 compiled and fused, two staging
+   threads) on the mixed folder and on a JPEG-only one, and with one staging thread
+   (--repeat N rounds of these, alternated); a full reindex of the same files (FAISS build
+   included); then the index at batch 128, with reader processes, with JPEGs decoded by
+   the readers, and with the earlier path (autocast, threads, no compile). Each index line
+   carries the run's in-flight timings (forward, input wait, staging, writes).
 
 Images: generated JPEGs (2000x1500 and 3000x2250, gradients, shapes and noise) and PNGs
-(1600x1200, flatter, as illustrations), a quarter PNG, copied up to --images files.
+(1600x1200, flatter, as illustrations), copied up to --images files: a quarter PNG in the
+mixed folder, none in the JPEG-only one.
 Every section prints its line as it finishes, and the table at the end; --budget stops
 starting new sections when the time is nearly spent. JSON goes to --out when given.
 """
@@ -38,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +54,12 @@ from PIL import Image
 from app.store import migrate
 from app.store.aliases import load_aliases
 from app.store.db import create_db_engine
-from app.tagger import TimmTagger, batching
+from app.tagger import TimmTagger
 from app.tagger.batching import predict_stacked
 from app.tagger.forward import ForwardOptions
 from bench.bench_tagger import build_random_pixai
 from bench.common import machine
+from indexer import forwarding
 from indexer.pipeline import Indexer, IndexOptions
 from indexer.readers import ProcessReaders, ThreadReaders
 from indexer.reading import ReadSpec
@@ -269,6 +276,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT"))
     parser.add_argument("--png-every", type=int, default=4, help="every Nth file a PNG; 0: none")
     parser.add_argument("--skip", default="", help="comma-separated section names to skip")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of the index sections")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     started = time.perf_counter()
@@ -368,24 +376,27 @@ def main() -> None:
             processes: bool,
             device_jpeg: bool | None = None,
             where: Path = folder,
-            side_stream: bool = True,
+            stagers: int = 2,
         ) -> dict[str, Any]:
-            batching.SIDE_STREAM = side_stream
+            forwarding.STAGERS = stagers
             try:
                 rate, options, url = index_rate(
                     tagger, where, work, name, tagger.forward.batch_size, processes, device_jpeg
                 )
             finally:
-                batching.SIDE_STREAM = True
+                forwarding.STAGERS = 2
             last.update(options=options, url=url)
             return {"img_s": round(rate, 1), "in_flight": timings.last}
 
-        section("index_default", lambda: run_index("default", fast, False))
-        section("index_jpegs", lambda: run_index("jpegs", fast, False, where=jpeg_folder))
-        section(
-            "index_jpegs_one_stream",
-            lambda: run_index("jpegs1", fast, False, where=jpeg_folder, side_stream=False),
-        )
+        variants: dict[str, dict[str, Any]] = {
+            "index_default": {},
+            "index_jpegs": {"where": jpeg_folder},
+            "index_jpegs_one_stager": {"where": jpeg_folder, "stagers": 1},
+        }
+        for round_ in range(1, args.repeat + 1):  # alternated, so drift hits all alike
+            for name, how in variants.items():
+                label = name if round_ == 1 else f"{name}_{round_}"
+                section(label, partial(run_index, label, fast, False, **how))
 
         def reindex() -> float:
             engine = create_db_engine(last["url"])

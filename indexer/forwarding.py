@@ -1,11 +1,11 @@
 """Forward passes of whole batches in model threads, written in order by the caller.
 
-The index and the reindex share this: while the model runs a batch, a staging thread
-prepares the next one (stacked, copied to the device, its JPEGs decoded there) and the
-caller's thread reads the files after it and writes the batch before, so neither the
+The index and the reindex share this: while the model runs a batch, two staging threads
+prepare the next two (stacked, copied to the device, their JPEGs decoded there) and the
+caller's thread reads the files after them and writes the batch before, so neither the
 accelerator nor the database waits for the other. With several model replicas (one per
-GPU) as many batches are in flight; results are written in submission order, each batch in
-one transaction.
+GPU) as many more batches are in flight; results are written in submission order, each
+batch in one transaction.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from app.tagger.protocol import Prediction, Tagger
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+STAGERS = 2  # staging threads (the bench compares one)
 
 Write = Callable[[list[T], Prediction], None]
 
@@ -65,20 +66,25 @@ class InFlight(Generic[T]):
         self.tagger = tagger
         self.write = write
         self.depth = max(1, getattr(tagger, "replicas", 1))
-        # Staging (stacking, the copy to the device, JPEGs decoded there) runs in a thread
-        # of its own: the next batch is staged while the model runs this one.
-        self.stager = ThreadPoolExecutor(1, thread_name_prefix="sagashi-stage")
+        # Staging (stacking, the copy to the device, JPEGs decoded there) runs in threads
+        # of its own: the next batches are staged while the model runs this one. Two,
+        # because a staging thread waits out the device's JPEG decode of its batch
+        # (torchvision decodes one batch at a time) and then shapes it: the second
+        # decodes while the first shapes.
+        self.stager = ThreadPoolExecutor(STAGERS, thread_name_prefix="sagashi-stage")
         self.model = ThreadPoolExecutor(self.depth, thread_name_prefix="sagashi-model")
         self.queue: deque[tuple[list[T], Future[Prediction]]] = deque()
+        # Batches kept in flight: one in each model, and one more per extra staging thread.
+        self.limit = self.depth + STAGERS - 1
         self.timings = Timings()
 
     def submit(self, items: list[T], pixels: Sequence[Pixels]) -> None:
-        """Start the forward of one batch, then write the oldest ones beyond the depth."""
+        """Start the forward of one batch, then write the oldest ones beyond the limit."""
         if items:
             self.timings.batches += 1
             staged = self.stager.submit(self._stage, pixels)
             self.queue.append((items, self.model.submit(self._forward, staged)))
-        while len(self.queue) > self.depth:
+        while len(self.queue) > self.limit:
             self._write_oldest()
 
     def _stage(self, pixels: Sequence[Pixels]) -> Staged:

@@ -423,6 +423,29 @@ def test_device_decode_turns_every_exif_orientation_as_pillow(
 
 
 @pytest.mark.parametrize("preprocess", [PIXAI, WD], ids=["stretch-bilinear", "pad-bicubic"])
+def test_a_batch_is_shaped_by_size_and_orientation_groups_as_one_by_one(
+    preprocess: Preprocess, tmp_path: Path
+) -> None:
+    from torchvision.io import decode_jpeg
+
+    from app.tagger.device_decode import Jpeg, decode_batch, geometry, upright
+
+    # Two sizes, three orientations, repeats of each: groups of one and of several.
+    specs = [(1, 1), (2, 6), (3, 1), (4, 3), (5, 6), (6, 1)]
+    paths = [jpeg_with_orientation(tmp_path / f"{i}.jpg", s, o) for i, (s, o) in enumerate(specs)]
+    wide = tmp_path / "wide.jpg"
+    PILImage.new("RGB", (70, 20), (200, 10, 10)).save(wide, "JPEG")
+    paths.append(wide)
+    jpegs = [Jpeg(p.read_bytes(), o) for p, (_, o) in zip(paths, [*specs, (0, 1)], strict=True)]
+    batch = decode_batch(jpegs, preprocess, torch.device("cpu"))
+    for jpeg, pixels in zip(jpegs, batch, strict=True):
+        data = torch.frombuffer(bytearray(jpeg.data), dtype=torch.uint8)
+        alone = geometry(upright(decode_jpeg(data), jpeg.orientation), preprocess)
+        assert pixels is not None and pixels.shape == (448, 448, 3)
+        assert torch.equal(pixels, alone)
+
+
+@pytest.mark.parametrize("preprocess", [PIXAI, WD], ids=["stretch-bilinear", "pad-bicubic"])
 def test_device_geometry_is_within_resize_noise_of_pillows(preprocess: Preprocess) -> None:
     from app.tagger.device_decode import geometry
 

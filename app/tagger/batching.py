@@ -9,12 +9,11 @@ yields a result with an error instead of stopping the batch.
 from __future__ import annotations
 
 import os
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -146,19 +145,6 @@ class Staged:
 
     pixels: torch.Tensor
     errors: Mapping[int, ImageDecodeError] = field(default_factory=dict)
-    ready: Any = None  # a CUDA event: the staging stream's work on ``pixels`` is done
-
-    def wait(self) -> None:
-        """Order the calling thread's stream after the staging (a GPU-side wait: the
-        thread goes on at once), and keep the caching allocator from handing ``pixels``'
-        memory to the staging stream again before this stream is done with it."""
-        if self.ready is None:
-            return
-        import torch
-
-        current = torch.cuda.current_stream(self.pixels.device)
-        current.wait_event(self.ready)
-        self.pixels.record_stream(current)
 
 
 def predict_stacked(tagger: Tagger, images: Sequence[Pixels]) -> Prediction:
@@ -167,7 +153,6 @@ def predict_stacked(tagger: Tagger, images: Sequence[Pixels]) -> Prediction:
 
 
 def predict_staged(tagger: Tagger, staged: Staged) -> Prediction:
-    staged.wait()
     prediction = tagger.predict_pixels(staged.pixels)
     if not staged.errors:
         return prediction
@@ -180,39 +165,8 @@ def stage(tagger: Tagger, images: Sequence[Pixels]) -> Staged:
     decoded on the tagger's device. The indexer runs this in a thread of its own, so a
     batch is staged while the one before runs through the model.
 
-    On a GPU the staging's copies and kernels (JPEG resizing, the host-to-device copy) run
-    on a CUDA stream of their own, so they run beside the forward in flight instead of
-    queueing behind it on the default stream; :meth:`Staged.wait` orders the forward after
-    them."""
-    stream = _staging_stream(tagger) if runs_on_gpu(tagger) and SIDE_STREAM else None
-    if stream is None:
-        return _stage(tagger, images)
-    import torch
-
-    with torch.cuda.stream(stream):
-        staged = _stage(tagger, images)
-        ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
-        ready.record(stream)
-    return Staged(staged.pixels, staged.errors, ready)
-
-
-# The bench compares the staging on the default stream (False) with its own (True).
-SIDE_STREAM = True
-_streams = threading.local()
-
-
-def _staging_stream(tagger: Tagger) -> Any:
-    """This thread's staging stream on the tagger's device, made once."""
-    import torch
-
-    device = tagger.device  # type: ignore[attr-defined]
-    cache: dict[Any, Any] = _streams.__dict__.setdefault("by_device", {})
-    if device not in cache:
-        cache[device] = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
-    return cache[device]
-
-
-def _stage(tagger: Tagger, images: Sequence[Pixels]) -> Staged:
+    The staging's kernels run on the default CUDA stream, behind the forward in flight: a
+    stream of its own was measured to change nothing (docs/benchmarks.md)."""
     import torch
 
     if any(isinstance(image, Jpeg) for image in images):

@@ -40,7 +40,7 @@ EXIF_ORIENTATION = 0x0112
 # size, and a batch of 64 such images already takes 3.2 GB of device memory at this bound
 # (SAGASHI_MAX_IMAGE_PIXELS allows 179M pixels: 34 GB for a batch).
 DEVICE_MAX_PIXELS = 4096 * 4096
-# A JPEG waits as bytes until its batch is staged (up to two batches ahead): larger files are
+# A JPEG waits as bytes until its batch is staged (up to three batches ahead): larger files are
 # decoded by the readers, which keep only the model-size pixels.
 DEVICE_MAX_BYTES = 8 << 20
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -104,10 +104,29 @@ def decode_batch(
         )
     except RuntimeError:  # one bad file fails the batched call: find it one by one
         images = [_decode_one(data, device) for data in datas]
-    return [
-        None if image is None else geometry(upright(image, jpeg.orientation), preprocess)
-        for image, jpeg in zip(images, jpegs, strict=True)
-    ]
+    return _shaped(images, jpegs, preprocess)
+
+
+def _shaped(
+    images: list[torch.Tensor | None], jpegs: list[Jpeg], preprocess: Preprocess
+) -> list[torch.Tensor | None]:
+    """Each decoded image upright and at model size. Images of one size and orientation
+    go through one resize together: a few kernel launches a batch instead of a few per
+    image, which the staging thread would otherwise issue one by one against the readers
+    and the model thread for the GIL."""
+    import torch
+
+    groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
+    for row, (image, jpeg) in enumerate(zip(images, jpegs, strict=True)):
+        if image is not None:
+            groups.setdefault((tuple(image.shape), jpeg.orientation), []).append(row)
+    shaped: list[torch.Tensor | None] = [None] * len(images)
+    for (_shape, orientation), rows in groups.items():
+        stacked = torch.stack([images[row] for row in rows])  # type: ignore[misc]
+        turned = geometry(upright(stacked, orientation), preprocess)
+        for row, pixels in zip(rows, turned, strict=True):
+            shaped[row] = pixels
+    return shaped
 
 
 def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
@@ -121,52 +140,55 @@ def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None
 
 
 def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
-    """A (3, H, W) image turned as ``ImageOps.exif_transpose`` turns it."""
+    """(..., H, W) images turned as ``ImageOps.exif_transpose`` turns them."""
     import torch
 
     if orientation == 2:
-        return image.flip(2)
+        return image.flip(-1)
     if orientation == 3:
-        return image.flip(1).flip(2)
+        return image.flip(-2).flip(-1)
     if orientation == 4:
-        return image.flip(1)
+        return image.flip(-2)
     if orientation == 5:
-        return image.transpose(1, 2)
+        return image.transpose(-2, -1)
     if orientation == 6:
-        return torch.rot90(image, k=-1, dims=(1, 2))
+        return torch.rot90(image, k=-1, dims=(-2, -1))
     if orientation == 7:
-        return image.transpose(1, 2).flip(1).flip(2)
+        return image.transpose(-2, -1).flip(-2).flip(-1)
     if orientation == 8:
-        return torch.rot90(image, k=1, dims=(1, 2))
+        return torch.rot90(image, k=1, dims=(-2, -1))
     return image
 
 
-def geometry(image: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    """:meth:`Preprocess.geometry` on the device: (3, H, W) uint8 to (S, S, 3) uint8."""
+def geometry(images: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """:meth:`Preprocess.geometry` on the device: (N, 3, H, W) uint8 to (N, S, S, 3)
+    uint8 (a single (3, H, W) image gives (S, S, 3))."""
     import torch
     import torch.nn.functional as F
 
+    if images.dim() == 3:
+        return geometry(images[None], preprocess)[0]
     if preprocess.resize == "pad":
-        image = _pad_to_square(image, preprocess.pad_color)
+        images = _pad_to_square(images, preprocess.pad_color)
     size = preprocess.size
-    if tuple(image.shape[1:]) == (size, size):
-        return image.permute(1, 2, 0).contiguous()
+    if tuple(images.shape[2:]) == (size, size):
+        return images.permute(0, 2, 3, 1).contiguous()
     mode = preprocess.interpolation
     resized = F.interpolate(
-        image[None].float(), size=(size, size), mode=mode, antialias=mode != "nearest"
-    )[0]
-    return resized.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+        images.float(), size=(size, size), mode=mode, antialias=mode != "nearest"
+    )
+    return resized.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def _pad_to_square(image: torch.Tensor, color: tuple[int, int, int]) -> torch.Tensor:
+def _pad_to_square(images: torch.Tensor, color: tuple[int, int, int]) -> torch.Tensor:
     import torch
 
-    _, height, width = image.shape
+    count, _, height, width = images.shape
     side = max(width, height)
     if width == height:
-        return image
-    canvas = torch.tensor(color, dtype=torch.uint8, device=image.device)
-    canvas = canvas[:, None, None].expand(3, side, side).clone()
+        return images
+    canvas = torch.tensor(color, dtype=torch.uint8, device=images.device)
+    canvas = canvas[None, :, None, None].expand(count, 3, side, side).clone()
     top, left = (side - height) // 2, (side - width) // 2
-    canvas[:, top : top + height, left : left + width] = image
+    canvas[:, :, top : top + height, left : left + width] = images
     return canvas
