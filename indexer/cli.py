@@ -11,8 +11,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -24,19 +22,16 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.logs import configure_logging
-from app.query import QueryError
-from app.search.paging import CursorError
-from app.search.service import EmptyIndex, EngineKind, NotFound, SearchRequest, SearchService
+from app.search.service import EngineKind, SearchRequest, SearchService
 from app.settings import Settings
 from app.store import migrate
 from app.store.db import create_db_engine, database_url, safe_url, session_factory
 from app.store.jobs import failure_records, get_job, job_record, recent_jobs
-from app.store.locks import WriterBusy
-from app.store.migrate import SchemaMismatch, check_schema
+from app.store.migrate import check_schema
 from app.store.repository import GenerationIdentity, GenerationMismatch, active_generation
-from app.tagger import ModelLoadError, OutputPolicy
+from app.tagger import OutputPolicy
 from app.tagger.caption import format_caption
-from app.tagger.fetch import PUBLISHED, FetchError, fetch_model
+from app.tagger.fetch import PUBLISHED, fetch_model
 from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary, load_wd_vocabulary
 from app.text import plural
 from indexer import jobs
@@ -47,7 +42,7 @@ from indexer.export import export_command
 from indexer.importer import Importer, ImportError_, ImportOptions
 from indexer.jobs import first_line
 from indexer.progress import migration_bar, progress_bar, rate_text
-from indexer.reindex import ReindexError, drop_generation, list_generations
+from indexer.reindex import drop_generation, list_generations
 from indexer.runs import Run, abort, finish, tracked
 from indexer.scan import iter_image_paths
 from indexer.summary import report
@@ -123,10 +118,7 @@ def load_tagger(settings: Settings, embeddings: bool = True) -> Tagger:
         fail("no model directory: pass --model-dir DIR or set SAGASHI_MODEL_DIR")
     from app.tagger.factory import tagger_from_settings
 
-    try:
-        return tagger_from_settings(settings, settings.model_dir, embeddings=embeddings)
-    except ModelLoadError as exc:
-        fail(str(exc))
+    return tagger_from_settings(settings, settings.model_dir, embeddings=embeddings)
 
 
 def split_list(value: str | None) -> frozenset[str] | None:
@@ -228,19 +220,15 @@ def tag(
     still printed), 2 for a usage or model error.
     """
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
-    from app.tagrules import RulesError
     from app.tagrules.configured import refinement
 
     caption = output_format is OutputFormat.caption
-    try:
-        refine = refinement(
-            settings,
-            overlap=caption if overlap is None else overlap,
-            contradictions=contradictions,
-            exclusion_file=exclusions,
-        )
-    except RulesError as exc:
-        fail(str(exc))
+    refine = refinement(
+        settings,
+        overlap=caption if overlap is None else overlap,
+        contradictions=contradictions,
+        exclusion_file=exclusions,
+    )
     policy = OutputPolicy.preset(
         preset.value,
         settings.tag_defaults(),
@@ -339,10 +327,7 @@ def model_fetch(
     """
     configure_logging("INFO")
     target = directory or Path("models") / name
-    try:
-        fetch_model(name, target)
-    except FetchError as exc:
-        fail(str(exc))
+    fetch_model(name, target)
     log.info("downloaded %s to %s; use it with --model-dir %s", name, target, target)
 
 
@@ -382,8 +367,6 @@ def open_store(settings: Settings, create: bool = False) -> Engine:
             check_schema(engine)
         elif migrate.prepare_schema(engine, url):
             log.info("created the database %s (schema %s)", safe_url(url), migrate.head_revision())
-    except SchemaMismatch as exc:
-        fail(str(exc))
     except SQLAlchemyError as exc:
         fail(f"cannot open the database {safe_url(url)}: {first_line(exc)}")
     return engine
@@ -441,41 +424,18 @@ def _index_on_ray(
 ) -> IndexSummary:
     from indexer import ray_tagging
 
-    try:
-        options = ray_tagging.ray_options(settings, address, actors)
-        ray_tagging.preflight(options)
-    except ray_tagging.RayUnavailable as exc:
-        fail(str(exc))
+    options = ray_tagging.ray_options(settings, address, actors)
+    ray_tagging.preflight(options)
     engine = open_store(settings, create=True)
     tagger = load_tagger(settings)
-    try:
-        ray_tagging.start(options)
-    except ray_tagging.RayUnavailable as exc:
-        fail(str(exc))
-    with writer_guard():
-        try:
-            return ray_tagging.index_paths(engine, settings, tagger, paths, as_json, options)
-        except jobs.JobStopped as exc:
-            fail(str(exc))
+    ray_tagging.start(options)
+    return ray_tagging.index_paths(engine, settings, tagger, paths, as_json, options)
 
 
 def _index(settings: Settings, paths: list[Path], as_json: bool) -> IndexSummary:
     engine = open_store(settings, create=True)
     tagger = load_tagger(settings)
-    with writer_guard():
-        try:
-            return up_run.index_paths(engine, settings, tagger, paths, as_json)
-        except jobs.JobStopped as exc:
-            fail(str(exc))
-
-
-@contextmanager
-def writer_guard() -> Iterator[None]:
-    """Turn a held writer lock into a one-line refusal that names the running job."""
-    try:
-        yield
-    except WriterBusy as exc:
-        fail(f"{exc}; wait for it to finish (see 'sagashi jobs list')")
+    return up_run.index_paths(engine, settings, tagger, paths, as_json)
 
 
 def stop(run: Run, message: str) -> NoReturn:
@@ -531,7 +491,7 @@ def import_(
         count_thresholds=settings.tag_defaults().thresholds(),
     )
     params = {"file": str(file), "model": model_name}
-    with writer_guard(), tracked(engine, "import", params, "importing", "rows") as run:
+    with tracked(engine, "import", params, "importing", "rows") as run:
         try:
             summary = Importer(engine, options).run_file(file, embeddings, run.update)
         except (ImportError_, GenerationMismatch) as exc:
@@ -559,21 +519,14 @@ def import_(
 
 
 def _aliases(settings: Settings) -> dict[str, str]:
-    try:
-        return jobs.aliases_of(settings)
-    except jobs.JobStopped as exc:
-        fail(str(exc))
+    return jobs.aliases_of(settings)
 
 
 def _tag_rules(settings: Settings) -> TagRules:
     """The implication and exclusion rules the settings name, or a one-line exit."""
-    from app.tagrules import RulesError
     from app.tagrules.configured import tag_rules
 
-    try:
-        return tag_rules(settings)
-    except RulesError as exc:
-        fail(str(exc))
+    return tag_rules(settings)
 
 
 def _import_vocabulary(
@@ -584,12 +537,9 @@ def _import_vocabulary(
         return tagger.vocab, GenerationIdentity.of(tagger.info)
     if vocabulary is None:
         return None, None
-    try:
-        if vocabulary.suffix.lower() == ".csv":
-            return load_wd_vocabulary(vocabulary), None
-        return load_pixai_vocabulary(vocabulary, None), None
-    except ModelLoadError as exc:
-        fail(str(exc))
+    if vocabulary.suffix.lower() == ".csv":
+        return load_wd_vocabulary(vocabulary), None
+    return load_pixai_vocabulary(vocabulary, None), None
 
 
 @app.command(
@@ -619,7 +569,7 @@ def reindex(
     engine = open_store(settings)
     tagger = load_tagger(settings)
     params = {"model": tagger.info.name, "where": where}
-    with writer_guard(), tracked(engine, "reindex", params, "reindexing", "img") as run:
+    with tracked(engine, "reindex", params, "reindexing", "img") as run:
         try:
             summary = jobs.run_reindex(engine, settings, tagger, where, run)
         except jobs.JobStopped as exc:
@@ -653,10 +603,7 @@ def generations_drop(
     """Delete a retired or unfinished generation: its scores, embeddings and FAISS files."""
     settings = load_settings()
     engine = open_store(settings)
-    try:
-        drop_generation(engine, settings.data_dir, generation_id)
-    except ReindexError as exc:
-        fail(str(exc))
+    drop_generation(engine, settings.data_dir, generation_id)
     log.info("dropped generation %d", generation_id)
 
 
@@ -741,12 +688,7 @@ def search(
     request = SearchRequest(
         query, limit, cursor, embedding=embedding, hide_duplicates=hide_duplicates
     )
-    try:
-        result = service.search(request)
-    except QueryError as exc:
-        fail(f"bad query at character {exc.position} ({exc.code}): {exc.message}")
-    except (EmptyIndex, NotFound, CursorError) as exc:
-        fail(str(exc))
+    result = service.search(request)
     _say_unknown_tags(service, query)
     for hit in result.hits:
         if as_json:
@@ -873,11 +815,8 @@ def up(
     and changed files.
     """
     settings = load_settings(model_dir=model_dir, host=host, port=port)
-    try:
-        up_run.check_paths(paths)
-        settings = settings.model_copy(update={"model_dir": up_run.model_directory(settings)})
-    except (up_run.FirstRunError, FetchError) as exc:
-        fail(str(exc))
+    up_run.check_paths(paths)
+    settings = settings.model_copy(update={"model_dir": up_run.model_directory(settings)})
     up_run.say_failures(_index(settings, paths, as_json=False))
     gc.collect()  # the indexing model's memory goes back before serving
     _serve(settings)

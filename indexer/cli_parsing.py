@@ -11,6 +11,8 @@ import typer
 from typer.core import TyperCommand
 from typer.models import CommandFunctionType
 
+from app.errors import SagashiError
+
 if TYPE_CHECKING:
     from typer._click.core import Context
 
@@ -19,7 +21,16 @@ if TYPE_CHECKING:
 
 
 class SagashiCommand(TyperCommand):
-    """A command whose usage line names its arguments in capitals, as click's own do."""
+    """A command whose usage line names its arguments in capitals, as click's own do, and
+    that ends on a :class:`~app.errors.SagashiError` with the error's one-line reason on
+    stderr and its exit status: the one place the CLI maps errors to exit codes."""
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SagashiError as exc:
+            typer.echo(f"sagashi: error: {exc.reason()}", err=True)
+            raise typer.Exit(exc.exit_code) from None
 
     def collect_usage_pieces(self, ctx: Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

@@ -33,6 +33,7 @@ from sqlalchemy import ColumnElement, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from app.errors import SagashiError
 from app.store.aliases import AliasError, canonical, load_aliases
 from app.store.db import session_factory
 from app.store.models import Embedding, Image, ImageTag, Tag
@@ -70,8 +71,11 @@ class ImageMode(StrEnum):
     none = "none"
 
 
-class EmptyIndexError(Exception):
+class EmptyIndexError(SagashiError):
     """There is no active generation, or it has no live images."""
+
+    http_status = 404
+    error_code = "empty_index"
 
 
 @dataclass(frozen=True)

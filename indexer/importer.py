@@ -50,6 +50,7 @@ import numpy as np
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
+from app.errors import SagashiError
 from app.store import repository as repo
 from app.store.aliases import canonical
 from app.store.db import session_factory
@@ -72,8 +73,11 @@ CHILD_READER_MIN_BYTES = 8 << 20
 FILE_COLUMNS = ("path", "sha256", "md5", "width", "height", "size", "mtime_ns", "format")
 
 
-class ImportError_(Exception):
+class ImportError_(SagashiError):
     """The import as a whole cannot proceed (bad file, wrong dimension, model mismatch)."""
+
+    http_status = 400
+    error_code = "bad_import"
 
 
 @dataclass(frozen=True)
@@ -116,8 +120,11 @@ class ImportOptions:
     count_thresholds: Mapping[str, float] = field(default_factory=CARD.thresholds)
 
 
-class RowError(Exception):
-    pass
+class RowError(SagashiError):
+    """One row of an import file that cannot be used; the message says why."""
+
+    http_status = 400
+    error_code = "bad_row"
 
 
 def read_rows(path: Path, embeddings: Path | None) -> Iterator[Row]:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.errors import SagashiError
 from app.query import QueryError
 from app.search.segment_engine import write_segments
 from app.settings import Settings
@@ -29,8 +30,11 @@ from indexer.reindex import Reindexer, ReindexError, ReindexSummary
 from indexer.runs import Run, finish
 
 
-class JobStopped(Exception):
+class JobStopped(SagashiError):
     """The operation stopped cleanly; the message says why and what to do."""
+
+    http_status = 409
+    error_code = "job_stopped"
 
 
 def first_line(exc: BaseException) -> str:

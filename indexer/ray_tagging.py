@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, select
 
+from app.errors import SagashiError
 from app.store import repository as repo
 from app.store.formats import canonical_format
 from app.store.models import Tag
@@ -55,8 +56,11 @@ SHARDS = "ray-shards"
 INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'sagashi[ray]'"
 
 
-class RayUnavailable(Exception):
+class RayUnavailable(SagashiError):
     """Ray cannot be used here (not installed, or no cluster at the address)."""
+
+    http_status = 503
+    error_code = "ray_unavailable"
 
 
 def require_ray() -> Any:

@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlalchemy import Engine, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
+from app.errors import SagashiError
 from app.query import ErrorCode, QueryError, parse
 from app.search.binder import Binder
 from app.search.catalog import Catalog
@@ -37,8 +38,11 @@ log = logging.getLogger(__name__)
 CHUNK = 2000
 
 
-class ReindexError(Exception):
+class ReindexError(SagashiError):
     """The reindex cannot start or cannot switch; the message says what to do."""
+
+    http_status = 409
+    error_code = "reindex_refused"
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from app.errors import SagashiError
 from app.settings import Settings
 from app.tagger.fetch import PUBLISHED, fetch_model
 from app.tagger.protocol import Tagger
@@ -30,8 +31,11 @@ DEFAULT_MODEL = "pixai-v0.9-onnx"
 DEFAULT_MODEL_DIR = Path("models") / DEFAULT_MODEL
 
 
-class FirstRunError(Exception):
+class FirstRunError(SagashiError):
     """The first run cannot go on; the message says why."""
+
+    http_status = 400
+    error_code = "first_run"
 
 
 def check_paths(paths: Sequence[Path]) -> None:

@@ -73,12 +73,14 @@ def test_reindex_side_by_side_resume_and_switch(
     Indexer(engine, pixai, OPTIONS).run([root])
     assert states(migrated_url) == {1: "active"}
 
-    def stop_after_six(done: int, total: int) -> None:
-        if done >= 6:
+    def stop_after_nine(done: int, total: int) -> None:
+        # Files read, not written: two batches of three are kept in flight, so the ninth
+        # file's read is the first with a batch written behind it.
+        if done >= 9:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        Reindexer(engine, wd, OPTIONS, tmp_path / "data").run(stop_after_six)
+        Reindexer(engine, wd, OPTIONS, tmp_path / "data").run(stop_after_nine)
     # Interrupted: the old generation still serves; the new one holds the committed part.
     assert states(migrated_url) == {1: "active", 2: "building"}
     assert 0 < embeddings_in(migrated_url, 2) < 10

@@ -23,6 +23,7 @@ from starlette.types import Scope
 from app.api.danbooru.shape import danbooru_shaped
 from app.api.danbooru.shape import error_body as danbooru_error_body
 from app.api.hf_errors import hf_error_body, hf_shaped
+from app.errors import SagashiError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ _STATUS_CODES = {
 }
 
 
-class ApiError(Exception):
+class ApiError(SagashiError):
+    """An error a route raises with its status and code chosen on the spot."""
+
     def __init__(
         self,
         status: int,
@@ -52,11 +55,14 @@ class ApiError(Exception):
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
-        self.code = code
+        self.status = self.http_status = status
+        self.code = self.error_code = code
         self.message = message
         self.position = position
         self.headers = headers
+
+    def detail(self) -> str:
+        return self.message
 
 
 def error_body(code: str, message: str, position: int | None = None) -> dict[str, Any]:
@@ -94,7 +100,7 @@ def error_response_for(
 
 
 def install_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(SagashiError, _sagashi_error)
     for unavailable in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -102,10 +108,13 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
-async def _api_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
+async def _sagashi_error(request: Request, exc: Exception) -> JSONResponse:
+    """Every :class:`SagashiError` a route lets through, as its class (or instance) says."""
+    assert isinstance(exc, SagashiError)
+    if exc.http_status >= 500:
+        log.error("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
     return error_response_for(
-        request.scope, exc.status, exc.code, exc.message, exc.position, exc.headers
+        request.scope, exc.http_status, exc.error_code, exc.detail(), exc.position, exc.headers
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from app.errors import SagashiError
+
 
 class ErrorCode(StrEnum):
     SYNTAX = "syntax"
@@ -24,17 +26,27 @@ class ErrorCode(StrEnum):
     UNSUPPORTED = "unsupported"  # valid syntax the search engine cannot execute yet
 
 
-class QueryError(Exception):
+class QueryError(SagashiError):
     """A query that cannot be searched. ``position`` is a 0-based offset into the query text.
 
     The position may equal ``len(text)`` when the problem is that the text ended too soon.
     """
 
+    http_status = 400
+    position: int  # always set: where in the query text
+
     def __init__(self, code: ErrorCode, message: str, position: int) -> None:
         super().__init__(f"{message} (at character {position})")
         self.code = code
+        self.error_code = f"query_{code.value}"
         self.message = message
         self.position = position
+
+    def detail(self) -> str:
+        return self.message
+
+    def reason(self) -> str:
+        return f"bad query at character {self.position} ({self.code}): {self.message}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The default reduce would call __init__ with the formatted string only.

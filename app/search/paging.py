@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from pyroaring import BitMap
 
+from app.errors import SagashiError
 from app.query import Order
 from app.search.bitmaps import bitmap_of
 
@@ -39,8 +40,11 @@ WALK_CHUNK = 2048
 _MALFORMED = "the cursor is malformed; use the next_cursor of a response"
 
 
-class CursorError(ValueError):
+class CursorError(SagashiError, ValueError):
     """A cursor that is not one of ours, or belongs to another order."""
+
+    http_status = 400
+    error_code = "bad_cursor"
 
 
 @dataclass(frozen=True)

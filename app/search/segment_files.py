@@ -33,6 +33,7 @@ import numpy as np
 import xxhash
 from pyroaring import BitMap
 
+from app.errors import SagashiError
 from app.search.bitmaps import bitmap_of
 from app.search.plan import PTag
 from app.search.postings import Attributes, PathTable, Postings, Segment
@@ -47,8 +48,11 @@ LOCK = "write.lock"
 COLUMNS = ("id", "width", "height", "size_bytes", "mpixels", "ratio", "indexed_us")
 
 
-class SegmentError(Exception):
+class SegmentError(SagashiError):
     """A segment set that cannot be used; the message says why (for the log)."""
+
+    http_status = 500
+    error_code = "segments_unusable"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pyroaring import BitMap
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.errors import SagashiError
 from app.query import MAX_TERMS, All, ErrorCode, Order, Query, QueryError, parse
 from app.query.ast import Node
 from app.search import similar
@@ -52,12 +53,18 @@ MAX_SIMILAR_RESULTS = 1000
 DEFAULT_DUPLICATE_SIMILARITY = 0.98
 
 
-class EmptyIndex(Exception):
+class EmptyIndex(SagashiError):
     """There is no active generation to search."""
 
+    http_status = 404
+    error_code = "empty_index"
 
-class NotFound(LookupError):
+
+class NotFound(SagashiError, LookupError):
     """``similar:<id>`` names an image that is not in the index."""
+
+    http_status = 404
+    error_code = "not_found"
 
 
 @dataclass(frozen=True)

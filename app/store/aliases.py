@@ -11,11 +11,16 @@ import csv
 from collections.abc import Mapping
 from pathlib import Path
 
+from app.errors import SagashiError
+
 PACKAGED = Path(__file__).resolve().parents[1] / "data" / "tag_aliases.csv"
 
 
-class AliasError(Exception):
+class AliasError(SagashiError):
     """The alias file is unreadable or malformed."""
+
+    http_status = 500
+    error_code = "bad_aliases"
 
 
 def load_aliases(extra: Path | None = None) -> dict[str, str]:

@@ -22,6 +22,8 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.errors import SagashiError
+
 ADVISORY_KEY = 0x5A6A_5368  # "Sagashi writer"
 LEASE_CLASS = 0x5A6A_4A62  # "Sagashi job": pg_advisory_lock(LEASE_CLASS, job id)
 # A run killed a moment ago may still hold the lock while the server notices its socket
@@ -30,8 +32,14 @@ WAIT_SECONDS = 5.0
 BUSY = "another index, import or reindex run is writing to this database"
 
 
-class WriterBusy(Exception):
+class WriterBusy(SagashiError):
     """Another run holds the writer lock."""
+
+    http_status = 409
+    error_code = "writer_busy"
+
+    def reason(self) -> str:
+        return f"{self}; wait for it to finish (see 'sagashi jobs list')"
 
 
 @contextmanager

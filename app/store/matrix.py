@@ -32,6 +32,8 @@ from typing import Any, BinaryIO
 import faiss
 import numpy as np
 
+from app.errors import SagashiError
+
 MAGIC = b"SGVEC16\n"
 FORMAT = 1
 HEADER = struct.Struct("<8sIIQ")
@@ -39,8 +41,11 @@ HEADER_BYTES = 64
 ALIGN = 64
 
 
-class MatrixFormatError(ValueError):
+class MatrixFormatError(SagashiError, ValueError):
     """The file is not a gather matrix of this format, or not the one expected."""
+
+    http_status = 500
+    error_code = "bad_matrix"
 
 
 def _padded(size: int) -> int:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
+from app.errors import SagashiError
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -23,8 +25,11 @@ _REVISION = re.compile(r'^revision(?::[^=]*)? = "([^"]+)"', re.MULTILINE)
 _DOWN = re.compile(r'^down_revision(?::[^=]*)? = (?:None|"([^"]+)")', re.MULTILINE)
 
 
-class SchemaMismatch(Exception):
+class SchemaMismatch(SagashiError):
     """The database's schema revision is not the one this code expects."""
+
+    http_status = 503
+    error_code = "schema_mismatch"
 
 
 def alembic_config(url: str) -> Config:

@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from app.errors import SagashiError
 from app.store import bulk
 from app.store.aliases import canonical
 from app.store.models import (
@@ -60,8 +61,11 @@ class Prediction:
     embedding: np.ndarray
 
 
-class GenerationMismatch(Exception):
+class GenerationMismatch(SagashiError):
     """The model given does not match the generation the index serves."""
+
+    http_status = 409
+    error_code = "generation_mismatch"
 
 
 def active_generation(session: Session) -> ModelGeneration | None:

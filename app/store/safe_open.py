@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from app.errors import SagashiError
 from app.store.roots import resolve_within
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -35,12 +36,14 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
 _SWAPPED = (errno.ELOOP, errno.ENOTDIR)
 
 
-class OpenRefused(Exception):
+class OpenRefused(SagashiError):
     """The file cannot be served; ``code`` is the API error code, the message says why."""
+
+    http_status = 404
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = self.error_code = code
         self.message = message
 
 

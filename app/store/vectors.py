@@ -40,6 +40,7 @@ import faiss
 import numpy as np
 from sqlalchemy import Engine, select
 
+from app.errors import SagashiError
 from app.store import ivf_build
 from app.store.db import session_factory
 from app.store.filecheck import FileCheck, checksum, problem
@@ -80,9 +81,12 @@ class IndexMeta:
     files: dict[str, FileCheck] = field(default_factory=dict)
 
 
-class IndexWriteError(Exception):
+class IndexWriteError(SagashiError):
     """The index could not be written (a full disk, say); the files on disk are left as
     they were."""
+
+    http_status = 507
+    error_code = "index_write_failed"
 
 
 class VectorIndex(Protocol):

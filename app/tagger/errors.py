@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from app.errors import SagashiError
 
-class ModelLoadError(Exception):
+
+class ModelLoadError(SagashiError):
     """The model directory is missing files, or its files disagree with each other."""
 
+    http_status = 503
+    error_code = "model_unavailable"
 
-class ImageDecodeError(Exception):
+
+class ImageDecodeError(SagashiError):
     """One image could not be turned into a model input. Reported per file, never fatal."""
+
+    http_status = 422
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = self.error_code = code
         self.message = message
 
     def __reduce__(self) -> tuple[type[ImageDecodeError], tuple[str, str]]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from app.errors import SagashiError
+
 log = logging.getLogger(__name__)
 
 
@@ -56,8 +58,11 @@ PUBLISHED: dict[str, PublishedModel] = {
 UNGATED_ALTERNATIVE = "pixai-v0.9-onnx"
 
 
-class FetchError(Exception):
+class FetchError(SagashiError):
     """A download failed; the message says why and what to do next."""
+
+    http_status = 502
+    error_code = "fetch_failed"
 
 
 def fetch_model(name: str, directory: Path, token: str | None = None) -> Path:

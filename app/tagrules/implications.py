@@ -25,13 +25,18 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from app.errors import SagashiError
+
 PACKAGED = Path(__file__).resolve().parents[1] / "data" / "tag_implications.csv"
 COLUMNS = ("antecedent_name", "consequent_name")
 
 
-class RulesError(Exception):
+class RulesError(SagashiError):
     """A rules file (implications or exclusive groups) is unreadable or malformed; the
     message names the file and, where it applies, the line."""
+
+    http_status = 500
+    error_code = "bad_rules"
 
 
 @dataclass(frozen=True)

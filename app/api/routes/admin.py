@@ -17,9 +17,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.api.errors import ApiError
 from app.api.openapi import BEARER_SCHEME
 from app.api.resources import Res
-from app.api.routes.common import query_error
 from app.api.schemas import AdminJobRequest, ExportJobRequest, JobOut, ReloadResponse
-from app.query import QueryError, parse
+from app.query import parse
 from app.search.service import EmptyIndex
 from app.store.jobs import (
     enqueue,
@@ -82,8 +81,6 @@ def queue_export(body: ExportJobRequest, res: Res) -> JobOut:
         parse(body.q)
     except UnicodeEncodeError as exc:
         raise ApiError(422, "invalid_request", "q: not valid Unicode text") from exc
-    except QueryError as exc:
-        raise query_error(exc) from exc
     params = body.model_dump()
     params["where"] = params.pop("q")
     job = enqueue(res.engine, "export", params)
@@ -130,9 +127,6 @@ def _job_params(body: AdminJobRequest) -> dict[str, object]:
         raise ApiError(422, "invalid_request", "paths: only index jobs take paths")
     if body.action == "reindex":
         if body.where is not None:
-            try:
-                parse(body.where)
-            except QueryError as exc:
-                raise query_error(exc) from exc
+            parse(body.where)  # a QueryError is a 400 with the query's code and position
         return {"model_dir": body.model_dir, "where": body.where}
     return {}

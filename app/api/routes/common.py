@@ -18,11 +18,11 @@ from app.api.schemas import (
     TagScoreOut,
     UnknownTagOut,
 )
+from app.errors import SagashiError
 from app.query import QueryError, parse
 from app.search import suggest
 from app.search.details import tags_of
-from app.search.paging import CursorError
-from app.search.service import EmptyIndex, NotFound, Page
+from app.search.service import EmptyIndex, Page
 from app.store.db import session_factory
 
 ThresholdParam = Annotated[
@@ -46,23 +46,14 @@ def thresholds(
     return {group: value for group, value in given.items() if value is not None}
 
 
-def query_error(exc: QueryError) -> ApiError:
-    return ApiError(400, f"query_{exc.code.value}", exc.message, exc.position)
-
-
 @contextmanager
 def search_errors() -> Iterator[None]:
-    """Search failures a caller caused, as 4xx errors."""
+    """Search failures a caller caused, as 4xx errors: Sagashi's own errors go to the
+    app's handler with their own status and code; any other ValueError is a bad request."""
     try:
         yield
-    except QueryError as exc:
-        raise query_error(exc) from exc
-    except CursorError as exc:
-        raise ApiError(400, "bad_cursor", str(exc)) from exc
-    except NotFound as exc:
-        raise ApiError(404, "not_found", str(exc)) from exc
-    except EmptyIndex as exc:
-        raise ApiError(404, "empty_index", str(exc)) from exc
+    except SagashiError:
+        raise
     except ValueError as exc:
         raise ApiError(400, "bad_request", str(exc)) from exc
 
