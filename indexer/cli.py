@@ -26,7 +26,7 @@ from app.search.service import EngineKind, SearchRequest, SearchService
 from app.settings import Settings
 from app.store import migrate
 from app.store.db import create_db_engine, database_url, safe_url, session_factory
-from app.store.jobs import failure_records, get_job, job_record, recent_jobs
+from app.store.job_records import failure_records, get_job, job_record, recent_jobs
 from app.store.migrate import check_schema
 from app.store.repository import GenerationIdentity, GenerationMismatch, active_generation
 from app.tagger import OutputPolicy

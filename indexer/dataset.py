@@ -46,7 +46,7 @@ from app.search.catalog import Catalog
 from app.search.sql_engine import execute
 from app.settings import Settings
 from app.store.db import session_factory
-from app.store.jobs import valid_export_name
+from app.store.job_records import valid_export_name
 from app.store.models import Image, Tag
 from app.tagger.defaults import CARD
 from app.tagger.policy import TagScore

@@ -573,7 +573,7 @@ class Importer:
         items = []
         start = 0
         for row, (facts, end) in enumerate(zip(batch.facts, ends, strict=True)):
-            prediction = repo.Prediction(
+            prediction = repo.StoredPrediction(
                 tag_ids[start:end], batch.scores[start:end], batch.embeddings[row]
             )
             items.append((facts, prediction, existing.get(facts.path)))

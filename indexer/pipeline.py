@@ -318,7 +318,7 @@ class _Batch:
                 self.failures.append(Problem(loaded.found.path, error.code, error.message))
                 continue
             tag_ids, scores = self.tag_map.postings(prediction.probs[row], self.floor)
-            stored = repo.Prediction(tag_ids, scores, prediction.embeddings[row])
+            stored = repo.StoredPrediction(tag_ids, scores, prediction.embeddings[row])
             assert loaded.facts is not None
             items.append((loaded.facts, stored, existing_id))
             if existing_id is None:

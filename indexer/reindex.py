@@ -247,7 +247,9 @@ class Reindexer:
         rows = []
         for row, image_id in batch:
             tag_ids, scores = tag_map.postings(prediction.probs[row], self.options.score_floor)
-            rows.append((image_id, repo.Prediction(tag_ids, scores, prediction.embeddings[row])))
+            rows.append(
+                (image_id, repo.StoredPrediction(tag_ids, scores, prediction.embeddings[row]))
+            )
         image_ids = [image_id for _row, image_id in batch]
         if self.where is not None:  # in place: the old scores go in the same transaction
             repo.clear_predictions(session, generation_id, image_ids)

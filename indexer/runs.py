@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.store.jobs import JobRecorder, recover_dead
+from app.store.job_records import JobRecorder, recover_dead
 from app.store.locks import writer_lock
 from indexer.progress import progress_bar, rate_text
 

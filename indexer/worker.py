@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.settings import Settings
-from app.store.jobs import (
+from app.store.job_records import (
     READ_ONLY_KINDS,
     claim,
     claim_next,

@@ -68,7 +68,7 @@ def build_index(
                 fixture_md5(i),
             )
             items.append(
-                (facts, repo.Prediction(tag_ids, scores, np.ones(4, np.float32) / 2), None)
+                (facts, repo.StoredPrediction(tag_ids, scores, np.ones(4, np.float32) / 2), None)
             )
         image_ids = repo.write_images(session, generation.id, items)
         repo.refresh_tag_counts(session, generation.id)

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from app.store.db import create_db_engine, session_factory
-from app.store.jobs import enqueue, get_job
+from app.store.job_records import enqueue, get_job
 from app.store.models import Embedding, Image, ImageTag
 from tests.api_helpers import make_library
 from tests.conftest import SAGASHI, _postgres_schema_url, run_sagashi

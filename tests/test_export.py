@@ -104,7 +104,7 @@ def add_images(engine: Engine, images: Mapping[Path | str, Mapping[str, float]])
                 probs[NAMES.index(name)] = score
             tag_ids, tag_scores = tag_map.postings(probs, floor=0.05)
             facts = repo.FileFacts(str(path), f"{n:064x}", 1, 1, 8, 8, "png")
-            prediction = repo.Prediction(tag_ids, tag_scores, np.full(4, 0.5, np.float32))
+            prediction = repo.StoredPrediction(tag_ids, tag_scores, np.full(4, 0.5, np.float32))
             items.append((facts, prediction, None))
         ids = repo.write_images(session, generation.id, items)
         session.commit()

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import Engine
 
 from app.store.db import create_db_engine
-from app.store.jobs import enqueue, get_job
+from app.store.job_records import enqueue, get_job
 from app.store.models import Job
 from indexer.dataset import MANIFEST, TEMP_PREFIX
 from tests.api_helpers import make_library

@@ -33,7 +33,7 @@ from app.query import (
     QueryError,
     Range,
     RangeSet,
-    Tag,
+    TagTerm,
     Wildcard,
     parse,
     to_sexp,
@@ -176,7 +176,7 @@ def test_conformance_unterminated_quote() -> None:
 def matches(node: Node, tags: set[str]) -> bool:
     if isinstance(node, All):
         return True
-    if isinstance(node, Tag):
+    if isinstance(node, TagTerm):
         return node.name in tags
     if isinstance(node, Wildcard):
         pattern = re.compile(".*".join(map(re.escape, node.pattern.split("*"))))
@@ -334,23 +334,23 @@ def test_syntax_errors(text: str, code: str, position: int) -> None:
 
 def test_tree_keeps_source_order_and_sexp_sorts() -> None:
     root = parse("b a").root
-    assert root == And((Tag("b"), Tag("a")))
+    assert root == And((TagTerm("b"), TagTerm("a")))
     assert to_sexp(root) == "(and a b)"
 
 
 def test_tilde_group_takes_the_place_of_its_first_member() -> None:
     root = parse("x ~b y ~a").root
-    assert root == And((Tag("x"), Or((Tag("b"), Tag("a"))), Tag("y")))
+    assert root == And((TagTerm("x"), Or((TagTerm("b"), TagTerm("a"))), TagTerm("y")))
 
 
 def test_term_positions() -> None:
     root = parse("a  -b  (C,0.5) path:x").root
     assert isinstance(root, And)
     first, negated, scored, meta = root.children
-    assert isinstance(first, Tag) and first.position == 0
-    assert isinstance(negated, Not) and isinstance(negated.child, Tag)
+    assert isinstance(first, TagTerm) and first.position == 0
+    assert isinstance(negated, Not) and isinstance(negated.child, TagTerm)
     assert negated.child.position == 4
-    assert isinstance(scored, Tag) and scored.position == 8
+    assert isinstance(scored, TagTerm) and scored.position == 8
     assert isinstance(meta, Meta) and meta.position == 15
 
 
@@ -368,7 +368,7 @@ def test_nodes_are_frozen_and_hashable() -> None:
 
 
 def test_smart_constructors_normalise() -> None:
-    a, b, c = Tag("a"), Tag("b"), Tag("c")
+    a, b, c = TagTerm("a"), TagTerm("b"), TagTerm("c")
     assert make_and([]) == ALL
     assert make_and([ALL, a]) == a
     assert make_and([And((a, b)), c, a]) == And((a, b, c))
@@ -381,12 +381,12 @@ def test_smart_constructors_normalise() -> None:
 
 def test_to_sexp_forms() -> None:
     assert to_sexp(ALL) == "all"
-    assert to_sexp(Tag("a", Range(lo=0.5))) == "a,>=0.5"
+    assert to_sexp(TagTerm("a", Range(lo=0.5))) == "a,>=0.5"
     assert to_sexp(Wildcard("a*", Range(0.5, 0.8))) == "(wildcard a*,0.5..0.8)"
     assert to_sexp(Meta("path", "x", raw='a"b\\c')) == 'path:"a\\"b\\\\c"'
     assert to_sexp(Meta("path", "", raw="")) == 'path:""'
     assert to_sexp(Meta("path", "(x)", raw="(x)")) == 'path:"(x)"'
-    mixed = Or((Not(Tag("z")), Wildcard("y*"), Meta("rating", ("g",), raw="g"), Tag("x")))
+    mixed = Or((Not(TagTerm("z")), Wildcard("y*"), Meta("rating", ("g",), raw="g"), TagTerm("x")))
     assert to_sexp(mixed) == "(or x rating:g (wildcard y*) (not z))"
 
 
@@ -403,7 +403,7 @@ def test_to_sexp_forms() -> None:
         ("blue_*,>=0.5", Wildcard("blue_*", Range(lo=0.5))),
         ("-a*", Not(Wildcard("a*"))),
         ("~a* ~b*", Or((Wildcard("a*"), Wildcard("b*")))),
-        ("a* b", And((Wildcard("a*"), Tag("b")))),
+        ("a* b", And((Wildcard("a*"), TagTerm("b")))),
     ],
 )
 def test_wildcards(text: str, expected: Node) -> None:
@@ -413,12 +413,12 @@ def test_wildcards(text: str, expected: Node) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("Hu_Tao_(Genshin_Impact)", Tag("hu_tao_(genshin_impact)")),
-        ("ÀÉÎ", Tag("àéî")),
+        ("Hu_Tao_(Genshin_Impact)", TagTerm("hu_tao_(genshin_impact)")),
+        ("ÀÉÎ", TagTerm("àéî")),
         ("PATH:Foo/BAR.png", Meta("path", "Foo/BAR.png")),
         ("Width:5", Meta("width", ints(point(5)))),
         ("RATING:E", Meta("rating", ("e",))),
-        ("1GIRL,>=0.9", Tag("1girl", Range(lo=0.9))),
+        ("1GIRL,>=0.9", TagTerm("1girl", Range(lo=0.9))),
     ],
 )
 def test_case(text: str, expected: Node) -> None:
@@ -493,9 +493,9 @@ def test_thresholds(text: str, expected: str) -> None:
 
 
 def test_threshold_nodes() -> None:
-    assert parse("1girl,0.8").root == Tag("1girl", Range(lo=0.8))
-    assert parse("1girl,0.5...0.8").root == Tag("1girl", Range(0.5, 0.8, hi_inclusive=False))
-    assert parse("1girl").root == Tag("1girl", None)
+    assert parse("1girl,0.8").root == TagTerm("1girl", Range(lo=0.8))
+    assert parse("1girl,0.5...0.8").root == TagTerm("1girl", Range(0.5, 0.8, hi_inclusive=False))
+    assert parse("1girl").root == TagTerm("1girl", None)
     assert parse("a*").root == Wildcard("a*", None)
 
 
@@ -790,7 +790,7 @@ def test_unknown_metatag_message_suggests_the_known_name() -> None:
     ],
 )
 def test_tags_with_colons_stay_tags(text: str) -> None:
-    assert parse(text).root == Tag(text)
+    assert parse(text).root == TagTerm(text)
 
 
 @pytest.mark.shared_data
@@ -810,7 +810,7 @@ def test_real_danbooru_tags_parse_as_themselves() -> None:
             root: Node | str = parse(name).root
         except QueryError as exc:
             root = exc.code
-        if root not in (Tag(name.lower()), Wildcard(name.lower())):
+        if root not in (TagTerm(name.lower()), Wildcard(name.lower())):
             failures.append(name)
     assert all(name.startswith("(") for name in failures), failures
 
@@ -881,7 +881,7 @@ def test_singleton_errors(text: str, code: str, position: int) -> None:
 def test_singletons_never_stay_in_the_tree() -> None:
     assert {"order", "limit", "similar"} == SINGLETON_METATAGS
     query = parse("a order:id limit:5 similar:2 b")
-    assert query == Query(And((Tag("a"), Tag("b"))), Order("id", False), 5, 2)
+    assert query == Query(And((TagTerm("a"), TagTerm("b"))), Order("id", False), 5, 2)
 
 
 def test_max_limit_is_configurable() -> None:
@@ -894,7 +894,7 @@ def test_max_limit_is_configurable() -> None:
 
 
 def test_max_terms_counts_tags_wildcards_and_metatags() -> None:
-    assert parse(" ".join(["a"] * 100)).root == Tag("a")
+    assert parse(" ".join(["a"] * 100)).root == TagTerm("a")
     assert error_of(" ".join(["a"] * 101)) == (TOO_MANY, 200)
     assert error_of("a b* rating:g", max_terms=2) == (TOO_MANY, 5)
     assert error_of("a " * 99 + "rating:g limit:5") == (TOO_MANY, 207)
@@ -1012,7 +1012,7 @@ def assert_normalised(root: Node) -> None:
             stack.append(node.child)
         elif isinstance(node, Meta):
             assert node.name in KNOWN_METATAGS - SINGLETON_METATAGS
-        elif isinstance(node, Tag | Wildcard):
+        elif isinstance(node, TagTerm | Wildcard):
             assert node.threshold is None or 0 <= (node.threshold.lo or 0) <= 1
 
 

@@ -29,7 +29,7 @@ def _write(session, generation_id, images, start, existing=None):  # type: ignor
     for offset, tags in enumerate(images):
         i = start + offset
         facts = repo.FileFacts(f"/more/{i:05d}.png", f"{i:064x}", 500 + i, 1, 64 + i, 80, "png")
-        prediction = repo.Prediction(
+        prediction = repo.StoredPrediction(
             np.array([ids[n] for n in tags], dtype=np.int64),
             np.array(list(tags.values()), dtype=np.float32),
             np.ones(4, np.float32) / 2,

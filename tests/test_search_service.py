@@ -110,7 +110,7 @@ def test_pages_stay_consistent_while_images_are_added(migrated_url: str, tmp_pat
         generation = repo.active_generation(session)
         assert generation is not None
         ids = repo.ensure_tags(session, {"a": GROUP_CODE["general"]})
-        prediction = repo.Prediction(
+        prediction = repo.StoredPrediction(
             np.array([ids["a"]]), np.array([0.9], np.float32), np.ones(4, np.float32) / 2
         )
         facts = repo.FileFacts("/new.png", "e" * 64, 1, 1, 10, 10, "png")
@@ -307,7 +307,7 @@ def test_concurrent_searches_while_the_index_changes(migrated_url: str, tmp_path
         assert generation is not None
         ids = repo.ensure_tags(session, {"a": GROUP_CODE["general"]})
         for i in range(20):
-            prediction = repo.Prediction(
+            prediction = repo.StoredPrediction(
                 np.array([ids["a"]]), np.array([0.9], np.float32), np.ones(4, np.float32) / 2
             )
             facts = repo.FileFacts(f"/c/{i}.png", f"{i + 500:064x}", 1, 1, 10, 10, "png")

@@ -12,7 +12,7 @@ from app.store import migrate, vectors
 from app.store import repository as repo
 from app.store.aliases import AliasError, canonical, load_aliases
 from app.store.db import create_db_engine, session_factory
-from app.store.jobs import JobRecorder, get_job
+from app.store.job_records import JobRecorder, get_job
 from app.store.models import Embedding, Image, ImageTag, Tag
 from app.tagger.preprocess import Preprocess
 from app.tagger.protocol import ModelInfo
@@ -128,7 +128,7 @@ def test_aliases_normalise_stored_tags_and_merge_duplicates(migrated_url: str) -
         groups = dict(session.execute(select(Tag.name, Tag.group)).all())
         assert groups["genshin_impact"] == GROUP_CODE["copyright"]
         embedding = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
-        prediction = repo.Prediction(tag_ids, scores, embedding)
+        prediction = repo.StoredPrediction(tag_ids, scores, embedding)
         ids = repo.write_images(session, generation.id, [(facts("/x/a.png"), prediction, None)])
         session.commit()
         stored = session.execute(
@@ -144,11 +144,11 @@ def test_retag_replaces_postings_and_delete_removes_them(migrated_url: str) -> N
     with session_factory(engine)() as session:
         generation = repo.generation_for_index(session, INFO)
         tag_map = repo.TagMap.ensure(session, VOCAB, {})
-        first = repo.Prediction(
+        first = repo.StoredPrediction(
             *tag_map.postings(np.array([0.9, 0, 0, 0, 0], np.float32), 0.05),
             np.ones(4, np.float32) / 2,
         )
-        second = repo.Prediction(
+        second = repo.StoredPrediction(
             *tag_map.postings(np.array([0, 0, 0.7, 0, 0], np.float32), 0.05),
             np.ones(4, np.float32) / 2,
         )
@@ -172,7 +172,7 @@ def test_one_live_row_per_path(migrated_url: str) -> None:
     engine = create_db_engine(migrated_url)
     with session_factory(engine)() as session:
         generation = repo.generation_for_index(session, INFO)
-        prediction = repo.Prediction(
+        prediction = repo.StoredPrediction(
             np.zeros(0, np.int64), np.zeros(0, np.float32), np.ones(4, np.float32) / 2
         )
         repo.write_images(session, generation.id, [(facts("/x/a.png"), prediction, None)])
@@ -205,7 +205,9 @@ def test_faiss_index_is_rebuilt_when_stale(migrated_url: str, tmp_path: Path) ->
             vector = rng.normal(size=4).astype(np.float32)
             vector /= np.linalg.norm(vector)
             empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
-            items.append((facts(f"/x/{i}.png", f"{i:064d}"), repo.Prediction(*empty, vector), None))
+            items.append(
+                (facts(f"/x/{i}.png", f"{i:064d}"), repo.StoredPrediction(*empty, vector), None)
+            )
         ids = repo.write_images(session, generation.id, items)
         session.commit()
     index = vectors.load_fresh(engine, tmp_path, generation.id)

@@ -194,7 +194,7 @@ def _fill(engine: Engine, count: int, seed: int = 0) -> int:
         items = [
             (
                 repo.FileFacts(f"/v/{i}.png", f"{i:064x}", 100, 1, 10, 20, "png"),
-                repo.Prediction(*empty, rows[i].astype(np.float32)),
+                repo.StoredPrediction(*empty, rows[i].astype(np.float32)),
                 None,
             )
             for i in range(count)

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.store.jobs import MAX_ATTEMPTS, JobRecorder, claim_next, enqueue, get_job, recover_dead
+from app.store.job_records import (
+    MAX_ATTEMPTS,
+    JobRecorder,
+    claim_next,
+    enqueue,
+    get_job,
+    recover_dead,
+)
 from app.store.locks import writer_lock
 from indexer.worker import Worker
 from tests.api_helpers import ADMIN_TOKEN, ApiEnv, indexed_env

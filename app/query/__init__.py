@@ -14,7 +14,7 @@ from app.query.ast import (
     Or,
     Order,
     Query,
-    Tag,
+    TagTerm,
     Wildcard,
     to_sexp,
 )
@@ -45,7 +45,7 @@ __all__ = [
     "Range",
     "RangeSet",
     "ScoreRange",
-    "Tag",
+    "TagTerm",
     "Wildcard",
     "parse",
     "to_sexp",

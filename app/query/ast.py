@@ -53,7 +53,7 @@ class All:
 
 
 @dataclass(frozen=True)
-class Tag:
+class TagTerm:
     name: str
     threshold: ScoreRange | None = None
     position: int = field(default=0, compare=False)
@@ -93,7 +93,7 @@ class Or:
     children: tuple[Node, ...]
 
 
-Node = All | Tag | Wildcard | Meta | Not | And | Or
+Node = All | TagTerm | Wildcard | Meta | Not | And | Or
 
 ALL = All()
 
@@ -137,7 +137,7 @@ def _flatten(kind: type[And] | type[Or], children: Iterable[Node]) -> list[Node]
     return list(dict.fromkeys(flat))
 
 
-_RANK: dict[type, int] = {All: 0, Tag: 1, Meta: 2, Wildcard: 3, Not: 4, And: 5, Or: 6}
+_RANK: dict[type, int] = {All: 0, TagTerm: 1, Meta: 2, Wildcard: 3, Not: 4, And: 5, Or: 6}
 _NEEDS_QUOTES = frozenset("\"'\\()")
 
 
@@ -145,7 +145,7 @@ def to_sexp(node: Node) -> str:
     """``(and a (not b))``, ``(wildcard foo*)``, ``1girl,>=0.9``, ``path:"a b"``, ``all``."""
     if isinstance(node, All):
         return "all"
-    if isinstance(node, Tag):
+    if isinstance(node, TagTerm):
         return node.name + _threshold(node.threshold)
     if isinstance(node, Wildcard):
         return f"(wildcard {node.pattern}{_threshold(node.threshold)})"

@@ -45,7 +45,7 @@ from app.query.ast import (
     Or,
     Order,
     Query,
-    Tag,
+    TagTerm,
     Wildcard,
     make_and,
     make_not,
@@ -231,7 +231,7 @@ def _build_tag(word: str, position: int) -> Node:
         raise QueryError(ErrorCode.SYNTAX, message, position)
     if "*" in lowered:
         return Wildcard(lowered, threshold, position)
-    return Tag(lowered, threshold, position)
+    return TagTerm(lowered, threshold, position)
 
 
 def _split_threshold(word: str, position: int) -> tuple[str, ScoreRange | None]:

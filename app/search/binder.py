@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import cast
 
-from app.query import All, And, Meta, Not, Or, Tag, Wildcard
+from app.query import All, And, Meta, Not, Or, TagTerm, Wildcard
 from app.query.ast import Node
 from app.query.ranges import ScoreRange
 from app.search.catalog import Catalog, TagInfo
@@ -70,7 +70,7 @@ class Binder:
     def bind(self, node: Node) -> PlanNode:
         if isinstance(node, All):
             return PAll()
-        if isinstance(node, Tag):
+        if isinstance(node, TagTerm):
             info = self.catalog.lookup(node.name)
             if info is not None:
                 return self.term(info, node.threshold)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.query import And, Not, Or, Tag
+from app.query import And, Not, Or, TagTerm
 from app.query.ast import Node
 from app.search.catalog import Catalog
 
@@ -177,7 +177,7 @@ def unknown_tags(root: Node, catalog: Catalog, limit: int = LIMIT) -> list[Unkno
 
 
 def _tag_names(node: Node) -> Iterator[str]:
-    if isinstance(node, Tag):
+    if isinstance(node, TagTerm):
         yield node.name
     elif isinstance(node, Not):
         yield from _tag_names(node.child)

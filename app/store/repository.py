@@ -53,7 +53,7 @@ class FileFacts:
 
 
 @dataclass(frozen=True)
-class Prediction:
+class StoredPrediction:
     """One image's stored prediction: tag ids with scores (above the floor) and embedding."""
 
     tag_ids: np.ndarray
@@ -264,7 +264,7 @@ def index_version(session: Session, generation_id: int) -> int:
 def write_images(
     session: Session,
     generation_id: int,
-    items: Sequence[tuple[FileFacts, Prediction, int | None]],
+    items: Sequence[tuple[FileFacts, StoredPrediction, int | None]],
 ) -> list[int]:
     """Insert new images (or re-tag existing ones, by id) with their postings and
     embeddings. The caller commits."""
@@ -327,7 +327,7 @@ def _image_values(facts: FileFacts, stamp: datetime, generation_id: int) -> dict
 
 
 def insert_predictions(
-    session: Session, generation_id: int, rows: Sequence[tuple[int, Prediction]]
+    session: Session, generation_id: int, rows: Sequence[tuple[int, StoredPrediction]]
 ) -> None:
     """Postings and embeddings of many images, through the bulk path."""
     if not rows:

@@ -23,7 +23,7 @@ from app.api.related import related_tags
 from app.api.resources import Resources
 from app.api.routes.tags import normalise_prefix
 from app.query import parse
-from app.query.ast import And, Node, Or, Tag
+from app.query.ast import And, Node, Or, TagTerm
 from app.search.catalog import Catalog, TagInfo
 from app.search.service import EmptyIndex
 from app.store.db import session_factory
@@ -165,7 +165,7 @@ def autocomplete(res: Resources, query: str, kind: str, limit: int) -> list[dict
 
 
 def _query_tags(node: Node) -> set[str]:
-    if isinstance(node, Tag):
+    if isinstance(node, TagTerm):
         return {node.name}
     if isinstance(node, And | Or):
         return set().union(*(_query_tags(child) for child in node.children))

@@ -20,7 +20,7 @@ from app.api.resources import Res
 from app.api.schemas import AdminJobRequest, ExportJobRequest, JobOut, ReloadResponse
 from app.query import parse
 from app.search.service import EmptyIndex
-from app.store.jobs import (
+from app.store.job_records import (
     enqueue,
     failure_records,
     get_job,

@@ -11,7 +11,7 @@ from app.api.related import related_tags
 from app.api.resources import Res
 from app.api.routes.common import Thresholds, search_errors
 from app.api.schemas import RelatedResponse, RelatedTag, TagDefaultsOut, TagSuggestion
-from app.query.ast import Tag
+from app.query.ast import TagTerm
 from app.search.service import EmptyIndex
 
 router = APIRouter(tags=["tags"])
@@ -78,7 +78,7 @@ def related(
     if info is None or "*" in name:
         raise ApiError(404, "not_found", f"no tag {name!r} in the index")
     with search_errors():
-        matches = res.search.matching(Tag(canonical), wanted)
+        matches = res.search.matching(TagTerm(canonical), wanted)
     total, sampled, found = related_tags(res, matches, {canonical}, wanted, sample_size)
     rows = [
         RelatedTag(
