@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast, get_args
@@ -148,6 +148,18 @@ SummaryJsonOption = Annotated[
     typer.Option(
         "--json", help="Print the summary as one JSON object on stdout instead of a table."
     ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Tag on Ray: 'local' (a Ray for this run), 'auto' (RAY_ADDRESS or the "
+        "cluster on this node) or a cluster address; needs pip install 'sagashi[ray]'.",
+    ),
+]
+RayActorsOption = Annotated[
+    int, typer.Option(min=0, help="With --ray: tagger actors (0: one per GPU, else CPUs/4).")
 ]
 
 
@@ -392,18 +404,8 @@ def index(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     as_json: SummaryJsonOption = False,
-    ray: Annotated[
-        str | None,
-        typer.Option(
-            "--ray",
-            metavar="ADDRESS",
-            help="Tag on Ray: 'local' (a Ray for this run), 'auto' (RAY_ADDRESS or the "
-            "cluster on this node) or a cluster address; needs pip install 'sagashi[ray]'.",
-        ),
-    ] = None,
-    ray_actors: Annotated[
-        int, typer.Option(min=0, help="With --ray: tagger actors (0: one per GPU, else CPUs/4).")
-    ] = 0,
+    ray: RayAddressOption = None,
+    ray_actors: RayActorsOption = 0,
 ) -> None:
     """Index images: tag new and changed files, follow moves, mark deletions.
 
@@ -436,6 +438,72 @@ def _index(settings: Settings, paths: list[Path], as_json: bool) -> IndexSummary
     engine = open_store(settings, create=True)
     tagger = load_tagger(settings)
     return up_run.index_paths(engine, settings, tagger, paths, as_json)
+
+
+@app.command(
+    "tag-dataset",
+    epilog="Example: sagashi tag-dataset ~/Pictures/art --out ./art-tags --captions",
+)
+def tag_dataset(
+    sources: Annotated[
+        list[Path], typer.Argument(metavar="SRC...", help="Folders (or files) to tag, recursively.")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Folder of Parquet shards in the import format (created if missing).",
+        ),
+    ],
+    captions: Annotated[
+        bool,
+        typer.Option(
+            "--captions",
+            help="Also a caption per image under DIR/captions, mirroring the folders below "
+            "the sources' common folder (as sagashi export --captions).",
+        ),
+    ] = False,
+    allow: Annotated[
+        str | None, typer.Option(help="Captions: only these tags (comma-separated, or @FILE).")
+    ] = None,
+    deny: Annotated[
+        str | None, typer.Option(help="Captions: never these tags (comma-separated, or @FILE).")
+    ] = None,
+    order: Annotated[
+        str, typer.Option(help="Captions: groups in caption order, comma-separated.")
+    ] = "character,copyright,general",
+    model_dir: ModelDirOption = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    ray: RayAddressOption = None,
+    ray_actors: RayActorsOption = 0,
+    shard_rows: Annotated[int, typer.Option(min=1, help="Rows per Parquet shard.")] = 4096,
+    as_json: SummaryJsonOption = False,
+) -> None:
+    """Tag files into Parquet shards in the import format, without an index.
+
+    For dataset curation: predictions (tags, scores, embeddings) that 'sagashi import DIR
+    --model-dir M' turns into the index 'sagashi index' would build. Run it again into the
+    same DIR to resume: files a whole shard describes as they are (path, size, mtime) are
+    skipped, rows of changed or vanished files dropped. Exit status 1 when some files could
+    not be tagged (the summary lists why).
+    """
+    from indexer import tag_dataset as dataset
+    from indexer.ray_tagging import start
+
+    settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
+    index, options = dataset.plan(settings, sources, out, shard_rows, ray, ray_actors)
+    if captions:
+        caption = dataset.caption_options(
+            settings, index.aliases, split_list(allow), split_list(deny), order
+        )
+        options = replace(options, captions=caption)
+    tagger = load_tagger(settings)
+    if options.ray is not None:
+        start(options.ray)
+    summary = dataset.run_command(tagger, index, sources, options, as_json)
+    raise typer.Exit(1 if summary.failed else 0)
 
 
 def stop(run: Run, message: str) -> NoReturn:

@@ -12,6 +12,10 @@ Formats, chosen by extension:
   ``tag`` (list of strings), ``score`` (list of floats) and ``embedding`` (list or
   fixed-size list of floats).
 
+A folder is read as every ``*.parquet`` shard directly in it, by name, as one input (the
+rows numbered on across them): what ``sagashi tag-dataset`` and ``sagashi index --ray``
+write.
+
 Both formats may also give ``size`` and ``mtime_ns`` (the file's size in bytes and
 modification time in nanoseconds when it was tagged) and ``format`` (``png``, ``jpeg``, ...,
 else taken from the extension): with them a later ``sagashi index`` of the same, unchanged
@@ -59,6 +63,7 @@ from app.store.formats import canonical_format
 from app.store.models import Tag
 from app.tagger.defaults import CARD
 from app.tagger.vocab import GENERAL, GROUP_CODE, TagVocabulary
+from indexer.shards import shard_paths
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +133,9 @@ class RowError(SagashiError):
 
 
 def read_rows(path: Path, embeddings: Path | None) -> Iterator[Row]:
+    if path.is_dir():
+        yield from _folder_rows(path, embeddings)
+        return
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         yield from _parquet_rows(path)
@@ -135,6 +143,31 @@ def read_rows(path: Path, embeddings: Path | None) -> Iterator[Row]:
         yield from _jsonl_rows(path, embeddings)
     else:
         raise ImportError_(f"{path}: unknown format '{suffix}'; use .jsonl, .ndjson or .parquet")
+
+
+def _folder_rows(folder: Path, embeddings: Path | None) -> Iterator[Row]:
+    """Every Parquet shard in ``folder`` (not below it), by name, as one input: rows are
+    numbered on across the shards. Hidden files (a shard being written) are left out."""
+    if embeddings is not None:
+        raise ImportError_(f"{folder}: a folder of Parquet shards takes no --embeddings")
+    shards = shard_paths(folder)
+    if not shards:
+        raise ImportError_(f"{folder}: a folder, but it holds no .parquet shards to import")
+    number = 0
+    for shard in shards:
+        for row in _parquet_rows(shard):
+            number += 1
+            yield Row(number, row.raw, row.embedding)
+
+
+def input_bytes(path: Path) -> int:
+    """The size of an input: a file's, or a folder's shards together (0 when unreadable)."""
+    try:
+        if path.is_dir():
+            return sum(shard.stat().st_size for shard in shard_paths(path))
+        return path.stat().st_size
+    except OSError:
+        return 0  # read_rows reports the error
 
 
 def _jsonl_rows(path: Path, embeddings: Path | None) -> Iterator[Row]:
@@ -494,10 +527,7 @@ class Importer:
         """Import a file, read in a child process when it is large (or ``child`` says so),
         so that reading and writing overlap."""
         if child is None:
-            try:
-                child = path.stat().st_size >= CHILD_READER_MIN_BYTES
-            except OSError:
-                child = False  # read_rows reports the error
+            child = input_bytes(path) >= CHILD_READER_MIN_BYTES
         if child:
             return self._run(
                 lambda known: prepared_in_child(path, embeddings, self.options, known), progress

@@ -27,9 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +39,7 @@ from app.errors import SagashiError
 from app.store import repository as repo
 from app.store.formats import canonical_format
 from app.store.models import Tag
+from app.store.repository import FileFacts
 from app.store.roots import add_roots
 from app.tagger.protocol import Tagger
 from indexer.importer import Importer, ImportOptions, ImportSummary, Row
@@ -49,6 +47,7 @@ from indexer.pipeline import Indexer, IndexOptions, IndexSummary, Loaded, _Batch
 from indexer.readers import readers_for
 from indexer.reading import ReadSpec, read_file
 from indexer.scan import Found, Problem
+from indexer.shards import import_row, read_shard, shard_paths, shard_row, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -245,51 +244,20 @@ def shard_folder(data_dir: Path, tagger: Tagger) -> Path:
     return data_dir / SHARDS / key[:16]
 
 
-def shard_schema(dim: int) -> Any:
-    """The import format's Parquet columns, with the file's size, mtime and format."""
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("path", pa.string()),
-            ("sha256", pa.string()),
-            ("md5", pa.string()),
-            ("width", pa.int64()),
-            ("height", pa.int64()),
-            ("size", pa.int64()),
-            ("mtime_ns", pa.int64()),
-            ("format", pa.string()),
-            ("tag", pa.list_(pa.string())),
-            ("score", pa.list_(pa.float32())),
-            ("embedding", pa.list_(pa.float32(), dim)),
-        ]
-    )
-
-
 def leftover_rows(folder: Path, wanted: dict[str, Found]) -> tuple[set[str], list[dict[str, Any]]]:
     """Rows of the whole shards an earlier run left that describe a file of ``wanted`` as it
     is now (same size and mtime): their paths, and the rows as the importer takes them."""
-    import pyarrow.parquet as pq
-
-    if not folder.is_dir():
-        return set(), []
     paths: set[str] = set()
     rows: list[dict[str, Any]] = []
-    for shard in sorted(folder.glob("*.parquet")):
-        try:
-            table = pq.read_table(shard)
-        except Exception as exc:  # renamed only once whole; a damaged disk is another matter
-            log.warning("ignoring unreadable shard %s: %s", shard, exc)
-            continue
-        for row in table.to_pylist():
+    for shard in shard_paths(folder):
+        for row in read_shard(shard) or []:
             found = wanted.get(row["path"])
             if found is None or row["path"] in paths:
                 continue
             if (row["size"], row["mtime_ns"]) != (found.size, found.mtime_ns):
                 continue
             paths.add(row["path"])
-            row["tags"] = dict(zip(row.pop("tag"), row.pop("score"), strict=True))
-            rows.append(row)
+            rows.append(import_row(row))
     return paths, rows
 
 
@@ -316,9 +284,14 @@ class ShardWriter:
         folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, batch: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Problem]]:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        """The batch's rows (as the importer takes them) once written, and its failures."""
+        rows, failures = self.rows(batch)
+        if rows:
+            write_shard(self.folder, rows)
+        return [import_row(row) for row in rows], failures
 
+    def rows(self, batch: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Problem]]:
+        """The batch's rows as a shard stores them (:func:`shard_row`), and its failures."""
         rows: list[dict[str, Any]] = []
         failures: list[Problem] = []
         num_tags = len(self.tag_map.tag_ids)
@@ -331,43 +304,19 @@ class ShardWriter:
             probs = np.full(num_tags, -1.0, dtype=np.float32)
             probs[np.asarray(batch["tag_index"][i], dtype=np.int64)] = batch["tag_score"][i]
             tag_ids, scores = self.tag_map.postings(probs, self.floor)
-            embedding = np.asarray(batch["embedding"][i], dtype=np.float32)
-            rows.append(
-                {
-                    "path": path,
-                    "sha256": str(batch["sha256"][i]),
-                    "md5": str(batch["md5"][i]),
-                    "width": int(batch["width"][i]),
-                    "height": int(batch["height"][i]),
-                    "size": int(batch["size"][i]),
-                    "mtime_ns": int(batch["mtime_ns"][i]),
-                    "format": str(batch["format"][i]),
-                    "tag": [self.names[t] for t in tag_ids.tolist()],
-                    "score": scores.astype(np.float32).tolist(),
-                    "embedding": embedding.tolist(),
-                }
+            facts = FileFacts(
+                path,
+                str(batch["sha256"][i]),
+                int(batch["size"][i]),
+                int(batch["mtime_ns"][i]),
+                int(batch["width"][i]),
+                int(batch["height"][i]),
+                str(batch["format"][i]),
+                str(batch["md5"][i]),
             )
-        if rows:
-            table = pa.Table.from_pylist(rows, schema=shard_schema(len(rows[0]["embedding"])))
-            name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-            temporary = self.folder / f".{name}.tmp"
-            with temporary.open("wb") as handle:
-                pq.write_table(table, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.folder / f"{name}.parquet")
-            _fsync_dir(self.folder)
-        for row in rows:
-            row["tags"] = dict(zip(row.pop("tag"), row.pop("score"), strict=True))
+            names = [self.names[t] for t in tag_ids.tolist()]
+            rows.append(shard_row(facts, names, scores, batch["embedding"][i]))
         return rows, failures
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- the Ray side ---------------------------------------------------------------------------

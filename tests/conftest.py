@@ -109,6 +109,7 @@ SLOW_MODULES = frozenset(
         "test_index_crash.py",
         "test_index_diskfull.py",
         "test_ray_index_crash.py",
+        "test_tag_dataset_crash.py",
         "test_search_cli.py",
         "test_segments.py",
         "test_serve_e2e.py",

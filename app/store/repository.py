@@ -172,6 +172,13 @@ class TagMap:
 
     @classmethod
     def ensure(cls, session: Session, vocab: TagVocabulary, aliases: Mapping[str, str]) -> TagMap:
+        """The map onto the database's tag ids, inserting the tags it lacks."""
+        return cls.of(vocab, aliases, ensure_tags(session, cls.wanted(vocab, aliases)))
+
+    @staticmethod
+    def wanted(vocab: TagVocabulary, aliases: Mapping[str, str]) -> dict[str, int]:
+        """Every tag the vocabulary can give, by stored (canonical) name, with its group
+        code: the vocabulary's own names and the copyrights its characters imply."""
         names = [canonical(n, aliases) for n in vocab.names]
         groups = [int(c) for c in vocab.group_codes]
         copyrights = {ip for ips in vocab.char_to_copyrights.values() for ip in ips}
@@ -179,7 +186,13 @@ class TagMap:
         wanted = {n: g for n, g in zip(names, groups, strict=True) if n.strip()}
         for ip in copyrights:
             wanted.setdefault(canonical(ip, aliases), GROUP_CODE["copyright"])
-        ids = ensure_tags(session, wanted)
+        return wanted
+
+    @classmethod
+    def of(cls, vocab: TagVocabulary, aliases: Mapping[str, str], ids: Mapping[str, int]) -> TagMap:
+        """The map onto ``ids`` (every name :meth:`wanted` gives -> its id): the database's,
+        or numbers of the caller's own when there is no database (``sagashi tag-dataset``)."""
+        names = [canonical(n, aliases) for n in vocab.names]
         copyright_ids = {
             ids[canonical(char, aliases)]: [ids[canonical(ip, aliases)] for ip in ips]
             for char, ips in vocab.char_to_copyrights.items()
