@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import os
 import signal
 import sys
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast, get_args
 
 import typer
-from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,9 +23,8 @@ from app.logs import configure_logging
 from app.search.service import EngineKind, SearchRequest, SearchService
 from app.settings import Settings
 from app.store import migrate
-from app.store.db import create_db_engine, database_url, safe_url, session_factory
+from app.store.db import database_url, safe_url, session_factory
 from app.store.job_records import failure_records, get_job, job_record, recent_jobs
-from app.store.migrate import check_schema
 from app.store.repository import GenerationIdentity, GenerationMismatch, active_generation
 from app.tagger import OutputPolicy
 from app.tagger.caption import format_caption
@@ -36,9 +33,10 @@ from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary, load_wd_vocab
 from app.text import plural
 from indexer import jobs
 from indexer import up as up_run
+from indexer.cli_common import fail, load_settings, load_tagger, log, open_store, split_list
+from indexer.cli_export import EPILOG as EXPORT_EPILOG
+from indexer.cli_export import export_command
 from indexer.cli_parsing import DashQueryCommand, SagashiTyper
-from indexer.export import EPILOG as EXPORT_EPILOG
-from indexer.export import export_command
 from indexer.importer import Importer, ImportError_, ImportOptions
 from indexer.jobs import first_line
 from indexer.progress import migration_bar, progress_bar, rate_text
@@ -53,7 +51,6 @@ if TYPE_CHECKING:  # torch and timm load only in the commands that run a model
     from app.tagrules import TagRules
     from indexer.pipeline import IndexSummary
 
-log = logging.getLogger("sagashi")
 
 app = SagashiTyper(
     name="sagashi",
@@ -91,50 +88,6 @@ class OutputFormat(StrEnum):
 class Preset(StrEnum):
     default = "default"
     coverage = "coverage"
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One-line reason on stderr, non-zero exit."""
-    typer.echo(f"sagashi: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def load_settings(**overrides: object) -> Settings:
-    try:
-        values: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
-        settings = Settings(**values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        fail(f"invalid setting SAGASHI_{where.upper()}: {first['msg']}")
-    configure_logging(settings.log_level)
-    return settings
-
-
-def load_tagger(settings: Settings, embeddings: bool = True) -> Tagger:
-    """The model directory's tagger, on the runtime its layout needs (torch or ONNX Runtime);
-    ``embeddings=False`` also admits a tag-only model (WD's own model.onnx)."""
-    if settings.model_dir is None:
-        fail("no model directory: pass --model-dir DIR or set SAGASHI_MODEL_DIR")
-    from app.tagger.factory import tagger_from_settings
-
-    return tagger_from_settings(settings, settings.model_dir, embeddings=embeddings)
-
-
-def split_list(value: str | None) -> frozenset[str] | None:
-    """Comma-separated tags, or @FILE with one tag per line."""
-    if value is None:
-        return None
-    if value.startswith("@"):
-        path = Path(value[1:])
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            fail(f"cannot read tag list {path}: {exc}")
-        items = text.splitlines()
-    else:
-        items = value.split(",")
-    return frozenset(i.strip() for i in items if i.strip())
 
 
 ModelDirOption = Annotated[
@@ -366,22 +319,6 @@ def model_info(model_dir: ModelDirOption = None) -> None:
         "published_thresholds": getattr(tagger, "published_thresholds", {}),
     }
     sys.stdout.write(json.dumps(record, indent=2) + "\n")
-
-
-def open_store(settings: Settings, create: bool = False) -> Engine:
-    """The database engine, refusing a schema older or newer than this code; with
-    ``create``, a database with nothing in it yet gets this code's schema first (the
-    migrations, as 'sagashi db upgrade' runs them)."""
-    url = database_url(settings)
-    engine = create_db_engine(url)
-    try:
-        if not create:
-            check_schema(engine)
-        elif migrate.prepare_schema(engine, url):
-            log.info("created the database %s (schema %s)", safe_url(url), migrate.head_revision())
-    except SQLAlchemyError as exc:
-        fail(f"cannot open the database {safe_url(url)}: {first_line(exc)}")
-    return engine
 
 
 @db_app.command("upgrade", epilog="Example: sagashi db upgrade")

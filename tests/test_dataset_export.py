@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from app.query import QueryError
 from app.store import migrate
 from app.store.db import create_db_engine
+from indexer.cli_export import EPILOG, export_command
 from indexer.dataset import (
     MANIFEST,
     DatasetOptions,
@@ -27,7 +28,7 @@ from indexer.dataset import (
     export_dataset,
     place_image,
 )
-from indexer.export import EPILOG, CaptionOptions, EmptyIndexError, export_command
+from indexer.export import CaptionOptions, EmptyIndexError
 from tests.api_helpers import ADMIN_TOKEN, make_library
 from tests.conftest import run_sagashi
 from tests.serve_helpers import sagashi_serve

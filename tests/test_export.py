@@ -26,14 +26,13 @@ from app.store.models import Image
 from app.tagger.preprocess import Preprocess
 from app.tagger.protocol import ModelInfo
 from app.tagger.vocab import GROUP_CODE, TagVocabulary
+from indexer.cli_export import EPILOG, export_command
 from indexer.export import (
-    EPILOG,
     CaptionOptions,
     EmptyIndexError,
     ExportSummary,
     Layout,
     export_captions,
-    export_command,
     parse_order,
     tag_names,
 )

@@ -46,6 +46,22 @@ def test_app_never_imports_indexer() -> None:
     assert offenders == []
 
 
+def test_only_the_cli_layer_imports_the_cli() -> None:
+    """Commands live in indexer/cli*.py; the machinery they call never imports them back
+    (the export module did, for its command's helpers: an import cycle)."""
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for path in (REPO_ROOT / "indexer").glob("*.py")
+        if not path.name.startswith("cli")
+        and path.name != "docs_gen.py"  # documents the commands: it reads the CLI
+        and any(
+            line.lstrip().startswith(("from indexer.cli", "import indexer.cli"))
+            for line in path.read_text(encoding="utf-8").splitlines()
+        )
+    ]
+    assert offenders == []
+
+
 @pytest.mark.parametrize(
     "module", ["indexer.cli", "app.search.service", "app.store.repository", "app.api.app"]
 )
