@@ -108,6 +108,7 @@ SLOW_MODULES = frozenset(
         "test_first_use.py",
         "test_index_crash.py",
         "test_index_diskfull.py",
+        "test_ray_cluster.py",
         "test_ray_index_crash.py",
         "test_tag_dataset_crash.py",
         "test_search_cli.py",
