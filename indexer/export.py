@@ -16,14 +16,11 @@ import errno
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ import numpy as np
 from sqlalchemy import ColumnElement, Engine, select
 from sqlalchemy.orm import Session
 
+from app.atomic_files import atomic_file
 from app.errors import SagashiError
 from app.store.aliases import canonical
 from app.store.db import session_factory
@@ -367,41 +365,15 @@ class Destination:
         return target
 
 
-FILE_MODE = 0o666
-
-
 def write_caption(target: str, text: str, overwrite: bool) -> bool:
     """Write atomically (temp file + rename). False when skipped: it exists already."""
     if not overwrite and os.path.lexists(target):
         return False
-    folder = os.path.dirname(target)
-    os.makedirs(folder, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=".sagashi-", suffix=".tmp")
-    try:
-        # mkstemp makes 0600 files; captions are ordinary files, readable as the umask says.
-        os.fchmod(fd, FILE_MODE & ~process_umask())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-        # No fsync: an export is cheap to rerun, and millions of fsyncs are not.
-        os.replace(temp, target)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(temp)
-        raise
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    # No fsync: an export is cheap to rerun, and millions of fsyncs are not.
+    with atomic_file(Path(target), durable=False) as out:
+        out.write(text.encode("utf-8"))
     return True
-
-
-@cache
-def process_umask() -> int:
-    """The process's umask, read without changing it where Linux shows it (os.umask can
-    only be read by setting it, which another thread would see); read once, when the
-    first caption is written, not at import."""
-    with suppress(OSError, ValueError, StopIteration):
-        status = Path("/proc/self/status").read_text(encoding="ascii").splitlines()
-        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 _ERRNO_CODES = {

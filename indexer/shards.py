@@ -7,16 +7,16 @@ postings the local index would store: aliases applied, scores at or above the fl
 copyrights from the characters) and its embedding as a fixed-size list of float32. With the
 size and mtime a later run tells a file it described, unchanged, from one to tag again.
 
-Only whole shards exist: each is written under a temporary name (``.NAME.tmp``), flushed to
-disk, then renamed to ``NAME.parquet`` and the folder synced; a run killed at any moment
-leaves at most a temporary file, which the next run removes and never reads. Names start
+Only whole shards exist: each is written through :func:`app.atomic_files.atomic_file` (a
+hidden temporary name, flushed to disk, renamed to ``NAME.parquet``, the folder synced); a
+run killed at any moment leaves at most a temporary file, which the next run removes
+(:func:`app.atomic_files.sweep`) and never reads. Names start
 with the time they were written, so they sort oldest first.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from app.atomic_files import atomic_file
 from app.store.repository import FileFacts
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".parquet"
-TEMPORARY = ".tmp"
 
 
 def shard_schema(dim: int) -> Any:
@@ -87,18 +87,9 @@ def write_shard(folder: Path, rows: Sequence[dict[str, Any]]) -> Path:
 
     table = pa.Table.from_pylist(list(rows), schema=shard_schema(len(rows[0]["embedding"])))
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-    temporary = folder / f".{name}{TEMPORARY}"
-    try:
-        with temporary.open("wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        target = folder / f"{name}{SUFFIX}"
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_dir(folder)
+    target = folder / f"{name}{SUFFIX}"
+    with atomic_file(target) as handle:  # hidden until whole: shard_paths skips it
+        pq.write_table(table, handle)
     return target
 
 
@@ -122,26 +113,7 @@ def read_shard(shard: Path) -> list[dict[str, Any]] | None:
     return rows
 
 
-def remove_temporaries(folder: Path) -> int:
-    """Remove what a killed run left half written; how many there were."""
-    if not folder.is_dir():
-        return 0
-    left = [p for p in folder.glob(f".*{TEMPORARY}") if p.is_file()]
-    for path in left:
-        path.unlink(missing_ok=True)
-    return len(left)
-
-
 def remove_files(paths: Iterable[Path]) -> None:
     """Remove shards whose rows live on elsewhere (imported, or rewritten into another)."""
     for path in paths:
         path.unlink(missing_ok=True)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

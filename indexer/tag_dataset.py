@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.atomic_files import sweep
 from app.errors import SagashiError
 from app.settings import Settings
 from app.store.repository import TagMap
@@ -45,7 +46,6 @@ from indexer.shard_captions import CaptionWriter
 from indexer.shards import (
     read_shard,
     remove_files,
-    remove_temporaries,
     shard_paths,
     shard_row,
     write_shard,
@@ -220,7 +220,7 @@ def tag_dataset(
     """Tag what the shards in ``options.out`` lack, write it there, drop stale rows."""
     summary = DatasetSummary()
     options.out.mkdir(parents=True, exist_ok=True)
-    if remove_temporaries(options.out):
+    if sweep(options.out):
         log.info("removed the half-written shards of an earlier run from %s", options.out)
     found = _scan(sources, index.media_roots, summary)
     previous = Previous.read(options.out)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import IO
 
 from PIL import Image
 
+from app.atomic_files import atomic_file
 from app.tagger import pillow_notes
 from app.tagger.decode import decode_image
 
@@ -61,15 +60,9 @@ class ThumbnailCache:
             image = decode_image(source, max_pixels=self.max_pixels, draft=self._draft)
             image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Written beside the target and renamed: a concurrent reader sees all or nothing.
-        handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                image.save(stream, "WEBP", quality=THUMB_QUALITY, method=4)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        # A concurrent reader sees all or nothing; no fsync: a lost thumbnail is remade.
+        with atomic_file(target, durable=False) as stream:
+            image.save(stream, "WEBP", quality=THUMB_QUALITY, method=4)
         return target
 
     def _draft(self, width: int, height: int) -> tuple[int, int] | None:
