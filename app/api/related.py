@@ -16,7 +16,6 @@ from pyroaring import BitMap
 
 from app.api.resources import Resources
 from app.search.details import co_occurrences, sample
-from app.store.db import session_factory
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ def related_tags(
     catalog = res.search.catalog()
     levels = res.search.thresholds(wanted)
     ids = sample(list(matches), sample_size)
-    with session_factory(res.engine)() as session:
+    with res.session() as session:
         counts, groups = co_occurrences(
             session, res.search.generation_id(), ids, levels, catalog.names_by_id()
         )

@@ -22,6 +22,7 @@ from app.api.inference import Inference
 from app.api.metrics import Metrics
 from app.search.service import EmptyIndex, SearchService
 from app.settings import Settings
+from app.store.db import session_factory
 from app.store.roots import library_roots
 from app.store.thumbs import ThumbnailCache
 
@@ -63,15 +64,6 @@ class Resources:
             log.exception("start-up failed")
         finally:
             self.warmed.set()
-        if self.warm_error is None:
-            self._verify_files()
-
-    def _verify_files(self) -> None:
-        """The checksums the start left for later, once ready (see verify_files)."""
-        try:
-            self.search.verify_files()
-        except Exception:
-            log.exception("the background check of the index files failed")
 
     def _report(self, stage: str) -> None:
         self.stage = stage
@@ -94,6 +86,12 @@ class Resources:
     def _open_vectors(self) -> None:
         with suppress(EmptyIndex):  # nothing to open; _load_index said so
             self.search.open_vectors(self._report)
+
+    def session(self) -> Session:
+        """A new session on the service's database: every route and helper opens its
+        sessions here, in a ``with`` block as short as the work that needs it (never across
+        a file's streaming, which would hold a pooled connection for the download)."""
+        return session_factory(self.engine)()
 
     def roots(self, session: Session) -> list[str]:
         """The folders files may be served from: those indexed, and SAGASHI_MEDIA_ROOTS."""

@@ -28,7 +28,6 @@ from app.api.resources import Resources
 from app.query import Order, QueryError, parse
 from app.search.paging import Cursor, order_token
 from app.search.service import EmptyIndex, Hit, NotFound, SearchRequest
-from app.store.db import session_factory
 from app.store.models import Image
 
 BY_ID_DESC = Order("id", descending=True)
@@ -56,7 +55,7 @@ def posts_for(
     if not ids:
         return []
     state = res.search.current()
-    with session_factory(res.engine)() as session:
+    with res.session() as session:
         found = build_posts(
             session,
             state.catalog,
@@ -125,7 +124,7 @@ def post_by_md5(
 ) -> dict[str, Any]:
     """``GET /posts.json?md5=``: the one post with this md5 (Danbooru answers it alone)."""
     live = (Image.md5 == md5.strip().lower(), Image.deleted_at.is_(None))
-    with session_factory(res.engine)() as session:
+    with res.session() as session:
         image_id = session.scalar(select(Image.id).where(*live).order_by(Image.id).limit(1))
     if image_id is None:
         raise not_found()

@@ -26,7 +26,6 @@ from app.query import parse
 from app.query.ast import And, Node, Or, TagTerm
 from app.search.catalog import Catalog, TagInfo
 from app.search.service import EmptyIndex
-from app.store.db import session_factory
 from app.store.models import ModelGeneration
 
 FALSE = frozenset({"false", "no", "0", "f", "n", "off"})
@@ -53,7 +52,7 @@ def tag_json(name: str, info: TagInfo, stamp: str | None) -> dict[str, Any]:
 
 def _stamp(res: Resources) -> str | None:
     """When the active generation (the model's tags) entered the index: a tag's dates."""
-    with session_factory(res.engine)() as session:
+    with res.session() as session:
         moment = session.scalar(
             select(ModelGeneration.created_at).where(
                 ModelGeneration.id == res.search.generation_id()

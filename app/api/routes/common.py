@@ -23,7 +23,6 @@ from app.query import QueryError, parse
 from app.search import suggest
 from app.search.details import tags_of
 from app.search.service import EmptyIndex, Page
-from app.store.db import session_factory
 
 ThresholdParam = Annotated[
     float | None, Query(ge=0.0, le=1.0, description="Score threshold for this tag group.")
@@ -66,7 +65,7 @@ def page_body(
     if ids and tags_per_item:
         state = res.search.current()
         names = state.catalog.names_by_id()
-        with session_factory(res.engine)() as session:
+        with res.session() as session:
             found = tags_of(
                 session,
                 state.generation_id,

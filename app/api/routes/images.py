@@ -24,7 +24,6 @@ from app.api.routes.common import Thresholds
 from app.api.schemas import ImageDetail, ImageTagOut, TagDropOut
 from app.search.details import image_row, tags_of
 from app.search.service import EmptyIndex
-from app.store.db import session_factory
 from app.store.models import Image
 from app.store.safe_open import LibraryFile, OpenRefused, open_within
 from app.tagger.errors import ImageDecodeError
@@ -60,7 +59,7 @@ def image_detail(image_id: ImageId, res: Res, wanted: Thresholds) -> ImageDetail
     except EmptyIndex as exc:
         raise _missing(image_id) from exc
     thresholds = res.search.thresholds(wanted)
-    with session_factory(res.engine)() as session:
+    with res.session() as session:
         image = image_row(session, image_id)
         if image is None:
             raise _missing(image_id)
@@ -158,7 +157,7 @@ _REFUSAL_HINTS = {
 
 
 def _opened(res: Resources, image_id: int) -> tuple[Image, LibraryFile]:
-    with session_factory(res.engine)() as session:  # one session per file request
+    with res.session() as session:  # one session per file request
         image = image_row(session, image_id)
         roots = res.roots(session) if image is not None else []
     if image is None:

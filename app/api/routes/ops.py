@@ -9,7 +9,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.api.errors import ApiError
 from app.api.resources import Res
 from app.api.schemas import Health
-from app.store.db import session_factory
 from app.text import plural
 
 router = APIRouter(tags=["operations"])
@@ -32,12 +31,10 @@ def readyz(res: Res) -> Health:
     if res.warm_error is not None:
         raise ApiError(503, "failed", f"start-up failed: {res.warm_error}")
     try:
-        with session_factory(res.engine)() as session:
+        with res.session() as session:
             session.execute(text("select 1"))
     except SQLAlchemyError as exc:
         raise ApiError(503, "database", f"the database does not answer: {exc}") from exc
-    if res.search.files.startswith("damaged"):
-        raise ApiError(503, "damaged", f"index files {res.search.files}")
     images = res.search.loaded_images()
     opened = res.search.opened_vectors()
     vectors = f"{opened.kind}, {plural(opened.count, 'vector')}" if opened else "empty index"
@@ -53,7 +50,6 @@ def readyz(res: Res) -> Health:
             "index": index,
             "vectors": vectors,
             "model": _model_state(res),
-            "files": res.search.files,
         },
     )
 
