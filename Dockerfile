@@ -15,7 +15,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
  && rm -rf /var/lib/apt/lists/* \
  && ln -sf /usr/bin/python3.11 /usr/local/bin/python
-# FAISS stays faiss-cpu here too: searches and index builds run on the CPU (README).
+# FAISS stays faiss-cpu here too: searches and index builds run on the CPU
+# (docs/query-language.md, "Similarity").
 ENV TORCH_INDEX=https://download.pytorch.org/whl/cu128 EXTRAS=postgres
 
 FROM base-${VARIANT} AS final

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     )
     exclusion_file: Path | None = Field(
         default=None,
-        description="Rules file of mutually exclusive tags (README, Contradictions) in place "
+        description="Rules file of mutually exclusive tags (docs/tagging-and-datasets.md) in place "
         "of the one shipped with Sagashi.",
     )
     model_dir: Path | None = Field(

@@ -476,7 +476,7 @@ def import_(
     ] = False,
     as_json: SummaryJsonOption = False,
 ) -> None:
-    """Import predictions computed elsewhere (see the README for the formats).
+    """Import predictions computed elsewhere (formats: docs/operations.md, sagashi import).
 
     With --model-dir the rows join that model's index (the model is loaded to identify it);
     otherwise they form a generation named by --model-name. Bad rows are reported with their
