@@ -10,8 +10,12 @@ run for both engines:
   once first and not counted); seconds and peak RSS (VmHWM);
 - ``sagashi search '1girl solo'``: the wall time of the whole command, start-up included;
 - ``sagashi serve``: seconds from the start to a 200 from /readyz, and the server's RSS then;
-- ``--changes N``: the same start after N images changed since the set was written (the
-  delta a server replays at open), then the set brought current again;
+- ``--changes N``: the same start after N images changed since the set was written: first
+  with the changes replayed from the database at open (this code, and with
+  ``--baseline-code DIR`` another checkout such as a ``git worktree`` of the previous
+  commit, on a copy of the same set), then after ``write_segments`` wrote them as a delta
+  segment (what the end of an index, import or reindex run does; timed), then the set
+  rewritten whole (a merge; timed);
 - ``--workers-memory 1 4``: the memory of a server with each number of worker processes,
   after the same warm-up traffic (tag searches and similarity searches), from
   /proc/PID/smaps_rollup over the whole process tree: PSS (shared pages split between the
@@ -35,6 +39,11 @@ from typing import Any
 
 log = logging.getLogger("bench.segments")
 SAGASHI = str(Path(sys.executable).with_name("sagashi"))
+# The CLI as the checkout on the path runs it (the installed ``sagashi`` script would run
+# this one's whatever the path says).
+CLI = [sys.executable, "-c", "import sys; from indexer.cli import main; sys.exit(main())"]
+# The checkout whose code the measured processes run (None: this one); see --baseline-code.
+CODE: Path | None = None
 QUERY = "1girl solo"
 
 
@@ -62,6 +71,10 @@ def _status(field: str, pid: int | str = "self") -> int:
     return 0
 
 
+def _code_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(CODE)} if CODE is not None else dict(os.environ)
+
+
 def open_engine_run(url: str, data_dir: Path, kind: str) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.bench_segments", "--child", kind]
     result = subprocess.run(
@@ -69,6 +82,8 @@ def open_engine_run(url: str, data_dir: Path, kind: str) -> dict[str, Any]:
         check=True,
         capture_output=True,
         text=True,
+        env=_code_env(),
+        cwd=CODE,
     )
     measured: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return measured
@@ -76,7 +91,7 @@ def open_engine_run(url: str, data_dir: Path, kind: str) -> dict[str, Any]:
 
 def environment(url: str, data_dir: Path, kind: str) -> dict[str, str]:
     return {
-        **os.environ,
+        **_code_env(),
         "SAGASHI_DATABASE_URL": url,
         "SAGASHI_DATA_DIR": str(data_dir),
         "SAGASHI_SEARCH_ENGINE": kind,
@@ -105,10 +120,11 @@ def served(
 
     started = time.perf_counter()
     process = subprocess.Popen(
-        [SAGASHI, "serve", "--port", str(port)],
+        [*CLI, "serve", "--port", str(port)],
         env={**environment(url, data_dir, kind), "SAGASHI_WORKERS": str(workers)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        cwd=CODE,
     )
     try:
         while True:
@@ -188,12 +204,19 @@ def warm_up(base: str, requests: int) -> None:
     assert set(codes) == {200}, codes
 
 
-def changed_start(url: str, data_dir: Path, changes: int, port: int) -> None:
-    """Server readiness with ``changes`` images changed since the set was written."""
+def changed_start(
+    url: str, data_dir: Path, changes: int, port: int, baseline: Path | None, runs: int
+) -> None:
+    """Engine open and server readiness with ``changes`` images changed since the set was
+    written: replayed from the database (this code, and ``baseline``'s), then mapped as a
+    delta segment; then the set rewritten whole."""
+    global CODE
     from sqlalchemy import insert, select
 
+    from app.search.segment_engine import write_segments
     from app.store.db import create_db_engine, session_factory
     from app.store.models import Image, ImageChange
+    from app.store.repository import active_generation
 
     engine = create_db_engine(url)
     with session_factory(engine)() as session:
@@ -201,22 +224,75 @@ def changed_start(url: str, data_dir: Path, changes: int, port: int) -> None:
         # What a move of each of these images records: one row in the change log.
         session.execute(insert(ImageChange), [{"image_id": i} for i in ids])
         session.commit()
-    engine.dispose()
-    ready, rss = serve_run(url, data_dir, "segments", port)
-    log.info("| segments, %d changes since the set | %.2f | %.2f |", changes, ready, rss / 1e9)
-    opened = open_engine_run(url, data_dir, "segments")
-    log.info("engine open with that delta: %.2f s", opened["seconds"])
-    from app.search.segment_engine import write_segments
-    from app.store.repository import active_generation
-
-    engine = create_db_engine(url)
-    with session_factory(engine)() as session:
         generation = active_generation(session)
         assert generation is not None
+    codes: list[tuple[str, Path | None, Path]] = [("this code", None, data_dir)]
+    if baseline is not None:
+        codes.insert(0, ("baseline", baseline.resolve(), _baseline_copy(data_dir)))
+    pointer = _pointer(data_dir)
+    log.info(
+        "| code | %d changes since the set | engine open s | serve ready s | RSS GB |", changes
+    )
+    log.info("|---|---|---|---|---|")
+    for run in range(runs):
+        for label, code, folder in codes:
+            CODE = code
+            for measure in ("open", "serve"):
+                _pointer(folder, pointer)  # no delta segment a flush child may have written
+                if measure == "open":
+                    opened, ready, rss = open_engine_run(url, folder, "segments")["seconds"], 0.0, 0
+                else:
+                    ready, rss = serve_run(url, folder, "segments", port)
+            log.info(
+                "| %s (run %d) | replayed from SQL | %.2f | %.2f | %.2f |",
+                label,
+                run + 1,
+                opened,
+                ready,
+                rss / 1e9,
+            )
+    CODE = None
+    _pointer(data_dir, pointer)
+    with session_factory(engine)() as session:
         started = time.perf_counter()
-        write_segments(session, data_dir, generation.id)  # current again for later runs
+        write_segments(session, data_dir, generation.id)  # what the end of a run does
+    log.info("delta segment written (the end of a run) in %.1f s", time.perf_counter() - started)
+    for run in range(runs):
+        opened = open_engine_run(url, data_dir, "segments")["seconds"]
+        ready, rss = serve_run(url, data_dir, "segments", port)
+        log.info(
+            "| this code (run %d) | a delta segment | %.2f | %.2f | %.2f |",
+            run + 1,
+            opened,
+            ready,
+            rss / 1e9,
+        )
+    with session_factory(engine)() as session:
+        started = time.perf_counter()
+        write_segments(session, data_dir, generation.id, full=True)  # current for later runs
     log.info("set rewritten (a merge) in %.1f s", time.perf_counter() - started)
     engine.dispose()
+
+
+def _pointer(data_dir: Path, value: str | None = None) -> str:
+    """The active generation's CURRENT pointer of ``data_dir`` (set to ``value`` first)."""
+    (path,) = (data_dir / "segments").glob("g*/CURRENT")
+    if value is not None:
+        path.write_text(value)
+    return path.read_text()
+
+
+def _baseline_copy(data_dir: Path) -> Path:
+    """A data folder for the baseline: the same FAISS files (linked) and a copy of the
+    current segment set, so that neither code's writes touch the other's files."""
+    import shutil
+
+    folder = data_dir.with_name(f"{data_dir.name}-baseline")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    (folder / "faiss").symlink_to((data_dir / "faiss").resolve())
+    shutil.copytree(data_dir / "segments", folder / "segments")
+    return folder
 
 
 def prepare_faiss(url: str, data_dir: Path) -> None:
@@ -245,6 +321,7 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=0, help="changes since the set")
     parser.add_argument("--workers-memory", type=int, nargs="*", default=[])
     parser.add_argument("--only-extra", action="store_true", help="skip the engine comparison")
+    parser.add_argument("--baseline-code", type=Path, help="checkout to compare --changes with")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
@@ -270,7 +347,7 @@ def main() -> None:
         for workers in args.workers_memory:
             workers_memory(url, data_dir, "segments", workers, args.port)
     if args.changes:
-        changed_start(url, data_dir, args.changes, args.port)
+        changed_start(url, data_dir, args.changes, args.port, args.baseline_code, args.runs)
     if args.only_extra:
         return
     log.info(

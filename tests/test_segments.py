@@ -1,11 +1,14 @@
 """The segment engine's files: opened when current, rebuilt from the database when missing,
-truncated, flipped, from another generation or format; changes after the set replayed as a
-delta and followed live; a delta that outgrows its limit merged into a new set; a write
-refused by a full disk or killed with -9 never leaves a half-read set. Every answer is
-checked against the SQL engine on random queries, on SQLite and PostgreSQL."""
+truncated, flipped (the postings' flips found by the check after the start, searches refused
+until the rebuilt set is mapped), from another generation or format; changes after the set
+replayed as a delta and followed live; a delta flushed to disk as delta segments, folded
+geometrically; a delta that outgrows its limit merged into a new set; a write refused by a
+full disk or killed with -9 never leaves a half-read set. Every answer is checked against
+the SQL engine on random queries, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import mmap
@@ -26,10 +29,12 @@ from sqlalchemy import Engine
 
 from app.query import QueryError, parse
 from app.search import postings as posting_module
+from app.search import segment_engine as segment_engine_module
 from app.search.binder import bind
 from app.search.catalog import Catalog
-from app.search.segment_engine import SegmentEngine, store_for
-from app.search.segment_files import CURRENT, MANIFEST
+from app.search.segment_deltas import MAX_DELTAS
+from app.search.segment_engine import SegmentEngine, SegmentsDamaged, store_for
+from app.search.segment_files import CURRENT, DEFERRED, MANIFEST
 from app.search.sql_engine import execute
 from app.store import repository as repo
 from app.store.db import create_db_engine, session_factory
@@ -125,11 +130,19 @@ def _other_generation(folder: Path) -> None:
 DAMAGE = {
     "truncated": lambda folder: _truncate(folder / "posting_ids.npy"),
     "bit-flipped": lambda folder: _flip(folder / "posting_neg_scores.npy"),
+    "bit-flipped ids": lambda folder: _flip(folder / "posting_ids.npy"),
+    "bit-flipped column": lambda folder: _flip(folder / "column_width.npy"),
+    "bit-flipped paths": lambda folder: _flip(folder / "paths.npy"),
     "older format": _older_format,
     "other generation": _other_generation,
     "missing file": lambda folder: (folder / "column_width.npy").unlink(),
     "bad pointer": lambda folder: (folder.parent / CURRENT).write_text("{not json"),
 }
+
+# Flips in the postings (DEFERRED: their checksums are verified after the start); every other
+# damage is found at open.
+FOUND_AFTER_THE_START = {"bit-flipped", "bit-flipped ids"}
+assert {"posting_neg_scores.npy", "posting_ids.npy"} == DEFERRED
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -143,11 +156,24 @@ def test_a_damaged_set_is_detected_logged_and_rebuilt(
     opened(engine, generation, tmp_path)
     name = current_set(tmp_path, generation)
     DAMAGE[damage](store_for(tmp_path, generation).folder / name)
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="app.search.segment_engine"):
         rebuilt = opened(engine, generation, tmp_path)
+        if damage in FOUND_AFTER_THE_START:
+            # The postings' checksums are left to the check after the start: it finds the
+            # flip, searches are refused from then on, and a refresh maps a rebuilt set.
+            assert "rebuilding" not in caplog.text
+            with session_factory(engine)() as session:
+                found = rebuilt.verify(session)
+                assert found is not None and "fails its checksum" in found
+                with pytest.raises(SegmentsDamaged, match="being rebuilt"):
+                    rebuilt.evaluate(session, bind(parse("a").root, catalog))
+                rebuilt = rebuilt.refreshed(session)
     assert "rebuilding" in caplog.text
     assert current_set(tmp_path, generation) != name
     assert assert_equals_sql(engine, rebuilt, catalog, 3) > 100
+    with session_factory(engine)() as session:
+        assert rebuilt.verify(session) is None  # the rebuilt files are whole
 
 
 def test_changes_after_the_set_are_replayed_and_followed(
@@ -213,6 +239,76 @@ def test_many_small_deltas_fold_without_rereading_the_bulk_segment(
     assert assert_equals_sql(engine, tags, catalog, 12) > 100
 
 
+def test_a_delta_is_flushed_as_delta_segments_that_fold_and_are_mapped_at_open(
+    indexed: tuple[Engine, int, Catalog], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's delta past FLUSH_IMAGES is written by the background child as a delta
+    segment on top of the bulk set (never rewritten), folded geometrically, and mapped by
+    every engine on its next refresh; a fresh open maps them and replays nothing."""
+    engine, generation, catalog = indexed
+    monkeypatch.setattr(segment_engine_module, "FLUSH_IMAGES", 2)
+    tags = opened(engine, generation, tmp_path)
+    bulk, bulk_segment = current_set(tmp_path, generation), tags.postings.segments[0]
+    store = store_for(tmp_path, generation)
+    with session_factory(engine)() as session:
+        ids = sorted(tags.live(session))
+        for round_ in range(2 * MAX_DELTAS):
+            for image in ids[3 * round_ : 3 * round_ + 3]:  # 3 moved images: over 2
+                repo.move_image(session, image, f"/moved/{round_}/{image}.png", 1, 1)
+            session.commit()
+            tags = tags.refreshed(session)
+            assert tags.merger.process is not None  # flushing in the background
+            tags.merger.wait(120)
+            assert tags.merger.retry_at == -float("inf")  # it did not fail
+            _low, high = posting_module.latest_change(session)
+            info = store.current()
+            assert info is not None and info.name == bulk and info.covered == high
+            assert 1 <= len(info.deltas) <= MAX_DELTAS
+            sizes = [delta.changed for delta in info.deltas]
+            assert all(a > 2 * b for a, b in itertools.pairwise(sizes)), sizes
+            tags = tags.refreshed(session)  # maps the new delta; the bulk is not mapped again
+            assert tags.base_seq == high and tags.files is not None
+            assert tags.files.segments[0] is bulk_segment
+            assert tags.postings.flushed == len(tags.postings.segments) == 1 + len(sizes)
+            assert assert_equals_sql(engine, tags, catalog, 40 + round_, 40) > 25
+    fresh = opened(engine, generation, tmp_path)
+    assert fresh.postings.flushed == len(fresh.postings.segments) > 1  # nothing replayed
+    assert assert_equals_sql(engine, fresh, catalog, 60) > 100
+
+
+def test_corruption_found_in_the_background_is_reported_refused_and_rebuilt(
+    indexed: tuple[Engine, int, Catalog], tmp_path: Path
+) -> None:
+    """A server opens without reading the postings or the FAISS files through; the check it
+    runs once ready finds a flipped bit in each, rebuilds both and swaps them in."""
+    from app.search.service import SearchService
+    from app.store import vectors
+
+    engine, generation, catalog = indexed
+
+    def started() -> SearchService:  # as a server starts: the tag engine and FAISS opened
+        service = SearchService(engine, tmp_path, {}, kind="segments")
+        service.open_vectors()
+        return service
+
+    started()  # writes the files
+    assert started().verify_files() == "verified"
+    name = current_set(tmp_path, generation)
+    _flip(store_for(tmp_path, generation).folder / name / "posting_ids.npy")
+    _flip(vectors.matrix_path(tmp_path, generation))
+    service = started()  # sizes, headers and counts are right: opened as they are
+    assert service.files == "not verified yet" and current_set(tmp_path, generation) == name
+    found = service.verify_files()
+    assert found.startswith("rebuilt: ") and found == service.files
+    assert "posting_ids.npy fails its checksum" in found and "checksum differs" in found
+    assert current_set(tmp_path, generation) != name
+    state = service.current()
+    assert state.index is not None and state.index.usable().verify() is None
+    assert isinstance(state.tags, SegmentEngine) and state.tags.damage.problem is None
+    assert assert_equals_sql(engine, state.tags, catalog, 70) > 100
+    assert started().verify_files() == "verified"
+
+
 def test_a_merge_killed_at_random_points_leaves_a_readable_set(
     indexed: tuple[Engine, int, Catalog], migrated_url: str, tmp_path: Path
 ) -> None:
@@ -259,13 +355,17 @@ from app.store.db import create_db_engine, session_factory
 engine = create_db_engine(sys.argv[1])
 with session_factory(engine)() as session:
     for _ in range(int(sys.argv[4])):
-        write_segments(session, Path(sys.argv[2]), int(sys.argv[3]))
+        write_segments(session, Path(sys.argv[2]), int(sys.argv[3]), full=sys.argv[5] == "full")
 """
 
 
-def _writer(url: str, data_dir: Path, generation: int, rounds: int, **kwargs: object) -> Any:
+def _writer(
+    url: str, data_dir: Path, generation: int, rounds: int, how: str = "full", **kwargs: object
+) -> Any:
+    """A process writing the set ``rounds`` times: a whole new set each time (``full``), or
+    a delta segment of what changed (``delta``)."""
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, url, str(data_dir), str(generation), str(rounds)],
+        [sys.executable, "-c", WRITER, url, str(data_dir), str(generation), str(rounds), how],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -273,21 +373,28 @@ def _writer(url: str, data_dir: Path, generation: int, rounds: int, **kwargs: ob
     )
 
 
+@pytest.mark.parametrize("how", ["full", "delta"])
 def test_a_full_disk_leaves_the_old_set_serving(
-    indexed: tuple[Engine, int, Catalog], migrated_url: str, tmp_path: Path
+    indexed: tuple[Engine, int, Catalog], migrated_url: str, tmp_path: Path, how: str
 ) -> None:
     engine, generation, catalog = indexed
-    opened(engine, generation, tmp_path)
+    live = opened(engine, generation, tmp_path)
     name = current_set(tmp_path, generation)
+    with session_factory(engine)() as session:  # a delta of 100 images, files over 4 KiB
+        for image in sorted(live.live(session))[:100]:
+            repo.move_image(session, image, f"/moved/{image}.png", 1, 1)
+        session.commit()
 
     def small_files() -> None:  # the kernel refuses writes past 4 KiB, as a full disk does
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
-    writer = _writer(migrated_url, tmp_path, generation, 1, preexec_fn=small_files)
+    writer = _writer(migrated_url, tmp_path, generation, 1, how, preexec_fn=small_files)
     _out, err = writer.communicate(timeout=120)
     assert writer.returncode == 0, err
     assert "cannot write the segment set" in err
     assert current_set(tmp_path, generation) == name
+    info = store_for(tmp_path, generation).current()
+    assert info is not None and info.deltas == ()
     leftovers = [p.name for p in store_for(tmp_path, generation).folder.iterdir()]
     assert sorted(leftovers) == sorted([CURRENT, name, "write.lock"])
     assert assert_equals_sql(engine, opened(engine, generation, tmp_path), catalog, 7) > 100
@@ -317,6 +424,7 @@ def test_index_and_import_write_a_current_set(tmp_path: Path, tiny_pixai_dir: Pa
     from tests.conftest import run_sagashi
 
     make_library(tmp_path / "library", 6)
+    make_library(tmp_path / "more", 2)
     env = {
         "SAGASHI_DATA_DIR": str(tmp_path / "data"),
         "SAGASHI_MODEL_DIR": str(tiny_pixai_dir),
@@ -335,6 +443,17 @@ def test_index_and_import_write_a_current_set(tmp_path: Path, tiny_pixai_dir: Pa
     found = run_sagashi("search", "", "--json", env=env)
     assert found.returncode == 0 and len(found.stdout.splitlines()) == 6
     assert store_for(tmp_path / "data", generation.id).current() == info  # opened, not rebuilt
+    # A later run writes what it changed as a delta segment on top of the same set.
+    assert run_sagashi("index", str(tmp_path / "more"), env=env).returncode == 0
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'data' / 'sagashi.db'}")
+    with session_factory(engine)() as session:
+        _low, high = posting_module.latest_change(session)
+    engine.dispose()
+    later = store_for(tmp_path / "data", generation.id).current()
+    assert later is not None and later.name == info.name and later.covered == high
+    assert [(d.images, d.changed) for d in later.deltas] == [(2, 2)]
+    found = run_sagashi("search", "", "--json", env=env)
+    assert found.returncode == 0 and len(found.stdout.splitlines()) == 8
 
 
 def test_prebuilt_bitmaps_are_stored_and_read_on_first_use(

@@ -64,6 +64,15 @@ class Resources:
             log.exception("start-up failed")
         finally:
             self.warmed.set()
+        if self.warm_error is None:
+            self._verify_files()
+
+    def _verify_files(self) -> None:
+        """The checksums the start left for later, once ready (see verify_files)."""
+        try:
+            self.search.verify_files()
+        except Exception:
+            log.exception("the background check of the index files failed")
 
     def _report(self, stage: str) -> None:
         self.stage = stage

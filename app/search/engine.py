@@ -64,6 +64,12 @@ class TagEngine(Protocol):
         """Live images held in memory, for metrics; None when the engine holds none."""
         ...
 
+    def verify(self, session: Session) -> str | None:
+        """Check the files the engine opened whose checks were left for after the start
+        (a server runs this once ready); the problem found, after which the engine refuses
+        searches until ``refreshed`` rebuilds them, or None."""
+        ...
+
 
 # (session, generation id, data folder): an engine of that generation.
 Opener = Callable[[Session, int, Path], TagEngine]

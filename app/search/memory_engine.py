@@ -46,6 +46,9 @@ class PostingBacked:
     def held_images(self) -> int | None:
         return len(self.postings.live)
 
+    def verify(self, session: Session) -> str | None:
+        return None  # read from the database: no files to check
+
 
 @dataclass(frozen=True)
 class MemoryEngine(PostingBacked):

@@ -68,17 +68,28 @@ MAX_DELTA_SHARE = 0.1
 MIN_DELTA_LIMIT = 20_000
 
 
-def _fold_start(segments: Sequence[Segment]) -> int:
-    """Where the trailing delta segments to reload as one begin, when there are too many: at
-    least the last one, and every one before it no more than twice the size of those after
-    it, so that sizes grow geometrically and a fold rereads mostly small segments, never the
-    bulk one (segment 0)."""
-    start = len(segments) - 1
-    tail = len(segments[start].live)
-    while start > 1 and len(segments[start - 1].live) <= 2 * tail:
+def delta_limit(images: int) -> int:
+    """The most images a delta may hold over a collection of ``images`` before a merge."""
+    return max(MIN_DELTA_LIMIT, int(MAX_DELTA_SHARE * images))
+
+
+def fold_start(sizes: Sequence[int], tail: int, floor: int = 1) -> int:
+    """Where the trailing segments (of ``sizes``) to reload as one with ``tail`` more images
+    begin: every one no more than twice the size of those after it, so that sizes grow
+    geometrically and a fold rereads mostly small segments, never one before ``floor`` (the
+    bulk segment, and the delta segments already on disk)."""
+    start = len(sizes)
+    while start > floor and sizes[start - 1] <= 2 * tail:
         start -= 1
-        tail += len(segments[start].live)
+        tail += sizes[start]
     return start
+
+
+def _fold_start(segments: Sequence[Segment], floor: int) -> int:
+    """:func:`fold_start` of the delta segments in memory: at least the last one."""
+    last = max(len(segments) - 1, floor)
+    sizes = [len(s.live) for s in segments[:last]]
+    return fold_start(sizes, sum(len(s.live) for s in segments[last:]), floor)
 
 
 @dataclass(frozen=True)
@@ -717,12 +728,17 @@ def tag_groups(session: Session) -> dict[int, int]:
 
 
 class PostingEngine:
-    """The segments of one generation, current up to change ``seq``."""
+    """The segments of one generation, current up to change ``seq``. The first ``flushed``
+    are read from files (a segment set's bulk segment and delta segments); the rest were
+    read from the database since, the delta held in memory."""
 
-    def __init__(self, generation_id: int, seq: int, segments: list[Segment]) -> None:
+    def __init__(
+        self, generation_id: int, seq: int, segments: list[Segment], flushed: int = 1
+    ) -> None:
         self.generation_id = generation_id
         self.seq = seq
         self.segments = segments
+        self.flushed = min(flushed, len(segments))
         self.live = BitMap.union(*(s.live for s in segments)) if segments else BitMap()
 
     @classmethod
@@ -740,14 +756,17 @@ class PostingEngine:
         self,
         session: Session,
         reload: Callable[[], PostingEngine] | None = None,
-        overflow: Callable[[int, int], None] | None = None,
+        overflow: Callable[[int, int, bool], None] | None = None,
+        flush_at: int | None = None,
     ) -> PostingEngine:
         """An engine current with the database: this one when nothing changed, else one with
         the changed images in a new segment, or a full reload when that is cheaper.
         ``reload`` replaces the full reload from the database (the segment engine reopens
-        or rewrites its files instead). ``overflow``, when given, is told the delta's size
-        and the change it reaches when it outgrows its limit, instead of reloading (the
-        segment engine merges in the background meanwhile), and the delta keeps growing."""
+        or rewrites its files instead). ``overflow``, when given, is told the delta's size,
+        the change it reaches and True when it outgrows its limit, instead of reloading (the
+        segment engine merges in the background meanwhile), and the delta keeps growing;
+        with ``flush_at``, it is told the same with False when the part of the delta held
+        in memory passes that many images (the segment engine writes it to disk)."""
         low, high = latest_change(session)
         if high == self.seq:
             return self
@@ -763,18 +782,21 @@ class PostingEngine:
             ).all()
         )
         delta = sum(len(s.live) for s in self.segments[1:]) + len(changed)
-        if delta > max(MIN_DELTA_LIMIT, int(MAX_DELTA_SHARE * len(self.live))):
+        in_memory = sum(len(s.live) for s in self.segments[self.flushed :]) + len(changed)
+        if delta > delta_limit(len(self.live)):
             if overflow is None:
                 return reload()
-            overflow(delta, high)
+            overflow(delta, high, True)
+        elif overflow is not None and flush_at is not None and in_memory > flush_at:
+            overflow(in_memory, high, False)
         if len(self.segments) < MAX_SEGMENTS:
             folded, kept = changed, [s.without(changed) for s in self.segments]
         else:
-            start = _fold_start(self.segments)
+            start = _fold_start(self.segments, self.flushed)
             folded = BitMap.union(changed, *(s.live for s in self.segments[start:]))
             kept = [s.without(folded) for s in self.segments[:start]]
         fresh = Segment.load(session, self.generation_id, tag_groups(session), list(folded))
-        return PostingEngine(self.generation_id, high, [*kept, fresh])
+        return PostingEngine(self.generation_id, high, [*kept, fresh], self.flushed)
 
     def evaluate(self, plan: PlanNode) -> BitMap:
         if len(self.segments) == 1:

@@ -6,8 +6,18 @@ A set is a folder of ``.npy`` arrays (postings of every tag in score order, the 
 columns that metatags and orders read, the sha256 index, the paths) and a ``manifest.json``
 naming the format, the generation, the change-log position the set covers, and each file's
 size and xxHash3-64 checksum. Sets are immutable and derived: one that is missing,
-truncated, flipped, from another generation or another format is refused at open
+truncated, flipped, from another generation or another format is refused
 (:class:`SegmentError`) and rebuilt from the database by the caller.
+
+On top of the bulk set, ``CURRENT`` may list *delta segments*, as Lucene does: folders of the
+same arrays holding the current state of the images changed between two change-log
+positions, plus ``superseded.npy``, those images' ids, which every older segment drops. So a
+large delta is mapped at open instead of read back from the database (see
+app.search.segment_deltas for when they are written and folded).
+
+At open, every file's size is checked, and every file's checksum except the postings'
+(:data:`DEFERRED`, three quarters of a set's bytes): those are left to :class:`Deferred`,
+which a server runs in the background once it is ready (app.search.segment_checks).
 
 Writes are atomic: a set is written into a temporary folder, synced and renamed, then the
 ``CURRENT`` pointer is replaced. A reader that opened an older set keeps its mappings (the
@@ -45,6 +55,10 @@ FORMAT = 4  # bump whenever a file's layout or meaning changes: older sets are r
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 LOCK = "write.lock"
+SUPERSEDED = "superseded"
+# The files whose checksums are verified after the start instead of at open: the postings,
+# the bulk of a set (480 of 655 MB at 1M images). Their sizes are checked at open.
+DEFERRED = frozenset({"posting_ids.npy", "posting_neg_scores.npy"})
 COLUMNS = ("id", "width", "height", "size_bytes", "mpixels", "ratio", "indexed_us")
 
 
@@ -56,11 +70,73 @@ class SegmentError(SagashiError):
 
 
 @dataclass(frozen=True)
+class DeltaInfo:
+    """A delta segment: the current state of the images changed after ``base_seq`` up to
+    ``seq`` (``changed`` of them; ``images`` still live)."""
+
+    name: str
+    base_seq: int
+    seq: int
+    images: int
+    changed: int
+
+
+@dataclass(frozen=True)
 class SetInfo:
+    """A bulk set (its own ``seq`` and ``images``) and the delta segments on top of it."""
+
     name: str
     generation_id: int
     seq: int
     images: int
+    deltas: tuple[DeltaInfo, ...] = ()
+
+    @property
+    def covered(self) -> int:
+        """The change-log position the set and its deltas cover."""
+        return self.deltas[-1].seq if self.deltas else self.seq
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *(d.name for d in self.deltas))
+
+
+@dataclass(frozen=True)
+class Check:
+    """A file whose checksum is still to be verified."""
+
+    path: Path
+    xxh3: int
+
+    def problem(self) -> str | None:
+        """Why the file is not the one written, or None."""
+        try:
+            if _digest(self.path) != self.xxh3:
+                return f"{self.path.parent.name}/{self.path.name} fails its checksum"
+        except OSError as exc:
+            return f"{self.path.parent.name}/{self.path.name} cannot be read: {exc}"
+        return None
+
+
+@dataclass
+class Mapped:
+    """A set as mapped: the bulk segment and the delta segments as stored (each delta's
+    ``superseded`` images not yet dropped from the older ones), and the checksums left to
+    verify."""
+
+    info: SetInfo
+    segments: list[Segment]
+    superseded: list[BitMap]
+    deferred: list[Check]
+
+    def composed(self) -> list[Segment]:
+        """The segments as an engine holds them: each without the images a later delta
+        supersedes."""
+        composed: list[Segment] = []
+        for i, segment in enumerate(self.segments):
+            later = self.superseded[i:]
+            composed.append(segment.without(BitMap.union(*later)) if later else segment)
+        return composed
 
 
 class PrebuiltBitmaps(dict[PTag, BitMap]):
@@ -113,28 +189,78 @@ class SegmentStore:
         try:
             pointer = json.loads((self.folder / CURRENT).read_text())
             manifest = json.loads((self.folder / pointer["set"] / MANIFEST).read_text())
-            return _info(pointer["set"], manifest)
-        except (OSError, ValueError, KeyError, TypeError):
+            deltas = [self._delta_info(name) for name in pointer.get("deltas", [])]
+            return _info(pointer["set"], manifest, tuple(deltas))
+        except (OSError, ValueError, KeyError, TypeError, SegmentError):
             return None
 
-    def read(self, tag_groups: dict[int, int]) -> tuple[Segment, SetInfo]:
-        """The current set, checked and mapped; raises SegmentError."""
+    def _delta_info(self, name: str) -> DeltaInfo:
+        manifest = _manifest(self.folder / name)
+        return DeltaInfo(
+            name,
+            int(manifest["base_seq"]),
+            int(manifest["seq"]),
+            int(manifest["images"]),
+            int(manifest["changed"]),
+        )
+
+    def _pointer(self) -> dict[str, Any]:
         try:
-            pointer = json.loads((self.folder / CURRENT).read_text())
-            name = str(pointer["set"])
+            pointer: dict[str, Any] = json.loads((self.folder / CURRENT).read_text())
+            str(pointer["set"])
+            [str(name) for name in pointer.get("deltas", [])]
+            return pointer
         except FileNotFoundError as exc:
             raise SegmentError(f"no segment set for generation {self.generation_id}") from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SegmentError(f"unreadable {CURRENT} pointer: {exc}") from exc
-        folder = self.folder / name
-        manifest = _manifest(folder)
+
+    def read(self, tag_groups: dict[int, int]) -> tuple[Segment, SetInfo]:
+        """The current bulk set alone, every file checked in full, and mapped; raises
+        SegmentError."""
+        name = str(self._pointer()["set"])
+        manifest = self._checked_manifest(name)
+        deferred = _check_files(self.folder / name, manifest["files"])
+        for check in deferred:
+            if (problem := check.problem()) is not None:
+                raise SegmentError(problem)
+        return _segment(self.folder / name, manifest, tag_groups), _info(name, manifest)
+
+    def read_all(self, tag_groups: dict[int, int], known: Mapped | None = None) -> Mapped:
+        """The current set and its deltas, mapped, their sizes and all but the
+        :data:`DEFERRED` checksums checked (those of segments ``known`` already holds are
+        not checked or mapped again); raises SegmentError."""
+        pointer = self._pointer()
+        names = [str(pointer["set"]), *(str(n) for n in pointer.get("deltas", []))]
+        held = dict(zip(known.info.names, known.segments, strict=True)) if known else {}
+        gone = dict(zip(known.info.names[1:], known.superseded, strict=True)) if known else {}
+        segments, superseded, deferred, deltas = [], [], [], []
+        base_seq = -1
+        for position, name in enumerate(names):
+            manifest = self._checked_manifest(name)
+            if position and int(manifest.get("base_seq", -1)) != base_seq:
+                raise SegmentError(f"delta {name} does not follow the segment before it")
+            base_seq = int(manifest["seq"])
+            if name in held:
+                segments.append(held[name])
+            else:
+                deferred += _check_files(self.folder / name, manifest["files"])
+                segments.append(_segment(self.folder / name, manifest, tag_groups))
+            if position:
+                deltas.append(self._delta_info(name))
+                superseded.append(gone.get(name) or _superseded(self.folder / name))
+        bulk = _manifest(self.folder / names[0])
+        info = _info(names[0], bulk, tuple(deltas))
+        return Mapped(info, segments, superseded, deferred)
+
+    def _checked_manifest(self, name: str) -> dict[str, Any]:
+        manifest = _manifest(self.folder / name)
         if manifest.get("format") != FORMAT:
             found = manifest.get("format")
             raise SegmentError(f"set {name} has format {found}, this code reads {FORMAT}")
         if manifest.get("generation_id") != self.generation_id:
             raise SegmentError(f"set {name} belongs to another generation")
-        _check_files(folder, manifest["files"])
-        return _segment(folder, manifest, tag_groups), _info(name, manifest)
+        return manifest
 
     def write(self, segment: Segment, seq: int) -> SetInfo:
         """Write ``segment`` (covering changes up to ``seq``) as the new current set. The
@@ -144,8 +270,50 @@ class SegmentStore:
     def publish(self, seq: int, fill: Callable[[Path], Written]) -> SetInfo:
         """Make a set as ``fill`` writes it into a staging folder (its ``.npy`` files, each
         synced) and make it the current one, atomically (see :meth:`write`)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         name = f"set-{seq:012d}-{uuid.uuid4().hex[:8]}"
+        manifest = self._published(name, {"seq": seq}, fill, lambda: {"set": name})
+        images = plural(int(manifest["images"]), "image")
+        log.info("wrote segment set %s: %s up to change %d", name, images, seq)
+        return _info(name, manifest)
+
+    def publish_delta(
+        self, base_seq: int, seq: int, keep: int, superseded: BitMap, segment: Segment
+    ) -> SetInfo:
+        """Write ``segment`` (the images changed after ``base_seq`` up to ``seq``, less
+        those gone) as a delta segment on top of the current set's first ``keep`` deltas,
+        which it then follows, atomically; the caller holds :meth:`writer_lock`."""
+        pointer = self._pointer()
+        kept = [str(n) for n in pointer.get("deltas", [])][:keep]
+        name = f"delta-{seq:012d}-{uuid.uuid4().hex[:8]}"
+
+        def fill(staging: Path) -> Written:
+            save_array(staging / f"{SUPERSEDED}.npy", np.array(superseded, dtype=np.uint32))
+            return _write_segment(staging, segment)
+
+        extra = {"seq": seq, "base_seq": base_seq, "changed": len(superseded)}
+        self._published(name, extra, fill, lambda: {"set": pointer["set"], "deltas": [*kept, name]})
+        info = self.current()
+        if info is None or info.deltas[-1].name != name:
+            raise SegmentError(f"delta {name} was written but is not current")
+        log.info(
+            "wrote delta segment %s: %s changed after change %d up to %d, on %s",
+            name,
+            plural(len(superseded), "image"),
+            base_seq,
+            seq,
+            plural(len(kept), "older delta"),
+        )
+        return info
+
+    def _published(
+        self,
+        name: str,
+        extra: dict[str, int],
+        fill: Callable[[Path], Written],
+        pointer: Callable[[], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Write a segment folder and point ``CURRENT`` at what ``pointer`` says."""
+        self.folder.mkdir(parents=True, exist_ok=True)
         staging = self.folder / f".tmp-{name}"
         try:
             staging.mkdir(parents=True)
@@ -153,7 +321,7 @@ class SegmentStore:
             manifest = {
                 "format": FORMAT,
                 "generation_id": self.generation_id,
-                "seq": seq,
+                **extra,
                 "images": written.images,
                 "format_names": written.format_names,
                 "files": {path.name: _file_entry(path) for path in sorted(staging.iterdir())},
@@ -161,29 +329,40 @@ class SegmentStore:
             _write_synced(staging / MANIFEST, json.dumps(manifest).encode())
             os.rename(staging, self.folder / name)
             _fsync_dir(self.folder)
-            _write_synced(self.folder / f".{CURRENT}.tmp", json.dumps({"set": name}).encode())
+            current = pointer()
+            _write_synced(self.folder / f".{CURRENT}.tmp", json.dumps(current).encode())
             os.replace(self.folder / f".{CURRENT}.tmp", self.folder / CURRENT)
             _fsync_dir(self.folder)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(self.folder / name, ignore_errors=True)
             raise
-        self._remove_others(name)
-        images = plural(written.images, "image")
-        log.info("wrote segment set %s: %s up to change %d", name, images, seq)
-        return _info(name, manifest)
+        self._remove_others({str(current["set"]), *current.get("deltas", [])})
+        return manifest
 
-    def _remove_others(self, keep: str) -> None:
+    def _remove_others(self, keep: set[str]) -> None:
         # Readers that mapped an older set keep reading it: unlinking does not unmap.
         for entry in self.folder.iterdir():
-            if entry.is_dir() and entry.name != keep:
+            if entry.is_dir() and entry.name not in keep:
                 shutil.rmtree(entry, ignore_errors=True)
 
 
-def _info(name: str, manifest: dict[str, Any]) -> SetInfo:
+def _info(name: str, manifest: dict[str, Any], deltas: tuple[DeltaInfo, ...] = ()) -> SetInfo:
     return SetInfo(
-        name, int(manifest["generation_id"]), int(manifest["seq"]), int(manifest["images"])
+        name,
+        int(manifest["generation_id"]),
+        int(manifest["seq"]),
+        int(manifest["images"]),
+        deltas,
     )
+
+
+def _superseded(folder: Path) -> BitMap:
+    try:
+        ids = np.load(folder / f"{SUPERSEDED}.npy", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SegmentError(f"{folder.name}/{SUPERSEDED}.npy cannot be read: {exc}") from exc
+    return bitmap_of(ids, presorted=True)
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
@@ -196,8 +375,9 @@ def _manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_files(folder: Path, files: dict[str, Any]) -> None:
-    """Sizes first (a truncated file costs nothing to find), then every file's checksum."""
+def _check_files(folder: Path, files: dict[str, Any]) -> list[Check]:
+    """Every file's size (a truncated file costs nothing to find), then the checksum of every
+    file but the :data:`DEFERRED` ones, whose checks are returned."""
     for name, expected in files.items():
         path = folder / name
         try:
@@ -206,9 +386,11 @@ def _check_files(folder: Path, files: dict[str, Any]) -> None:
             raise SegmentError(f"{folder.name}/{name} is missing: {exc}") from exc
         if size != expected["bytes"]:
             raise SegmentError(f"{folder.name}/{name} has {size} bytes, not {expected['bytes']}")
-    for name, expected in files.items():
-        if _digest(folder / name) != expected["xxh3"]:
-            raise SegmentError(f"{folder.name}/{name} fails its checksum")
+    checks = [Check(folder / name, int(expected["xxh3"])) for name, expected in files.items()]
+    for check in checks:
+        if check.path.name not in DEFERRED and (problem := check.problem()) is not None:
+            raise SegmentError(problem)
+    return [check for check in checks if check.path.name in DEFERRED]
 
 
 def _digest(path: Path) -> int:

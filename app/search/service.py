@@ -142,6 +142,8 @@ class SearchService:
     _sessions: sessionmaker[Session] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _refreshing: bool = field(default=False, repr=False)
+    # What the background check of the files found (verify_files), for /readyz.
+    files: str = field(default="not verified yet", repr=False)
 
     def _session(self) -> Session:
         # One sessionmaker: making one per search costs more than a whole in-memory search.
@@ -287,6 +289,48 @@ class SearchService:
         with self._lock, self._session() as session:
             return self._vectors(session, state, report).meta
 
+    def verify_files(self) -> str:
+        """Verify the checksums the start left for later (the segment files' postings, the
+        FAISS files), so that a start does not read every byte of them; a server runs this
+        in the background once ready. A damaged file is logged, searches that would read
+        it are refused with a clear error, and it is rebuilt from the database and swapped
+        in. Returns what was found, also kept in ``files`` for /readyz."""
+        state = self._state
+        if state is None:
+            return self.files
+        self.files = "verifying"
+        with self._session() as session:
+            found = [self._verified_tags(session, state), self._verified_vectors(state)]
+        problems = [p for p in found if p is not None]
+        self.files = f"rebuilt: {'; '.join(problems)}" if problems else "verified"
+        return self.files
+
+    def _verified_tags(self, session: Session, state: _State) -> str | None:
+        tags = state.tags
+        found = tags.verify(session)
+        if found is not None:
+            self.files = f"damaged, rebuilding: {found}"
+            repaired = tags.refreshed(session)
+            with self._lock:
+                if state.tags is tags:
+                    state.tags = repaired
+        return found
+
+    def _verified_vectors(self, state: _State) -> str | None:
+        index = state.index
+        found = index.verify() if index is not None else None
+        if found is not None:
+            generation = state.generation_id
+            log.error("FAISS index for generation %d: %s; rebuilding", generation, found)
+            self.files = f"damaged, rebuilding: {found}"
+            rebuilt = vectors.load_fresh(
+                self.engine, self.data_dir, generation, keep_unwritten=True, written_failed=True
+            )
+            with self._lock:
+                if state.index is index:
+                    state.index = rebuilt
+        return found
+
     def opened_vectors(self) -> vectors.IndexMeta | None:
         """What the open FAISS index holds, without touching anything; None before it is
         opened."""
@@ -348,7 +392,7 @@ class SearchService:
             seen = Cursor.decode(request.cursor, Order("similarity", True)).seed
         wanted = min(seen + limit, MAX_SIMILAR_RESULTS)
         with self._lock:
-            index = self._vectors(session, state)
+            index = self._vectors(session, state).usable()
         # One more than wanted tells whether a next page exists; duplicates dropped below
         # are made up from extra candidates.
         extra = 1 + (limit if request.hide_duplicates else 0)

@@ -266,6 +266,9 @@ class SqlEngine:
     def keys(self, session: Session, counted: Counted, score_tag: int | None) -> KeySource:
         return sql_keys(session, self.generation_id, counted, score_tag)
 
+    def verify(self, session: Session) -> str | None:
+        return None  # the database is the store of record: no files to check
+
     def presorted(self) -> Presorted | None:
         return None
 

@@ -52,15 +52,23 @@ def checksum(path: Path) -> FileCheck:
     return FileCheck(size, xxhash.xxh3_64_intdigest(np.array(digests, dtype="<u8").tobytes()))
 
 
-def problem(path: Path, expected: FileCheck) -> str | None:
-    """Why the file is not the one recorded (missing, another size, another checksum), or
-    None when it is."""
+def size_problem(path: Path, expected: FileCheck) -> str | None:
+    """Why the file is not the one recorded as far as its size tells (missing, truncated,
+    replaced), or None: what an open checks, leaving the checksum for later."""
     try:
         size = path.stat().st_size
     except OSError as exc:
         return f"{path.name}: cannot read it ({exc.strerror or exc})"
     if size != expected.bytes:
         return f"{path.name}: {size} bytes instead of {expected.bytes} (truncated or replaced)"
+    return None
+
+
+def problem(path: Path, expected: FileCheck) -> str | None:
+    """Why the file is not the one recorded (missing, another size, another checksum), or
+    None when it is."""
+    if (found_size := size_problem(path, expected)) is not None:
+        return found_size
     try:
         found = checksum(path)
     except OSError as exc:

@@ -15,8 +15,15 @@ from the matrix (app.store.ivf_build), holding a batch at a time, never the coll
 
 Files are written atomically (temporary file, then rename), index and matrix first and the
 JSON sidecar last: the sidecar records the database's index version, the format, and each
-file's size and checksum, checked at open. A file that is missing, stale, truncated,
-corrupt or of another format is rebuilt from the database, never trusted.
+file's size and checksum. A file that is missing, stale, truncated, corrupt or of another
+format is rebuilt from the database, never trusted.
+
+At open, the sizes, the matrix's header and the index's own counts (its vectors; an IVF
+index's lists add up to them) are checked; the checksums, a read of every byte (4 GB at 1M
+images, about 47 s cold at 10M), are left to :meth:`FaissIndex.verify`, which a server runs
+in the background once it is ready. Until then a flipped bit in a vector can move a
+neighbour up or down the ranking; a file found damaged is rebuilt, and similarity searches
+are refused with :class:`VectorsDamaged` until the rebuilt index replaces it.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from sqlalchemy import Engine, select
 from app.errors import SagashiError
 from app.store import ivf_build
 from app.store.db import session_factory
-from app.store.filecheck import FileCheck, checksum, problem
+from app.store.filecheck import FileCheck, checksum, problem, size_problem
 from app.store.matrix import Matrix, MatrixWriter
 from app.store.models import Embedding, ModelGeneration
 from app.store.repository import index_version
@@ -89,6 +96,14 @@ class IndexWriteError(SagashiError):
     error_code = "index_write_failed"
 
 
+class VectorsDamaged(SagashiError):
+    """A FAISS file failed its checksum after the start: similarity searches are refused
+    until the rebuilt index replaces it."""
+
+    http_status = 503
+    error_code = "vectors_damaged"
+
+
 class VectorIndex(Protocol):
     meta: IndexMeta
 
@@ -96,10 +111,38 @@ class VectorIndex(Protocol):
 
 
 class FaissIndex:
-    def __init__(self, index: Any, meta: IndexMeta, matrix: Matrix | None = None) -> None:
+    def __init__(
+        self,
+        index: Any,
+        meta: IndexMeta,
+        matrix: Matrix | None = None,
+        deferred: dict[Path, FileCheck] | None = None,
+    ) -> None:
         self.index = index
         self.meta = meta
         self._matrix = matrix
+        # Files whose checksums are left for verify(); what it found wrong.
+        self.deferred = deferred or {}
+        self.damage: str | None = None
+
+    def verify(self) -> str | None:
+        """Check the checksums left for after the start; the first problem (also kept in
+        ``damage``, which refuses searches from then on), or None."""
+        for path, expected in self.deferred.items():
+            found = problem(path, expected)
+            if found is not None:
+                self.damage = found
+                return found
+        self.deferred = {}
+        return None
+
+    def usable(self) -> FaissIndex:
+        """This index, unless it was found damaged (VectorsDamaged)."""
+        if self.damage is not None:
+            raise VectorsDamaged(
+                f"the FAISS files are damaged ({self.damage}); they are being rebuilt"
+            )
+        return self
 
     @property
     def matrix(self) -> Matrix:
@@ -464,9 +507,10 @@ def read_meta(data_dir: Path, generation_id: int) -> IndexMeta | None:
 def open_written(
     data_dir: Path, generation_id: int, version: int, populate: bool = True
 ) -> FaissIndex | None:
-    """The generation's written index and matrix when they are current and intact (the
-    database's index version, this format, every file's size and checksum), else None
-    with the reason logged."""
+    """The generation's written index and matrix when they are current and intact as far as
+    an open checks (the database's index version, this format, every file's size, the
+    matrix's header, the index's counts), else None with the reason logged. The checksums
+    are left to :meth:`FaissIndex.verify`."""
     meta = read_meta(data_dir, generation_id)
     if meta is None and not index_paths(data_dir, generation_id)[1].exists():
         log.info("FAISS index for generation %d: building it", generation_id)  # a new index
@@ -477,11 +521,13 @@ def open_written(
         return None
     index_path, _ = index_paths(data_dir, generation_id)
     paths = {"faiss": index_path, "vectors": matrix_path(data_dir, generation_id)}
-    reasons = (problem(path, meta.files[name]) for name, path in paths.items())
+    reasons = (size_problem(path, meta.files[name]) for name, path in paths.items())
     reason = next((r for r in reasons if r is not None), None)
     if reason is None:
         try:
-            return _open(data_dir, meta, populate)
+            opened = _open(data_dir, meta, populate)
+            opened.deferred = {path: meta.files[name] for name, path in paths.items()}
+            return opened
         except (OSError, RuntimeError, ValueError) as exc:
             reason = f"unreadable ({exc})"
     log.warning("FAISS index for generation %d: %s; rebuilding", generation_id, reason)
@@ -505,7 +551,12 @@ def _open(data_dir: Path, meta: IndexMeta, populate: bool) -> FaissIndex:
     if index.ntotal != meta.count or index.d != meta.dim:
         raise ValueError(f"{index.ntotal} x {index.d} vectors, expected {meta.count} x {meta.dim}")
     if meta.kind == "ivf":
-        faiss.extract_index_ivf(index).nprobe = int(meta.params["nprobe"])
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = int(meta.params["nprobe"])
+        lists: Any = ivf.invlists
+        listed = sum(int(lists.list_size(i)) for i in range(ivf.nlist))
+        if listed != meta.count:  # a flipped list size would send FAISS past its lists
+            raise ValueError(f"the IVF lists hold {listed} vectors, expected {meta.count}")
     if populate:
         _prefault(index)
     path = matrix_path(data_dir, meta.generation_id)

@@ -35,6 +35,8 @@ def readyz(res: Res) -> Health:
             session.execute(text("select 1"))
     except SQLAlchemyError as exc:
         raise ApiError(503, "database", f"the database does not answer: {exc}") from exc
+    if res.search.files.startswith("damaged"):
+        raise ApiError(503, "damaged", f"index files {res.search.files}")
     images = res.search.loaded_images()
     opened = res.search.opened_vectors()
     vectors = f"{opened.kind}, {plural(opened.count, 'vector')}" if opened else "empty index"
@@ -50,6 +52,7 @@ def readyz(res: Res) -> Health:
             "index": index,
             "vectors": vectors,
             "model": _model_state(res),
+            "files": res.search.files,
         },
     )
 
