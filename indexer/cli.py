@@ -33,7 +33,16 @@ from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary, load_wd_vocab
 from app.text import plural
 from indexer import jobs
 from indexer import up as up_run
-from indexer.cli_common import fail, load_settings, load_tagger, log, open_store, split_list
+from indexer.cli_common import (
+    ContradictionsOption,
+    ExclusionsOption,
+    fail,
+    load_settings,
+    load_tagger,
+    log,
+    open_store,
+    split_list,
+)
 from indexer.cli_export import EPILOG as EXPORT_EPILOG
 from indexer.cli_export import export_command
 from indexer.cli_parsing import DashQueryCommand, SagashiTyper
@@ -161,21 +170,8 @@ def tag(
             show_default=False,
         ),
     ] = None,
-    contradictions: Annotated[
-        bool,
-        typer.Option(
-            help="Keep only the highest-scored tag's side of each rule of mutually exclusive "
-            "tags (1girl against multiple_girls, ...)."
-        ),
-    ] = True,
-    exclusions: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="FILE",
-            help="Rules file of mutually exclusive tags [default: SAGASHI_EXCLUSION_FILE, "
-            "else the shipped one].",
-        ),
-    ] = None,
+    contradictions: ContradictionsOption = True,
+    exclusions: ExclusionsOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
 ) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -24,6 +24,24 @@ if TYPE_CHECKING:  # torch and timm load only in the commands that run a model
     from app.tagger import Tagger
 
 log = logging.getLogger("sagashi")
+
+
+# Options two commands share (tag and export), defined once.
+ContradictionsOption = Annotated[
+    bool,
+    typer.Option(
+        help="Keep only the highest-scored tag's side of each rule of mutually exclusive "
+        "tags (1girl against multiple_girls, ...)."
+    ),
+]
+ExclusionsOption = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="FILE",
+        help="Rules file of mutually exclusive tags [default: SAGASHI_EXCLUSION_FILE, "
+        "else the shipped one].",
+    ),
+]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -18,7 +18,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.store.aliases import AliasError, load_aliases
 from app.tagger.caption import DEFAULT_ORDER
 from app.tagrules.implications import Implications
-from indexer.cli_common import fail, load_settings, open_store, split_list
+from indexer.cli_common import (
+    ContradictionsOption,
+    ExclusionsOption,
+    fail,
+    load_settings,
+    open_store,
+    split_list,
+)
 from indexer.export import (
     CaptionOptions,
     EmptyIndexError,
@@ -151,21 +158,8 @@ def export_command(
             "keeps, skirt goes)."
         ),
     ] = True,
-    contradictions: Annotated[
-        bool,
-        typer.Option(
-            help="Keep only the highest-scored tag's side of each rule of mutually "
-            "exclusive tags (1girl against multiple_girls, ...)."
-        ),
-    ] = True,
-    exclusions: Annotated[
-        Path | None,
-        typer.Option(
-            metavar="FILE",
-            help="Rules file of mutually exclusive tags [default: SAGASHI_EXCLUSION_FILE, "
-            "else the shipped one].",
-        ),
-    ] = None,
+    contradictions: ContradictionsOption = True,
+    exclusions: ExclusionsOption = None,
 ) -> None:
     """Export a search as a training set (DIR), or caption files for the indexed images.
 
