@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.logs import configure_logging
+from app.search.build import search_service
 from app.search.service import EngineKind, SearchRequest, SearchService
 from app.settings import Settings
 from app.store import migrate
@@ -674,17 +675,7 @@ def search(
         fail(f"--engine must be {', '.join(kinds)}, not {engine_kind!r}")
     settings = load_settings(model_dir=model_dir)
     engine = open_store(settings)
-    kind = cast(EngineKind, engine_kind or settings.search_engine)
-    service = SearchService(
-        engine,
-        settings.data_dir,
-        _aliases(settings),
-        kind,
-        duplicate_similarity=settings.duplicate_similarity,
-        max_terms=settings.max_query_terms,
-        defaults=settings.tag_defaults().thresholds(),
-        implications=_tag_rules(settings).implications if settings.implications else None,
-    )
+    service = search_service(engine, settings, cast(EngineKind | None, engine_kind))
     embedding = query_embedding(engine, settings, like) if like is not None else None
     request = SearchRequest(
         query, limit, cursor, embedding=embedding, hide_duplicates=hide_duplicates

@@ -25,14 +25,13 @@ from app.api.openapi import install_openapi
 from app.api.resources import Resources
 from app.api.routes import admin, images, ops, search, tagging, tags
 from app.api.schemas import ErrorBody
-from app.search.service import SearchService
+from app.search.build import search_service
 from app.settings import Settings
-from app.store.aliases import load_aliases
 from app.store.db import create_db_engine, database_url
 from app.store.migrate import check_schema
 from app.store.thumbs import ThumbnailCache
 from app.tagger.protocol import Tagger
-from app.tagrules.configured import search_implications, tag_rules
+from app.tagrules.configured import tag_rules
 from app.web import install_web
 
 DESCRIPTION = """Search an anime image collection by Danbooru-style tags (with confidence
@@ -48,17 +47,8 @@ def build_resources(
     engine = create_db_engine(database_url(settings), settings.statement_timeout)
     check_schema(engine)
     tag_rules(settings)  # a bad implication or exclusion file stops the start with its line
-    search_service = SearchService(
-        engine,
-        settings.data_dir,
-        load_aliases(settings.alias_file),
-        settings.search_engine,
-        duplicate_similarity=settings.duplicate_similarity,
-        max_terms=settings.max_query_terms,
-        defaults=settings.tag_defaults().thresholds(),
-        prefetch_vectors=True,
-        implications=search_implications(settings),  # RulesError: a bad file stops the start
-    )
+    # A bad alias or rules file stops the start with its file and line.
+    search = search_service(engine, settings, prefetch_vectors=True)
     thumbs = ThumbnailCache(
         settings.data_dir / "thumbs", settings.thumb_size, settings.max_image_pixels
     )
@@ -66,9 +56,9 @@ def build_resources(
         settings.effective_decode_slots(), settings.decode_queue, settings.decode_wait
     )
     inference = Inference(settings, decodes, tagger)
-    metrics.watch(StateCollector(search_service.loaded_images, lambda: inference.loaded))
+    metrics.watch(StateCollector(search.loaded_images, lambda: inference.loaded))
     metrics.watch(JobCollector(engine))
-    return Resources(settings, engine, search_service, inference, thumbs, metrics, decodes)
+    return Resources(settings, engine, search, inference, thumbs, metrics, decodes)
 
 
 def create_app(
