@@ -9,6 +9,7 @@ import numpy as np
 from sqlalchemy import Engine, select
 
 from app.search.catalog import Catalog
+from app.search.epoch import micros
 from app.search.plan import (
     PAll,
     PAnd,
@@ -25,7 +26,6 @@ from app.search.plan import (
     PTag,
     PTagCount,
 )
-from app.search.postings import micros
 from app.store import repository as repo
 from app.store.db import session_factory
 from app.store.models import Image, Tag

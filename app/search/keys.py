@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 
 from app.query import Order
 from app.search.bitmaps import bitmap_of
+from app.search.epoch import micros
 from app.search.paging import KeySource, Presorted
-from app.search.postings import PostingEngine, micros
+from app.search.postings import PostingEngine
 from app.store.models import Image, ImageTag, Tag
 from app.store.repository import chunks
 

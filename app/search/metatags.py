@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from app.query import ErrorCode, Meta, QueryError
 from app.query.ranges import Range, RangeSet
+from app.search.epoch import micros
 from app.search.plan import (
     COUNTED_GROUPS,
     RATING_LETTERS,
@@ -123,13 +124,6 @@ def _unimplied(binder: Binder, node: Meta) -> PlanNode:
     return binder.tag(info, None) if info else PNothing()  # its own score: no implication
 
 
-def _unsupported(reason: str) -> MetaBinding:
-    def bound(_binder: Binder, node: Meta) -> PlanNode:
-        raise QueryError(ErrorCode.UNSUPPORTED, reason, node.position)
-
-    return bound
-
-
 METATAGS: dict[str, MetaBinding] = {
     "id": _column("id"),
     "width": _column("width"),
@@ -189,12 +183,8 @@ def _unrounded(ranges: RangeSet[float]) -> RangeSet[float]:
     return RangeSet(tuple(parts))
 
 
-def _micros(moment: datetime) -> int:
-    return round(moment.timestamp() * 1_000_000)
-
-
 def _midnight(day: date) -> int:
-    return _micros(datetime.combine(day, time(), tzinfo=UTC))
+    return micros(datetime.combine(day, time(), tzinfo=UTC))
 
 
 def _days(ranges: RangeSet[date]) -> RangeSet[int]:
@@ -218,7 +208,7 @@ def _ages(ranges: RangeSet[timedelta], now: datetime) -> RangeSet[int]:
     for part in ranges.ranges:
         if part.lo is not None and part.lo == part.hi:
             part = Range(None, part.hi)
-        lo = None if part.hi is None else _micros(now - part.hi)
-        hi = None if part.lo is None else _micros(now - part.lo)
+        lo = None if part.hi is None else micros(now - part.hi)
+        hi = None if part.lo is None else micros(now - part.lo)
         parts.append(Range(lo, hi, lo_inclusive=part.hi_inclusive, hi_inclusive=part.lo_inclusive))
     return RangeSet(tuple(parts))

@@ -37,9 +37,6 @@ DENSE_SHARE = 0.05
 WALK_CHUNK = 2048
 
 
-_MALFORMED = "the cursor is malformed; use the next_cursor of a response"
-
-
 class CursorError(SagashiError, ValueError):
     """A cursor that is not one of ours, or belongs to another order."""
 

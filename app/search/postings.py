@@ -21,7 +21,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Literal, overload
 
@@ -31,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.search.bitmaps import bitmap_of
+from app.search.epoch import micros
 from app.search.plan import (
     PAll,
     PAnd,
@@ -508,11 +508,6 @@ def generation_postings(session: Session, generation_id: int) -> Iterator[tuple[
     return tag_postings(_raw_blocks(session, statement.order_by(*key)))
 
 
-def posting_count(session: Session, generation_id: int) -> int:
-    statement = select(func.count()).where(ImageTag.generation_id == generation_id)
-    return int(session.scalar(statement) or 0)
-
-
 def _read_postings(
     session: Session, generation_id: int, image_ids: Sequence[int] | None
 ) -> dict[int, Postings]:
@@ -700,17 +695,6 @@ class _AttributeBlocks:
             format_names=format_names,
             paths=PathTable(np.frombuffer(bytes(self.paths), dtype=np.uint8), offsets),
         )
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def micros(moment: datetime) -> int:
-    """Microseconds since the epoch; SQLite hands back naive datetimes, which are UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def latest_change(session: Session) -> tuple[int, int]:

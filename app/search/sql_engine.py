@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, aliased
 
 from app.query.ranges import Range
 from app.search.engine import Counted, Described
+from app.search.epoch import moment_of
 from app.search.keys import sql_keys
 from app.search.paging import KeySource, Presorted
 from app.search.plan import (
@@ -52,8 +53,6 @@ from app.search.plan import (
     PTagCount,
 )
 from app.store.models import Embedding, Image, ImageTag, Tag
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def to_select(plan: PlanNode, generation_id: int, dialect: str = "sqlite") -> Select[Any]:
@@ -140,7 +139,7 @@ def _attribute(plan: PAttr) -> tuple[Any, list[Range[Any]]]:
 
 def _as_datetimes(part: Range[Any]) -> Range[Any]:
     def moment(micros: int | None) -> datetime | None:
-        return None if micros is None else _EPOCH + timedelta(microseconds=int(micros))
+        return None if micros is None else moment_of(int(micros))
 
     return Range(moment(part.lo), moment(part.hi), part.lo_inclusive, part.hi_inclusive)
 

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import faiss
 import numpy as np
@@ -102,12 +102,6 @@ class VectorsDamaged(SagashiError):
 
     http_status = 503
     error_code = "vectors_damaged"
-
-
-class VectorIndex(Protocol):
-    meta: IndexMeta
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class FaissIndex:

@@ -70,10 +70,6 @@ def locate_layout(directory: Path) -> ModelFiles | OnnxFiles:
     )
 
 
-def layout_name(files: ModelFiles | OnnxFiles) -> str:
-    return files.layout if isinstance(files, OnnxFiles) else TORCH_LAYOUTS[files.family]
-
-
 def _require(directory: Path, *paths: Path, layout: str) -> None:
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
