@@ -37,7 +37,7 @@ def atomic_path(target: Path, *, durable: bool = True) -> Iterator[Path]:
     try:
         yield temporary
         if durable and temporary.is_file() and not temporary.is_symlink():
-            _fsync_file(temporary)
+            fsync_file(temporary)
         os.replace(temporary, target)
     except BaseException:
         with suppress(OSError):
@@ -74,7 +74,8 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

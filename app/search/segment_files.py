@@ -43,6 +43,7 @@ import numpy as np
 import xxhash
 from pyroaring import BitMap
 
+from app.atomic_files import fsync_dir, write_atomic
 from app.errors import SagashiError
 from app.search.bitmaps import bitmap_of
 from app.search.plan import PTag
@@ -326,13 +327,13 @@ class SegmentStore:
                 "format_names": written.format_names,
                 "files": {path.name: _file_entry(path) for path in sorted(staging.iterdir())},
             }
-            _write_synced(staging / MANIFEST, json.dumps(manifest).encode())
+            # The manifest, then the folder's name, then the pointer, each made durable
+            # before the next (the arrays are checked against the manifest's checksums).
+            write_atomic(staging / MANIFEST, json.dumps(manifest).encode())
             os.rename(staging, self.folder / name)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
             current = pointer()
-            _write_synced(self.folder / f".{CURRENT}.tmp", json.dumps(current).encode())
-            os.replace(self.folder / f".{CURRENT}.tmp", self.folder / CURRENT)
-            _fsync_dir(self.folder)
+            write_atomic(self.folder / CURRENT, json.dumps(current).encode())
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(self.folder / name, ignore_errors=True)
@@ -546,18 +547,3 @@ def _segment(folder: Path, manifest: dict[str, Any], tag_groups: dict[int, int])
     segment = Segment(live, postings, attributes, {**stored_groups, **tag_groups})
     segment.use_prebuilt(_prebuilt(load))
     return segment
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)

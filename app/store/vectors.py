@@ -36,7 +36,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -47,6 +46,7 @@ import faiss
 import numpy as np
 from sqlalchemy import Engine, select
 
+from app.atomic_files import atomic_path, write_atomic
 from app.errors import SagashiError
 from app.store import ivf_build
 from app.store.db import session_factory
@@ -377,7 +377,12 @@ def _rebuild(
     dim, version = _generation(engine, generation_id)
     index_path, meta_path = index_paths(data_dir, generation_id)
     vectors_path = matrix_path(data_dir, generation_id)
-    with _temporary(vectors_path) as vectors_temp, _temporary(index_path) as index_temp:
+    # Both files appear whole or not at all (rebuildable: no fsync); the meta after them.
+    with (
+        _writing(index_path),
+        atomic_path(vectors_path, durable=False) as vectors_temp,
+        atomic_path(index_path, durable=False) as index_temp,
+    ):
         report("reading the vectors from the database")
         count = _write_matrix(engine, generation_id, dim, vectors_temp)
         matrix = Matrix.open(vectors_temp, dim, count, populate=False)
@@ -390,10 +395,8 @@ def _rebuild(
             params = {**params, **calibrate(faiss.read_index(str(index_temp), OPEN_FLAGS), matrix)}
         files = {"faiss": checksum(index_temp), "vectors": checksum(vectors_temp)}
         meta = IndexMeta(generation_id, version, count, dim, kind, params, FORMAT, files)
-        with _writing(index_path):
-            os.replace(vectors_temp, vectors_path)
-            os.replace(index_temp, index_path)
-        _replace(meta_path, lambda p: Path(p).write_text(_meta_json(meta), encoding="utf-8"))
+    with _writing(meta_path):
+        write_atomic(meta_path, _meta_json(meta).encode("utf-8"))
     log.info(
         "built %s FAISS index of %s for generation %d", kind, plural(count, "vector"), generation_id
     )
@@ -452,27 +455,6 @@ def _writing(target: Path) -> Iterator[None]:
         yield
     except (OSError, RuntimeError) as exc:  # FAISS reports its failed writes as RuntimeError
         raise IndexWriteError(f"cannot write the FAISS index {target}: {_reason(exc)}") from exc
-
-
-@contextmanager
-def _temporary(target: Path) -> Iterator[Path]:
-    """A temporary file beside ``target``, removed unless it was renamed."""
-    with _writing(target):
-        fd, temp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
-        os.close(fd)
-    try:
-        yield Path(temp)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-
-
-def _replace(target: Path, write: Any) -> None:
-    with _temporary(target) as temp, _writing(target):
-        write(temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
 
 
 def _reason(exc: BaseException) -> str:
