@@ -333,7 +333,7 @@ def db_upgrade() -> None:
 
 @app.command(epilog="Example: sagashi index ~/Pictures/art --model-dir ./models/pixai-v0.9")
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="Folders (or files) to index, recursively.")],
+    paths: Annotated[list[str], typer.Argument(help="Folders (or files) to index, recursively.")],
     model_dir: ModelDirOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
@@ -347,12 +347,28 @@ def index(
     their tags; safe to interrupt at any moment and run again. Exit status 1 when some
     files could not be indexed (the summary lists why).
     """
+    local_paths(paths)
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
+    folders = [Path(p) for p in paths]
     if ray is not None:
-        summary = _index_on_ray(settings, paths, as_json, ray, ray_actors)
+        summary = _index_on_ray(settings, folders, as_json, ray, ray_actors)
     else:
-        summary = _index(settings, paths, as_json)
+        summary = _index(settings, folders, as_json)
     raise typer.Exit(1 if summary.failed else 0)
+
+
+def local_paths(paths: list[str]) -> None:
+    """An index serves its files from disk: an object-store URI is refused, pointing to
+    the path that tags objects without an index."""
+    from indexer.object_store import is_uri
+
+    uri = next((p for p in paths if is_uri(p)), None)
+    if uri is not None:
+        fail(
+            f"sagashi index takes local paths only (an index serves files from disk), not "
+            f"{uri}: tag objects with 'sagashi tag-dataset {uri} --out DIR', then "
+            "'sagashi import DIR'"
+        )
 
 
 def _index_on_ray(
@@ -380,7 +396,12 @@ def _index(settings: Settings, paths: list[Path], as_json: bool) -> IndexSummary
 )
 def tag_dataset(
     sources: Annotated[
-        list[Path], typer.Argument(metavar="SRC...", help="Folders (or files) to tag, recursively.")
+        list[str],
+        typer.Argument(
+            metavar="SRC...",
+            help="Folders (or files) to tag, recursively, or object-store URIs (s3://BUCKET/"
+            "PREFIX, gs://..., file://...; any pyarrow filesystem URI).",
+        ),
     ],
     out: Annotated[
         Path,
@@ -427,7 +448,7 @@ def tag_dataset(
     from indexer.ray_tagging import start
 
     settings = load_settings(model_dir=model_dir, batch_size=batch_size, device=device)
-    index, options = dataset.plan(settings, sources, out, shard_rows, ray, ray_actors)
+    index, options = dataset.plan(settings, sources, out, shard_rows, ray, ray_actors, captions)
     if captions:
         caption = dataset.caption_options(
             settings, index.aliases, split_list(allow), split_list(deny), order

@@ -43,6 +43,7 @@ from app.store.repository import FileFacts
 from app.store.roots import add_roots
 from app.tagger.protocol import Tagger
 from indexer.importer import Importer, ImportOptions, ImportSummary, Row
+from indexer.object_store import ObjectReader
 from indexer.pipeline import Indexer, IndexOptions, IndexSummary, Loaded, _Batch, loaded_from
 from indexer.readers import readers_for
 from indexer.reading import ReadSpec, read_file
@@ -397,10 +398,15 @@ def plan_pool(resources: dict[str, float], options: RayOptions) -> Pool:
 
 
 def tag_on_ray(
-    ray_options: RayOptions, options: IndexOptions, tagger: Tagger, files: list[Found]
+    ray_options: RayOptions,
+    options: IndexOptions,
+    tagger: Tagger,
+    files: list[Found],
+    objects: ObjectReader | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Read, decode and tag ``files`` on Ray; yields the batches as the pool finishes them
-    (file facts, per-file errors, the sparse scores at or above the floor, embeddings)."""
+    (file facts, per-file errors, the sparse scores at or above the floor, embeddings).
+    With ``objects``, the paths are object-store URIs the workers read through it."""
     import pyarrow as pa
 
     ray = require_ray()
@@ -433,7 +439,10 @@ def tag_on_ray(
     ]
     dataset = ray.data.from_arrow(blocks)
     dataset = dataset.map_batches(
-        decode_batch, fn_kwargs={"spec": spec}, batch_size=options.batch_size, num_cpus=1
+        decode_batch,
+        fn_kwargs={"spec": spec, "objects": objects},
+        batch_size=options.batch_size,
+        num_cpus=1,
     )
     dataset = dataset.map_batches(
         TaggerActor,
@@ -453,8 +462,12 @@ def tag_on_ray(
     yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
 
 
-def decode_batch(batch: dict[str, np.ndarray], spec: ReadSpec) -> dict[str, np.ndarray]:
-    """Ray worker: :func:`read_file` on each file of a batch (what the local readers do)."""
+def decode_batch(
+    batch: dict[str, np.ndarray], spec: ReadSpec, objects: ObjectReader | None = None
+) -> dict[str, np.ndarray]:
+    """Ray worker: :func:`read_file` on each file of a batch (what the local readers do),
+    or the object store's read of each URI."""
+    read_one = read_file if objects is None else objects.read
     size = spec.preprocess.size
     count = len(batch["path"])
     out: dict[str, list[Any]] = {key: [] for key in FILE_KEYS}
@@ -462,7 +475,7 @@ def decode_batch(batch: dict[str, np.ndarray], spec: ReadSpec) -> dict[str, np.n
     for i, (path, nbytes, mtime) in enumerate(
         zip(batch["path"].tolist(), batch["size"].tolist(), batch["mtime_ns"].tolist(), strict=True)
     ):
-        read = read_file(spec, path, (nbytes, mtime))
+        read = read_one(spec, path, (nbytes, mtime))
         error = read.error
         if read.pixels is not None:
             pixels[i] = read.pixels

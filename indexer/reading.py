@@ -79,6 +79,13 @@ def read_file(spec: ReadSpec, path: str, expect: tuple[int, int] | None) -> Read
             "changed", "file changed during the scan; it will be indexed on the next run"
         )
         return read
+    return decode_bytes(spec, read, data)
+
+
+def decode_bytes(spec: ReadSpec, read: Read, data: bytes) -> Read:
+    """Hash and decode a file's bytes into ``read``: shared by the local read above and the
+    object-store read (:mod:`indexer.object_store`), so both give the same facts and errors."""
+    path = read.path
     digests = of_bytes(data)
     read.sha256, read.md5 = digests.sha256, digests.md5
     if read.sha256 in spec.skip_decode:

@@ -16,6 +16,10 @@ and tags the rest; at its end, the rows of files under the sources that changed 
 and any second row of one path, are dropped (their shard rewritten whole, then the old one
 removed), so DIR describes every file once, as it is now. Rows of files outside the sources
 (an earlier run's other folders) are kept. One run at a time per DIR (an flock).
+
+The sources may instead be object-store URIs (``s3://bucket/prefix``, ``gs://``,
+``file://``; :mod:`indexer.object_store`): the objects are listed and read through pyarrow's
+filesystems, a row's path is the object's URI, its size and mtime the listing's.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from app.tagger.protocol import Prediction, Tagger
 from app.tagger.vocab import GROUPS
 from indexer.export import CaptionOptions, parse_order, tag_names
 from indexer.forwarding import InFlight
+from indexer.object_store import ObjectReader, ObjectReaders, is_uri, list_objects, open_stores
 from indexer.pipeline import IndexOptions, Loaded, loaded_from
 from indexer.ray_tagging import RayOptions, ShardWriter, tag_on_ray
 from indexer.scan import Found, Problem, walk
@@ -59,6 +64,7 @@ SHARD_SECONDS = 30.0  # a shard at least this often: a killed run loses at most 
 
 Progress = Callable[[int, int], None]
 Key = tuple[str, int, int]  # path, size, mtime_ns: a row describes the file as it is
+Source = Path | str  # a local file or folder, or an object-store URI
 
 
 class DatasetError(SagashiError):
@@ -76,6 +82,7 @@ class DatasetOptions:
     shard_rows: int = SHARD_ROWS
     captions: CaptionOptions | None = None  # None: no caption sidecars
     ray: RayOptions | None = None  # None: tag in this process
+    objects: ObjectReader | None = None  # the sources are object-store URIs
 
 
 @dataclass
@@ -113,11 +120,28 @@ class DatasetSummary:
 # -- checks before anything is loaded -----------------------------------------------------
 
 
-def check_sources(sources: Sequence[Path]) -> None:
+def check_sources(sources: Sequence[Source]) -> None:
     """Refuse a source that does not exist, before the model is loaded for it."""
     for source in sources:
         if not os.path.lexists(source):
             raise DatasetError(f"no such file or folder: {source}")
+
+
+def object_sources(sources: Sequence[str], captions: bool) -> ObjectReader | None:
+    """The sources' filesystems when they are object-store URIs (each checked: reachable,
+    something there), None when they are local paths; a mix, or captions (which mirror
+    local folders), is refused in one line."""
+    uris = [source for source in sources if is_uri(source)]
+    if not uris:
+        return None
+    if len(uris) != len(sources):
+        raise DatasetError(
+            "local paths and object-store URIs in one run: tag each kind in its own run "
+            "(into the same --out if you like)"
+        )
+    if captions:
+        raise DatasetError("--captions needs local sources (captions mirror their folders)")
+    return open_stores(uris)  # ObjectStoreError: one line
 
 
 def prepare_output(out: Path) -> None:
@@ -176,24 +200,27 @@ def caption_options(
 
 def plan(
     settings: Settings,
-    sources: Sequence[Path],
+    sources: Sequence[str],
     out: Path,
     shard_rows: int,
     ray: str | None,
     ray_actors: int,
+    captions: bool = False,
 ) -> tuple[IndexOptions, DatasetOptions]:
     """Check the sources, DIR and Ray (installed, its address answering) before the model
     is loaded: each refusal is one line. The index's options, and the run's."""
     from indexer import jobs, ray_tagging
 
-    check_sources(sources)
+    objects = object_sources(sources, captions)
+    if objects is None:
+        check_sources(sources)
     prepare_output(out)
     index = jobs.index_options(settings)
     ray_options = None
     if ray is not None:
         ray_options = ray_tagging.ray_options(settings, ray, ray_actors)
         ray_tagging.preflight(ray_options)
-    return index, DatasetOptions(out, shard_rows, None, ray_options)
+    return index, DatasetOptions(out, shard_rows, None, ray_options, objects)
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -213,7 +240,7 @@ class Vocabulary:
 def tag_dataset(
     tagger: Tagger,
     index: IndexOptions,
-    sources: Sequence[Path],
+    sources: Sequence[Source],
     options: DatasetOptions,
     progress: Progress | None = None,
 ) -> DatasetSummary:
@@ -222,7 +249,7 @@ def tag_dataset(
     options.out.mkdir(parents=True, exist_ok=True)
     if sweep(options.out):
         log.info("removed the half-written shards of an earlier run from %s", options.out)
-    found = _scan(sources, index.media_roots, summary)
+    found = _scan(sources, index.media_roots, options.objects, summary)
     previous = Previous.read(options.out)
     described = previous.keys()
     todo = [f for f in found if (f.path, f.size, f.mtime_ns) not in described]
@@ -234,14 +261,14 @@ def tag_dataset(
     if options.captions is not None:
         paths = (f.path for f in found)
         captions = CaptionWriter.create(
-            options.out, sources, options.captions, vocabulary.groups, paths
+            options.out, [Path(s) for s in sources], options.captions, vocabulary.groups, paths
         )
     sink = ShardSink(options.out, options.shard_rows, captions, summary)
     counter = _Counter(summary.already_tagged, len(found), progress)
     if todo and options.ray is not None:
-        _tag_on_ray(options.ray, index, tagger, todo, vocabulary, sink, counter)
+        _tag_on_ray(options, index, tagger, todo, vocabulary, sink, counter)
     elif todo:
-        _tag_here(index, tagger, todo, vocabulary, sink, counter)
+        _tag_here(options, index, tagger, todo, vocabulary, sink, counter)
     sink.flush()
     previous.compact(found, sources, sink.tagged_paths, captions, summary)
     if captions is not None:
@@ -251,12 +278,20 @@ def tag_dataset(
 
 
 def _scan(
-    sources: Sequence[Path], media_roots: Sequence[str], summary: DatasetSummary
+    sources: Sequence[Source],
+    media_roots: Sequence[str],
+    objects: ObjectReader | None,
+    summary: DatasetSummary,
 ) -> list[Found]:
-    """The files under the sources, as the index finds them; problems go to the summary.
-    A symlink may lead into a source or one of SAGASHI_MEDIA_ROOTS, as in the index."""
+    """The files under the sources, as the index finds them (or the objects listed under
+    the URIs); problems go to the summary. A symlink may lead into a source or one of
+    SAGASHI_MEDIA_ROOTS, as in the index."""
     found: list[Found] = []
-    for item in walk(sources, media_roots):
+    if objects is None:
+        items: Iterator[Found | Problem] = walk([Path(s) for s in sources], media_roots)
+    else:
+        items = (item for store in objects.stores for item in list_objects(store))
+    for item in items:
         if isinstance(item, Found):
             found.append(item)
         else:
@@ -337,6 +372,7 @@ class ShardSink:
 
 
 def _tag_here(
+    options: DatasetOptions,
     index: IndexOptions,
     tagger: Tagger,
     todo: list[Found],
@@ -360,7 +396,10 @@ def _tag_here(
         sink.add(rows)
         counter.step(len(items))
 
-    readers = index.readers(tagger)
+    if options.objects is None:
+        readers = index.readers(tagger)
+    else:
+        readers = ObjectReaders(options.objects, index.read_spec(tagger), index.workers)
     tasks = ((f.path, (f.size, f.mtime_ns)) for f in todo)
     with InFlight(tagger, write) as model:
         waiting: list[Loaded] = []
@@ -379,7 +418,7 @@ def _tag_here(
 
 
 def _tag_on_ray(
-    ray: RayOptions,
+    options: DatasetOptions,
     index: IndexOptions,
     tagger: Tagger,
     todo: list[Found],
@@ -389,7 +428,8 @@ def _tag_on_ray(
 ) -> None:
     """The index's Ray pipeline: read and decoded on CPU workers, tagged by the actors."""
     rows_of = ShardWriter(sink.folder, vocabulary.tag_map, vocabulary.names, index.score_floor)
-    for batch in tag_on_ray(ray, index, tagger, todo):
+    assert options.ray is not None
+    for batch in tag_on_ray(options.ray, index, tagger, todo, options.objects):
         rows, failures = rows_of.rows(batch)
         for problem in failures:
             sink.fail(problem)
@@ -425,7 +465,7 @@ class Previous:
     def compact(
         self,
         found: list[Found],
-        sources: Sequence[Path],
+        sources: Sequence[Source],
         tagged: set[str],
         captions: CaptionWriter | None,
         summary: DatasetSummary,
@@ -435,7 +475,7 @@ class Previous:
         missing ones of the rows kept."""
         now = {(f.path, f.size, f.mtime_ns) for f in found}
         self.present = {f.path for f in found}
-        roots = [os.path.abspath(source) for source in sources]
+        roots = [str(s).rstrip("/") if is_uri(str(s)) else os.path.abspath(s) for s in sources]
         kept = set(tagged)
         for shard, keys in self.shards.items():
             drop = set()
@@ -509,7 +549,7 @@ def _under(path: str, roots: Sequence[str]) -> bool:
 def run_command(
     tagger: Tagger,
     index: IndexOptions,
-    sources: Sequence[Path],
+    sources: Sequence[Source],
     options: DatasetOptions,
     as_json: bool,
 ) -> DatasetSummary:
