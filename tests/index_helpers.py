@@ -20,6 +20,18 @@ def make_image(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> Path:
     return path
 
 
+def with_two_bad_files(root: Path, count: int) -> Path:
+    """``count`` PNGs in folders of ten, plus a file that is not an image (folder 0) and a
+    truncated PNG (folder 1): a collection whose runs must report exactly two failures."""
+    for i in range(count):
+        make_image(root / f"{i // 10}" / f"{i:03d}.png", seed=i)
+    (root / "0" / "not-an-image.png").write_bytes(b"this is not a picture")
+    whole = make_image(root / "1" / "whole.png", seed=999).read_bytes()
+    (root / "1" / "whole.png").unlink()
+    (root / "1" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    return root
+
+
 def snapshot(engine: Engine) -> dict[str, dict[str, object]]:
     """Live images by path: content hash, stored tag scores and embedding bytes."""
     with session_factory(engine)() as session:

@@ -23,7 +23,7 @@ from app.tagger.protocol import Tagger
 from indexer import jobs
 from indexer.pipeline import Indexer, IndexSummary
 from indexer.ray_tagging import INSTALL_HINT, RayIndexer, RayOptions, ray_options
-from tests.index_helpers import make_image, snapshot
+from tests.index_helpers import make_image, snapshot, with_two_bad_files
 
 ray = pytest.importorskip("ray")
 
@@ -43,13 +43,7 @@ def local_ray() -> Iterator[None]:
 
 
 def collection(root: Path) -> Path:
-    for i in range(IMAGES):
-        make_image(root / f"{i // 10}" / f"{i:03d}.png", seed=i)
-    (root / "0" / "not-an-image.png").write_bytes(b"this is not a picture")
-    whole = make_image(root / "1" / "whole.png", seed=999).read_bytes()
-    (root / "1" / "whole.png").unlink()
-    (root / "1" / "cut.png").write_bytes(whole[: len(whole) // 2])
-    return root
+    return with_two_bad_files(root, IMAGES)
 
 
 def settings_for(url: str, data_dir: Path, model_dir: Path) -> Settings:

@@ -36,7 +36,7 @@ from indexer.tag_dataset import (
     tag_dataset,
 )
 from tests.conftest import SAGASHI
-from tests.index_helpers import make_image, snapshot
+from tests.index_helpers import make_image, snapshot, with_two_bad_files
 from tests.test_index_crash import assert_same_index
 
 IMAGES = 20
@@ -45,12 +45,7 @@ IMAGES = 20
 def collection(root: Path) -> Path:
     """Images in two folders, a file that is not an image, a truncated PNG, and two images
     whose captions would share a name (b.png, b.jpg)."""
-    for i in range(IMAGES):
-        make_image(root / f"{i // 10}" / f"{i:03d}.png", seed=i)
-    (root / "0" / "not-an-image.png").write_bytes(b"this is not a picture")
-    whole = make_image(root / "1" / "whole.png", seed=999).read_bytes()
-    (root / "1" / "whole.png").unlink()
-    (root / "1" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    with_two_bad_files(root, IMAGES)
     make_image(root / "2" / "b.png", seed=50)
     make_image(root / "2" / "b.jpg", seed=51)
     return root
