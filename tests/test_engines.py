@@ -129,7 +129,7 @@ def _assert_as_sql(
 ) -> None:
     sql = open_engine("sql", session, generation, data_dir)
     catalog = Catalog.from_rows(
-        [tuple(r) for r in session.execute(select(Tag.id, Tag.name, Tag.group, Tag.image_count))],
+        list(session.execute(select(Tag.id, Tag.name, Tag.group, Tag.image_count)).tuples()),
         {},
     )
     assert tags.live(session) == sql.live(session)

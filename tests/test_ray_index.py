@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -103,8 +104,9 @@ def assert_same(got_url: str, want_url: str) -> tuple[float, float]:
         assert sorted(tags) == sorted(want_tags), path
         for name, score in tags.items():
             worst_score = max(worst_score, abs(score - want_tags[name]))
-        vector = np.frombuffer(state["vector"], dtype="<f2").astype(np.float32)  # type: ignore[arg-type]
-        want_vector = np.frombuffer(expected["vector"], dtype="<f2").astype(np.float32)  # type: ignore[arg-type]
+        vector = np.frombuffer(cast(bytes, state["vector"]), dtype="<f2").astype(np.float32)
+        want_vector = np.frombuffer(cast(bytes, expected["vector"]), dtype="<f2")
+        want_vector = want_vector.astype(np.float32)
         worst_vector = max(worst_vector, float(np.abs(vector - want_vector).max()))
     assert worst_score <= SCORE_TOLERANCE
     assert worst_vector <= VECTOR_TOLERANCE
@@ -191,7 +193,7 @@ def test_a_killed_actor_is_restarted_and_the_result_is_exact(
     outcome: list[IndexSummary] = []
     run = threading.Thread(target=lambda: outcome.append(index_on_ray(settings, tagger, root)))
     run.start()
-    killed = []
+    killed: list[int] = []
     deadline = time.monotonic() + 120
     while run.is_alive() and not killed and time.monotonic() < deadline:
         if folder.is_dir() and any(folder.glob("*.parquet")):

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,7 @@ def _other_generation(folder: Path) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest))
 
 
-DAMAGE = {
+DAMAGE: dict[str, Callable[[Path], object]] = {
     "truncated": lambda folder: _truncate(folder / "posting_ids.npy"),
     "bit-flipped": lambda folder: _flip(folder / "posting_neg_scores.npy"),
     "bit-flipped ids": lambda folder: _flip(folder / "posting_ids.npy"),
@@ -360,7 +360,7 @@ with session_factory(engine)() as session:
 
 
 def _writer(
-    url: str, data_dir: Path, generation: int, rounds: int, how: str = "full", **kwargs: object
+    url: str, data_dir: Path, generation: int, rounds: int, how: str = "full", **kwargs: Any
 ) -> Any:
     """A process writing the set ``rounds`` times: a whole new set each time (``full``), or
     a delta segment of what changed (``delta``)."""

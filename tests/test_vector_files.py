@@ -20,6 +20,7 @@ from app.search import similar
 from app.store import ivf_build, matrix, vectors
 from app.store import repository as repo
 from app.store.db import create_db_engine, session_factory
+from app.store.filecheck import checksum
 from app.tagger.preprocess import Preprocess
 from app.tagger.protocol import ModelInfo
 
@@ -115,7 +116,7 @@ def test_a_streamed_ivf_file_is_what_faiss_itself_writes(tmp_path: Path) -> None
     assert faiss.serialize_index(in_memory).tobytes() == expected
 
     mapped = faiss.read_index(str(streamed), vectors.OPEN_FLAGS)
-    reference.nprobe = mapped.nprobe = 4
+    faiss.extract_index_ivf(reference).nprobe = faiss.extract_index_ivf(mapped).nprobe = 4
     queries = rows[:20].astype(np.float32)
     for got, want in zip(mapped.search(queries, 10), reference.search(queries, 10), strict=True):
         np.testing.assert_array_equal(got, want)
@@ -157,7 +158,7 @@ def _matrix_of_another_format(data_dir: Path, generation_id: int) -> None:
     path.write_bytes(bytes(data))
     _, meta_path = vectors.index_paths(data_dir, generation_id)
     raw = json.loads(meta_path.read_text())
-    check = vectors.checksum(path)
+    check = checksum(path)
     raw["files"]["vectors"] = {"bytes": check.bytes, "xxh3": check.xxh3}
     meta_path.write_text(json.dumps(raw))
 
