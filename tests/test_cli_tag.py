@@ -19,6 +19,7 @@ from app.tagger.decode import decode_image
 from app.tagger.model import locate_model_files
 from app.tagger.timm_tagger import preprocess_for
 from tests.conftest import run_sagashi
+from tests.tag_records import tag_records
 from tests.test_tagger_load import direct_forward
 
 
@@ -40,10 +41,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "notes.txt").write_text("not an image, and not picked up by extension")
     (folder / "broken.jpg").write_bytes(b"this is text, not a jpeg")
     return folder
-
-
-def records(stdout: str) -> list[dict[str, object]]:
-    return [json.loads(line) for line in stdout.splitlines()]
 
 
 @pytest.mark.parametrize("fixture", ["tiny_pixai_dir", "tiny_wd_dir"])
@@ -69,7 +66,7 @@ def test_cli_scores_and_embeddings_equal_a_direct_timm_forward(
         env={"SAGASHI_JPEG_DRAFT": "false"},  # the reference decodes at full size
     )
     assert result.returncode == 0, result.stderr
-    out = records(result.stdout)
+    out = tag_records(result.stdout)
     assert [r["path"] for r in out] == [str(p) for p in paths]
     files = locate_model_files(model_dir)
     config = (
@@ -80,7 +77,7 @@ def test_cli_scores_and_embeddings_equal_a_direct_timm_forward(
     probs, embeddings = direct_forward(model_dir, batch)
     names = _vocab_names(model_dir)
     for row, record in enumerate(out):
-        got = {r["tag"]: r for r in record["results"]}  # type: ignore[index, union-attr]
+        got = {r["tag"]: r for r in record["results"]}
         for index, name in enumerate(names):
             if name in got and got[name]["group"] in ("general", "character"):
                 assert got[name]["score"] == pytest.approx(float(probs[row, index]), abs=2e-6)
@@ -112,21 +109,21 @@ def test_folder_is_searched_recursively_and_bad_files_are_reported(
 ) -> None:
     result = run("tag", str(images), "--model-dir", str(tiny_pixai_dir))
     assert result.returncode == 1  # some files failed; the others are still printed
-    out = records(result.stdout)
+    out = tag_records(result.stdout)
     assert [Path(str(r["path"])).name for r in out] == ["a.png", "b.jpg", "broken.jpg", "c.webp"]
     broken = out[2]
     assert broken["results"] == []
     assert broken["error"] == {"code": "not_an_image", "message": "not a recognised image format"}
     assert all("error" not in r and r["results"] for r in out if r is not broken)
     for record in out:
-        for item in record["results"]:  # type: ignore[union-attr]
+        for item in record["results"]:
             assert set(item) == {"tag", "score", "group"}
             assert item["group"] in ("general", "character", "copyright")
 
 
 def test_thresholds_and_top_k_apply(tiny_pixai_dir: Path, images: Path) -> None:
     image = str(images / "a.png")
-    loose = records(
+    loose = tag_records(
         run(
             "tag",
             image,
@@ -138,7 +135,7 @@ def test_thresholds_and_top_k_apply(tiny_pixai_dir: Path, images: Path) -> None:
             "0",
         ).stdout
     )[0]["results"]
-    strict = records(
+    strict = tag_records(
         run(
             "tag",
             image,
@@ -150,7 +147,7 @@ def test_thresholds_and_top_k_apply(tiny_pixai_dir: Path, images: Path) -> None:
             "0.9",
         ).stdout
     )[0]["results"]
-    top3 = records(
+    top3 = tag_records(
         run(
             "tag",
             image,
@@ -162,9 +159,9 @@ def test_thresholds_and_top_k_apply(tiny_pixai_dir: Path, images: Path) -> None:
             "3",
         ).stdout
     )[0]["results"]
-    assert all(r["score"] >= 0.9 for r in strict)  # type: ignore[index]
+    assert all(r["score"] >= 0.9 for r in strict)
     assert len(strict) < len(loose)
-    assert len([r for r in top3 if r["group"] != "copyright"]) == 3  # type: ignore[index]
+    assert len([r for r in top3 if r["group"] != "copyright"]) == 3
 
 
 def test_caption_format(tiny_pixai_dir: Path, images: Path) -> None:
@@ -203,13 +200,13 @@ def test_caption_format(tiny_pixai_dir: Path, images: Path) -> None:
 
 def test_deny_list_from_a_file(tiny_pixai_dir: Path, images: Path, tmp_path: Path) -> None:
     image = str(images / "a.png")
-    everything = records(
+    everything = tag_records(
         run("tag", image, "--model-dir", str(tiny_pixai_dir), "--threshold-general", "0").stdout
     )[0]["results"]
-    first = next(r["tag"] for r in everything if r["group"] == "general")  # type: ignore[index]
+    first = next(r["tag"] for r in everything if r["group"] == "general")
     deny = tmp_path / "deny.txt"
     deny.write_text(f"{first}\n")
-    denied = records(
+    denied = tag_records(
         run(
             "tag",
             image,
@@ -221,7 +218,7 @@ def test_deny_list_from_a_file(tiny_pixai_dir: Path, images: Path, tmp_path: Pat
             f"@{deny}",
         ).stdout
     )[0]["results"]
-    assert first not in [r["tag"] for r in denied]  # type: ignore[index]
+    assert first not in [r["tag"] for r in denied]
     assert len(denied) == len(everything) - 1
 
 
@@ -257,7 +254,7 @@ def test_usage_errors_are_one_line_with_exit_2(
 def test_missing_image_gives_a_per_file_error(tiny_pixai_dir: Path, tmp_path: Path) -> None:
     result = run("tag", str(tmp_path / "gone.png"), "--model-dir", str(tiny_pixai_dir))
     assert result.returncode == 1
-    assert records(result.stdout)[0]["error"]["code"] == "not_found"  # type: ignore[index]
+    assert tag_records(result.stdout)[0]["error"]["code"] == "not_found"
 
 
 def test_threshold_out_of_range_is_rejected(tiny_pixai_dir: Path) -> None:

@@ -18,6 +18,7 @@ from app.tagger.stages import (
     Normalize,
     PadToSize,
     Resize,
+    Stage,
     StagePipeline,
     ToTensor,
     apply_stage,
@@ -38,7 +39,12 @@ def rgb(image: Image.Image | np.ndarray) -> list[list[tuple[int, ...]]]:
     return [[tuple(int(v) for v in px) for px in row] for row in np.asarray(image)]
 
 
-def stage(raw: dict[str, object]) -> object:
+def array(value: Image.Image | np.ndarray) -> np.ndarray:
+    assert isinstance(value, np.ndarray)
+    return value
+
+
+def stage(raw: dict[str, object]) -> Stage:
     # A square around the stage: after an image stage, before an array stage (image stages
     # may not follow array stages).
     square = {"type": "center_crop", "size": 1}
@@ -56,9 +62,10 @@ def test_published_pixai_file_is_the_torch_preprocessing() -> None:
     )
     assert pipeline.size == 448
     expected = Preprocess(448, "stretch", "bilinear", (0.5,) * 3, (0.5,) * 3, "RGB")
-    assert as_preprocess(pipeline) == expected
+    converted = as_preprocess(pipeline)
+    assert converted == expected
     # The same description: the torch and ONNX paths record one preprocessing.
-    assert as_preprocess(pipeline).description() == expected.description()  # type: ignore[union-attr]
+    assert converted is not None and converted.description() == expected.description()
 
 
 def test_resize_fixed_size_is_height_width_and_nearest_replicates_pixels() -> None:
@@ -71,7 +78,7 @@ def test_resize_fixed_size_is_height_width_and_nearest_replicates_pixels() -> No
 def test_resize_single_size_matches_the_shorter_side_and_caps_the_longer() -> None:
     resize = stage({"type": "resize", "size": 2, "interpolation": 0})
     assert resize == Resize("nearest", shorter=2)
-    assert apply_stage(resize, pixels([[RED] * 4] * 1)).size == (8, 2)  # type: ignore[union-attr]
+    assert apply_stage(resize, pixels([[RED] * 4] * 1)).size == (8, 2)
     capped = stage({"type": "resize", "size": 2, "max_size": 4, "interpolation": "nearest"})
     out = apply_stage(capped, pixels([[RED, RED, BLUE, BLUE]]))
     assert rgb(out) == [[RED, RED, BLUE, BLUE]]  # 4x1 -> shorter 2 gives 8x2, capped to 4x1
@@ -109,16 +116,15 @@ def test_to_tensor_scales_to_unit_range_channels_first() -> None:
 
 
 def test_normalize_and_rescale() -> None:
-    array = np.array([[[0.0, 1.0]], [[0.5, 0.25]], [[1.0, 0.0]]], dtype=np.float32)
+    values = np.array([[[0.0, 1.0]], [[0.5, 0.25]], [[1.0, 0.0]]], dtype=np.float32)
     norm = stage({"type": "normalize", "mean": [0.5, 0.5, 0.0], "std": [0.5, 0.25, 2.0]})
     np.testing.assert_allclose(
-        apply_stage(norm, array),
-        [[[-1.0, 1.0]], [[0.0, -1.0]], [[0.5, 0.0]]],  # type: ignore[arg-type]
+        array(apply_stage(norm, values)), [[[-1.0, 1.0]], [[0.0, -1.0]], [[0.5, 0.0]]]
     )
     single = stage({"type": "normalize", "mean": 0.5, "std": 0.5})
-    np.testing.assert_allclose(apply_stage(single, array)[1], [[0.0, -0.5]])  # type: ignore[index]
+    np.testing.assert_allclose(array(apply_stage(single, values))[1], [[0.0, -0.5]])
     rescale = stage({"type": "rescale", "rescale_factor": 0.5})
-    np.testing.assert_allclose(apply_stage(rescale, array)[0], [[0.0, 0.5]])  # type: ignore[index]
+    np.testing.assert_allclose(array(apply_stage(rescale, values))[0], [[0.0, 0.5]])
 
 
 def test_convert_rgb_keeps_rgb_and_parses_its_background() -> None:

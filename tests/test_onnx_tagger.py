@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from app.tagger.errors import ModelLoadError
 from app.tagger.factory import open_tagger
@@ -18,7 +20,9 @@ from app.tagger.timm_tagger import TimmTagger
 from tests import bad_images as bad
 from tests.conftest import run_sagashi
 from tests.index_helpers import make_image
+from tests.tag_records import TagRecord, tag_records
 from tests.tiny_models import (
+    TINY_SIZE,
     PixaiOnnxOutputs,
     build_tiny_pixai_onnx,
     build_tiny_wd_onnx,
@@ -50,7 +54,7 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return sorted(bad.build_catalogue(tmp_path_factory.mktemp("catalogue")).values())
 
 
-def tag_all(model_dir: Path, files: list[Path], *extra: str) -> list[dict[str, object]]:
+def tag_all(model_dir: Path, files: list[Path], *extra: str) -> list[TagRecord]:
     code, out, err = run(
         "tag",
         *map(str, files),
@@ -67,11 +71,11 @@ def tag_all(model_dir: Path, files: list[Path], *extra: str) -> list[dict[str, o
         *extra,
     )
     assert code in (0, 1), err
-    return [json.loads(line) for line in out.splitlines()]
+    return tag_records(out)
 
 
-def scores(record: dict[str, object]) -> dict[tuple[str, str], float]:
-    return {(r["tag"], r["group"]): r["score"] for r in record["results"]}  # type: ignore[attr-defined, index]
+def scores(record: TagRecord) -> dict[tuple[str, str], float]:
+    return {(r["tag"], r["group"]): r["score"] for r in record["results"]}
 
 
 @pytest.mark.parametrize(("torch_fixture", "onnx_fixture"), [("tiny_pixai_dir", "pixai_onnx")])
@@ -92,7 +96,7 @@ def test_tag_through_onnx_runtime_equals_the_torch_path(
         sa, sb = scores(a), scores(b)
         assert sa.keys() == sb.keys()  # groups and copyrights (from ips) agree too
         assert max(abs(sa[k] - sb[k]) for k in sa) <= TOLERANCE
-        np.testing.assert_allclose(b["embedding"], a["embedding"], atol=TOLERANCE)  # type: ignore[arg-type]
+        np.testing.assert_allclose(b["embedding"], a["embedding"], atol=TOLERANCE)
     assert tagged >= 10 and len(by_torch) > tagged  # ordinary files and failures both seen
 
 
@@ -214,8 +218,7 @@ def test_unknown_stage_missing_output_and_tag_count_name_the_file(
     )
 
     no_embedding = copy_layout(pixai_onnx, tmp_path / "no-embedding")
-    network = PixaiOnnxOutputs(tiny_pixai_network(0))
-    network.forward = lambda x: network.__class__.forward(network, x)[1:]  # type: ignore[method-assign]
+    network = _WithoutEmbedding(PixaiOnnxOutputs(tiny_pixai_network(0)))
     export_onnx(network, _example(), no_embedding / "model.onnx", ["logits", "prediction"])
     with pytest.raises(
         ModelLoadError, match=r"model\.onnx: no 'embedding' output \(outputs: logits, prediction\)"
@@ -242,12 +245,20 @@ def test_cli_reports_a_bad_layout_in_one_line(pixai_onnx: Path, tmp_path: Path) 
     )
 
 
-def _example() -> object:
-    import torch
-
-    from tests.tiny_models import TINY_SIZE
-
+def _example() -> torch.Tensor:
     return torch.zeros(1, 3, TINY_SIZE, TINY_SIZE)
+
+
+class _WithoutEmbedding(nn.Module):
+    """The deepghs graph less its embedding output: (N, 3, S, S) -> logits, prediction."""
+
+    def __init__(self, network: PixaiOnnxOutputs) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, logits, prediction = self.network(x)
+        return logits, prediction
 
 
 def test_a_quantised_export_tags_but_does_not_index(pixai_onnx: Path, tmp_path: Path) -> None:

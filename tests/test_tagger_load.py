@@ -6,12 +6,14 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file, save_file
+from timm.models.eva import Eva
 
 from app.tagger import ModelLoadError, TimmTagger
 from app.tagger.vocab import load_pixai_vocabulary
@@ -73,8 +75,9 @@ def test_predict_equals_a_direct_timm_forward(fixture: str, request: pytest.Fixt
 
 def direct_forward(directory: Path, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """The reference: timm built by hand, weights loaded by hand, no Sagashi code."""
-    args = dict(TINY_CONFIG["model_args"])
-    args["ref_feat_shape"] = tuple(args["ref_feat_shape"])
+    model_args = TINY_CONFIG["model_args"]
+    # timm's model keyword arguments are untyped (**kwargs: Any).
+    args: dict[str, Any] = {**model_args, "ref_feat_shape": tuple(model_args["ref_feat_shape"])}
     if (directory / "model.safetensors").exists():
         state = load_file(directory / "model.safetensors")
         model = timm.create_model(
@@ -82,6 +85,7 @@ def direct_forward(directory: Path, batch: torch.Tensor) -> tuple[np.ndarray, np
         )
         model.load_state_dict(state)
         head = model.head
+        assert isinstance(head, torch.nn.Linear)
     else:
         state = torch.load(directory / "model_v0.9.pth", weights_only=True)
         model = timm.create_model(TINY_CONFIG["architecture"], num_classes=0, **args)
@@ -89,6 +93,7 @@ def direct_forward(directory: Path, batch: torch.Tensor) -> tuple[np.ndarray, np
         head = torch.nn.Linear(TINY_DIM, state["1.head.0.weight"].shape[0])
         head.weight.data = state["1.head.0.weight"]
         head.bias.data = state["1.head.0.bias"]
+    assert isinstance(model, Eva)
     model.eval()
     with torch.no_grad():
         pooled = model.forward_head(model.forward_features(batch), pre_logits=True)

@@ -10,16 +10,37 @@ import csv
 import json
 import warnings
 from pathlib import Path
+from typing import Any, TypedDict
 
 import timm
 import torch
 from safetensors.torch import save_file
+from timm.models.eva import Eva
 from torch import nn
 
 TINY_SIZE = 56
 TINY_DIM = 32
 
-TINY_CONFIG = {
+
+class TinyModelArgs(TypedDict):
+    img_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    ref_feat_shape: list[int]
+
+
+class TinyConfig(TypedDict):
+    """The config.json of the tiny models, as the published repositories lay it out."""
+
+    architecture: str
+    num_features: int
+    global_pool: str
+    model_args: TinyModelArgs
+    pretrained_cfg: dict[str, object]
+
+
+TINY_CONFIG: TinyConfig = {
     "architecture": "eva02_tiny_patch14_224",
     "num_features": TINY_DIM,
     "global_pool": "avg",
@@ -68,13 +89,16 @@ CHAR_IP_MAP = {
 RATING_TAGS = ["general", "sensitive", "questionable", "explicit"]
 
 
-def tiny_encoder(num_classes: int, seed: int) -> nn.Module:
+def tiny_encoder(num_classes: int, seed: int) -> Eva:
     torch.manual_seed(seed)
-    args = dict(TINY_CONFIG["model_args"])
-    args["ref_feat_shape"] = tuple(args["ref_feat_shape"])
-    return timm.create_model(
+    model_args = TINY_CONFIG["model_args"]
+    # timm's model keyword arguments are untyped (**kwargs: Any).
+    args: dict[str, Any] = {**model_args, "ref_feat_shape": tuple(model_args["ref_feat_shape"])}
+    model = timm.create_model(
         TINY_CONFIG["architecture"], pretrained=False, num_classes=num_classes, **args
     )
+    assert isinstance(model, Eva)
+    return model
 
 
 def _spread(linear: nn.Linear, seed: int) -> None:
@@ -95,13 +119,16 @@ def tiny_pixai_network(seed: int = 0) -> nn.Sequential:
     """The tiny PixAI network: ``nn.Sequential(encoder, head)``, as the .pth stores it."""
     encoder = tiny_encoder(num_classes=0, seed=seed)
     head = _PixaiHead(TINY_DIM, len(GENERAL_TAGS) + len(CHARACTER_TAGS))
-    _spread(head.head[0], seed)
+    linear = head.head[0]
+    assert isinstance(linear, nn.Linear)
+    _spread(linear, seed)
     return nn.Sequential(encoder, head)
 
 
 def tiny_wd_network(seed: int = 0) -> nn.Module:
     num_classes = len(RATING_TAGS) + len(GENERAL_TAGS) + len(CHARACTER_TAGS)
     model = tiny_encoder(num_classes=num_classes, seed=seed)
+    assert isinstance(model.head, nn.Linear)
     _spread(model.head, seed)
     return model
 
@@ -150,8 +177,10 @@ class PixaiOnnxOutputs(nn.Module):
 
     def __init__(self, network: nn.Sequential) -> None:
         super().__init__()
-        self.encoder = network[0]
-        self.linear = network[1].head[0]
+        encoder, head = network[0], network[1]
+        assert isinstance(encoder, Eva) and isinstance(head, _PixaiHead)
+        self.encoder = encoder
+        self.linear = head.head[0]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pooled = self.encoder.forward_head(self.encoder.forward_features(x), pre_logits=True)
