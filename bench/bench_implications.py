@@ -23,7 +23,7 @@ import numpy as np
 
 from app.query import parse
 from app.search.binder import Binder
-from app.search.service import SearchRequest, SearchService
+from app.search.service import EngineKind, SearchRequest, SearchService
 from app.store.aliases import load_aliases
 from app.store.db import create_db_engine
 from app.tagrules.implications import packaged_implications
@@ -32,6 +32,8 @@ from bench.common import latency_table, machine
 
 log = logging.getLogger("bench.implications")
 
+ENGINES: dict[str, EngineKind] = {"memory": "memory", "segments": "segments", "sql": "sql"}
+
 
 def timed(service: SearchService, text: str) -> float:
     started = time.perf_counter()
@@ -39,7 +41,7 @@ def timed(service: SearchService, text: str) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def compare(url: str, data_dir: Path, kind: str, mix: list[str]) -> None:
+def compare(url: str, data_dir: Path, kind: EngineKind, mix: list[str]) -> None:
     engine = create_db_engine(url)
     aliases = load_aliases()
     on = SearchService(engine, data_dir, aliases, kind, implications=packaged_implications())
@@ -100,7 +102,7 @@ def main() -> None:
     mix = query_mix(ranked_tags(engine), args.queries)
     engine.dispose()
     for kind in args.engines.split(","):
-        compare(url, data_dir, kind.strip(), mix)
+        compare(url, data_dir, ENGINES[kind.strip()], mix)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,10 @@ def snapshot(engine: Engine) -> dict[str, dict[str, object]]:
                 "id": image_id,
             }
         return state
+
+
+def stored_vector(state: Mapping[str, object]) -> np.ndarray:
+    """The embedding bytes of a snapshot entry, read as the float16 values the index stores."""
+    vector = state["vector"]
+    assert isinstance(vector, bytes), vector
+    return np.frombuffer(vector, "<f2")

@@ -3,7 +3,8 @@ evaluator of bound plans over plain dictionaries (the oracle)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 import numpy as np
 from sqlalchemy import Engine, select
@@ -44,7 +45,7 @@ INFO = ModelInfo(
 
 
 def build_index(
-    engine: Engine, images: list[Mapping[str, float]], groups: Mapping[str, str] | None = None
+    engine: Engine, images: Sequence[Mapping[str, float]], groups: Mapping[str, str] | None = None
 ) -> tuple[int, dict[int, dict[int, float]], Catalog]:
     """Write images (tag name -> score) and return (generation, {image: {tag id: score}},
     catalog). Scores are stored as float32, as the tagger stores them."""
@@ -100,7 +101,7 @@ def build_index(
             for i, image_id in enumerate(image_ids)
         }
     )
-    return generation.id, data, Catalog.from_rows([tuple(r) for r in rows], {})
+    return generation.id, data, Catalog.from_rows([(r[0], r[1], r[2], r[3]) for r in rows], {})
 
 
 def fixture_sha(i: int) -> str:
@@ -120,8 +121,24 @@ def fixture_path(i: int) -> str:
     return f"/fixture/{folder}/{i:05d}.{('png', 'jpg', 'webp')[i % 3]}"
 
 
+class FixtureAttributes(TypedDict):
+    """The properties of a fixture image, as the metatag terms read them."""
+
+    id: int
+    size_bytes: int
+    width: int
+    height: int
+    sha256: str
+    md5: str | None
+    format: str
+    path: str
+    mpixels: float
+    ratio: float
+    indexed_us: int
+
+
 # Image properties and tag groups of the last index built, for the oracle's metatag terms.
-ATTRIBUTES: dict[int, dict[str, object]] = {}
+ATTRIBUTES: dict[int, FixtureAttributes] = {}
 TAG_GROUPS: dict[int, int] = {}
 
 

@@ -26,7 +26,7 @@ from indexer.importer import (
     _validate_tags_exactly,
     read_rows,
 )
-from tests.index_helpers import snapshot
+from tests.index_helpers import snapshot, stored_vector
 
 SAGASHI = str(Path(sys.executable).with_name("sagashi"))
 DIM = 8
@@ -37,7 +37,8 @@ def sha(text: str) -> str:
 
 
 def vector(seed: int) -> list[float]:
-    return np.random.default_rng(seed).normal(size=DIM).round(4).tolist()
+    values: list[float] = np.random.default_rng(seed).normal(size=DIM).round(4).tolist()
+    return values
 
 
 def record(i: int, **overrides: object) -> dict[str, object]:
@@ -84,7 +85,7 @@ def test_jsonl_round_trip(migrated_url: str, tmp_path: Path) -> None:
     # Aliased (doughnut -> donut), floored (solo at 0.02 dropped), scores kept.
     assert first["tags"] == {"1girl": 0.97, "donut": 0.61, "long_hair": 0.4}
     assert first["sha256"] == sha("0") and first["size"] == (800, 600)
-    assert np.frombuffer(first["vector"], "<f2").tolist() == expected_vector(0).tolist()  # type: ignore[arg-type]
+    assert stored_vector(first).tolist() == expected_vector(0).tolist()
     again = run_import(migrated_url, file)
     assert again.as_dict() == {"new": 0, "updated": 5, "failed": 0}
     assert snapshot(create_db_engine(migrated_url)) == state
@@ -99,7 +100,7 @@ def test_jsonl_with_row_aligned_npy(migrated_url: str, tmp_path: Path, child: bo
     summary = run_import(migrated_url, file, child=child)  # batches of 2: the last is short
     assert summary.as_dict() == {"new": 5, "updated": 0, "failed": 0}
     state = snapshot(create_db_engine(migrated_url))
-    got = np.frombuffer(state["/cluster/img/002.jpg"]["vector"], "<f2").astype(np.float32)  # type: ignore[arg-type]
+    got = stored_vector(state["/cluster/img/002.jpg"]).astype(np.float32)
     want = matrix[2].astype(np.float32)
     np.testing.assert_allclose(got, want / np.linalg.norm(want), atol=2e-3)
 
@@ -156,7 +157,7 @@ def test_parquet_embeddings_in_any_list_type_and_their_bad_rows(
         4: "embedding contains NaN or infinite values",
     }
     state = snapshot(create_db_engine(migrated_url))
-    got = np.frombuffer(state["/cluster/img/004.jpg"]["vector"], "<f2")  # type: ignore[arg-type]
+    got = stored_vector(state["/cluster/img/004.jpg"])
     assert got.tolist() == expected_vector(4).tolist()  # the right row's values, in order
 
     fixed = pa.array([vector(i) for i in range(5)], pa.list_(pa.float64(), DIM))
@@ -167,7 +168,7 @@ def test_parquet_embeddings_in_any_list_type_and_their_bad_rows(
         "failed": 0,
     }
     state = snapshot(create_db_engine(migrated_url))
-    got = np.frombuffer(state["/cluster/img/003.jpg"]["vector"], "<f2")  # type: ignore[arg-type]
+    got = stored_vector(state["/cluster/img/003.jpg"])
     assert got.tolist() == expected_vector(3).tolist()
     texts = {**columns, "embedding": [["a", "b"]] * 5}
     pq.write_table(pa.table(texts), tmp_path / "text.parquet")

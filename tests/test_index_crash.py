@@ -18,7 +18,7 @@ from app.store import migrate, vectors
 from app.store.db import create_db_engine, session_factory
 from app.store.models import Image
 from app.store.repository import active_generation
-from tests.index_helpers import make_image, snapshot
+from tests.index_helpers import make_image, snapshot, stored_vector
 
 SAGASHI = str(Path(sys.executable).with_name("sagashi"))
 IMAGES = 240
@@ -125,8 +125,8 @@ def assert_same_index(
         assert sorted(tags) == sorted(want_tags), path
         for name, score in tags.items():
             assert score == pytest.approx(want_tags[name], abs=1e-4), (path, name)
-        vector = np.frombuffer(state["vector"], dtype="<f2")  # type: ignore[arg-type]
-        want_vector = np.frombuffer(want["vector"], dtype="<f2")  # type: ignore[arg-type]
+        vector = stored_vector(state)
+        want_vector = stored_vector(want)
         np.testing.assert_allclose(vector, want_vector, atol=2e-3)
 
 

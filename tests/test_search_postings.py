@@ -4,10 +4,12 @@ deleted images are applied as small segments, and the answers equal a fresh load
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.query import parse
 from app.search import postings as postings_module
@@ -22,10 +24,16 @@ from tests.search_helpers import brute, build_index
 from tests.test_search_sql import GROUPS, bound, random_images, random_query
 
 
-def _write(session, generation_id, images, start, existing=None):  # type: ignore[no-untyped-def]
+def _write(
+    session: Session,
+    generation_id: int,
+    images: Sequence[Mapping[str, float]],
+    start: int,
+    existing: Sequence[int] | None = None,
+) -> list[int]:
     names = sorted({n for tags in images for n in tags})
     ids = repo.ensure_tags(session, {n: GROUP_CODE[GROUPS.get(n, "general")] for n in names})
-    items = []
+    items: list[tuple[repo.FileFacts, repo.StoredPrediction, int | None]] = []
     for offset, tags in enumerate(images):
         i = start + offset
         facts = repo.FileFacts(f"/more/{i:05d}.png", f"{i:064x}", 500 + i, 1, 64 + i, 80, "png")
@@ -38,9 +46,9 @@ def _write(session, generation_id, images, start, existing=None):  # type: ignor
     return repo.write_images(session, generation_id, items)
 
 
-def _catalog(session) -> Catalog:  # type: ignore[no-untyped-def]
+def _catalog(session: Session) -> Catalog:
     rows = session.execute(select(Tag.id, Tag.name, Tag.group, Tag.image_count)).all()
-    return Catalog.from_rows([tuple(r) for r in rows], {})
+    return Catalog.from_rows([(r[0], r[1], r[2], r[3]) for r in rows], {})
 
 
 def test_refresh_applies_changes_and_equals_a_fresh_load(migrated_url: str) -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -17,18 +18,21 @@ from pyroaring import BitMap
 
 from app.query import QueryError
 from app.search import similar
+from app.search.catalog import Catalog
 from app.search.paging import CursorError
-from app.search.service import NotFound, SearchRequest, SearchService
+from app.search.service import EngineKind, NotFound, SearchRequest, SearchService
 from app.store import repository as repo
 from app.store import vectors
 from app.store.db import create_db_engine, session_factory
 from app.store.matrix import Matrix
 from app.tagger.vocab import GROUP_CODE
 from bench.bench_search import older_ivf
-from tests.search_helpers import ATTRIBUTES, build_index
+from tests.search_helpers import ATTRIBUTES, FixtureAttributes, build_index
 from tests.test_search_sql import GROUPS, random_images
 
-ORDERS = [
+# An order's sort key from an image's properties and its tag facts (count, score of b).
+OrderKey = Callable[[FixtureAttributes, dict[str, float]], float | tuple[float, ...]]
+ORDERS: list[tuple[str, OrderKey]] = [
     ("", lambda a, t: -a["id"]),
     ("order:id", lambda a, t: a["id"]),
     ("order:filesize", lambda a, t: (-a["size_bytes"], -a["id"])),
@@ -40,9 +44,9 @@ ORDERS = [
 ]
 
 
-def _service(url: str, tmp_path: Path, kind: str) -> SearchService:
+def _service(url: str, tmp_path: Path, kind: EngineKind) -> SearchService:
     engine = create_db_engine(url)
-    return SearchService(engine, tmp_path, {}, kind, refresh_seconds=0)  # type: ignore[arg-type]
+    return SearchService(engine, tmp_path, {}, kind, refresh_seconds=0)
 
 
 def _all_pages(service: SearchService, query: str, limit: int) -> list[int]:
@@ -59,7 +63,7 @@ def _all_pages(service: SearchService, query: str, limit: int) -> list[int]:
 
 @pytest.mark.parametrize("kind", ["memory", "segments", "sql"])
 def test_every_order_pages_like_a_brute_force_sort(
-    migrated_url: str, tmp_path: Path, kind: str
+    migrated_url: str, tmp_path: Path, kind: EngineKind
 ) -> None:
     rng = random.Random(3)
     images = random_images(rng, 60)
@@ -80,8 +84,8 @@ def test_every_order_pages_like_a_brute_force_sort(
         for image_id, tags in data.items()
     }
     service = _service(migrated_url, tmp_path, kind)
-    for query, key in ORDERS:
-        expected = sorted(data, key=lambda i, key=key: key(ATTRIBUTES[i], facts[i]))
+    for query, order in ORDERS:
+        expected = sorted(data, key=lambda i: order(ATTRIBUTES[i], facts[i]))
         for limit in (1, 7, 100):
             assert _all_pages(service, query, limit) == expected, (query, limit)
     # random: a fixed shuffle across the pages of one cursor chain
@@ -92,12 +96,12 @@ def test_every_order_pages_like_a_brute_force_sort(
     engine.dispose()
 
 
-def expected_by(data: dict[int, dict[int, float]], column: str) -> list[int]:
-    return sorted(data, key=lambda i: (-ATTRIBUTES[i][column], -i))  # type: ignore[operator]
+def expected_by(data: dict[int, dict[int, float]], column: Literal["size_bytes"]) -> list[int]:
+    return sorted(data, key=lambda i: (-ATTRIBUTES[i][column], -i))
 
 
-def _has(tags: dict[int, float], catalog: object, name: str) -> bool:
-    info = catalog.tags[name]  # type: ignore[attr-defined]
+def _has(tags: dict[int, float], catalog: Catalog, name: str) -> bool:
+    info = catalog.tags[name]
     return info.id in tags and tags[info.id] >= 0.3
 
 
@@ -148,7 +152,8 @@ def _clustered_vectors(rng: np.random.Generator, count: int, dim: int) -> np.nda
     centres = rng.standard_normal((50, dim)).astype(np.float32)
     vectors_ = centres[rng.integers(0, 50, count)] + 0.6 * rng.standard_normal((count, dim))
     vectors_ = vectors_.astype(np.float32)
-    return vectors_ / np.linalg.norm(vectors_, axis=1, keepdims=True)
+    unit: np.ndarray = vectors_ / np.linalg.norm(vectors_, axis=1, keepdims=True)
+    return unit
 
 
 @pytest.mark.parametrize(
@@ -242,11 +247,16 @@ def test_deleted_images_never_come_back_from_a_stale_index(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("kind", ["memory", "segments", "sql"])
 def test_similarity_by_embedding_with_a_filter_and_duplicates(
-    migrated_url: str, tmp_path: Path, kind: str
+    migrated_url: str, tmp_path: Path, kind: EngineKind
 ) -> None:
     engine = create_db_engine(migrated_url)
     build_index(engine, [{"a": 0.9}, {"a": 0.9}, {"b": 0.9}, {"a": 0.9}])
-    directions = {1: [1, 0, 0, 0], 2: [0.999, 0.04, 0, 0], 3: [0.9, 0.3, 0, 0], 4: [0, 1, 0, 0]}
+    directions: dict[int, list[float]] = {
+        1: [1, 0, 0, 0],
+        2: [0.999, 0.04, 0, 0],
+        3: [0.9, 0.3, 0, 0],
+        4: [0, 1, 0, 0],
+    }
     with session_factory(engine)() as session:  # give the fixture images distinct embeddings
         from sqlalchemy import update
 
@@ -358,7 +368,7 @@ def pg_migrated_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.mark.parametrize("kind", ["memory", "segments"])
 def test_searches_go_on_while_another_thread_refreshes(
-    pg_migrated_url: str, tmp_path: Path, kind: str
+    pg_migrated_url: str, tmp_path: Path, kind: EngineKind
 ) -> None:
     """One thread's refresh waits on the database (here a table lock held by another
     connection; at scale, a large delta or a swap to a new generation); searches in other
