@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, Protocol, TypedDict
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,6 +26,30 @@ from tests.index_helpers import make_image
 
 ADMIN_TOKEN = "s3cret-token"
 IMAGES = 14
+
+# A query string's values, as the test clients take them.
+QueryParams = dict[str, str | int | float]
+
+
+class JsonResponse(Protocol):
+    """What the error checks read of a response: TestClient's (httpx2's, where installed)
+    and httpx's alike."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self, **kwargs: Any) -> Any: ...
+
+
+class ErrorBody(TypedDict):
+    """The API's one error shape, ``{"error": ErrorBody}`` (app/api/errors.py)."""
+
+    code: str
+    message: str
+    position: NotRequired[int]  # where in the query a query error is
 
 
 @dataclass

@@ -7,6 +7,7 @@ import base64
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pytest
@@ -23,7 +24,15 @@ from app.tagger.batching import predict_stacked, prepare
 from app.tagger.defaults import CARD
 from app.tagger.policy import OutputPolicy
 from app.tagger.vocab import GROUPS
-from tests.api_helpers import ADMIN_TOKEN, ApiEnv, hf_error_of, indexed_env
+from tests.api_helpers import (
+    ADMIN_TOKEN,
+    ApiEnv,
+    ErrorBody,
+    JsonResponse,
+    QueryParams,
+    hf_error_of,
+    indexed_env,
+)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -33,13 +42,14 @@ def env(
     yield from indexed_env(request, tmp_path_factory.mktemp("api"), tiny_pixai_dir)
 
 
-def error_of(response, status: int) -> dict:  # type: ignore[no-untyped-def]
+def error_of(response: JsonResponse, status: int) -> ErrorBody:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"}
     assert {"code", "message"} <= set(body["error"])
     assert body["error"]["message"]
-    return body["error"]
+    error: ErrorBody = body["error"]
+    return error
 
 
 def live_ids(env: ApiEnv) -> list[int]:
@@ -203,7 +213,7 @@ def test_bad_queries_are_400_with_the_parser_position(env: ApiEnv, query: str, c
         {"tags": 101},
     ],
 )
-def test_bad_search_parameters_are_422(env: ApiEnv, params: dict[str, object]) -> None:
+def test_bad_search_parameters_are_422(env: ApiEnv, params: QueryParams) -> None:
     error = error_of(env.client.get("/api/search", params=params), 422)
     assert error["code"] == "invalid_request"
     assert "query." in error["message"]
@@ -517,9 +527,17 @@ def direct_tags(env: ApiEnv, data: bytes, policy: OutputPolicy) -> list[tuple[st
     ]
 
 
+class TagParameters(TypedDict):
+    """A tagging request's parameters, named as OutputPolicy's fields."""
+
+    top_k: int
+    threshold_general: float
+    threshold_character: float
+
+
 def test_pixai_tag_endpoint_matches_the_tagger(env: ApiEnv) -> None:
     data = image_path(env, live_ids(env)[1]).read_bytes()
-    parameters = {"top_k": 5, "threshold_general": 0.1, "threshold_character": 0.5}
+    parameters: TagParameters = {"top_k": 5, "threshold_general": 0.1, "threshold_character": 0.5}
     body = env.client.post(
         "/api/tag",
         json={"inputs": {"image": base64.b64encode(data).decode()}, "parameters": parameters},

@@ -154,5 +154,6 @@ def test_an_export_job_whose_worker_was_killed_goes_back_to_the_queue(
     assert resumed.returncode == 0, resumed.stderr
     assert "1 dead jobs back in the queue" in resumed.stderr
     record = get_job(engine, job.id)
-    assert record is not None and (record.state, record.attempts) == ("done", 2), record.error
+    assert record is not None
+    assert (record.state, record.attempts) == ("done", 2), record.error
     assert record.done == record.total == 4

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
@@ -25,7 +24,7 @@ from sqlalchemy import select, update
 from app.store.db import session_factory
 from app.store.models import Image
 from app.store.thumbs import ThumbnailCache
-from tests.api_helpers import ApiEnv, indexed_env
+from tests.api_helpers import ApiEnv, JsonResponse, indexed_env
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +167,7 @@ def the_image(env: ApiEnv) -> Image:
         return session.scalars(select(Image).where(Image.path == path)).one()
 
 
-def error_code(response: httpx.Response, status: int) -> str:
+def error_code(response: JsonResponse, status: int) -> str:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body

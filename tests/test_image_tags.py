@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api_helpers import ApiEnv, indexed_env
+from tests.api_helpers import ApiEnv, QueryParams, indexed_env
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -20,7 +20,7 @@ def env(
 
 
 def ids_for(env: ApiEnv, q: str, **thresholds: float) -> set[int]:
-    params = {"q": q, "limit": 1000, "tags": 0, **thresholds}
+    params: QueryParams = {"q": q, "limit": 1000, "tags": 0, **thresholds}
     body = env.client.get("/api/search", params=params).json()
     return {item["id"] for item in body["items"]}
 

@@ -70,7 +70,9 @@ def test_the_admin_routes_declare_the_bearer_scheme(tmp_path: Path) -> None:
         "bearer": {"type": "http", "scheme": "bearer", "description": "SAGASHI_ADMIN_TOKEN"}
     }
     for _method, path, operation in operations(schema):
-        expected = [{"bearer": []}] if path.startswith("/api/admin/") else None
+        expected: list[dict[str, list[str]]] | None = (
+            [{"bearer": []}] if path.startswith("/api/admin/") else None
+        )
         assert operation.get("security") == expected, path
 
 

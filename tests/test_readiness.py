@@ -58,6 +58,7 @@ def test_the_first_similarity_request_after_ready_loads_nothing(
         ready = httpx.get(f"{base}/readyz").json()
         assert ready["checks"]["vectors"] == "flat, 8 vectors"
         files = [p.stat().st_ino for p in vectors.generation_files(settings.data_dir, 1)]
+        assert settings.database_url is not None  # settings_for sets it
         engine = create_db_engine(settings.database_url)
         with session_factory(engine)() as session:
             image_id = session.scalars(select(Image.id).limit(1)).one()

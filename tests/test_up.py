@@ -36,7 +36,8 @@ def readme_run_command() -> str:
     which CI's own test command does the same way): what a user runs on every start."""
     blocks = re.findall(r"\*\*Run\*\*.*?```sh\n(.+?)\n```", README, flags=re.S)
     assert len(blocks) == 1, blocks
-    setup, _, command = blocks[0].rpartition(" && ")
+    block: str = blocks[0]
+    setup, _, command = block.rpartition(" && ")
     assert setup == SETUP
     return command
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlencode
 
 import httpx
@@ -301,7 +301,20 @@ def test_threshold_sliders_change_the_search(page: Any, site: str, shots: Path) 
 
 # --- phones and tablets ------------------------------------------------------------------
 
-SCREENS = {
+
+class Viewport(TypedDict):
+    width: int
+    height: int
+
+
+class Screen(TypedDict):
+    """Chromium's emulation of a device's screen (new_context's arguments)."""
+
+    viewport: Viewport
+    device_scale_factor: int
+
+
+SCREENS: dict[str, Screen] = {
     "phone": {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3},
     "tablet": {"viewport": {"width": 768, "height": 1024}, "device_scale_factor": 2},
 }
@@ -505,7 +518,8 @@ def test_without_url_downloads_there_is_no_url_field(browser: Any, served: Site)
 
 
 def focused_id(page: Any) -> str | None:
-    return page.evaluate("() => document.activeElement?.dataset?.id ?? null")
+    focused: str | None = page.evaluate("() => document.activeElement?.dataset?.id ?? null")
+    return focused
 
 
 def test_arrow_keys_step_through_the_results_and_escape_goes_back(page: Any, site: str) -> None:
