@@ -24,8 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import numpy as np
@@ -39,6 +41,7 @@ from bench.common import latency_table, machine
 from tests.tiny_models import build_tiny_pixai
 
 log = logging.getLogger("bench.api")
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -90,10 +93,10 @@ def http_latencies(base: str, queries: list[str]) -> np.ndarray:
     return np.array(times) * 1000
 
 
-def concurrent_rate(clients: int, work: list[object], call: object) -> float:
+def concurrent_rate(clients: int, work: Sequence[T], call: Callable[[T], object]) -> float:
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(call, work))  # type: ignore[arg-type]
+        list(pool.map(call, work))
     return len(work) / (time.perf_counter() - started)
 
 
@@ -112,8 +115,8 @@ def search_part(url: str, data_dir: Path, base: str, queries: int, clients: int)
     )
     local = httpx.Client(base_url=base, timeout=120, limits=httpx.Limits(max_connections=clients))
 
-    def one(text: object) -> None:
-        local.get("/api/search", params={"q": str(text), "limit": 40}).raise_for_status()
+    def one(text: str) -> None:
+        local.get("/api/search", params={"q": text, "limit": 40}).raise_for_status()
 
     one_client = concurrent_rate(1, list(mix), one)
     many = concurrent_rate(clients, list(mix), one)
@@ -134,7 +137,7 @@ def upload_part(base: str, uploads: int, clients: int) -> None:
         bodies.append({"inputs": {"image": base64.b64encode(buffer.getvalue()).decode()}})
     client = httpx.Client(base_url=base, timeout=120, limits=httpx.Limits(max_connections=clients))
 
-    def tag(body: object) -> None:
+    def tag(body: dict[str, dict[str, str]]) -> None:
         client.post("/api/tag", json=body).raise_for_status()
 
     concurrent_rate(1, bodies[:8], tag)  # warm-up

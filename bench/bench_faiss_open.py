@@ -69,7 +69,8 @@ def ondisk_copy(index_path: Path) -> Path:
     index = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP)
     ivf = faiss.extract_index_ivf(index)
     lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(target.with_suffix(".ivfdata")))
-    sources = faiss.InvertedListsPtrVector()
+    # faiss's stubs leave out the SWIG vector classes such as this one.
+    sources = faiss.InvertedListsPtrVector()  # type: ignore[attr-defined]
     sources.push_back(ivf.invlists)
     lists.merge_from_multiple(sources.data(), sources.size())
     ivf.replace_invlists(lists, True)

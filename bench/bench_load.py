@@ -54,7 +54,7 @@ class Traffic:
         self.names = [name for name, _ in tags[:3000] if name.isascii()]
         self.max_id = max_id
 
-    def next(self) -> tuple[str, str, dict[str, object]]:
+    def next(self) -> tuple[str, str, dict[str, str | int]]:
         roll = self.rng.random()
         if roll < 0.6:
             q = self.rng.choice(self.queries)
@@ -64,7 +64,7 @@ class Traffic:
             prefix = name[: self.rng.randint(1, min(4, len(name)))]
             return "autocomplete", "/api/tags", {"prefix": prefix, "limit": 10}
         image_id = self.rng.randint(1, self.max_id)
-        body: dict[str, object] = {"image_id": image_id, "k": 20}
+        body: dict[str, str | int] = {"image_id": image_id, "k": 20}
         if self.rng.random() < 0.5:
             body["q"] = self.rng.choice(self.queries[:200]).split(" order:")[0]
         return "similar", "/api/similar", body

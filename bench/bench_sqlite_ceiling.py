@@ -137,11 +137,11 @@ def _rows(layout: str, block: int, batch: tuple[np.ndarray, ...]) -> tuple[str, 
         bounds = np.flatnonzero(np.diff(tags)) + 1
         starts = np.concatenate(([0], bounds)).tolist()
         ends = np.concatenate((bounds, [len(tags)])).tolist()
-        rows = [
+        blocks = [
             (1, int(tags[a]), block, b - a, ids[a:b].tobytes(), values[a:b].tobytes())
             for a, b in zip(starts, ends, strict=True)
         ]
-        return "INSERT INTO tag_blocks VALUES (?, ?, ?, ?, ?, ?)", rows
+        return "INSERT INTO tag_blocks VALUES (?, ?, ?, ?, ?, ?)", blocks
     if layout in ("image_tags", "clustered-only"):
         order = np.lexsort((owners, scores, tags))
     elif layout == "tag-image":

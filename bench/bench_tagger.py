@@ -48,7 +48,9 @@ def build_random_pixai(directory: Path) -> Path:
     torch.manual_seed(0)
     encoder = create_encoder(ModelConfig.wd_eva02_large_v3(), num_classes=0)
     head = PixaiHead(1024, NUM_TAGS)
-    _calibrate(encoder, head.head[0])
+    linear = head.head[0]
+    assert isinstance(linear, torch.nn.Linear)
+    _calibrate(encoder, linear)
     torch.save(torch.nn.Sequential(encoder, head).state_dict(), directory / "model_v0.9.pth")
     tags = {
         "tag_map": {f"tag_{i}": i for i in range(NUM_TAGS)},
@@ -70,7 +72,7 @@ def _calibrate(encoder: torch.nn.Module, linear: torch.nn.Linear) -> None:
         )
         logits = linear(pooled)
         kth = logits.topk(TAGS_ABOVE_FLOOR, dim=1).values[:, -1].mean()
-        linear.bias -= kth - torch.logit(torch.tensor(0.05))
+        linear.bias.sub_(kth - torch.logit(torch.tensor(0.05)))
 
 
 def image_files(workdir: Path, synthetic: tuple[int, int] | None) -> list[Path]:
@@ -170,7 +172,9 @@ def large_jpegs(files: list[Path], workdir: Path, count: int) -> list[Path]:
         with Image.open(source) as image:
             rgb = image.convert("RGB")
         scale = 3000 / max(rgb.size)
-        big = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)), Image.LANCZOS)
+        big = rgb.resize(
+            (round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS
+        )
         target = workdir / f"large_{source.stem}.jpg"
         big.save(target, quality=92)
         made.append(target)

@@ -12,7 +12,7 @@ import csv
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -228,7 +228,8 @@ def test_rgba_composited_on_white(catalogue: dict[str, Path]) -> None:
 @pytest.mark.parametrize("case", ["animated_gif", "animated_png", "animated_webp"])
 def test_animation_decodes_first_frame(catalogue: dict[str, Path], case: str) -> None:
     with Image.open(catalogue[case]) as stored:
-        assert stored.n_frames == 2
+        # n_frames: the animated formats' plugins have it, ImageFile does not declare it.
+        assert getattr(stored, "n_frames", 1) == 2
     pixels = decode(catalogue[case])
     assert (pixels.shape[1], pixels.shape[0]) == bad.ANIMATION_SIZE
     assert np.all(pixels == bad.RED)
@@ -238,7 +239,7 @@ def test_apng_default_image_is_frame_zero(catalogue: dict[str, Path]) -> None:
     # An APNG may carry a still (IDAT) that is not part of the animation. Pillow counts it
     # as frame 0, so that still (what non-APNG viewers show) is what gets tagged.
     with Image.open(catalogue["apng_default_image"]) as stored:
-        assert stored.n_frames == 3
+        assert getattr(stored, "n_frames", 1) == 3
         assert stored.info.get("default_image") is True
     assert np.all(decode(catalogue["apng_default_image"]) == bad.RED)
 
@@ -641,7 +642,7 @@ def _danbooru_files() -> list[str]:
     return sorted(p.relative_to(DANBOORU).as_posix() for p in DANBOORU.rglob("*") if p.is_file())
 
 
-def _danbooru_params() -> list[object]:
+def _danbooru_params() -> Sequence[object]:
     files = _danbooru_files()
     if not files:
         return [pytest.param("", id="danbooru_test_files-absent")]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -137,13 +138,24 @@ def small_corpus(n: int = 300) -> SyntheticCorpus:
     return SyntheticCorpus(n, dim=32, seed=3, themes=50, block_rows=128)
 
 
-def read_lines(path: Path) -> list[dict]:
+class SyntheticRecord(TypedDict):
+    """A line of the JSONL and npy formats (bench/synthetic.py)."""
+
+    path: str
+    sha256: str
+    width: int
+    height: int
+    tags: dict[str, float]
+    embedding: NotRequired[list[float]]  # jsonl only; npy keeps them in the .npy file
+
+
+def read_lines(path: Path) -> list[SyntheticRecord]:
     lines = path.read_text(encoding="ascii").splitlines()
     assert all(json.dumps(json.loads(line)) == line for line in lines)
     return [json.loads(line) for line in lines]
 
 
-def check_line(record: dict, chunk: Chunk, i: int, names: list[str]) -> None:
+def check_line(record: SyntheticRecord, chunk: Chunk, i: int, names: list[str]) -> None:
     a, b = chunk.indptr[i], chunk.indptr[i + 1]
     expected = {
         names[t]: round(float(s), 4)
