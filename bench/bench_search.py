@@ -117,20 +117,29 @@ def query_mix(session_tags: list[tuple[str, int]], count: int, seed: int = 0) ->
     return [templates[i % len(templates)]() for i in range(count)]
 
 
-def latencies(service: SearchService, queries: list[str]) -> np.ndarray:
-    times = []
-    for text in queries:
-        started = time.perf_counter()
-        service.search(SearchRequest(text, 40))
-        times.append(time.perf_counter() - started)
-    return np.array(times) * 1000
+def latencies(service: SearchService, queries: list[str], passes: int = 1) -> np.ndarray:
+    """Each query's latency in ms: the least of ``passes`` passes over the whole mix.
+
+    More than one pass is for a shared machine: another process's burst lands on some
+    query of some pass, and the least of each query's passes drops it, where one pass
+    would count it in the p99."""
+    times = np.full(len(queries), np.inf)
+    for _pass in range(passes):
+        for i, text in enumerate(queries):
+            started = time.perf_counter()
+            service.search(SearchRequest(text, 40))
+            times[i] = min(times[i], time.perf_counter() - started)
+    return times * 1000
 
 
-def tag_queries(url: str, data_dir: Path, queries: int, sql_queries: int, warm: int = 0) -> None:
+def tag_queries(
+    url: str, data_dir: Path, queries: int, sql_queries: int, warm: int = 0, passes: int = 1
+) -> None:
     """The same query mix on the segment engine (opened from its files, written first when
     missing), the memory engine (the posting engine read from the database: the baseline of
     the segments) and, for the first ``sql_queries``, the SQL engine. Each engine first runs
-    the first ``warm`` queries of the mix (0: the whole mix) unmeasured."""
+    the first ``warm`` queries of the mix (0: the whole mix) unmeasured; the two posting
+    engines are then timed over ``passes`` passes, each query's least time counted."""
     engine = create_db_engine(url)
     mix = query_mix(ranked_tags(engine), queries)
     measured = []
@@ -147,7 +156,7 @@ def tag_queries(url: str, data_dir: Path, queries: int, sql_queries: int, warm: 
         # A server's steady state: every tag of the mix touched once (mapped pages faulted in,
         # prebuilt bitmaps deserialised, query caches filled) before the measured pass.
         latencies(service, mix[:warm] if warm else mix)
-        measured.append((f"{kind} engine", latencies(service, mix)))
+        measured.append((f"{kind} engine", latencies(service, mix, passes)))
         del service
     fast = measured[0][1]
     sql = latencies(SearchService(engine, data_dir, load_aliases(), "sql"), mix[:sql_queries])
@@ -386,6 +395,9 @@ def main() -> None:
     parser.add_argument("--sql-queries", type=int, default=100, help="of those, run on SQL")
     parser.add_argument("--knn-queries", type=int, default=100, help="per selectivity")
     parser.add_argument("--warm", type=int, default=0, help="tag queries run first (0: all)")
+    parser.add_argument(
+        "--passes", type=int, default=1, help="tag queries: each query's least time of N passes"
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/sagashi-bench"))
     parser.add_argument("--only", choices=["tags", "knn"], default=None, help="one part only")
     parser.add_argument(
@@ -415,7 +427,7 @@ def main() -> None:
     data_dir = args.work / f"data-{args.images}"  # FAISS files: one folder per database
     if args.only in (None, "tags"):
         sql = min(args.sql_queries, args.queries)
-        tag_queries(url, data_dir, args.queries, sql, args.warm)
+        tag_queries(url, data_dir, args.queries, sql, args.warm, args.passes)
     if args.only in (None, "knn"):
         knn(url, data_dir, args.knn_queries, args.baseline, args.cold, args.fresh)
 

@@ -15,7 +15,7 @@ run for both engines:
   ``--baseline-code DIR`` another checkout such as a ``git worktree`` of the previous
   commit, on a copy of the same set), then after ``write_segments`` wrote them as a delta
   segment (what the end of an index, import or reindex run does; timed), then the set
-  rewritten whole (a merge; timed);
+  rewritten whole (a merge; timed) and the same start with no change since it;
 - ``--workers-memory 1 4``: the memory of a server with each number of worker processes,
   after the same warm-up traffic (tag searches and similarity searches), from
   /proc/PID/smaps_rollup over the whole process tree: PSS (shared pages split between the
@@ -271,6 +271,17 @@ def changed_start(
         started = time.perf_counter()
         write_segments(session, data_dir, generation.id, full=True)  # current for later runs
     log.info("set rewritten (a merge) in %.1f s", time.perf_counter() - started)
+    # The same start with no change since the set: what the delta costs a start, same run.
+    for run in range(runs):
+        opened = open_engine_run(url, data_dir, "segments")["seconds"]
+        ready, rss = serve_run(url, data_dir, "segments", port)
+        log.info(
+            "| this code (run %d) | none (the set current) | %.2f | %.2f | %.2f |",
+            run + 1,
+            opened,
+            ready,
+            rss / 1e9,
+        )
     engine.dispose()
 
 
