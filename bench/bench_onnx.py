@@ -5,12 +5,27 @@ in PixAI's .pth layout (as bench_tagger does), then exported to the deepghs ONNX
 (model.onnx with embedding/logits/prediction, selected_tags.csv, preprocess.json,
 categories.json, thresholds.csv) and loaded through Sagashi's own loaders. Both taggers get
 the same preprocessed batches; the figure is model images/s (predict only), batch 1 and 8.
-ONNX Runtime's dynamic int8 quantisation is timed too, and its score and embedding drift
-against fp32 measured on real images (../shared/data/images/sdeval_anime; skipped with the
-reason when absent).
+ONNX Runtime's dynamic int8 quantisation is timed too, and each variant's score and
+embedding drift against ONNX fp32 measured on real images (the first image of each folder of
+../shared/data/images/sdeval_anime, then the rest; random pixels, said so, when absent).
+
+Variants (each timed in every round, after torch, in the same process):
+
+* ``--nbits 8:32:4 8:128:4 4:32:4``: block-wise weight-only quantisation (ONNX Runtime's
+  MatMulNBitsQuantizer, symmetric): bits, block size and the MatMulNBits accuracy level
+  (0/1: fp32 compute on dequantised weights, 4: int8 compute, VNNI where the CPU has it).
+* ``--fused``: the fp32 graph through onnxruntime.transformers' optimizer (model type vit),
+  with the fusions it made.
+* ``--rounds 2`` times torch and every variant again, alternating, on a shared machine.
+* ``--profile``: where ONNX Runtime fp32 spends one batch-1 call, by operator.
+* ``--work DIR`` keeps the checkpoint, the export and the variants, and reuses them.
+
+Each drift row says whether it is within the drift one index generation accepts (the GPU bf16
+path's against fp32: scores within 0.0025, embedding cosine at least 0.99997).
 
     python -m bench.bench_onnx                  # about 8 minutes on 2 cores
     python -m bench.bench_onnx --repeats 1 --skip-int8
+    python -m bench.bench_onnx --nbits 8:32:4 4:32:4 --fused --rounds 2 --work /tmp/bench-onnx
 """
 
 from __future__ import annotations
@@ -19,8 +34,10 @@ import argparse
 import csv
 import json
 import logging
+import os
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +46,7 @@ import torch
 
 from app.store.repository import GenerationIdentity
 from app.tagger.batching import prepare
-from app.tagger.onnx_tagger import OnnxTagger
+from app.tagger.onnx_tagger import OnnxTagger, graph_operators
 from app.tagger.preprocess import normalise_one
 from app.tagger.protocol import Prediction, Tagger
 from app.tagger.timm_tagger import TimmTagger
@@ -39,6 +56,18 @@ from bench.common import SHARED_DATA, machine
 log = logging.getLogger("bench.onnx")
 
 REAL_IMAGES = SHARED_DATA / "images" / "sdeval_anime"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# The drift one index generation accepts: the GPU bf16 path's against fp32 (docs/benchmarks.md).
+YARDSTICK_SCORE, YARDSTICK_COSINE = 0.0025, 0.99997
+
+
+class MeasuredOnnxTagger(OnnxTagger):
+    """OnnxTagger that lets a quantised model give embeddings, to measure their drift (the
+    application refuses to store or compare them)."""
+
+    @staticmethod
+    def refuse_quantised(session: Any, model: Path) -> None:
+        return None
 
 
 class _Outputs(torch.nn.Module):
@@ -112,16 +141,129 @@ def quantise(source: Path, target: Path, per_channel: bool = False) -> Path:
     return target
 
 
+def quantise_nbits(source: Path, target: Path, bits: int, block: int, accuracy: int) -> Path:
+    """Block-wise weight-only quantisation of every MatMul with constant weights
+    (MatMulNBits nodes, symmetric), in a copy of the layout."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    _copy_layout(source, target)
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block,
+        is_symmetric=True,
+        accuracy_level=accuracy,
+        quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=("MatMul",),
+        bits=bits,
+    )
+    quantiser = MatMulNBitsQuantizer(
+        onnx.load(str(source / "model.onnx")),
+        bits=bits,
+        block_size=block,
+        is_symmetric=True,
+        accuracy_level=accuracy,
+        algo_config=config,
+    )
+    quantiser.process()
+    quantiser.model.save_model_to_file(str(target / "model.onnx"), use_external_data_format=False)
+    return target
+
+
+def fuse(source: Path, target: Path, heads: int, hidden: int) -> dict[str, int]:
+    """The fp32 graph through onnxruntime.transformers' optimizer (attention, LayerNorm, GELU
+    fusions for a ViT), in a copy of the layout; the fusions it made."""
+    from onnxruntime.transformers import optimizer
+
+    _copy_layout(source, target)
+    model = optimizer.optimize_model(
+        str(source / "model.onnx"),
+        model_type="vit",
+        num_heads=heads,
+        hidden_size=hidden,
+        opt_level=0,
+    )
+    model.save_model_to_file(str(target / "model.onnx"))
+    return {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+
+
+def _copy_layout(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.name != "model.onnx":
+            (target / path.name).write_bytes(path.read_bytes())
+
+
+def profile(model: Path, batch: torch.Tensor, threads: int) -> dict[str, Any]:
+    """Share of one batch-1 ONNX Runtime call per operator type, and the attention part
+    (the MatMuls whose output is per head) of the MatMul time."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(model.parent / "profile")
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    one = {"input": batch[:1].numpy()}
+    session.run(None, one)
+    session.run(None, one)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    last = [e for e in events if e.get("name") == "model_run"][-1]
+    by_op: Counter[str] = Counter()
+    attention = 0
+    for event in events:
+        if event.get("cat") != "Node" or event["ts"] < last["ts"]:
+            continue
+        if not event["name"].endswith("_kernel_time"):
+            continue
+        op = event["args"]["op_name"]
+        by_op[op] += event["dur"]
+        shapes = event["args"].get("output_type_shape") or [{}]
+        if op in ("MatMul", "FusedMatMul") and len(next(iter(shapes[0].values()), [])) == 4:
+            attention += event["dur"]
+    total = sum(by_op.values())
+    shares = {op: round(100 * t / total, 1) for op, t in by_op.most_common(8)}
+    return {
+        "call_s": round(last["dur"] / 1e6, 2),
+        "percent_by_operator": shares,
+        "attention_matmul_percent": round(100 * attention / total, 1),
+    }
+
+
 def batches(tagger: Tagger, count: int) -> torch.Tensor:
-    """``count`` preprocessed real images, or random pixels when the real data is absent."""
-    files = sorted(REAL_IMAGES.glob("*"))[:count] if REAL_IMAGES.is_dir() else []
-    prepared = [prepare(p, tagger.preprocess, 10**9, True).pixels for p in files]
-    tensors = [normalise_one(tagger.preprocess, t) for t in prepared if t is not None]
+    """``count`` preprocessed real images (the first of each folder, then the rest), or random
+    pixels when the real data is absent."""
+    tensors = [normalise_one(tagger.preprocess, t) for t in real_pixels(tagger, count)]
     if len(tensors) < count:
         size = tagger.preprocess.size
         generator = torch.Generator().manual_seed(0)
         tensors += [torch.rand(3, size, size, generator=generator) * 2 - 1] * (count - len(tensors))
     return torch.stack(tensors[:count])
+
+
+def real_images() -> list[Path]:
+    """The image files under REAL_IMAGES, the first of each folder first."""
+    if not REAL_IMAGES.is_dir():
+        return []
+    files = sorted(p for p in REAL_IMAGES.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    firsts = list({p.parent: p for p in reversed(files)}.values())[::-1]
+    return firsts + [p for p in files if p not in firsts]
+
+
+def real_pixels(tagger: Tagger, count: int) -> list[np.ndarray]:
+    prepared: list[np.ndarray] = []
+    for path in real_images():
+        pixels = prepare(path, tagger.preprocess, 10**9, True).pixels
+        if pixels is not None:
+            prepared.append(pixels)
+        if len(prepared) == count:
+            break
+    return prepared
 
 
 def measure(tagger: Tagger, batch: torch.Tensor, repeats: int) -> tuple[float, float, Prediction]:
@@ -151,15 +293,32 @@ def drift(a: Prediction, b: Prediction) -> dict[str, float]:
         "min_embedding_cosine": float(cos.min()),
         "max_abs_embedding": float(np.abs(a.embeddings - b.embeddings).max()),
         "top20_overlap": float(np.mean(overlap)),
+        "within_generation_yardstick": bool(
+            np.abs(a.probs - b.probs).max() <= YARDSTICK_SCORE and cos.min() >= YARDSTICK_COSINE
+        ),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2, help="timed calls per batch size")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="timed batch-1 calls per round")
     parser.add_argument("--threads", type=int, default=0, help="0: every core")
-    parser.add_argument("--skip-int8", action="store_true")
+    parser.add_argument("--skip-int8", action="store_true", help="leave out dynamic int8")
     parser.add_argument("--per-channel", action="store_true", help="int8 scales per channel")
+    parser.add_argument(
+        "--nbits",
+        nargs="*",
+        default=[],
+        metavar="BITS:BLOCK:LEVEL",
+        help="block-wise weight-only variants (MatMulNBits), e.g. 8:32:4 (accuracy level 4: "
+        "int8 compute; 1: fp32)",
+    )
+    parser.add_argument("--fused", action="store_true", help="the transformers-optimised graph")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating timed rounds")
+    parser.add_argument("--profile", action="store_true", help="ONNX fp32 time by operator")
+    parser.add_argument("--work", type=Path, help="keep and reuse models here (default: temp)")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -167,54 +326,126 @@ def main() -> None:
     results: dict[str, Any] = {"machine": machine(), "threads": threads, "images": 8}
     results["int8_per_channel"] = args.per_channel
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
         log.info("building the random EVA02-Large PixAI checkpoint")
-        torch_tagger = TimmTagger(build_random_pixai(_mkdir(work / "pth")), "cpu", threads)
+        pth = work / "pth"
+        if not (pth / "model_v0.9.pth").exists():
+            build_random_pixai(_mkdir(pth))
+        torch_tagger = TimmTagger(pth, "cpu", threads)
         torch_tagger.load()
         started = time.perf_counter()
-        export_layout(torch_tagger, work / "onnx")
-        results["export_s"] = round(time.perf_counter() - started, 1)
+        if not (work / "onnx" / "model.onnx").exists():
+            export_layout(torch_tagger, work / "onnx")
+            results["export_s"] = round(time.perf_counter() - started, 1)
         onnx_tagger = OnnxTagger(work / "onnx", "cpu", threads)
         onnx_tagger.load()
         same = GenerationIdentity.of(onnx_tagger.info)
         results["same_generation_fields"] = same == GenerationIdentity.of(
             torch_tagger.info
         ) or _differences(same, GenerationIdentity.of(torch_tagger.info))
+        del onnx_tagger
         batch = batches(torch_tagger, 8)
-        results["real_images"] = REAL_IMAGES.is_dir()
-        taggers: list[tuple[str, Tagger]] = [
-            ("torch_fp32", torch_tagger),
-            ("onnxruntime_fp32", onnx_tagger),
-        ]
-        if not args.skip_int8:
-            started = time.perf_counter()
-            quantised = OnnxTagger(
-                quantise(work / "onnx", work / "int8", args.per_channel), "cpu", threads
-            )
-            quantised.load()
-            results["quantise_s"] = round(time.perf_counter() - started, 1)
-            taggers.append(("onnxruntime_int8", quantised))
+        results["real_images"] = len(real_pixels(torch_tagger, 8)) == 8
+        results["image_files"] = [str(p.relative_to(REAL_IMAGES)) for p in real_images()[:8]]
+        if args.profile:
+            results["onnx_fp32_profile"] = profile(work / "onnx" / "model.onnx", batch, threads)
+        # torch stays loaded; each ONNX model is loaded for its turn and dropped after it, so
+        # one ONNX session at a time shares the memory with torch (about 4 GB at most)
+        onnx_models = [("onnxruntime_fp32", work / "onnx"), *_variants(args, work, results)]
+        names = ["torch_fp32"] + [name for name, _ in onnx_models]
         outputs: dict[str, Prediction] = {}
-        for name, tagger in taggers:
-            rate_1, rate_8, outputs[name] = measure(tagger, batch, args.repeats)
-            results[f"{name}_b1_img_s"] = round(rate_1, 3)
-            results[f"{name}_b8_img_s"] = round(rate_8, 3)
-            log.info("%s: batch 1 %.3f img/s, batch 8 %.3f img/s", name, rate_1, rate_8)
+        for round_ in range(args.rounds):
+            for name in names:
+                tagger: Tagger = torch_tagger
+                if name != "torch_fp32":
+                    directory = dict(onnx_models)[name]
+                    tagger = MeasuredOnnxTagger(directory, "cpu", threads)
+                    tagger.load()
+                rate_1, rate_8, outputs[name] = measure(tagger, batch, args.repeats)
+                del tagger
+                for size, rate in ((1, rate_1), (8, rate_8)):
+                    results.setdefault(f"{name}_b{size}_img_s_rounds", []).append(round(rate, 3))
+                log.info(
+                    "round %d %s: batch 1 %.3f img/s, batch 8 %.3f img/s (load %.1f)",
+                    round_ + 1,
+                    name,
+                    rate_1,
+                    rate_8,
+                    _load(),
+                )
+            results.setdefault("load_average_rounds", []).append(round(_load(), 1))
+        for name in names:
+            for size in (1, 8):
+                rates = results[f"{name}_b{size}_img_s_rounds"]
+                results[f"{name}_b{size}_img_s"] = round(float(np.mean(rates)), 3)
+        results["peak_rss_gb"] = round(_peak_rss_gb(), 1)
         results["onnx_vs_torch"] = drift(outputs["torch_fp32"], outputs["onnxruntime_fp32"])
-        if "onnxruntime_int8" in outputs:
-            results["int8_vs_fp32"] = drift(
-                outputs["onnxruntime_fp32"], outputs["onnxruntime_int8"]
-            )
-        if not REAL_IMAGES.is_dir():
+        for name in names[2:]:
+            results[f"{name}_vs_onnx_fp32"] = drift(outputs["onnxruntime_fp32"], outputs[name])
+        if not results["real_images"]:
             results["note"] = f"real images absent ({REAL_IMAGES}): drift measured on random pixels"
-    for size in (1, 8):
-        results[f"speedup_b{size}"] = round(
-            results[f"onnxruntime_fp32_b{size}_img_s"] / results[f"torch_fp32_b{size}_img_s"], 2
-        )
+    for name in names[1:]:
+        for size in (1, 8):
+            # per round against that round's torch, then the mean: the machine's load moves
+            ratios = [
+                v / t
+                for v, t in zip(
+                    results[f"{name}_b{size}_img_s_rounds"],
+                    results[f"torch_fp32_b{size}_img_s_rounds"],
+                    strict=True,
+                )
+            ]
+            key = "speedup" if name == "onnxruntime_fp32" else f"{name}_vs_torch"
+            results[f"{key}_b{size}"] = round(float(np.mean(ratios)), 2)
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:
         args.output.write_text(text)
+
+
+def _variants(
+    args: argparse.Namespace, work: Path, results: dict[str, Any]
+) -> list[tuple[str, Path]]:
+    """The ONNX variants asked for, made (or reused from --work) from the fp32 export."""
+    source = work / "onnx"
+    made: list[tuple[str, Path]] = []
+    if args.fused:
+        target = work / "fused"
+        if not (target / "model.onnx").exists():
+            started = time.perf_counter()
+            fusions = fuse(source, target, heads=16, hidden=1024)
+            (target / "fusions.json").write_text(json.dumps(fusions))
+            results["fuse_s"] = round(time.perf_counter() - started, 1)
+        results["fused_operators"] = json.loads((target / "fusions.json").read_text())
+        results["fused_graph_operators"] = sorted(graph_operators(target / "model.onnx"))
+        made.append(("onnxruntime_fused_fp32", target))
+    for spec in args.nbits:
+        bits, block, accuracy = (int(v) for v in [*spec.split(":"), "4"][:3])
+        name = f"onnxruntime_q{bits}_block{block}_level{accuracy}"
+        target = work / f"q{bits}b{block}a{accuracy}"
+        if not (target / "model.onnx").exists():
+            started = time.perf_counter()
+            quantise_nbits(source, target, bits, block, accuracy)
+            results[f"{name}_make_s"] = round(time.perf_counter() - started, 1)
+        made.append((name, target))
+    if not args.skip_int8:
+        target = work / ("int8_per_channel" if args.per_channel else "int8")
+        if not (target / "model.onnx").exists():
+            started = time.perf_counter()
+            quantise(source, target, args.per_channel)
+            results["quantise_s"] = round(time.perf_counter() - started, 1)
+        made.append(("onnxruntime_int8", target))
+    return made
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _mkdir(path: Path) -> Path:

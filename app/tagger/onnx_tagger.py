@@ -17,7 +17,9 @@ CUDAExecutionProvider when ``onnxruntime-gpu`` is installed and a GPU answers.
 from __future__ import annotations
 
 import logging
+import mmap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +82,7 @@ class OnnxTagger:
         vocab = self._vocabulary(files)
         session, provider = open_session(files.model, self.device_name, self.threads)
         if self.embeddings:
-            refuse_quantised(session, files.model)
+            self.refuse_quantised(session, files.model)
         io = inspect_io(session, files, len(vocab), self.embeddings)
         preprocess = self._preprocessing(files, io)
         if preprocess.size != io.size:
@@ -109,6 +111,13 @@ class OnnxTagger:
             provider,
             time.perf_counter() - started,
         )
+
+    @staticmethod
+    def refuse_quantised(session: Any, model: Path) -> None:
+        """Raise when the model may not store or compare embeddings (see
+        :func:`refuse_quantised`); bench_onnx measures quantised models' drift through a
+        subclass that lets them load."""
+        refuse_quantised(session, model)
 
     def _vocabulary(self, files: OnnxFiles) -> TagVocabulary:
         if files.categories is None:
@@ -238,18 +247,117 @@ def _providers(device: str, available: list[str]) -> list[Any]:
 
 
 QUANTISER = "onnx.quantize"  # the producer name ONNX Runtime's quantisation tools write
+# Operators that only a quantised graph holds: ONNX Runtime's dynamic and static int8
+# (quantize_dynamic, quantize_static), its block-wise weight-only 4/8-bit MatMulNBits
+# (matmul_nbits_quantizer, which keeps the exporter's producer name) and ONNX's QDQ form.
+QUANTISED_OPS = frozenset(
+    {
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "DynamicQuantizeMatMul",
+        "GatherBlockQuantized",
+        "MatMulBnb4",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "MatMulNBits",
+        "ConvInteger",
+        "QAttention",
+        "QGemm",
+        "QLinearConv",
+        "QLinearMatMul",
+        "QuantizeLinear",
+    }
+)
 
 
 def refuse_quantised(session: Any, model: Path) -> None:
-    """An int8 model moves embeddings too far to share an index with the fp32 model it came
-    from (cosine 0.966 measured on EVA02-Large, docs/benchmarks.md), and the generation check
-    cannot tell them apart: such a model may tag, not index or search by similarity."""
-    if session.get_modelmeta().producer_name == QUANTISER:
-        raise ModelLoadError(
-            f"{model}: quantised by ONNX Runtime ({QUANTISER}); its embeddings drift from the "
-            "fp32 model's, so it can tag but not index or search by similarity; use the fp32 "
-            "model.onnx"
+    """Quantised weights move embeddings further than one generation allows, and the
+    generation check (vocabulary, embedding size, preprocessing) cannot tell them from the
+    fp32 model's: such a model may tag, not index or search by similarity.
+
+    Measured on EVA02-Large against the fp32 export (docs/benchmarks.md): dynamic int8 least
+    embedding cosine 0.966 (per tensor) and 0.999 (per channel); block-wise 8-bit weights
+    (MatMulNBits, block 32) 0.99983, against 0.99997 for the bf16 GPU path an index accepts.
+    The rule is the graph's operators, since the block-wise quantiser keeps the exporter's
+    producer name; the producer name still catches a quantiser's output in any other form.
+    """
+    found = sorted(graph_operators(model) & QUANTISED_OPS)
+    quantiser = session.get_modelmeta().producer_name == QUANTISER
+    if found or quantiser:
+        how = (
+            f"quantised ({', '.join(found)})"
+            if found
+            else f"quantised by ONNX Runtime ({QUANTISER})"
         )
+        raise ModelLoadError(
+            f"{model}: {how}; its embeddings drift from the fp32 model's, so it can tag but "
+            "not index or search by similarity; use the fp32 model.onnx"
+        )
+
+
+def graph_operators(model: Path) -> set[str]:
+    """The op types of the main graph's nodes, read from the protobuf without parsing the
+    weights (a 1.3 GB model.onnx is scanned in milliseconds: the initialisers are skipped by
+    their lengths). An unreadable file gives an empty set: ONNX Runtime has read it already."""
+    try:
+        with (
+            model.open("rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as m,
+        ):
+            graph = _field(m, 0, len(m), 7)  # ModelProto.graph
+            if graph is None:
+                return set()
+            ops = set()
+            for number, start, end in _fields(m, *graph):
+                if number == 1 and end >= start:  # GraphProto.node
+                    op = _field(m, start, end, 4)  # NodeProto.op_type
+                    if op is not None:
+                        ops.add(m[op[0] : op[1]].decode("utf-8", "replace"))
+            return ops
+    except (OSError, ValueError):
+        return set()
+
+
+def _field(data: mmap.mmap, start: int, end: int, wanted: int) -> tuple[int, int] | None:
+    for number, value_start, value_end in _fields(data, start, end):
+        if number == wanted and value_end >= value_start:
+            return value_start, value_end
+    return None
+
+
+def _fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of one protobuf message's length-delimited fields, between
+    ``start`` and ``end`` of ``data``; other wire types give an end before their start."""
+    position = start
+    while position < end:
+        key, position = _varint(data, position)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, position = _varint(data, position)
+            yield number, position, -1
+        elif wire == 2:
+            length, position = _varint(data, position)
+            if position + length > end:
+                raise ValueError("truncated protobuf field")
+            yield number, position, position + length
+            position += length
+        elif wire in (1, 5):
+            position += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+def _varint(data: mmap.mmap, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise ValueError("bad protobuf varint")
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, position
+        shift += 7
 
 
 def inspect_io(session: Any, files: OnnxFiles, num_tags: int, need_embedding: bool) -> _Io:
