@@ -23,7 +23,7 @@ from tests.api_helpers import make_library
 from tests.conftest import SAGASHI, _postgres_schema_url, run_sagashi
 from tests.test_serve_e2e import free_port, wait_for
 
-IMAGES = 200
+IMAGES = 120  # 60 commits at batch 2: many moments to die at, both kills well before the end
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -73,6 +73,14 @@ class Cluster:
         return {pid for pid, _, args in self.processes() if "raylet/raylet" in args}
 
 
+def shell_environment(env: dict[str, str]) -> dict[str, str]:
+    """``env`` as a user's shell has it, without what an earlier in-process Ray left in this
+    process's environment: its address, and the token mode a local ``ray.init`` (Ray 2.60)
+    turns on for itself and its children, with a token in the real home. With that mode and
+    the cluster's fresh home, ``ray start`` and the driver find no token and refuse to run."""
+    return {k: v for k, v in env.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+
+
 def ray_start(args: list[str], env: dict[str, str]) -> int:
     """``ray start`` in a session of its own; the session's id (its Ray processes keep it)."""
     process = subprocess.Popen(
@@ -93,8 +101,7 @@ def cluster() -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="sgr", dir="/tmp"))  # short: Ray's socket paths
     home = root / "home"
     home.mkdir()
-    env = {**os.environ, "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
+    env = shell_environment({**os.environ, "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"})
     port = free_port()
     common = ["--num-cpus=2", "--object-store-memory=150000000", "--disable-usage-stats"]
     common += ["--node-ip-address=127.0.0.1"]
@@ -187,7 +194,7 @@ def test_index_and_tag_dataset_on_two_nodes_equal_local_runs(
         "SAGASHI_DEVICE": "cpu",
         "SAGASHI_LOG_LEVEL": "WARNING",
     }
-    env.pop("RAY_ADDRESS", None)
+    env = shell_environment(env)
     tagger = open_tagger(tiny_pixai_dir, "cpu", 1)
     want = index_locally(settings_for(local_url, tmp_path / "local", tiny_pixai_dir), tagger, root)
 
