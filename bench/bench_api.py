@@ -8,7 +8,7 @@
    same run. Then the same queries from --clients concurrent clients: requests per second.
 2. Uploads: POST /api/tag of generated 512x512 JPEGs, one client at a time versus
    --clients at once, images per second. The server runs the tiny test model
-   (tests/tiny_models.py), so this measures the request path and the micro-batcher, not
+   (tests/support/tiny_models.py), so this measures the request path and the micro-batcher, not
    the real EVA02-Large (see bench_tagger.py for that).
 """
 
@@ -38,7 +38,7 @@ from app.store.aliases import load_aliases
 from app.store.db import create_db_engine
 from bench.bench_search import latencies, prepared_database, query_mix, ranked_tags
 from bench.common import latency_table, machine
-from tests.tiny_models import build_tiny_pixai
+from tests.support.tiny_models import build_tiny_pixai
 
 log = logging.getLogger("bench.api")
 T = TypeVar("T")

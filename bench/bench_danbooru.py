@@ -25,7 +25,7 @@ from app.store.db import create_db_engine
 from bench.bench_api import start_server
 from bench.bench_search import prepared_database, query_mix, ranked_tags
 from bench.common import latency_table, machine
-from tests.tiny_models import build_tiny_pixai
+from tests.support.tiny_models import build_tiny_pixai
 
 log = logging.getLogger("bench.danbooru")
 

@@ -2,7 +2,7 @@
 
     python -m bench.bench_fuzz --queries 1000000
 
-Uses the generator of tests/test_reliability.py (the grammar's own pieces glued at random,
+Uses the generator of tests/app/api/test_reliability.py (the grammar's own pieces glued at random,
 plus random characters). Any exception other than QueryError stops the run with it.
 """
 
@@ -15,7 +15,7 @@ from collections import Counter
 
 from app.query import QueryError, parse
 from bench.common import machine
-from tests.test_reliability import generated_queries
+from tests.app.api.test_reliability import generated_queries
 
 log = logging.getLogger("bench.fuzz")
 

@@ -305,7 +305,7 @@ def main() -> None:
         model_dir = work / "model"
         model_dir.mkdir()
         if args.tiny:
-            from tests.tiny_models import build_tiny_pixai
+            from tests.support.tiny_models import build_tiny_pixai
 
             build_tiny_pixai(model_dir)
         else:

@@ -105,7 +105,7 @@ def main() -> None:
         model_dir = args.model_dir
         if model_dir is None:
             sys.path.insert(0, str(Path(__file__).parents[1]))
-            from tests.tiny_models import build_tiny_pixai
+            from tests.support.tiny_models import build_tiny_pixai
 
             model_dir = build_tiny_pixai(root / "tiny")
         library = root / "library"

@@ -31,7 +31,7 @@ from app.store.models import Image
 from bench.bench_api import start_server
 from bench.bench_search import prepared_database, query_mix, ranked_tags
 from bench.common import latency_table, machine
-from tests.tiny_models import build_tiny_pixai
+from tests.support.tiny_models import build_tiny_pixai
 
 log = logging.getLogger("bench.load")
 

@@ -175,7 +175,7 @@ def tag_queries(
 def older_ivf(index: Any, data: np.ndarray, ids: np.ndarray) -> Any:
     """An IVF index laid out as files written before 2026-11-28, on the same trained lists:
     float32 vectors (IndexIVFFlat), positions in the lists and image ids in an IndexIDMap2
-    around them. Also what tests/test_search_service.py checks older files against."""
+    around them. Also what tests/app/search/test_search_service.py checks older files against."""
     ivf = faiss.extract_index_ivf(index)
     quantizer = faiss.clone_index(ivf.quantizer)
     inner = faiss.IndexIVFFlat(quantizer, ivf.d, ivf.nlist, faiss.METRIC_INNER_PRODUCT)

@@ -5,7 +5,7 @@
     python -m indexer.docs_gen            # rewrite docs/reference/cli.md and settings.md
     python -m indexer.docs_gen --check    # exit 1 when a committed page differs
 
-``tests/test_docs.py`` asserts the committed pages equal this output.
+``tests/project/test_docs.py`` asserts the committed pages equal this output.
 """
 
 from __future__ import annotations

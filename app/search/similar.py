@@ -18,7 +18,7 @@ filtered-search entries do:
 Every returned id is checked against the filter and the live images: a FAISS file can lag
 the database by the images of a running index job, and must never leak a deleted image.
 Recall at each selectivity is measured by bench/bench_search.py and tested in
-tests/test_search_service.py.
+tests/app/search/test_search_service.py.
 """
 
 from __future__ import annotations

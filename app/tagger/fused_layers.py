@@ -14,7 +14,7 @@ projections. :func:`fuse_network` rewrites, in place and with the loaded weights
   product (timm's own fused form, with the three biases concatenated; k has none).
 
 Only the summation order of the products changes, so scores agree with the unfused network
-to float rounding (tests/test_fast_path.py pins it on the tiny model, docs/benchmarks.md
+to float rounding (tests/app/tagger/test_fast_path.py pins it on the tiny model, docs/benchmarks.md
 measures the speed and the difference on the real size). The CPU path keeps the network as
 loaded: :class:`~app.tagger.forward.ForwardOptions` turns this on with compilation.
 """
