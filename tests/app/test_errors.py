@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from app.errors import SagashiError
 from indexer.cli import app
+from tests.support.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 # Not errors for people: an HTTP exception Starlette itself answers, and the signal a
 # download's child process is stopped with.
 OUTSIDE = {"BodyTooLarge", "_Terminated"}
@@ -22,9 +22,9 @@ OUTSIDE = {"BodyTooLarge", "_Terminated"}
 def error_classes() -> list[tuple[str, str]]:
     """(module, class) of every exception class defined in app/ and indexer/."""
     found = []
-    for path in sorted([*ROOT.glob("app/**/*.py"), *ROOT.glob("indexer/**/*.py")]):
+    for path in sorted([*REPO_ROOT.glob("app/**/*.py"), *REPO_ROOT.glob("indexer/**/*.py")]):
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        module = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef) and node.name not in OUTSIDE:
                 bases = [ast.unparse(base) for base in node.bases]

@@ -14,7 +14,7 @@ import pytest
 
 from bench import synthetic
 from bench.synthetic import Chunk, SyntheticCorpus, write_dataset
-from tests.conftest import shared_path
+from tests.support.paths import shared_path
 
 N = 2_000
 

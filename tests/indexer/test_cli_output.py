@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAGASHI, run_sagashi
+from tests.support.cli import SAGASHI, run_sagashi
 from tests.support.index_helpers import make_image
 
 LOG_LINE = re.compile(r"\d\d:\d\d:\d\d (?:INFO|WARNING|ERROR) ")

@@ -19,7 +19,7 @@ from app.tagger.decode import decode_image
 from app.tagger.model import locate_model_files
 from app.tagger.timm_tagger import preprocess_for
 from tests.app.tagger.test_tagger_load import direct_forward
-from tests.conftest import run_sagashi
+from tests.support.cli import run_sagashi
 from tests.support.tag_records import tag_records
 
 

@@ -20,8 +20,9 @@ from app.store.db import create_db_engine, session_factory
 from app.store.job_records import enqueue, get_job
 from app.store.models import Embedding, Image, ImageTag
 from tests.app.api.test_serve_e2e import free_port, wait_for
-from tests.conftest import SAGASHI, _postgres_schema_url, run_sagashi
 from tests.support.api_helpers import make_library
+from tests.support.cli import SAGASHI, run_sagashi
+from tests.support.postgres import postgres_schema_url
 
 IMAGES = 120  # 60 commits at batch 2: many moments to die at, both kills well before the end
 
@@ -43,7 +44,7 @@ def environment(
         values["SAGASHI_DATABASE_URL"] = f"sqlite:///{tmp_path / 'sagashi.db'}"
         yield values
     else:
-        for url in _postgres_schema_url(request):
+        for url in postgres_schema_url():
             values["SAGASHI_DATABASE_URL"] = url
             yield values
 

@@ -25,8 +25,8 @@ from app.store.db import create_db_engine
 from app.store.job_records import enqueue, get_job
 from app.store.models import Job
 from indexer.dataset import MANIFEST, TEMP_PREFIX
-from tests.conftest import SAGASHI, run_sagashi
 from tests.support.api_helpers import make_library
+from tests.support.cli import SAGASHI, run_sagashi
 from tests.support.index_helpers import make_image
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from app.store import migrate
 from app.store.db import create_db_engine
 from tests.app.api.test_serve_e2e import free_port, wait_for
-from tests.conftest import SAGASHI, run_sagashi
+from tests.support.cli import SAGASHI, run_sagashi
 from tests.support.index_helpers import make_image
 
 HEAD = migrate.scripted_head()

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,9 +25,9 @@ from indexer.importer import (
     _validate_tags_exactly,
     read_rows,
 )
+from tests.support.cli import SAGASHI
 from tests.support.index_helpers import snapshot, stored_vector
 
-SAGASHI = str(Path(sys.executable).with_name("sagashi"))
 DIM = 8
 
 

@@ -16,7 +16,7 @@ from app.store.db import create_db_engine, session_factory
 from app.store.models import Image
 from app.tagger import TimmTagger
 from indexer.pipeline import Indexer, IndexOptions
-from tests.conftest import run_sagashi
+from tests.support.cli import run_sagashi
 from tests.support.index_helpers import make_image, snapshot
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +17,9 @@ from app.store import migrate, vectors
 from app.store.db import create_db_engine, session_factory
 from app.store.models import Image
 from app.store.repository import active_generation
+from tests.support.cli import SAGASHI
 from tests.support.index_helpers import make_image, snapshot, stored_vector
 
-SAGASHI = str(Path(sys.executable).with_name("sagashi"))
 IMAGES = 240
 
 

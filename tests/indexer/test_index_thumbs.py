@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from app.api import create_app
 from app.settings import Settings
 from app.store.thumbs import ThumbnailCache
-from tests.conftest import run_sagashi
 from tests.support.api_helpers import make_library, wait_ready
+from tests.support.cli import run_sagashi
 
 
 def test_index_makes_the_thumbnails_the_server_serves(tmp_path: Path, tiny_pixai_dir: Path) -> None:

@@ -41,11 +41,11 @@ from tests.indexer.test_ray_index import (
     index_locally,
     settings_for,
 )
+from tests.support.cli import SAGASHI
 
 pytest.importorskip("ray")
 
 RAY = str(Path(sys.executable).with_name("ray"))
-SAGASHI = str(Path(sys.executable).with_name("sagashi"))
 
 
 def free_port() -> int:

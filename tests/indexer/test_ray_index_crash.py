@@ -19,12 +19,12 @@ from app.store import migrate
 from app.store.db import create_db_engine, session_factory
 from app.store.models import Image
 from tests.indexer.test_index_crash import (
-    SAGASHI,
     assert_same_index,
     environment,
     faiss_state,
     live_count,
 )
+from tests.support.cli import SAGASHI
 from tests.support.index_helpers import make_image, snapshot
 
 pytest.importorskip("ray")

@@ -206,7 +206,7 @@ def test_a_finished_reindex_records_every_image_done(
 ) -> None:
     import json
 
-    from tests.conftest import run_sagashi
+    from tests.support.cli import run_sagashi
 
     for i in range(7):  # batches of 3: the last one is partial
         make_image(tmp_path / "art" / f"{i}.png", seed=i)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_sagashi
+from tests.support.cli import run_sagashi
 from tests.support.index_helpers import make_image
 
 run = run_sagashi  # every call passes the index's environment

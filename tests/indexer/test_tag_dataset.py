@@ -35,8 +35,8 @@ from indexer.tag_dataset import (
     output_lock,
     tag_dataset,
 )
-from tests.conftest import SAGASHI
 from tests.indexer.test_index_crash import assert_same_index
+from tests.support.cli import SAGASHI
 from tests.support.index_helpers import make_image, snapshot, with_two_bad_files
 
 IMAGES = 20

@@ -22,8 +22,8 @@ import pytest
 from app.tagger.fetch import PUBLISHED
 from tests.app.api.test_serve_e2e import free_port, wait_for
 from tests.app.tagger.test_onnx_fetch import Hub
-from tests.conftest import REPO_ROOT
 from tests.support.index_helpers import make_image
+from tests.support.paths import REPO_ROOT
 from tests.support.tiny_models import build_tiny_pixai_onnx
 
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 COMPOSE = shutil.which("docker-compose")
 

@@ -20,7 +20,7 @@ from app.query.metatags import KNOWN_METATAGS, ORDERS
 from app.settings import Settings
 from indexer import docs_gen
 from indexer.cli import app
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 DOCS = REPO_ROOT / "docs"
 CLI_MD = DOCS / "reference" / "cli.md"

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import REPO_ROOT, SLOW_MODULES, SLOW_TESTS
+from tests.support.paths import TESTS
+from tests.support.slow import SLOW_MODULES, SLOW_TESTS
 
 
 def test_every_slow_module_and_test_exists() -> None:
-    tests = REPO_ROOT / "tests"
     for module in SLOW_MODULES:
-        assert (tests / module).is_file(), module
+        assert (TESTS / module).is_file(), module
     for entry in SLOW_TESTS:
         module, name = entry.split("::")
-        source = (tests / module).read_text(encoding="utf-8")
+        source = (TESTS / module).read_text(encoding="utf-8")
         assert re.search(rf"^def {name}\(", source, re.MULTILINE), entry

@@ -21,8 +21,8 @@ from app.store.migrate import upgrade
 from app.tagger import TimmTagger
 from indexer.jobs import index_options
 from indexer.pipeline import Indexer
-from tests.conftest import _postgres_schema_url
 from tests.support.index_helpers import make_image
+from tests.support.postgres import postgres_schema_url
 
 ADMIN_TOKEN = "s3cret-token"
 IMAGES = 14
@@ -109,7 +109,7 @@ def database_urls(request: pytest.FixtureRequest, root: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{root / 'sagashi.db'}"
     else:
-        yield from _postgres_schema_url(request)
+        yield from postgres_schema_url()
 
 
 def indexed_env(

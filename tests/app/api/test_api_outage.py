@@ -27,14 +27,14 @@ from app.tagger import TimmTagger
 from indexer.jobs import index_options
 from indexer.pipeline import Indexer
 from tests.app.api.test_serve_e2e import free_port, wait_for
-from tests.conftest import _postgres_schema_url
 from tests.support.api_helpers import make_library, settings_for, wait_ready
+from tests.support.postgres import postgres_schema_url
 from tests.support.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
 def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    yield from _postgres_schema_url(request)
+    yield from postgres_schema_url()
 
 
 @pytest.fixture

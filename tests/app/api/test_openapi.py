@@ -24,8 +24,8 @@ from openapi_spec_validator import validate
 
 from app.api import create_app
 from app.settings import Settings
-from tests.conftest import run_sagashi
 from tests.support.api_helpers import ADMIN_TOKEN, make_library
+from tests.support.cli import run_sagashi
 from tests.support.serve_helpers import sagashi_serve
 
 READ_TOKEN = "read-token-0123456789"

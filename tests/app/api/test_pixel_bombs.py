@@ -22,9 +22,9 @@ import httpx
 import pytest
 
 from tests.app.api.test_serve_e2e import free_port, wait_for
-from tests.conftest import SAGASHI, run_sagashi
 from tests.support.api_helpers import make_library
 from tests.support.bad_images import PNG_SIGNATURE, png_chunk, png_ihdr
+from tests.support.cli import SAGASHI, run_sagashi
 
 MAX_UPLOAD_PIXELS = 20_000_000
 BYTES_PER_PIXEL_BOUND = 12  # the documented bound per decoded pixel

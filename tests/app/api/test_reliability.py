@@ -18,8 +18,8 @@ import pytest
 from PIL import Image as PILImage
 
 from app.query import QueryError, parse
-from tests.conftest import SHARED_DATA
 from tests.support.api_helpers import ApiEnv, indexed_env
+from tests.support.paths import SHARED_DATA
 
 PIECES = [
     "1girl",

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SAGASHI, run_sagashi
 from tests.support.api_helpers import ADMIN_TOKEN, make_library
+from tests.support.cli import SAGASHI, run_sagashi
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

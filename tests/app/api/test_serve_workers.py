@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 
 from tests.app.api.test_serve_e2e import free_port, wait_for
-from tests.conftest import SAGASHI, run_sagashi
 from tests.support.api_helpers import make_library
+from tests.support.cli import SAGASHI, run_sagashi
 
 
 def children(pid: int) -> list[int]:

@@ -40,7 +40,7 @@ from app.query import (
 )
 from app.query.ast import make_and, make_not, make_or
 from app.query.metatags import SINGLETON_METATAGS
-from tests.conftest import shared_path
+from tests.support.paths import shared_path
 
 SYNTAX = ErrorCode.SYNTAX
 UNBALANCED = ErrorCode.UNBALANCED_PARENS

@@ -359,9 +359,9 @@ def test_ivf_nprobe_is_calibrated_to_the_target_recall() -> None:
 @pytest.fixture
 def pg_migrated_url(request: pytest.FixtureRequest) -> Iterator[str]:
     from app.store.migrate import upgrade
-    from tests.conftest import _postgres_schema_url
+    from tests.support.postgres import postgres_schema_url
 
-    for url in _postgres_schema_url(request):
+    for url in postgres_schema_url():
         upgrade(url)
         yield url
 

@@ -420,8 +420,8 @@ def test_kill_9_while_writing_never_leaves_a_half_set(
 
 
 def test_index_and_import_write_a_current_set(tmp_path: Path, tiny_pixai_dir: Path) -> None:
-    from tests.conftest import run_sagashi
     from tests.support.api_helpers import make_library
+    from tests.support.cli import run_sagashi
 
     make_library(tmp_path / "library", 6)
     make_library(tmp_path / "more", 2)

@@ -28,10 +28,12 @@ from app.search.suggest import (
 )
 from app.store.aliases import load_aliases
 from app.store.migrate import upgrade
-from tests.conftest import PG_URL, run_sagashi
 from tests.support.api_helpers import ApiEnv, indexed_env, settings_for, wait_ready
+from tests.support.cli import run_sagashi
+from tests.support.paths import SHARED_DATA
+from tests.support.postgres import PG_URL
 
-VOCABULARY = Path(__file__).parents[4] / "shared/data/tags/pixai_v0.9_tags_v0.9_13k.json"
+VOCABULARY = SHARED_DATA / "tags/pixai_v0.9_tags_v0.9_13k.json"
 PAIRS = [
     ("hatsune_mik", "hatsune_miku"),
     ("lnog_hair", "long_hair"),

@@ -23,8 +23,8 @@ from app.store.models import Image
 from indexer.importer import Importer, ImportOptions
 from indexer.jobs import index_options
 from indexer.pipeline import Indexer
-from tests.conftest import SAGASHI
 from tests.support.api_helpers import make_library, settings_for
+from tests.support.cli import SAGASHI
 from tests.support.index_helpers import make_image
 
 

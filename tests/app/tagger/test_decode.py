@@ -26,8 +26,8 @@ from app.tagger.decode import decode_image
 from app.tagger.errors import ImageDecodeError
 from app.tagger.preprocess import Preprocess, normalise_one
 from app.tagger.protocol import Prediction
-from tests.conftest import SHARED_DATA, shared_path
 from tests.support import bad_images as bad
+from tests.support.paths import SHARED_DATA, shared_path
 
 KNOWN_CODES = {
     "not_found",

@@ -17,7 +17,7 @@ from typing import ClassVar
 import pytest
 
 from app.tagger.fetch import PUBLISHED
-from tests.conftest import SAGASHI, run_sagashi
+from tests.support.cli import SAGASHI, run_sagashi
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

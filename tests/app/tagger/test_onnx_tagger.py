@@ -17,8 +17,8 @@ from app.tagger.errors import ModelLoadError
 from app.tagger.factory import open_tagger
 from app.tagger.onnx_tagger import QUANTISED_OPS, QUANTISER, OnnxTagger, graph_operators
 from app.tagger.timm_tagger import TimmTagger
-from tests.conftest import run_sagashi
 from tests.support import bad_images as bad
+from tests.support.cli import run_sagashi
 from tests.support.index_helpers import make_image
 from tests.support.tag_records import TagRecord, tag_records
 from tests.support.tiny_models import (

@@ -23,8 +23,8 @@ from app.store.db import create_db_engine, session_factory
 from app.store.models import Image, ImageTag, Tag
 from app.tagger.defaults import CARD
 from app.tagger.vocab import GROUPS
-from tests.conftest import run_sagashi
 from tests.support.api_helpers import make_library, settings_for, wait_ready
+from tests.support.cli import run_sagashi
 
 Scores = dict[str, dict[str, tuple[float, str]]]  # path -> tag -> (score, group)
 

@@ -17,7 +17,7 @@ from timm.models.eva import Eva
 
 from app.tagger import ModelLoadError, TimmTagger
 from app.tagger.vocab import load_pixai_vocabulary
-from tests.conftest import shared_path
+from tests.support.paths import shared_path
 from tests.support.tiny_models import (
     CHARACTER_TAGS,
     GENERAL_TAGS,

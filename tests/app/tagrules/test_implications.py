@@ -27,7 +27,7 @@ from app.tagrules.implications import (
 )
 from indexer.build_implications import subset
 from tests.app.search.test_search_sql import GROUPS, random_images, random_query
-from tests.conftest import shared_path
+from tests.support.paths import shared_path
 from tests.support.search_helpers import brute, build_index
 
 # A chain (abc -> ab -> a), a fork (abc -> bc -> b), a cycle (d <-> dd), a self-loop,

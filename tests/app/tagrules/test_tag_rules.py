@@ -24,7 +24,7 @@ from app.tagrules import (
     parse_exclusions,
 )
 from app.tagrules.listing import ListedTag, list_tags
-from tests.conftest import shared_path
+from tests.support.paths import shared_path
 
 SHIPPED = load_rules(aliases=load_aliases())
 

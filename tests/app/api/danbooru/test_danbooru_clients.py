@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import run_sagashi
+from tests.support.cli import run_sagashi
 from tests.support.index_helpers import make_image
 from tests.support.serve_helpers import sagashi_serve
 
