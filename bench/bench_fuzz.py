@@ -2,8 +2,9 @@
 
     python -m bench.bench_fuzz --queries 1000000
 
-Uses the generator of tests/app/api/test_reliability.py (the grammar's own pieces glued at random,
-plus random characters). Any exception other than QueryError stops the run with it.
+Uses the generator of tests/app/api/test_reliability.py, tests/support/query_fuzz.py (the
+grammar's own pieces glued at random, plus random characters). Any exception other than
+QueryError stops the run with it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections import Counter
 
 from app.query import QueryError, parse
 from bench.common import machine
-from tests.app.api.test_reliability import generated_queries
+from tests.support.query_fuzz import generated_queries
 
 log = logging.getLogger("bench.fuzz")
 

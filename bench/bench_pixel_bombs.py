@@ -26,9 +26,10 @@ from pathlib import Path
 import httpx
 
 from bench.common import machine
-from tests.app.api.test_pixel_bombs import Server, png_bomb, upload_all
-from tests.app.api.test_serve_e2e import free_port, wait_for
 from tests.support.api_helpers import make_library
+from tests.support.bad_images import png_bomb
+from tests.support.network import free_port, wait_for
+from tests.support.pixel_bombs import Server, upload_all
 from tests.support.tiny_models import build_tiny_pixai
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def serve(code: Path, root: Path, model: Path) -> Server:
         cwd=code,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        text=True,  # nothing is read; text as tests/app/api/test_pixel_bombs.py's Server has it
+        text=True,  # nothing is read; text as tests/support/pixel_bombs.py's Server has it
     )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
     wait_for(lambda: client.get("/readyz").status_code == 200, 120)

@@ -8,12 +8,11 @@ import json
 import os
 import pty
 import re
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 
+from tests.support.bad_images import invalid_apng
 from tests.support.cli import SAGASHI, run_sagashi
 from tests.support.index_helpers import make_image
 
@@ -39,17 +38,6 @@ def run_in_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     os.close(fd)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
-
-
-def invalid_apng(path: Path) -> Path:
-    """A PNG whose acTL chunk claims 0 frames: Pillow warns and decodes the still image."""
-    make_image(path, seed=5)
-    data = path.read_bytes()
-    body = b"acTL" + struct.pack(">II", 0, 0)
-    chunk = struct.pack(">I", 8) + body + struct.pack(">I", zlib.crc32(body))
-    after_header = 8 + 8 + 13 + 4  # signature, IHDR
-    path.write_bytes(data[:after_header] + chunk + data[after_header:])
-    return path
 
 
 @pytest.fixture(scope="module")

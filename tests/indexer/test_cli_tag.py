@@ -18,9 +18,9 @@ from app.tagger.config import ModelConfig
 from app.tagger.decode import decode_image
 from app.tagger.model import locate_model_files
 from app.tagger.timm_tagger import preprocess_for
-from tests.app.tagger.test_tagger_load import direct_forward
 from tests.support.cli import run_sagashi
 from tests.support.tag_records import tag_records
+from tests.support.tiny_models import direct_forward
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -19,9 +19,9 @@ from sqlalchemy import Engine, func, select
 from app.store.db import create_db_engine, session_factory
 from app.store.job_records import enqueue, get_job
 from app.store.models import Embedding, Image, ImageTag
-from tests.app.api.test_serve_e2e import free_port, wait_for
 from tests.support.api_helpers import make_library
 from tests.support.cli import SAGASHI, run_sagashi
+from tests.support.network import free_port, wait_for
 from tests.support.postgres import postgres_schema_url
 
 IMAGES = 120  # 60 commits at batch 2: many moments to die at, both kills well before the end

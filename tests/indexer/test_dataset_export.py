@@ -29,9 +29,9 @@ from indexer.dataset import (
     place_image,
 )
 from indexer.export import CaptionOptions, EmptyIndexError
-from tests.indexer.test_export import ALIASES, HU_TAO, MIKU, MIKU_CAPTION, NOTHING, add_images
 from tests.support.api_helpers import ADMIN_TOKEN, make_library
 from tests.support.cli import run_sagashi
+from tests.support.export_helpers import ALIASES, HU_TAO, MIKU, MIKU_CAPTION, NOTHING, add_images
 from tests.support.serve_helpers import sagashi_serve
 
 HU_TAO_CAPTION = "hu tao (genshin impact), genshin impact, 1girl\n"

@@ -19,9 +19,9 @@ from sqlalchemy import text
 
 from app.store import migrate
 from app.store.db import create_db_engine
-from tests.app.api.test_serve_e2e import free_port, wait_for
 from tests.support.cli import SAGASHI, run_sagashi
 from tests.support.index_helpers import make_image
+from tests.support.network import free_port, wait_for
 
 HEAD = migrate.scripted_head()
 
@@ -171,7 +171,7 @@ def test_serve_without_a_model_never_loads_torch_and_stays_small(
 
 
 def test_import_and_worker_create_the_database_on_first_use(tmp_path: Path) -> None:
-    from tests.indexer.test_import import record, write_jsonl
+    from tests.support.import_records import record, write_jsonl
 
     file = write_jsonl(tmp_path / "p.jsonl", [record(0), record(1)])
     imported = run_sagashi("import", str(file), "--json", env=environment(tmp_path / "a", None))

@@ -6,19 +6,21 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
 
-from app.store import migrate, vectors
-from app.store.db import create_db_engine, session_factory
-from app.store.models import Image
-from app.store.repository import active_generation
-from tests.support.cli import SAGASHI
-from tests.support.index_helpers import make_image, snapshot, stored_vector
+from app.store import migrate
+from app.store.db import create_db_engine
+from tests.support.cli import SAGASHI, environment, finish
+from tests.support.index_helpers import (
+    assert_same_index,
+    faiss_state,
+    live_count,
+    make_image,
+    snapshot,
+)
 
 IMAGES = 240
 
@@ -29,26 +31,6 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(IMAGES):
         make_image(root / f"{i // 60}" / f"{i:04d}.png", seed=i)
     return root
-
-
-def environment(url: str, data_dir: Path, model_dir: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "SAGASHI_DATABASE_URL": url,
-        "SAGASHI_DATA_DIR": str(data_dir),
-        "SAGASHI_MODEL_DIR": str(model_dir),
-        "SAGASHI_BATCH_SIZE": "8",
-        "SAGASHI_LOG_LEVEL": "WARNING",
-    }
-
-
-def live_count(url: str) -> int:
-    engine = create_db_engine(url)
-    try:
-        with session_factory(engine)() as session:
-            return int(session.scalar(select(func.count()).where(Image.deleted_at.is_(None))) or 0)
-    finally:
-        engine.dispose()
 
 
 def index_until_killed(root: Path, env: dict[str, str], url: str, kill_at: int) -> tuple[int, int]:
@@ -68,65 +50,6 @@ def index_until_killed(root: Path, env: dict[str, str], url: str, kill_at: int) 
             os.kill(process.pid, signal.SIGKILL)
         process.wait()
     return process.returncode, live_count(url)
-
-
-def index_run(
-    root: Path, env: dict[str, str], preexec_fn: Callable[[], None] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """One ``sagashi index`` run to its end, output captured."""
-    return subprocess.run(
-        [SAGASHI, "index", str(root)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        preexec_fn=preexec_fn,
-        check=False,
-    )
-
-
-def finish(root: Path, env: dict[str, str]) -> None:
-    result = index_run(root, env)
-    assert result.returncode == 0, result.stderr
-
-
-def faiss_state(url: str, data_dir: Path) -> dict[str, np.ndarray]:
-    """Path -> vector as held by the FAISS index, which must hold exactly the live images."""
-    engine = create_db_engine(url)
-    try:
-        with session_factory(engine)() as session:
-            generation = active_generation(session)
-            assert generation is not None
-            paths = dict(
-                session.execute(
-                    select(Image.id, Image.path).where(Image.deleted_at.is_(None))
-                ).all()
-            )
-        index = vectors.load_fresh(engine, data_dir, generation.id)
-        ids = vectors.stored_ids(index.index)
-        assert sorted(ids.tolist()) == sorted(paths), "FAISS ids must be exactly the live images"
-        return dict(zip([paths[i] for i in ids.tolist()], index.reconstruct(ids), strict=True))
-    finally:
-        engine.dispose()
-
-
-def assert_same_index(
-    got: dict[str, dict[str, object]], expected: dict[str, dict[str, object]]
-) -> None:
-    """Same files, content and tags; scores and vectors equal up to the float noise of a
-    forward pass whose batch composition differs after a resume."""
-    assert sorted(got) == sorted(expected)
-    for path, state in got.items():
-        want = expected[path]
-        assert (state["sha256"], state["size"]) == (want["sha256"], want["size"]), path
-        tags, want_tags = state["tags"], want["tags"]
-        assert isinstance(tags, dict) and isinstance(want_tags, dict)
-        assert sorted(tags) == sorted(want_tags), path
-        for name, score in tags.items():
-            assert score == pytest.approx(want_tags[name], abs=1e-4), (path, name)
-        vector = stored_vector(state)
-        want_vector = stored_vector(want)
-        np.testing.assert_allclose(vector, want_vector, atol=2e-3)
 
 
 def test_kill_minus_nine_then_resume_equals_a_clean_run(

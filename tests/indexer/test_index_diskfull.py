@@ -21,14 +21,8 @@ import pytest
 from app.store import migrate, vectors
 from app.store.db import create_db_engine, session_factory
 from app.store.repository import active_generation
-from tests.indexer.test_index_crash import (
-    assert_same_index,
-    environment,
-    faiss_state,
-    finish,
-    index_run,
-)
-from tests.support.index_helpers import make_image, snapshot
+from tests.support.cli import environment, finish, index_run
+from tests.support.index_helpers import assert_same_index, faiss_state, make_image, snapshot
 
 IMAGES = 96
 

@@ -63,7 +63,7 @@ def test_the_setting_turns_it_off(tmp_path: Path, tiny_pixai_dir: Path) -> None:
 def test_a_thumbnail_made_on_request_names_the_file_in_pillows_warning(
     tmp_path: Path, tiny_pixai_dir: Path
 ) -> None:
-    from tests.indexer.test_cli_output import invalid_apng
+    from tests.support.bad_images import invalid_apng
     from tests.support.serve_helpers import sagashi_serve
 
     apng = invalid_apng(tmp_path / "library" / "odd.png")

@@ -34,14 +34,9 @@ from app.tagger.factory import open_tagger
 from indexer import jobs
 from indexer.shards import shard_paths
 from indexer.tag_dataset import DatasetOptions, tag_dataset
-from tests.indexer.test_ray_index import (
-    assert_same,
-    collection,
-    failures,
-    index_locally,
-    settings_for,
-)
 from tests.support.cli import SAGASHI
+from tests.support.index_helpers import failed, index_locally
+from tests.support.ray_helpers import assert_same, collection, settings_for
 
 pytest.importorskip("ray")
 
@@ -223,7 +218,7 @@ def test_index_and_tag_dataset_on_two_nodes_equal_local_runs(
     local_out = tmp_path / "local-out"
     settings = settings_for(local_url, tmp_path / "local", tiny_pixai_dir)
     local = tag_dataset(tagger, jobs.index_options(settings), [root], DatasetOptions(local_out))
-    assert failures(local) == failures(want)  # type: ignore[arg-type]
+    assert failed(local.failures) == failed(want.failures)
     rows = {r["path"]: r for s in shard_paths(out) for r in pq.read_table(s).to_pylist()}
     local_rows = {
         r["path"]: r for s in shard_paths(local_out) for r in pq.read_table(s).to_pylist()

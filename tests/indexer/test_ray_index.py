@@ -11,9 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
-import numpy as np
 import pytest
 
 from app.settings import Settings
@@ -22,18 +20,12 @@ from app.store.db import create_db_engine
 from app.tagger.factory import open_tagger
 from app.tagger.protocol import Tagger
 from indexer import jobs
-from indexer.pipeline import Indexer, IndexSummary
+from indexer.pipeline import IndexSummary
 from indexer.ray_tagging import INSTALL_HINT, RayIndexer, RayOptions, ray_options
-from tests.support.index_helpers import make_image, snapshot, with_two_bad_files
+from tests.support.index_helpers import failed, index_locally, make_image
+from tests.support.ray_helpers import IMAGES, assert_same, collection, settings_for
 
 ray = pytest.importorskip("ray")
-
-IMAGES = 30
-# Measured: a Ray run and a local run of the tiny model on the CPU (fp32) store the same
-# scores and float16 embeddings to the bit on these files; the bounds leave room for a
-# forward whose batch composition differs (the rows around a bad file).
-SCORE_TOLERANCE = 1e-5
-VECTOR_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -41,29 +33,6 @@ def local_ray() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-def collection(root: Path) -> Path:
-    return with_two_bad_files(root, IMAGES)
-
-
-def settings_for(url: str, data_dir: Path, model_dir: Path) -> Settings:
-    return Settings(
-        database_url=url,
-        data_dir=data_dir,
-        model_dir=model_dir,
-        batch_size=8,
-        device="cpu",
-        search_engine="memory",
-    )
-
-
-def index_locally(settings: Settings, tagger: Tagger, root: Path) -> IndexSummary:
-    engine = create_db_engine(settings.database_url or "")
-    try:
-        return Indexer(engine, tagger, jobs.index_options(settings)).run([root])
-    finally:
-        engine.dispose()
 
 
 def index_on_ray(settings: Settings, tagger: Tagger, root: Path) -> IndexSummary:
@@ -85,38 +54,6 @@ def index_on_ray(settings: Settings, tagger: Tagger, root: Path) -> IndexSummary
     return summary
 
 
-def assert_same(got_url: str, want_url: str) -> tuple[float, float]:
-    """The two indexes hold the same files, contents and tags, scores and embeddings
-    within the tolerances; returns the largest differences seen."""
-    engines = [create_db_engine(got_url), create_db_engine(want_url)]
-    try:
-        got, want = (snapshot(engine) for engine in engines)
-    finally:
-        for engine in engines:
-            engine.dispose()
-    assert sorted(got) == sorted(want)
-    worst_score = worst_vector = 0.0
-    for path, state in got.items():
-        expected = want[path]
-        assert (state["sha256"], state["size"]) == (expected["sha256"], expected["size"]), path
-        tags, want_tags = state["tags"], expected["tags"]
-        assert isinstance(tags, dict) and isinstance(want_tags, dict)
-        assert sorted(tags) == sorted(want_tags), path
-        for name, score in tags.items():
-            worst_score = max(worst_score, abs(score - want_tags[name]))
-        vector = np.frombuffer(cast(bytes, state["vector"]), dtype="<f2").astype(np.float32)
-        want_vector = np.frombuffer(cast(bytes, expected["vector"]), dtype="<f2")
-        want_vector = want_vector.astype(np.float32)
-        worst_vector = max(worst_vector, float(np.abs(vector - want_vector).max()))
-    assert worst_score <= SCORE_TOLERANCE
-    assert worst_vector <= VECTOR_TOLERANCE
-    return worst_score, worst_vector
-
-
-def failures(summary: IndexSummary) -> list[tuple[str, str, str]]:
-    return sorted((p.path, p.code, p.message) for p in summary.failures)
-
-
 def test_ray_index_equals_a_local_index_through_changes(
     local_ray: None, db_url: str, tmp_path: Path, tiny_pixai_dir: Path
 ) -> None:
@@ -132,7 +69,7 @@ def test_ray_index_equals_a_local_index_through_changes(
     got = index_on_ray(on_ray, tagger, root)
     assert got.as_dict() == want.as_dict()
     assert got.new == IMAGES and got.failed == 2
-    assert failures(got) == failures(want)  # per file, with the local run's reasons
+    assert failed(got.failures) == failed(want.failures)  # per file, with the local run's reasons
     assert_same(db_url, local_url)
     assert not (tmp_path / "ray-data" / "ray-shards").exists() or not any(
         (tmp_path / "ray-data" / "ray-shards").rglob("*.parquet")
@@ -151,7 +88,7 @@ def test_ray_index_equals_a_local_index_through_changes(
     assert got.as_dict() == want.as_dict()
     # Deleted: 011 gone, and 013's old content replaced by the moved 012.
     assert (got.moved, got.modified, got.deleted) == (2, 1, 2)
-    assert failures(got) == failures(want)
+    assert failed(got.failures) == failed(want.failures)
     assert_same(db_url, local_url)
 
     # Nothing changed: nothing read, nothing sent to Ray.
@@ -207,7 +144,7 @@ def test_a_killed_actor_is_restarted_and_the_result_is_exact(
     summary = outcome[0]
     assert summary.new == 4 * IMAGES and summary.failed == 2
     want = index_locally(settings_for(local_url, tmp_path / "l", tiny_pixai_dir), tagger, root)
-    assert failures(summary) == failures(want)
+    assert failed(summary.failures) == failed(want.failures)
     assert_same(url, local_url)
 
 

@@ -18,14 +18,14 @@ from sqlalchemy import select
 from app.store import migrate
 from app.store.db import create_db_engine, session_factory
 from app.store.models import Image
-from tests.indexer.test_index_crash import (
+from tests.support.cli import SAGASHI, environment
+from tests.support.index_helpers import (
     assert_same_index,
-    environment,
     faiss_state,
     live_count,
+    make_image,
+    snapshot,
 )
-from tests.support.cli import SAGASHI
-from tests.support.index_helpers import make_image, snapshot
 
 pytest.importorskip("ray")
 

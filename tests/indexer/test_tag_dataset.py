@@ -9,9 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -24,9 +22,6 @@ from app.tagger.factory import open_tagger
 from app.tagger.protocol import Tagger
 from indexer import jobs
 from indexer.cli import app as cli
-from indexer.pipeline import Indexer, IndexSummary
-from indexer.scan import Problem
-from indexer.shards import shard_paths
 from indexer.tag_dataset import (
     DatasetError,
     DatasetOptions,
@@ -35,26 +30,15 @@ from indexer.tag_dataset import (
     output_lock,
     tag_dataset,
 )
-from tests.indexer.test_index_crash import assert_same_index
 from tests.support.cli import SAGASHI
-from tests.support.index_helpers import make_image, snapshot, with_two_bad_files
-
-IMAGES = 20
-
-
-def collection(root: Path) -> Path:
-    """Images in two folders, a file that is not an image, a truncated PNG, and two images
-    whose captions would share a name (b.png, b.jpg)."""
-    with_two_bad_files(root, IMAGES)
-    make_image(root / "2" / "b.png", seed=50)
-    make_image(root / "2" / "b.jpg", seed=51)
-    return root
-
-
-def settings_for(url: str, data_dir: Path, model_dir: Path) -> Settings:
-    return Settings(
-        database_url=url, data_dir=data_dir, model_dir=model_dir, batch_size=8, device="cpu"
-    )
+from tests.support.index_helpers import (
+    assert_same_index,
+    failed,
+    index_locally,
+    make_image,
+    snapshot,
+)
+from tests.support.tag_dataset_helpers import IMAGES, collection, rows_in, settings_for
 
 
 def run(
@@ -79,14 +63,6 @@ def run(
     return summary
 
 
-def index_locally(settings: Settings, tagger: Tagger, root: Path) -> IndexSummary:
-    engine = create_db_engine(settings.database_url or "")
-    try:
-        return Indexer(engine, tagger, jobs.index_options(settings)).run([root])
-    finally:
-        engine.dispose()
-
-
 def state(url: str) -> dict[str, dict[str, object]]:
     """Live images by path: content, tags, scores and embedding bytes, and the file facts
     the next index compares (size, mtime, format, md5); image ids left out."""
@@ -104,14 +80,6 @@ def state(url: str) -> dict[str, dict[str, object]]:
             got[path].pop("id")
             got[path]["file"] = (size, mtime_ns, kind, md5)
     return got
-
-
-def failed(problems: list[Problem]) -> list[tuple[str, str, str]]:
-    return sorted((p.path, p.code, p.message) for p in problems)
-
-
-def rows_in(out: Path) -> list[dict[str, Any]]:
-    return [row for shard in shard_paths(out) for row in pq.read_table(shard).to_pylist()]
 
 
 def cli_env(url: str, data_dir: Path, model_dir: Path) -> dict[str, str]:

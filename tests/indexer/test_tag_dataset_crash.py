@@ -18,9 +18,8 @@ import pyarrow.parquet as pq
 from app.store import migrate
 from app.store.db import create_db_engine
 from indexer.shards import shard_paths
-from tests.indexer.test_index_crash import assert_same_index, environment
-from tests.support.cli import SAGASHI
-from tests.support.index_helpers import make_image, snapshot
+from tests.support.cli import SAGASHI, environment
+from tests.support.index_helpers import assert_same_index, make_image, snapshot
 
 IMAGES = 160  # 20 shards of 8: both kills land after the first, long before the last
 

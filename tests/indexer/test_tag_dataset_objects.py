@@ -32,8 +32,9 @@ from indexer.object_store import ObjectReader, Store, open_stores
 from indexer.ray_tagging import RayOptions
 from indexer.reading import ReadSpec
 from indexer.tag_dataset import DatasetOptions, DatasetSummary, tag_dataset
-from tests.indexer.test_tag_dataset import IMAGES, collection, failed, rows_in, settings_for
 from tests.support.cli import SAGASHI
+from tests.support.index_helpers import failed
+from tests.support.tag_dataset_helpers import IMAGES, collection, rows_in, settings_for
 
 moto_server = pytest.importorskip("moto.server")
 

@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from app.tagger.fetch import PUBLISHED
-from tests.app.api.test_serve_e2e import free_port, wait_for
-from tests.app.tagger.test_onnx_fetch import Hub
+from tests.support.hub import Hub
 from tests.support.index_helpers import make_image
+from tests.support.network import free_port, wait_for
 from tests.support.paths import REPO_ROOT
 from tests.support.tiny_models import build_tiny_pixai_onnx
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tests.support.index_helpers import make_image
+
 RGB = tuple[int, int, int]
 
 RED: RGB = (255, 0, 0)
@@ -629,3 +631,29 @@ def build_catalogue(directory: Path) -> dict[str, Path]:
         "ordinary_png": ordinary_png(directory),
     }
     return cases
+
+
+def invalid_apng(path: Path) -> Path:
+    """A PNG whose acTL chunk claims 0 frames: Pillow warns and decodes the still image."""
+    make_image(path, seed=5)
+    data = path.read_bytes()
+    body = b"acTL" + struct.pack(">II", 0, 0)
+    chunk = struct.pack(">I", 8) + body + struct.pack(">I", zlib.crc32(body))
+    after_header = 8 + 8 + 13 + 4  # signature, IHDR
+    path.write_bytes(data[:after_header] + chunk + data[after_header:])
+    return path
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A genuine, fully decodable 8-bit grey PNG of zeros: width*height bytes decoded, a
+    thousandth of that on the wire. Compressed row by row, so making it costs no memory."""
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte 0, then the samples
+    parts = [packer.compress(row) for _ in range(height)]
+    parts.append(packer.flush())
+    return (
+        PNG_SIGNATURE
+        + png_ihdr(width, height, 8, 0)
+        + png_chunk(b"IDAT", b"".join(parts))
+        + png_chunk(b"IEND", b"")
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 SAGASHI = str(Path(sys.executable).with_name("sagashi"))
@@ -20,3 +21,34 @@ def run_sagashi(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+def environment(url: str, data_dir: Path, model_dir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SAGASHI_DATABASE_URL": url,
+        "SAGASHI_DATA_DIR": str(data_dir),
+        "SAGASHI_MODEL_DIR": str(model_dir),
+        "SAGASHI_BATCH_SIZE": "8",
+        "SAGASHI_LOG_LEVEL": "WARNING",
+    }
+
+
+def index_run(
+    root: Path, env: dict[str, str], preexec_fn: Callable[[], None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """One ``sagashi index`` run to its end, output captured."""
+    return subprocess.run(
+        [SAGASHI, "index", str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=preexec_fn,
+        check=False,
+    )
+
+
+def finish(root: Path, env: dict[str, str]) -> None:
+    result = index_run(root, env)
+    assert result.returncode == 0, result.stderr

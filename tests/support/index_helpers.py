@@ -6,11 +6,19 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image as PILImage
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
-from app.store.db import session_factory
+from app.settings import Settings
+from app.store import vectors
+from app.store.db import create_db_engine, session_factory
 from app.store.models import Embedding, Image, ImageTag, Tag
+from app.store.repository import active_generation
+from app.tagger.protocol import Tagger
+from indexer import jobs
+from indexer.pipeline import Indexer, IndexSummary
+from indexer.scan import Problem
 
 
 def make_image(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> Path:
@@ -66,3 +74,63 @@ def stored_vector(state: Mapping[str, object]) -> np.ndarray:
     vector = state["vector"]
     assert isinstance(vector, bytes), vector
     return np.frombuffer(vector, "<f2")
+
+
+def live_count(url: str) -> int:
+    engine = create_db_engine(url)
+    try:
+        with session_factory(engine)() as session:
+            return int(session.scalar(select(func.count()).where(Image.deleted_at.is_(None))) or 0)
+    finally:
+        engine.dispose()
+
+
+def faiss_state(url: str, data_dir: Path) -> dict[str, np.ndarray]:
+    """Path -> vector as held by the FAISS index, which must hold exactly the live images."""
+    engine = create_db_engine(url)
+    try:
+        with session_factory(engine)() as session:
+            generation = active_generation(session)
+            assert generation is not None
+            paths = dict(
+                session.execute(
+                    select(Image.id, Image.path).where(Image.deleted_at.is_(None))
+                ).all()
+            )
+        index = vectors.load_fresh(engine, data_dir, generation.id)
+        ids = vectors.stored_ids(index.index)
+        assert sorted(ids.tolist()) == sorted(paths), "FAISS ids must be exactly the live images"
+        return dict(zip([paths[i] for i in ids.tolist()], index.reconstruct(ids), strict=True))
+    finally:
+        engine.dispose()
+
+
+def assert_same_index(
+    got: dict[str, dict[str, object]], expected: dict[str, dict[str, object]]
+) -> None:
+    """Same files, content and tags; scores and vectors equal up to the float noise of a
+    forward pass whose batch composition differs after a resume."""
+    assert sorted(got) == sorted(expected)
+    for path, state in got.items():
+        want = expected[path]
+        assert (state["sha256"], state["size"]) == (want["sha256"], want["size"]), path
+        tags, want_tags = state["tags"], want["tags"]
+        assert isinstance(tags, dict) and isinstance(want_tags, dict)
+        assert sorted(tags) == sorted(want_tags), path
+        for name, score in tags.items():
+            assert score == pytest.approx(want_tags[name], abs=1e-4), (path, name)
+        vector = stored_vector(state)
+        want_vector = stored_vector(want)
+        np.testing.assert_allclose(vector, want_vector, atol=2e-3)
+
+
+def index_locally(settings: Settings, tagger: Tagger, root: Path) -> IndexSummary:
+    engine = create_db_engine(settings.database_url or "")
+    try:
+        return Indexer(engine, tagger, jobs.index_options(settings)).run([root])
+    finally:
+        engine.dispose()
+
+
+def failed(problems: list[Problem]) -> list[tuple[str, str, str]]:
+    return sorted((p.path, p.code, p.message) for p in problems)

@@ -12,7 +12,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from tests.app.api.test_serve_e2e import free_port
+from tests.support.network import free_port
 
 
 @contextmanager

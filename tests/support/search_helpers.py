@@ -3,12 +3,16 @@ evaluator of bound plans over plain dictionaries (the oracle)."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from typing import TypedDict
 
 import numpy as np
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
+from app.query import ErrorCode, QueryError, parse
+from app.search.binder import bind
 from app.search.catalog import Catalog
 from app.search.epoch import micros
 from app.search.plan import (
@@ -203,3 +207,94 @@ def _rating(plan: PRating, tags: Mapping[int, float]) -> int:
         if tag_id is not None and tag_id in tags and tags[tag_id] > best_score:
             best, best_score = index, tags[tag_id]
     return best
+
+
+RATING_GROUPS = {r: "rating" for r in ("general", "sensitive", "questionable", "explicit")}
+
+
+TAGS = ["a", "b", "c", "ab", "abc", "bc", "d", "dd", "e", "f_(x)", "char_a", "copy_b"]
+
+
+RATINGS = ["general", "sensitive", "questionable", "explicit"]
+
+
+GROUPS = {"char_a": "character", "copy_b": "copyright", **RATING_GROUPS}
+
+
+METATAGS = [
+    "width:>300", "height:100..200", "filesize:<3000", "id:3,5,7", "width:<=150,>=450",
+    f"sha256:{7:064x}", f"md5:{7:032x}", f"md5:{8:032x}", "unaliased:ab", "height:250...350",
+    "filesize:>=5kb",
+    "filetype:jpg", "filetype:png,webp", "path:/fixture/art/*", "path:*[1]*", "path:*0?.png",
+    "path:/FIXTURE/*", "path:*_*",
+    "rating:g", "rating:s,q", "rating:e", "mpixels:<0.03", "mpixels:0.02..0.05", "ratio:1",
+    "ratio:>1.2", "ratio:4:3,<0.8", "date:2020-01-01..", "date:<2020-01-01", "age:<1d",
+    "age:>1h", "tagcount:2..4", "gentags:0", "chartags:>=1", "copytags:1", "tagcount:<=1,>=5",
+]  # fmt: skip
+
+
+def random_images(rng: random.Random, count: int = 150) -> list[dict[str, float]]:
+    """Random general, character and copyright tags, and 0 to 4 rating tags (ties too)."""
+    images = []
+    for _ in range(count):
+        names = [*rng.sample(TAGS, rng.randint(0, 6)), *rng.sample(RATINGS, rng.randint(0, 4))]
+        images.append({t: round(rng.choice([0.5, rng.uniform(0.05, 1.0)]), 3) for t in names})
+    return images
+
+
+CONTROLS = ["\x00", "\x01", "\x1b", "\x7f", "\x9b"]
+
+
+def random_query(rng: random.Random, depth: int = 0) -> str:
+    text = _random_query(rng, depth)
+    if rng.random() < 0.03:  # a control character somewhere: refused before any engine
+        cut = rng.randint(0, len(text))
+        text = text[:cut] + rng.choice(CONTROLS) + text[cut:]
+    return text
+
+
+def bound(text: str, catalog: Catalog) -> PlanNode | None:
+    """The query's plan, or None when it is refused (a control character must be)."""
+    try:
+        return bind(parse(text).root, catalog)
+    except QueryError as exc:
+        if any(char in text for char in CONTROLS):
+            assert exc.code is ErrorCode.BAD_CHARACTER, text
+        return None  # e.g. "~" on a group; the parser's own tests cover these
+
+
+def _random_query(rng: random.Random, depth: int = 0) -> str:
+    roll = rng.random()
+    if depth >= 3 or roll < 0.4:
+        if rng.random() < 0.15:
+            return rng.choice(["", "-"]) + rng.choice(METATAGS)
+        term = rng.choice([*TAGS, "a*", "*c", "b*", "zz*", "nope"])
+        if rng.random() < 0.3:
+            term += rng.choice([",>=0.5", ",0.2..0.7", ",<0.4", ",0.9", ",>0.05"])
+        return rng.choice(["", "", "-", "~"]) + term
+    parts = [_random_query(rng, depth + 1) for _ in range(rng.randint(1, 3))]
+    joiner = rng.choice([" ", " and ", " or "])
+    text = joiner.join(parts)
+    return rng.choice(["", "-"]) + f"({text})" if rng.random() < 0.5 else text
+
+
+def write_fixture_images(
+    session: Session,
+    generation_id: int,
+    images: Sequence[Mapping[str, float]],
+    start: int,
+    existing: Sequence[int] | None = None,
+) -> list[int]:
+    names = sorted({n for tags in images for n in tags})
+    ids = repo.ensure_tags(session, {n: GROUP_CODE[GROUPS.get(n, "general")] for n in names})
+    items: list[tuple[repo.FileFacts, repo.StoredPrediction, int | None]] = []
+    for offset, tags in enumerate(images):
+        i = start + offset
+        facts = repo.FileFacts(f"/more/{i:05d}.png", f"{i:064x}", 500 + i, 1, 64 + i, 80, "png")
+        prediction = repo.StoredPrediction(
+            np.array([ids[n] for n in tags], dtype=np.int64),
+            np.array(list(tags.values()), dtype=np.float32),
+            np.ones(4, np.float32) / 2,
+        )
+        items.append((facts, prediction, None if existing is None else existing[offset]))
+    return repo.write_images(session, generation_id, items)

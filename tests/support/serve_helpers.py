@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.app.api.test_serve_e2e import free_port, wait_for
 from tests.support.cli import SAGASHI, run_sagashi
+from tests.support.network import free_port, wait_for
 
 
 @contextmanager

@@ -12,9 +12,10 @@ import warnings
 from pathlib import Path
 from typing import Any, TypedDict
 
+import numpy as np
 import timm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from timm.models.eva import Eva
 from torch import nn
 
@@ -285,3 +286,32 @@ def build_tiny_wd_onnx(directory: Path, seed: int = 0) -> Path:
     config["num_classes"] = len(rows)
     (directory / "config.json").write_text(json.dumps(config))
     return directory
+
+
+def direct_forward(directory: Path, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: timm built by hand, weights loaded by hand, no Sagashi code."""
+    model_args = TINY_CONFIG["model_args"]
+    # timm's model keyword arguments are untyped (**kwargs: Any).
+    args: dict[str, Any] = {**model_args, "ref_feat_shape": tuple(model_args["ref_feat_shape"])}
+    if (directory / "model.safetensors").exists():
+        state = load_file(directory / "model.safetensors")
+        model = timm.create_model(
+            TINY_CONFIG["architecture"], num_classes=state["head.weight"].shape[0], **args
+        )
+        model.load_state_dict(state)
+        head = model.head
+        assert isinstance(head, torch.nn.Linear)
+    else:
+        state = torch.load(directory / "model_v0.9.pth", weights_only=True)
+        model = timm.create_model(TINY_CONFIG["architecture"], num_classes=0, **args)
+        model.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("0.")})
+        head = torch.nn.Linear(TINY_DIM, state["1.head.0.weight"].shape[0])
+        head.weight.data = state["1.head.0.weight"]
+        head.bias.data = state["1.head.0.bias"]
+    assert isinstance(model, Eva)
+    model.eval()
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(batch), pre_logits=True)
+        probs = torch.sigmoid(head(pooled))
+    embedding = pooled / pooled.norm(dim=1, keepdim=True)
+    return probs.numpy(), embedding.numpy()

@@ -26,8 +26,8 @@ from app.store.migrate import upgrade
 from app.tagger import TimmTagger
 from indexer.jobs import index_options
 from indexer.pipeline import Indexer
-from tests.app.api.test_serve_e2e import free_port, wait_for
 from tests.support.api_helpers import make_library, settings_for, wait_ready
+from tests.support.network import free_port, wait_for
 from tests.support.postgres import postgres_schema_url
 from tests.support.tcp_proxy import TcpProxy
 

@@ -11,51 +11,22 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.app.api.test_serve_e2e import free_port, wait_for
 from tests.support.api_helpers import make_library
-from tests.support.bad_images import PNG_SIGNATURE, png_chunk, png_ihdr
+from tests.support.bad_images import png_bomb
 from tests.support.cli import SAGASHI, run_sagashi
+from tests.support.network import free_port, wait_for
+from tests.support.pixel_bombs import Server, upload_all
 
 MAX_UPLOAD_PIXELS = 20_000_000
 BYTES_PER_PIXEL_BOUND = 12  # the documented bound per decoded pixel
 SLACK = 150 * 1024 * 1024  # request buffers, the thread pool's stacks, allocator slack
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A genuine, fully decodable 8-bit grey PNG of zeros: width*height bytes decoded, a
-    thousandth of that on the wire. Compressed row by row, so making it costs no memory."""
-    packer = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)  # filter byte 0, then the samples
-    parts = [packer.compress(row) for _ in range(height)]
-    parts.append(packer.flush())
-    return (
-        PNG_SIGNATURE
-        + png_ihdr(width, height, 8, 0)
-        + png_chunk(b"IDAT", b"".join(parts))
-        + png_chunk(b"IEND", b"")
-    )
-
-
-@dataclass
-class Server:
-    client: httpx.Client
-    process: subprocess.Popen[str]
-
-    def peak_rss(self) -> int:
-        """The server process's peak resident memory so far (VmHWM), in bytes."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
-        return int(line.split()[1]) * 1024
 
 
 @pytest.fixture(scope="module")
@@ -98,22 +69,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_pixai_dir: Path) -> It
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
         assert "Traceback" not in output, output
-
-
-def upload_all(server: Server, data: bytes, count: int) -> list[tuple[httpx.Response, float]]:
-    """``count`` uploads of ``data`` sent at once, each with its own connection."""
-    base = str(server.client.base_url)
-
-    def one(_: int) -> tuple[httpx.Response, float]:
-        started = time.monotonic()
-        with httpx.Client(base_url=base, timeout=60) as client:
-            response = client.post(
-                "/api/similar", files={"file": ("bomb.png", data, "image/png")}, data={"k": "2"}
-            )
-        return response, time.monotonic() - started
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(one, range(count)))
 
 
 def test_bombs_over_the_upload_limit_are_refused_from_the_header(server: Server) -> None:

@@ -23,9 +23,9 @@ from app.store.models import Image
 from app.tagger import TimmTagger
 from indexer.jobs import index_options
 from indexer.pipeline import Indexer
-from tests.app.api.test_serve_e2e import wait_for
 from tests.support.api_helpers import database_urls, make_library, settings_for, wait_ready
 from tests.support.live_server import serving
+from tests.support.network import wait_for
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

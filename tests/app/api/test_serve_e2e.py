@@ -7,9 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,28 +16,9 @@ import pytest
 
 from tests.support.api_helpers import ADMIN_TOKEN, make_library
 from tests.support.cli import SAGASHI, run_sagashi
+from tests.support.network import free_port, wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def wait_for(check, seconds: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except httpx.TransportError:
-            result = None
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting")
 
 
 @pytest.fixture(scope="module")

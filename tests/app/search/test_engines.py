@@ -24,9 +24,14 @@ from app.store import repository as repo
 from app.store.db import create_db_engine, session_factory
 from app.store.models import Tag
 from app.tagger.vocab import GROUPS
-from tests.app.search.test_search_sql import GROUPS as FIXTURE_GROUPS
-from tests.app.search.test_search_sql import random_images, random_query
-from tests.support.search_helpers import brute, build_index
+from tests.support.search_helpers import GROUPS as FIXTURE_GROUPS
+from tests.support.search_helpers import (
+    brute,
+    build_index,
+    random_images,
+    random_query,
+    write_fixture_images,
+)
 
 KINDS = sorted(engines())
 
@@ -95,7 +100,6 @@ def test_segment_engines_opened_with_delta_segments_answer_as_sql(
     moved and deleted images written by the end of a run), then with more changes replayed
     on top of them, answers as the SQL engine through every method the service uses."""
     from app.search.segment_engine import SegmentEngine, store_for, write_segments
-    from tests.app.search.test_search_postings import _write
 
     rng = random.Random(29)
     engine = create_db_engine(migrated_url)
@@ -104,9 +108,11 @@ def test_segment_engines_opened_with_delta_segments_answer_as_sql(
         open_engine("segments", session, generation, tmp_path)  # writes the set
         for round_ in range(3):
             ids = sorted(open_engine("sql", session, generation, tmp_path).live(session))
-            _write(session, generation, random_images(rng, 12), 1000 + 100 * round_)
+            write_fixture_images(session, generation, random_images(rng, 12), 1000 + 100 * round_)
             retag = rng.sample(ids, 6)
-            _write(session, generation, random_images(rng, 6), 2000 + 10 * round_, retag)
+            write_fixture_images(
+                session, generation, random_images(rng, 6), 2000 + 10 * round_, retag
+            )
             repo.mark_deleted(session, rng.sample(sorted(set(ids) - set(retag)), 5))
             repo.move_image(session, rng.choice(ids), f"/moved/{round_}.png", 1, 1)
             repo.refresh_tag_counts(session, generation)

@@ -4,7 +4,6 @@ deleted images are applied as small segments, and the answers equal a fresh load
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -19,31 +18,15 @@ from app.search.postings import PostingEngine
 from app.store import repository as repo
 from app.store.db import create_db_engine, session_factory
 from app.store.models import Image, ImageChange, Tag
-from app.tagger.vocab import GROUP_CODE
-from tests.app.search.test_search_sql import GROUPS, bound, random_images, random_query
-from tests.support.search_helpers import brute, build_index
-
-
-def _write(
-    session: Session,
-    generation_id: int,
-    images: Sequence[Mapping[str, float]],
-    start: int,
-    existing: Sequence[int] | None = None,
-) -> list[int]:
-    names = sorted({n for tags in images for n in tags})
-    ids = repo.ensure_tags(session, {n: GROUP_CODE[GROUPS.get(n, "general")] for n in names})
-    items: list[tuple[repo.FileFacts, repo.StoredPrediction, int | None]] = []
-    for offset, tags in enumerate(images):
-        i = start + offset
-        facts = repo.FileFacts(f"/more/{i:05d}.png", f"{i:064x}", 500 + i, 1, 64 + i, 80, "png")
-        prediction = repo.StoredPrediction(
-            np.array([ids[n] for n in tags], dtype=np.int64),
-            np.array(list(tags.values()), dtype=np.float32),
-            np.ones(4, np.float32) / 2,
-        )
-        items.append((facts, prediction, None if existing is None else existing[offset]))
-    return repo.write_images(session, generation_id, items)
+from tests.support.search_helpers import (
+    GROUPS,
+    bound,
+    brute,
+    build_index,
+    random_images,
+    random_query,
+    write_fixture_images,
+)
 
 
 def _catalog(session: Session) -> Catalog:
@@ -59,9 +42,11 @@ def test_refresh_applies_changes_and_equals_a_fresh_load(migrated_url: str) -> N
         current = PostingEngine.load(session, generation)
         for round_ in range(4):
             image_ids = sorted(current.live)
-            _write(session, generation, random_images(rng, 15), 1000 + 100 * round_)
+            write_fixture_images(session, generation, random_images(rng, 15), 1000 + 100 * round_)
             retag = rng.sample(image_ids, 5)
-            _write(session, generation, random_images(rng, 5), 2000 + 10 * round_, retag)
+            write_fixture_images(
+                session, generation, random_images(rng, 5), 2000 + 10 * round_, retag
+            )
             repo.mark_deleted(session, rng.sample(sorted(set(image_ids) - set(retag)), 4))
             moved = rng.choice(image_ids)
             repo.move_image(session, moved, f"/moved/{round_}.png", 1, 1)
@@ -101,7 +86,7 @@ def test_many_segments_fold_and_a_large_delta_reloads_in_full(
         bulk = current.segments[0]
         sizes = []
         for round_ in range(4):
-            _write(session, generation, [{"a": 0.8}], 3000 + round_)
+            write_fixture_images(session, generation, [{"a": 0.8}], 3000 + round_)
             session.commit()
             current = current.refresh(session)
             sizes.append([len(s.live) for s in current.segments])
@@ -110,7 +95,7 @@ def test_many_segments_fold_and_a_large_delta_reloads_in_full(
         assert current.segments[0].postings is bulk.postings
         assert len(current.live) == 14
         monkeypatch.setattr(postings_module, "MIN_DELTA_LIMIT", 2)
-        _write(session, generation, [{"a": 0.8}] * 3, 4000)
+        write_fixture_images(session, generation, [{"a": 0.8}] * 3, 4000)
         session.commit()
         current = current.refresh(session)
         assert len(current.segments) == 1 and len(current.live) == 17
@@ -123,7 +108,7 @@ def test_an_engine_behind_a_pruned_log_reloads(migrated_url: str) -> None:
     with session_factory(engine)() as session:
         current = PostingEngine.load(session, generation)
         for round_ in range(3):
-            _write(session, generation, [{"b": 0.8}], 5000 + round_)
+            write_fixture_images(session, generation, [{"b": 0.8}], 5000 + round_)
         repo.prune_changes(session, keep=1)
         session.commit()
         assert len(session.scalars(select(ImageChange.seq)).all()) == 1

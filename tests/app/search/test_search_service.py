@@ -27,8 +27,13 @@ from app.store.db import create_db_engine, session_factory
 from app.store.matrix import Matrix
 from app.tagger.vocab import GROUP_CODE
 from bench.bench_search import older_ivf
-from tests.app.search.test_search_sql import GROUPS, random_images
-from tests.support.search_helpers import ATTRIBUTES, FixtureAttributes, build_index
+from tests.support.search_helpers import (
+    ATTRIBUTES,
+    GROUPS,
+    FixtureAttributes,
+    build_index,
+    random_images,
+)
 
 # An order's sort key from an image's properties and its tag facts (count, score of b).
 OrderKey = Callable[[FixtureAttributes, dict[str, float]], float | tuple[float, ...]]

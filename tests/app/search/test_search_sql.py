@@ -7,13 +7,20 @@ import random
 
 import pytest
 
-from app.query import ErrorCode, QueryError, parse
+from app.query import QueryError, parse
 from app.search.binder import bind
 from app.search.catalog import Catalog
-from app.search.plan import PlanNode
 from app.search.sql_engine import execute
 from app.store.db import create_db_engine, session_factory
-from tests.support.search_helpers import brute, build_index
+from tests.support.search_helpers import (
+    GROUPS,
+    RATING_GROUPS,
+    bound,
+    brute,
+    build_index,
+    random_images,
+    random_query,
+)
 
 
 def search(
@@ -98,9 +105,6 @@ def test_filters_the_index_cannot_answer_are_refused(
     assert (info.value.code, info.value.position) == ("unsupported", position)
     assert words in info.value.message
     engine.dispose()
-
-
-RATING_GROUPS = {r: "rating" for r in ("general", "sensitive", "questionable", "explicit")}
 
 
 def test_rating_is_the_most_likely_rating_tag(migrated_url: str) -> None:
@@ -208,68 +212,6 @@ def test_image_property_metatags(migrated_url: str) -> None:
         [],
         [2, 3, 4],
     ]
-
-
-TAGS = ["a", "b", "c", "ab", "abc", "bc", "d", "dd", "e", "f_(x)", "char_a", "copy_b"]
-RATINGS = ["general", "sensitive", "questionable", "explicit"]
-GROUPS = {"char_a": "character", "copy_b": "copyright", **RATING_GROUPS}
-
-
-METATAGS = [
-    "width:>300", "height:100..200", "filesize:<3000", "id:3,5,7", "width:<=150,>=450",
-    f"sha256:{7:064x}", f"md5:{7:032x}", f"md5:{8:032x}", "unaliased:ab", "height:250...350",
-    "filesize:>=5kb",
-    "filetype:jpg", "filetype:png,webp", "path:/fixture/art/*", "path:*[1]*", "path:*0?.png",
-    "path:/FIXTURE/*", "path:*_*",
-    "rating:g", "rating:s,q", "rating:e", "mpixels:<0.03", "mpixels:0.02..0.05", "ratio:1",
-    "ratio:>1.2", "ratio:4:3,<0.8", "date:2020-01-01..", "date:<2020-01-01", "age:<1d",
-    "age:>1h", "tagcount:2..4", "gentags:0", "chartags:>=1", "copytags:1", "tagcount:<=1,>=5",
-]  # fmt: skip
-
-
-def random_images(rng: random.Random, count: int = 150) -> list[dict[str, float]]:
-    """Random general, character and copyright tags, and 0 to 4 rating tags (ties too)."""
-    images = []
-    for _ in range(count):
-        names = [*rng.sample(TAGS, rng.randint(0, 6)), *rng.sample(RATINGS, rng.randint(0, 4))]
-        images.append({t: round(rng.choice([0.5, rng.uniform(0.05, 1.0)]), 3) for t in names})
-    return images
-
-
-CONTROLS = ["\x00", "\x01", "\x1b", "\x7f", "\x9b"]
-
-
-def random_query(rng: random.Random, depth: int = 0) -> str:
-    text = _random_query(rng, depth)
-    if rng.random() < 0.03:  # a control character somewhere: refused before any engine
-        cut = rng.randint(0, len(text))
-        text = text[:cut] + rng.choice(CONTROLS) + text[cut:]
-    return text
-
-
-def bound(text: str, catalog: Catalog) -> PlanNode | None:
-    """The query's plan, or None when it is refused (a control character must be)."""
-    try:
-        return bind(parse(text).root, catalog)
-    except QueryError as exc:
-        if any(char in text for char in CONTROLS):
-            assert exc.code is ErrorCode.BAD_CHARACTER, text
-        return None  # e.g. "~" on a group; the parser's own tests cover these
-
-
-def _random_query(rng: random.Random, depth: int = 0) -> str:
-    roll = rng.random()
-    if depth >= 3 or roll < 0.4:
-        if rng.random() < 0.15:
-            return rng.choice(["", "-"]) + rng.choice(METATAGS)
-        term = rng.choice([*TAGS, "a*", "*c", "b*", "zz*", "nope"])
-        if rng.random() < 0.3:
-            term += rng.choice([",>=0.5", ",0.2..0.7", ",<0.4", ",0.9", ",>0.05"])
-        return rng.choice(["", "", "-", "~"]) + term
-    parts = [_random_query(rng, depth + 1) for _ in range(rng.randint(1, 3))]
-    joiner = rng.choice([" ", " and ", " or "])
-    text = joiner.join(parts)
-    return rng.choice(["", "-"]) + f"({text})" if rng.random() < 0.5 else text
 
 
 def test_sql_engine_equals_brute_force_on_random_queries(migrated_url: str) -> None:

@@ -38,8 +38,7 @@ from app.search.segment_files import CURRENT, DEFERRED, MANIFEST
 from app.search.sql_engine import execute
 from app.store import repository as repo
 from app.store.db import create_db_engine, session_factory
-from tests.app.search.test_search_sql import GROUPS, random_images, random_query
-from tests.support.search_helpers import brute, build_index
+from tests.support.search_helpers import GROUPS, brute, build_index, random_images, random_query
 
 
 def assert_equals_sql(

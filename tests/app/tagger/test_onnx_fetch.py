@@ -3,7 +3,6 @@ unauthorised, gated and interrupted, with nothing partial left in the target fol
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import os
 import signal
@@ -12,64 +11,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
 from app.tagger.fetch import PUBLISHED
 from tests.support.cli import SAGASHI, run_sagashi
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
+from tests.support.hub import Hub
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return run_sagashi(*args, env={"SAGASHI_LOG_LEVEL": "WARNING", **env})
-
-
-class Hub(http.server.BaseHTTPRequestHandler):
-    """Serves /{repo}/resolve/main/{file} for the repos in ``files``; ``status`` overrides."""
-
-    files: ClassVar[dict[str, bytes]] = {}
-    status = 200
-    code = ""
-    stall: str | None = None  # a file whose body never finishes
-    requests: ClassVar[list[str]] = []
-
-    def _answer(self, body: bool) -> None:
-        self.requests.append(f"{self.command} {self.path}")
-        name = self.path.split("/resolve/main/", 1)[-1].split("?")[0]
-        repo = self.path.split("/resolve/", 1)[0].strip("/")
-        content = self.files.get(f"{repo}/{name}")
-        if self.status != 200 or content is None:
-            status = self.status if self.status != 200 else 404
-            self.send_response(status)
-            self.send_header("X-Error-Code", self.code or "EntryNotFound")
-            self.send_header("X-Error-Message", "refused by the stub")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("X-Repo-Commit", COMMIT)
-        self.send_header("ETag", f'"{hashlib.sha256(content).hexdigest()}"')
-        self.send_header("Content-Length", str(len(content)))
-        self.end_headers()
-        if not body:
-            return
-        if name == self.stall:
-            self.wfile.write(content[: len(content) // 2])
-            self.wfile.flush()
-            time.sleep(60)
-            return
-        self.wfile.write(content)
-
-    def do_HEAD(self) -> None:
-        self._answer(body=False)
-
-    def do_GET(self) -> None:
-        self._answer(body=True)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture

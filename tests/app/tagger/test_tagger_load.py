@@ -6,14 +6,11 @@ import csv
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import timm
 import torch
 from safetensors.torch import load_file, save_file
-from timm.models.eva import Eva
 
 from app.tagger import ModelLoadError, TimmTagger
 from app.tagger.vocab import load_pixai_vocabulary
@@ -22,10 +19,10 @@ from tests.support.tiny_models import (
     CHARACTER_TAGS,
     GENERAL_TAGS,
     RATING_TAGS,
-    TINY_CONFIG,
     TINY_DIM,
     TINY_SIZE,
     build_tiny_pixai,
+    direct_forward,
 )
 
 
@@ -71,35 +68,6 @@ def test_predict_equals_a_direct_timm_forward(fixture: str, request: pytest.Fixt
     np.testing.assert_allclose(prediction.probs, probs, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(prediction.embeddings, embedding, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(prediction.embeddings, axis=1), 1.0, atol=1e-5)
-
-
-def direct_forward(directory: Path, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """The reference: timm built by hand, weights loaded by hand, no Sagashi code."""
-    model_args = TINY_CONFIG["model_args"]
-    # timm's model keyword arguments are untyped (**kwargs: Any).
-    args: dict[str, Any] = {**model_args, "ref_feat_shape": tuple(model_args["ref_feat_shape"])}
-    if (directory / "model.safetensors").exists():
-        state = load_file(directory / "model.safetensors")
-        model = timm.create_model(
-            TINY_CONFIG["architecture"], num_classes=state["head.weight"].shape[0], **args
-        )
-        model.load_state_dict(state)
-        head = model.head
-        assert isinstance(head, torch.nn.Linear)
-    else:
-        state = torch.load(directory / "model_v0.9.pth", weights_only=True)
-        model = timm.create_model(TINY_CONFIG["architecture"], num_classes=0, **args)
-        model.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("0.")})
-        head = torch.nn.Linear(TINY_DIM, state["1.head.0.weight"].shape[0])
-        head.weight.data = state["1.head.0.weight"]
-        head.bias.data = state["1.head.0.bias"]
-    assert isinstance(model, Eva)
-    model.eval()
-    with torch.no_grad():
-        pooled = model.forward_head(model.forward_features(batch), pre_logits=True)
-        probs = torch.sigmoid(head(pooled))
-    embedding = pooled / pooled.norm(dim=1, keepdim=True)
-    return probs.numpy(), embedding.numpy()
 
 
 def test_ref_feat_shape_from_config_changes_the_output(

@@ -26,9 +26,8 @@ from app.tagrules.implications import (
     read_implications,
 )
 from indexer.build_implications import subset
-from tests.app.search.test_search_sql import GROUPS, random_images, random_query
 from tests.support.paths import shared_path
-from tests.support.search_helpers import brute, build_index
+from tests.support.search_helpers import GROUPS, brute, build_index, random_images, random_query
 
 # A chain (abc -> ab -> a), a fork (abc -> bc -> b), a cycle (d <-> dd), a self-loop,
 # a character implying a copyright, and edges through and to tags the index lacks.

@@ -24,9 +24,9 @@ from app.store.migrate import upgrade
 from app.tagger import TimmTagger
 from indexer.jobs import index_options
 from indexer.pipeline import Indexer
-from tests.app.api.test_serve_e2e import free_port
-from tests.app.web.test_web import CHROMIUM, browser, check_names_and_contrast  # noqa: F401
 from tests.support.api_helpers import make_library, settings_for
+from tests.support.browser import CHROMIUM, check_names_and_contrast
+from tests.support.network import free_port
 
 READ_TOKEN = "read-token-0123456789"
 IMAGES = 6
@@ -71,7 +71,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, tiny_pixai_dir: Path) -> Iter
 
 
 @pytest.fixture
-def offline(browser: Any, site: str) -> Iterator[tuple[Any, list[str]]]:  # noqa: F811
+def offline(browser: Any, site: str) -> Iterator[tuple[Any, list[str]]]:
     """A page whose requests to anywhere but this machine are aborted (and listed)."""
     context = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=site)
     blocked: list[str] = []
