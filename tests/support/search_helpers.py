@@ -1,10 +1,11 @@
-"""Fixtures for search tests: a small index written through the store, and a brute-force
-evaluator of bound plans over plain dictionaries (the oracle)."""
+"""Fixtures for search tests: a small index written through the store, a brute-force
+evaluator of bound plans over plain dictionaries (the oracle), and random images and queries
+to hold the engines against it."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TypedDict
 
 import numpy as np
@@ -50,9 +51,10 @@ INFO = ModelInfo(
 
 def build_index(
     engine: Engine, images: Sequence[Mapping[str, float]], groups: Mapping[str, str] | None = None
-) -> tuple[int, dict[int, dict[int, float]], Catalog]:
-    """Write images (tag name -> score) and return (generation, {image: {tag id: score}},
-    catalog). Scores are stored as float32, as the tagger stores them."""
+) -> tuple[int, FixtureImages, Catalog]:
+    """Write images (tag name -> score) and return (generation, {image: {tag id: score}}
+    with the images' properties, catalog). Scores are stored as float32, as the tagger stores
+    them."""
     groups = groups or {}
     names = sorted({n for tags in images for n in tags})
     with session_factory(engine)() as session:
@@ -80,31 +82,28 @@ def build_index(
         session.commit()
         rows = session.execute(select(Tag.id, Tag.name, Tag.group, Tag.image_count)).all()
         indexed = dict(session.execute(select(Image.id, Image.indexed_at)).all())
-    TAG_GROUPS.clear()
-    TAG_GROUPS.update({int(r[0]): int(r[2]) for r in rows})
-    data = {
+    by_image = {
         image_id: {ids[n]: float(np.float32(s)) for n, s in tags.items()}
         for image_id, tags in zip(image_ids, images, strict=True)
     }
-    ATTRIBUTES.clear()
-    ATTRIBUTES.update(
-        {
-            image_id: {
-                "id": image_id,
-                "size_bytes": 1000 + 37 * i,
-                "width": 100 + (13 * i) % 400,
-                "height": 100 + (29 * i) % 300,
-                "sha256": fixture_sha(i),
-                "md5": fixture_md5(i),
-                "format": FORMATS[i % 3],
-                "path": fixture_path(i),
-                "mpixels": (100 + (13 * i) % 400) * (100 + (29 * i) % 300) / 1_000_000.0,
-                "ratio": (100 + (13 * i) % 400) / (100 + (29 * i) % 300),
-                "indexed_us": micros(indexed[image_id]),
-            }
-            for i, image_id in enumerate(image_ids)
+    attributes: dict[int, FixtureAttributes] = {
+        image_id: {
+            "id": image_id,
+            "size_bytes": 1000 + 37 * i,
+            "width": 100 + (13 * i) % 400,
+            "height": 100 + (29 * i) % 300,
+            "sha256": fixture_sha(i),
+            "md5": fixture_md5(i),
+            "format": FORMATS[i % 3],
+            "path": fixture_path(i),
+            "mpixels": (100 + (13 * i) % 400) * (100 + (29 * i) % 300) / 1_000_000.0,
+            "ratio": (100 + (13 * i) % 400) / (100 + (29 * i) % 300),
+            "indexed_us": micros(indexed[image_id]),
         }
-    )
+        for i, image_id in enumerate(image_ids)
+    }
+    tag_groups = {int(r[0]): int(r[2]) for r in rows}
+    data = FixtureImages(by_image, attributes, tag_groups)
     return generation.id, data, Catalog.from_rows([(r[0], r[1], r[2], r[3]) for r in rows], {})
 
 
@@ -141,21 +140,38 @@ class FixtureAttributes(TypedDict):
     indexed_us: int
 
 
-# Image properties and tag groups of the last index built, for the oracle's metatag terms.
-ATTRIBUTES: dict[int, FixtureAttributes] = {}
-TAG_GROUPS: dict[int, int] = {}
+class FixtureImages(dict[int, dict[int, float]]):
+    """A fixture index's images, {image id: {tag id: score}}, with what the oracle's metatag
+    terms read: each image's properties and each tag's group."""
+
+    def __init__(
+        self,
+        scores: Mapping[int, dict[int, float]],
+        attributes: dict[int, FixtureAttributes],
+        tag_groups: dict[int, int],
+    ) -> None:
+        super().__init__(scores)
+        self.attributes = attributes
+        self.tag_groups = tag_groups
+
+    def without(self, gone: Collection[int]) -> FixtureImages:
+        """These images but ``gone``."""
+        kept = {i: tags for i, tags in self.items() if i not in gone}
+        return FixtureImages(kept, self.attributes, self.tag_groups)
 
 
 def brute(
     plan: PlanNode,
-    data: Mapping[int, Mapping[int, float]],
+    data: FixtureImages,
     implying: Mapping[int, set[int]] | None = None,
 ) -> list[int]:
     """The images ``plan`` matches. With ``implying`` (tag id -> ids of the tags implying
     it), a tag range holds the highest stored score of the tag and the tags implying it:
     the meaning of a query with implications, evaluated on a plan bound without them."""
     return sorted(
-        i for i, tags in data.items() if _matches(plan, tags, ATTRIBUTES[i], implying or {})
+        i
+        for i, tags in data.items()
+        if _matches(plan, tags, data.attributes[i], data.tag_groups, implying or {})
     )
 
 
@@ -163,6 +179,7 @@ def _matches(
     plan: PlanNode,
     tags: Mapping[int, float],
     attrs: Mapping[str, object],
+    groups: Mapping[int, int],
     implying: Mapping[int, set[int]],
 ) -> bool:
     if isinstance(plan, PAll):
@@ -181,7 +198,7 @@ def _matches(
         count = sum(
             1
             for tag_id, score in tags.items()
-            if TAG_GROUPS[tag_id] in thresholds and score >= thresholds[TAG_GROUPS[tag_id]]
+            if groups[tag_id] in thresholds and score >= thresholds[groups[tag_id]]
         )
         return plan.ranges.contains(count)
     if isinstance(plan, PSha):
@@ -193,11 +210,11 @@ def _matches(
     if isinstance(plan, PPath):
         return plan.regex().fullmatch(str(attrs["path"])) is not None
     if isinstance(plan, PNot):
-        return not _matches(plan.child, tags, attrs, implying)
+        return not _matches(plan.child, tags, attrs, groups, implying)
     if isinstance(plan, PAnd):
-        return all(_matches(c, tags, attrs, implying) for c in plan.children)
+        return all(_matches(c, tags, attrs, groups, implying) for c in plan.children)
     assert isinstance(plan, POr)
-    return any(_matches(c, tags, attrs, implying) for c in plan.children)
+    return any(_matches(c, tags, attrs, groups, implying) for c in plan.children)
 
 
 def _rating(plan: PRating, tags: Mapping[int, float]) -> int:

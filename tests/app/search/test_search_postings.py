@@ -20,6 +20,7 @@ from app.store.db import create_db_engine, session_factory
 from app.store.models import Image, ImageChange, Tag
 from tests.support.search_helpers import (
     GROUPS,
+    FixtureImages,
     bound,
     brute,
     build_index,
@@ -160,7 +161,7 @@ def test_prebuilt_default_threshold_bitmaps_agree(
 def _agrees_with_brute_force(
     current: PostingEngine,
     catalog: Catalog,
-    data: dict[int, dict[int, float]],
+    data: FixtureImages,
     rng: random.Random,
     queries: int,
 ) -> int:

@@ -28,9 +28,9 @@ from app.store.matrix import Matrix
 from app.tagger.vocab import GROUP_CODE
 from bench.bench_search import older_ivf
 from tests.support.search_helpers import (
-    ATTRIBUTES,
     GROUPS,
     FixtureAttributes,
+    FixtureImages,
     build_index,
     random_images,
 )
@@ -90,7 +90,7 @@ def test_every_order_pages_like_a_brute_force_sort(
     }
     service = _service(migrated_url, tmp_path, kind)
     for query, order in ORDERS:
-        expected = sorted(data, key=lambda i: order(ATTRIBUTES[i], facts[i]))
+        expected = sorted(data, key=lambda i: order(data.attributes[i], facts[i]))
         for limit in (1, 7, 100):
             assert _all_pages(service, query, limit) == expected, (query, limit)
     # random: a fixed shuffle across the pages of one cursor chain
@@ -101,8 +101,8 @@ def test_every_order_pages_like_a_brute_force_sort(
     engine.dispose()
 
 
-def expected_by(data: dict[int, dict[int, float]], column: Literal["size_bytes"]) -> list[int]:
-    return sorted(data, key=lambda i: (-ATTRIBUTES[i][column], -i))
+def expected_by(data: FixtureImages, column: Literal["size_bytes"]) -> list[int]:
+    return sorted(data, key=lambda i: (-data.attributes[i][column], -i))
 
 
 def _has(tags: dict[int, float], catalog: Catalog, name: str) -> bool:
@@ -255,7 +255,9 @@ def test_similarity_by_embedding_with_a_filter_and_duplicates(
     migrated_url: str, tmp_path: Path, kind: EngineKind
 ) -> None:
     engine = create_db_engine(migrated_url)
-    build_index(engine, [{"a": 0.9}, {"a": 0.9}, {"b": 0.9}, {"a": 0.9}])
+    _generation, data, _catalog = build_index(
+        engine, [{"a": 0.9}, {"a": 0.9}, {"b": 0.9}, {"a": 0.9}]
+    )
     directions: dict[int, list[float]] = {
         1: [1, 0, 0, 0],
         2: [0.999, 0.04, 0, 0],
@@ -271,12 +273,12 @@ def test_similarity_by_embedding_with_a_filter_and_duplicates(
             unit = np.array(vector, np.float32) / np.linalg.norm(vector)
             session.execute(
                 update(Embedding)
-                .where(Embedding.image_id == sorted(ATTRIBUTES)[position - 1])
+                .where(Embedding.image_id == sorted(data.attributes)[position - 1])
                 .values(vector=repo.encode_vector(unit))
             )
             repo.bump_version(session, 1)
         session.commit()
-    ids = sorted(ATTRIBUTES)
+    ids = sorted(data.attributes)
     service = _service(migrated_url, tmp_path, kind)
     query = np.array([1, 0, 0, 0], np.float32)
     everything = service.search(SearchRequest("", 10, embedding=query))

@@ -38,7 +38,14 @@ from app.search.segment_files import CURRENT, DEFERRED, MANIFEST
 from app.search.sql_engine import execute
 from app.store import repository as repo
 from app.store.db import create_db_engine, session_factory
-from tests.support.search_helpers import GROUPS, brute, build_index, random_images, random_query
+from tests.support.search_helpers import (
+    GROUPS,
+    FixtureImages,
+    brute,
+    build_index,
+    random_images,
+    random_query,
+)
 
 
 def assert_equals_sql(
@@ -475,7 +482,7 @@ def _three_ways(
     engine: Engine,
     tags: SegmentEngine,
     catalog: Catalog,
-    data: dict[int, Any],
+    data: FixtureImages,
     rng: random.Random,
     queries: int,
 ) -> int:
@@ -510,7 +517,7 @@ def test_segments_equal_sql_and_brute_force_opened_with_a_delta_and_merged(
     with session_factory(engine)() as session:
         repo.mark_deleted(session, gone)
         session.commit()
-    data = {i: tags for i, tags in data.items() if i not in gone}
+    data = data.without(gone)
     with_delta = opened(engine, generation, tmp_path)
     assert len(with_delta.postings.segments) == 2
     checked += _three_ways(engine, with_delta, catalog, data, rng, 400)
