@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +10,8 @@ import pytest
 
 from app.store import migrate
 from app.store.db import create_db_engine
-from tests.support.cli import SAGASHI, environment, finish
+from tests.support.cli import environment, finish
+from tests.support.crash import kill_when
 from tests.support.index_helpers import (
     assert_same_index,
     faiss_state,
@@ -36,19 +34,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def index_until_killed(root: Path, env: dict[str, str], url: str, kill_at: int) -> tuple[int, int]:
     """Start an index run and kill -9 it once at least ``kill_at`` images are committed.
     Returns the exit status and the number of images committed when it died."""
-    process = subprocess.Popen(
-        [SAGASHI, "index", str(root)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 300
-    try:
-        while process.poll() is None and time.monotonic() < deadline:
-            if live_count(url) >= kill_at:
-                break
-            time.sleep(0.05)
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+    process = kill_when(["index", str(root)], env, lambda: live_count(url) >= kill_at, 0.05)
     return process.returncode, live_count(url)
 
 

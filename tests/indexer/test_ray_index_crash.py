@@ -19,6 +19,7 @@ from app.store import migrate
 from app.store.db import create_db_engine, session_factory
 from app.store.models import Image
 from tests.support.cli import SAGASHI, environment
+from tests.support.crash import kill_when
 from tests.support.index_helpers import (
     assert_same_index,
     faiss_state,
@@ -54,32 +55,27 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
+def end_session(sid: int) -> None:
+    """Kill what is left in the session a killed driver ran in: the local Ray it started."""
+    time.sleep(1)  # the local Ray notices its driver is gone
+    for pid in session_pids(sid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def kill_once_shards_land(root: Path, env: dict[str, str], data_dir: Path) -> list[Path]:
     """Start a run, kill -9 its driver once a shard of its own has landed; then end what was
     left of the local Ray it started. Returns the whole shards on disk after the kill."""
     shards = data_dir / "ray-shards"
     before = set(shards.glob("*/*.parquet"))
-    process = subprocess.Popen(
-        [SAGASHI, "index", str(root), "--ray", "local"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    process = kill_when(
+        ["index", str(root), "--ray", "local"],
+        env,
+        lambda: bool(set(shards.glob("*/*.parquet")) - before),
+        0.02,
+        new_session=True,
+        after_kill=end_session,
     )
-    deadline = time.monotonic() + 300
-    try:
-        while process.poll() is None and time.monotonic() < deadline:
-            if set(shards.glob("*/*.parquet")) - before:
-                break
-            time.sleep(0.02)
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        time.sleep(1)  # the local Ray notices its driver is gone
-        for pid in session_pids(process.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
     assert process.returncode == -signal.SIGKILL, "the run must die, not finish"
     return sorted(shards.glob("*/*.parquet"))
 

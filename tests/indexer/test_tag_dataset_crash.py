@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from app.store import migrate
 from app.store.db import create_db_engine
 from indexer.shards import shard_paths
 from tests.support.cli import SAGASHI, environment
+from tests.support.crash import kill_when
 from tests.support.index_helpers import assert_same_index, make_image, snapshot
 
 IMAGES = 160  # 20 shards of 8: both kills land after the first, long before the last
@@ -27,22 +27,12 @@ IMAGES = 160  # 20 shards of 8: both kills land after the first, long before the
 def kill_once_shards_land(root: Path, out: Path, env: dict[str, str]) -> list[Path]:
     """Start a run, kill -9 it once a shard of its own has landed; the whole shards left."""
     before = set(shard_paths(out))
-    process = subprocess.Popen(
-        [SAGASHI, "tag-dataset", str(root), "--out", str(out), "--shard-rows", "8"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    process = kill_when(
+        ["tag-dataset", str(root), "--out", str(out), "--shard-rows", "8"],
+        env,
+        lambda: bool(set(shard_paths(out)) - before),
+        0.01,
     )
-    deadline = time.monotonic() + 300
-    try:
-        while process.poll() is None and time.monotonic() < deadline:
-            if set(shard_paths(out)) - before:
-                break
-            time.sleep(0.01)
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-        process.wait()
     assert process.returncode == -signal.SIGKILL, "the run must die, not finish"
     return shard_paths(out)
 

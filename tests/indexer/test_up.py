@@ -6,13 +6,11 @@ download with its one-line reason."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import httpx
 import pytest
 
 from app.tagger.fetch import PUBLISHED
-from tests.support.hub import Hub
+from tests.support.hub import Hub, serving_hub
 from tests.support.index_helpers import make_image
 from tests.support.network import free_port, wait_for
 from tests.support.paths import REPO_ROOT
@@ -53,12 +51,8 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 @pytest.fixture
 def hub(tiny_export: dict[str, bytes]) -> Iterator[tuple[str, type[Hub]]]:
-    handler: type[Hub] = type("TinyHub", (Hub,), {"files": dict(tiny_export), "requests": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
+    with serving_hub(dict(tiny_export)) as served:
+        yield served
 
 
 def fresh_folder(root: Path) -> Path:

@@ -24,6 +24,8 @@ def run_sagashi(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
 
 
 def environment(url: str, data_dir: Path, model_dir: Path) -> dict[str, str]:
+    """This process's environment with a run's database, data and model folders (batches of 8,
+    warnings and errors logged)."""
     return {
         **os.environ,
         "SAGASHI_DATABASE_URL": url,

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -55,3 +58,18 @@ class Hub(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+@contextmanager
+def serving_hub(files: dict[str, bytes]) -> Iterator[tuple[str, type[Hub]]]:
+    """A stub of its own serving ``files`` ({repo/file: content}) on a free loopback port:
+    its base URL and its handler class (whose ``status``, ``code`` and ``stall`` a test may
+    set, and whose ``requests`` it may read)."""
+    handler: type[Hub] = type("StubHub", (Hub,), {"files": files, "requests": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()

@@ -3,11 +3,9 @@ unauthorised, gated and interrupted, with nothing partial left in the target fol
 
 from __future__ import annotations
 
-import http.server
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ import pytest
 
 from app.tagger.fetch import PUBLISHED
 from tests.support.cli import SAGASHI, run_sagashi
-from tests.support.hub import Hub
+from tests.support.hub import Hub, serving_hub
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -25,15 +23,13 @@ def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def hub() -> Iterator[tuple[str, type[Hub]]]:
-    handler: type[Hub] = type("StubHub", (Hub,), {"files": {}, "requests": []})
-    for model in PUBLISHED.values():
-        for name in model.files:
-            handler.files[f"{model.repo_id}/{name}"] = f"{model.repo_id}:{name}\n".encode() * 4096
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
+    files = {
+        f"{model.repo_id}/{name}": f"{model.repo_id}:{name}\n".encode() * 4096
+        for model in PUBLISHED.values()
+        for name in model.files
+    }
+    with serving_hub(files) as served:
+        yield served
 
 
 def hub_env(url: str, home: Path) -> dict[str, str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-import uvicorn
 
 from app.api import create_app
 from app.settings import Settings
@@ -37,7 +35,7 @@ from indexer.pipeline import Indexer
 from tests.support.api_helpers import settings_for
 from tests.support.browser import CHROMIUM, CONTRAST_JS, check_names_and_contrast
 from tests.support.drawn_images import draw_library
-from tests.support.network import free_port
+from tests.support.live_server import serving
 
 IMAGES = 70  # more than one page (60), so the grid must scroll for the rest
 
@@ -52,30 +50,6 @@ class Site:
     base: str
     settings: Settings
     library: Path
-
-
-@contextmanager
-def uvicorn_server(app: Any) -> Iterator[str]:
-    """The app on a free port in a thread of this process; its base URL once ready."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +76,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_pixai_dir: Path) -> It
     tagger = TimmTagger(tiny_pixai_dir, "cpu", 1)
     tagger.load()
     Indexer(create_db_engine(url), tagger, index_options(settings)).run([library])
-    with uvicorn_server(create_app(settings, tagger)) as base:
+    with serving(create_app(settings, tagger)) as base:
         yield Site(base, settings, library)
 
 
@@ -491,7 +465,7 @@ def test_the_url_field_searches_by_a_downloaded_image(page: Any, served: Site) -
 
 def test_without_url_downloads_there_is_no_url_field(browser: Any, served: Site) -> None:
     settings = served.settings.model_copy(update={"url_fetch": False})
-    with uvicorn_server(create_app(settings)) as base:
+    with serving(create_app(settings)) as base:
         context = browser.new_context(base_url=base)
         page = context.new_page()
         try:

@@ -7,16 +7,12 @@ request that leaves the machine blocked: their scripts are served from the packa
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
-import uvicorn
 
 from app.api import create_app
 from app.store.db import create_db_engine
@@ -26,7 +22,7 @@ from indexer.jobs import index_options
 from indexer.pipeline import Indexer
 from tests.support.api_helpers import make_library, settings_for
 from tests.support.browser import CHROMIUM, check_names_and_contrast
-from tests.support.network import free_port
+from tests.support.live_server import serving
 
 READ_TOKEN = "read-token-0123456789"
 IMAGES = 6
@@ -49,25 +45,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, tiny_pixai_dir: Path) -> Iter
     tagger = TimmTagger(tiny_pixai_dir, "cpu", 1)
     tagger.load()
     Indexer(create_db_engine(url), tagger, index_options(settings)).run([library])
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, tagger), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    yield base
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(settings, tagger)) as base:
+        yield base
 
 
 @pytest.fixture
