@@ -1,4 +1,4 @@
-"""The installed ``sagashi`` command, run as a user runs it."""
+"""The installed ``sagashi`` command, run as a user runs it, and the environment of a run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Shared helpers for the indexer tests: generated images and a snapshot of index state."""
+"""Shared helpers for the indexer tests: generated images, a snapshot of index state, a local
+index run, and two indexes compared (the database and the FAISS index)."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from PIL import Image as PILImage
 
 from app.query import QueryError, parse
 from tests.support.api_helpers import ApiEnv, indexed_env
+from tests.support.bad_images import png_chunk
 from tests.support.paths import SHARED_DATA
 from tests.support.query_fuzz import generated_queries
 
@@ -78,10 +79,6 @@ def test_wildcards_matching_everything_are_bounded_and_answered(env: ApiEnv, pat
     assert response.status_code in (200, 400), response.text
     if response.status_code == 200:
         assert response.json()["count"] <= len(env.client.get("/api/search").json()["items"])
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def huge_png(width: int, height: int) -> bytes:
