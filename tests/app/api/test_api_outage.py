@@ -33,7 +33,7 @@ from tests.support.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
-def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+def pg_url() -> Iterator[str]:
     yield from postgres_schema_url()
 
 

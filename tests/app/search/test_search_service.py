@@ -27,6 +27,7 @@ from app.store.db import create_db_engine, session_factory
 from app.store.matrix import Matrix
 from app.tagger.vocab import GROUP_CODE
 from bench.bench_search import older_ivf
+from tests.support.postgres import postgres_schema_url
 from tests.support.search_helpers import (
     GROUPS,
     FixtureAttributes,
@@ -364,9 +365,8 @@ def test_ivf_nprobe_is_calibrated_to_the_target_recall() -> None:
 
 
 @pytest.fixture
-def pg_migrated_url(request: pytest.FixtureRequest) -> Iterator[str]:
+def pg_migrated_url() -> Iterator[str]:
     from app.store.migrate import upgrade
-    from tests.support.postgres import postgres_schema_url
 
     for url in postgres_schema_url():
         upgrade(url)
