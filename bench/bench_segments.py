@@ -257,32 +257,29 @@ def changed_start(
         started = time.perf_counter()
         write_segments(session, data_dir, generation.id)  # what the end of a run does
     log.info("delta segment written (the end of a run) in %.1f s", time.perf_counter() - started)
-    for run in range(runs):
-        opened = open_engine_run(url, data_dir, "segments")["seconds"]
-        ready, rss = serve_run(url, data_dir, "segments", port)
-        log.info(
-            "| this code (run %d) | a delta segment | %.2f | %.2f | %.2f |",
-            run + 1,
-            opened,
-            ready,
-            rss / 1e9,
-        )
+    _current_starts(url, data_dir, port, runs, "a delta segment")
     with session_factory(engine)() as session:
         started = time.perf_counter()
         write_segments(session, data_dir, generation.id, full=True)  # current for later runs
     log.info("set rewritten (a merge) in %.1f s", time.perf_counter() - started)
     # The same start with no change since the set: what the delta costs a start, same run.
+    _current_starts(url, data_dir, port, runs, "none (the set current)")
+    engine.dispose()
+
+
+def _current_starts(url: str, data_dir: Path, port: int, runs: int, state: str) -> None:
+    """Engine open and server readiness of this code on the set as it is, ``runs`` times."""
     for run in range(runs):
         opened = open_engine_run(url, data_dir, "segments")["seconds"]
         ready, rss = serve_run(url, data_dir, "segments", port)
         log.info(
-            "| this code (run %d) | none (the set current) | %.2f | %.2f | %.2f |",
+            "| this code (run %d) | %s | %.2f | %.2f | %.2f |",
             run + 1,
+            state,
             opened,
             ready,
             rss / 1e9,
         )
-    engine.dispose()
 
 
 def _pointer(data_dir: Path, value: str | None = None) -> str:
