@@ -21,6 +21,7 @@ from app.store.job_records import enqueue, get_job
 from app.store.models import Embedding, Image, ImageTag
 from tests.support.api_helpers import make_library
 from tests.support.cli import SAGASHI, run_sagashi
+from tests.support.crash import step_until
 from tests.support.network import free_port, wait_for
 from tests.support.postgres import postgres_schema_url
 
@@ -87,7 +88,7 @@ def test_killed_workers_resume_the_job_without_loss_or_duplicates(
             claimed = record is not None and record.attempts == attempt
             return claimed and live_images(engine) >= target
 
-        wait_for(reached, 120)
+        step_until(worker, reached, 0.05)
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
         committed = live_images(engine)
