@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from app.search.build import search_service
+from app.search.service import SearchRequest
+from app.settings import Settings
+from indexer.cli import query_embedding
+from indexer.cli_common import open_store
 from tests.support.cli import run_sagashi
 from tests.support.index_helpers import make_image
 
@@ -231,10 +236,18 @@ def test_search_settings_term_limit_and_engine(indexed: dict[str, str]) -> None:
 def test_an_exact_copy_is_at_similarity_one_and_nothing_above(
     indexed: dict[str, str], query: str
 ) -> None:
-    paths = run("search", "", env=indexed).stdout.splitlines()
+    # In this process, through the functions 'sagashi search --like' calls (the CLI itself is
+    # test_like_an_image_file's): a run per image would load the model once per image.
+    settings = Settings(
+        data_dir=Path(indexed["SAGASHI_DATA_DIR"]), model_dir=Path(indexed["SAGASHI_MODEL_DIR"])
+    )
+    engine = open_store(settings)
+    service = search_service(engine, settings)
+    paths = [hit.path for hit in service.search(SearchRequest("", 100)).hits]
+    assert len(paths) == 6
     for path in paths:
-        found = run("search", query, "--like", path, "--json", env=indexed)
-        assert found.returncode == 0, found.stderr
-        hits = [json.loads(line) for line in found.stdout.splitlines()]
-        assert hits[0]["path"] == path and hits[0]["similarity"] == 1.0, hits[0]
-        assert all(-1.0 <= hit["similarity"] < 1.0 for hit in hits[1:]), hits
+        embedding = query_embedding(engine, settings, Path(path))
+        hits = service.search(SearchRequest(query, 100, embedding=embedding)).hits
+        assert hits[0].path == path and hits[0].similarity == 1.0, hits[0]
+        assert all(h.similarity is not None and -1.0 <= h.similarity < 1.0 for h in hits[1:]), hits
+    engine.dispose()
