@@ -57,7 +57,6 @@ def serve(code: Path, root: Path, model: Path) -> Server:
         cwd=code,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        text=True,  # nothing is read; text as tests/support/pixel_bombs.py's Server has it
     )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
     wait_for(lambda: client.get("/readyz").status_code == 200, 120)

@@ -6,11 +6,6 @@ model never imports torch and stays small."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,9 +14,10 @@ from sqlalchemy import text
 
 from app.store import migrate
 from app.store.db import create_db_engine
-from tests.support.cli import SAGASHI, run_sagashi
+from tests.support.cli import run_sagashi
 from tests.support.index_helpers import make_image
-from tests.support.network import free_port, wait_for
+from tests.support.network import free_port
+from tests.support.serve_helpers import serving
 
 HEAD = migrate.scripted_head()
 
@@ -31,30 +27,6 @@ def environment(root: Path, url: str | None, **extra: str) -> dict[str, str]:
     if url is not None:
         values["SAGASHI_DATABASE_URL"] = url
     return values
-
-
-@contextmanager
-def serving(root: Path, env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    """A real 'sagashi serve' (no 'db upgrade' first), its base URL and process id."""
-    port = free_port()
-    log_path = root / "serve.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [SAGASHI, "serve", "--port", str(port)],
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: process.poll() is not None or httpx.get(f"{base}/readyz").is_success)
-        assert process.poll() is None, log_path.read_text()
-        yield base, process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-    output = log_path.read_text()
-    assert "Traceback" not in output, output
 
 
 def schema_of(url: str) -> list[str]:
@@ -134,7 +106,8 @@ def mapped_torch(pid: int) -> list[str]:
 
 def test_serve_creates_the_database_and_serves_without_torch(tmp_path: Path) -> None:
     env = environment(tmp_path, None)
-    with serving(tmp_path, env) as (base, pid):
+    with serving(tmp_path, env) as served:
+        base, pid = served.base, served.process.pid
         ready = httpx.get(f"{base}/readyz").json()
         assert ready["checks"]["index"] == "empty"
         assert ready["checks"]["engine"] == "segments"
@@ -156,7 +129,8 @@ def test_serve_without_a_model_never_loads_torch_and_stays_small(
         env=environment(tmp_path, None, SAGASHI_MODEL_DIR=str(tiny_pixai_dir)),
     )
     assert indexed.returncode == 0, indexed.stderr
-    with serving(tmp_path, environment(tmp_path, None)) as (base, pid):
+    with serving(tmp_path, environment(tmp_path, None)) as served:
+        base, pid = served.base, served.process.pid
         ready = httpx.get(f"{base}/readyz").json()["checks"]
         assert ready["index"] == "8 images" and ready["vectors"] == "flat, 8 vectors"
         hits = httpx.get(f"{base}/api/search", params={"q": "order:id"}).json()["items"]

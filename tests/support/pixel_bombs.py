@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -15,7 +16,7 @@ import httpx
 @dataclass
 class Server:
     client: httpx.Client
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[Any]
 
     def peak_rss(self) -> int:
         """The server process's peak resident memory so far (VmHWM), in bytes."""

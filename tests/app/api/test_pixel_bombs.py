@@ -8,9 +8,6 @@ under the bound docs/reliability.md gives: decode slots x about 12 bytes a pixel
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,9 +17,9 @@ import pytest
 
 from tests.support.api_helpers import make_library
 from tests.support.bad_images import png_bomb
-from tests.support.cli import SAGASHI, run_sagashi
-from tests.support.network import free_port, wait_for
+from tests.support.cli import run_sagashi
 from tests.support.pixel_bombs import Server, upload_all
+from tests.support.serve_helpers import serving
 
 MAX_UPLOAD_PIXELS = 20_000_000
 BYTES_PER_PIXEL_BOUND = 12  # the documented bound per decoded pixel
@@ -52,23 +49,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_pixai_dir: Path) -> It
     for i in range(4):  # large library files: their first thumbnails cost a decode each
         (root / "library" / f"large{i}.png").write_bytes(png_bomb(4_000 + i, 4_000))
     assert run_sagashi("index", str(root / "library"), env=environment).returncode == 0
-    port = free_port()
-    process = subprocess.Popen(
-        [SAGASHI, "serve", "--port", str(port)],
-        env={**os.environ, **environment},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-    try:
-        wait_for(lambda: client.get("/readyz").status_code == 200)
-        yield Server(client, process)
-    finally:
-        client.close()
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-        assert "Traceback" not in output, output
+    with serving(root, environment) as served:
+        client = httpx.Client(base_url=served.base, timeout=60)
+        with client:
+            yield Server(client, served.process)
 
 
 def test_bombs_over_the_upload_limit_are_refused_from_the_header(server: Server) -> None:

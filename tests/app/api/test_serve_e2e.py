@@ -5,9 +5,6 @@ upload, tagging and metrics, all over HTTP."""
 from __future__ import annotations
 
 import base64
-import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +12,9 @@ import httpx
 import pytest
 
 from tests.support.api_helpers import ADMIN_TOKEN, make_library
-from tests.support.cli import SAGASHI, run_sagashi
-from tests.support.network import free_port, wait_for
+from tests.support.cli import run_sagashi
+from tests.support.network import wait_for
+from tests.support.serve_helpers import serving
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -36,26 +34,10 @@ def server(
         "SAGASHI_WORKER_POLL_SECONDS": "0.2",
     }
     assert run_sagashi("db", "upgrade", env=environment).returncode == 0
-    port = free_port()
-    process = subprocess.Popen(
-        [SAGASHI, "serve", "--port", str(port)],
-        env={**os.environ, **environment},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        wait_for(lambda: client.get("/readyz").status_code == 200)
-        yield client, environment, root
-    finally:
-        client.close()
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-        # uvicorn shuts down gracefully, then re-raises SIGTERM as the exit status
-        assert process.returncode in (0, -signal.SIGTERM), output
-        assert "Application shutdown complete" in output, output
-        assert "Traceback" not in output, output
+    with serving(root, environment) as served:
+        client = httpx.Client(base_url=served.base, timeout=30)
+        with client:
+            yield client, environment, root
 
 
 def test_index_search_similar_and_tag_over_http(
