@@ -3,11 +3,13 @@ tests/support/."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.export_helpers import ExportCli
 from tests.support.paths import TESTS
 from tests.support.postgres import postgres_schema_url
 from tests.support.slow import SLOW_MODULES, SLOW_TESTS
@@ -39,6 +41,17 @@ def migrated_url(db_url: str) -> str:
 
     upgrade(db_url)
     return db_url
+
+
+@pytest.fixture
+def export_cli(tmp_path: Path) -> Iterator[ExportCli]:
+    """'sagashi export' in this process on a migrated SQLite database under tmp_path. The
+    command configures logging onto the runner's stderr; it is put back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield ExportCli.under(tmp_path)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -5,7 +5,6 @@ collisions, re-runs, vanished files and hard links across filesystems."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,14 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-import typer
 from sqlalchemy import Engine
-from typer.testing import CliRunner
 
 from app.query import QueryError
-from app.store import migrate
 from app.store.db import create_db_engine
-from indexer.cli_export import EPILOG, export_command
 from indexer.dataset import (
     MANIFEST,
     DatasetOptions,
@@ -31,7 +26,15 @@ from indexer.dataset import (
 from indexer.export import CaptionOptions, EmptyIndexError
 from tests.support.api_helpers import ADMIN_TOKEN, make_library
 from tests.support.cli import run_sagashi
-from tests.support.export_helpers import ALIASES, HU_TAO, MIKU, MIKU_CAPTION, NOTHING, add_images
+from tests.support.export_helpers import (
+    ALIASES,
+    HU_TAO,
+    MIKU,
+    MIKU_CAPTION,
+    NOTHING,
+    ExportCli,
+    add_images,
+)
 from tests.support.serve_helpers import sagashi_serve
 
 HU_TAO_CAPTION = "hu tao (genshin impact), genshin impact, 1girl\n"
@@ -196,57 +199,35 @@ def test_a_bad_query_and_an_empty_index(engine: Engine, tmp_path: Path) -> None:
     assert [e["file_name"] for e in manifest(tmp_path / "t")] == ["pic.png"]
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def test_the_command(tmp_path: Path, restore_logging: None) -> None:
-    url = f"sqlite:///{tmp_path / 'sagashi.db'}"
-    migrate.upgrade(url)
-    cli = typer.Typer(rich_markup_mode=None)
-
-    @cli.callback()
-    def main() -> None:
-        """Sagashi."""
-
-    cli.command("export", epilog=EPILOG)(export_command)
-    env = {"SAGASHI_DATABASE_URL": url, "SAGASHI_DATA_DIR": str(tmp_path / "data")}
-
-    def sagashi(*args: str) -> tuple[int, str]:
-        result = CliRunner().invoke(cli, ["export", *args], env=env)
-        return result.exit_code, result.output
-
+def test_the_command(tmp_path: Path, export_cli: ExportCli) -> None:
     out = tmp_path / "set"
-    code, output = sagashi("--where", "1girl", str(out))
+    code, output = export_cli("--where", "1girl", str(out))
     assert code == 2 and "sagashi: error: the index is empty" in output
-    engine = create_db_engine(url)
+    engine = create_db_engine(export_cli.url)
     paths = library(engine, tmp_path / "art")
     engine.dispose()
-    code, output = sagashi("--where", "((", str(out))
+    code, output = export_cli("--where", "((", str(out))
     assert code == 2 and "sagashi: error: bad --where query at character" in output
-    code, output = sagashi("--images", "copy", "--captions", str(out))
+    code, output = export_cli("--images", "copy", "--captions", str(out))
     assert code == 2 and "--images needs a dataset folder" in output
-    code, output = sagashi("--captions", str(out), str(out))
+    code, output = export_cli("--captions", str(out), str(out))
     assert code == 2 and "give either DIR" in output
 
-    code, output = sagashi("--where", "hatsune_miku", "--images", "hardlink", str(out))
+    code, output = export_cli("--where", "hatsune_miku", "--images", "hardlink", str(out))
     assert code == 0, output
     assert listing(out) == [MANIFEST, "pic.png", "pic.txt"]
     assert "exported 1 matching images" in output and "images written" in output
     paths["hutao"].unlink()
-    code, output = sagashi("--where", "1girl", str(out))
+    code, output = export_cli("--where", "1girl", str(out))
     assert code == 1, output
     assert f"failed: {paths['hutao']}: not_found" in output
-    code, output = sagashi("--where", "1girl", str(out))
+    code, output = export_cli("--where", "1girl", str(out))
     assert output.count("name taken") == 0 and code == 1
 
     # --where also narrows the captions-only export
-    code, output = sagashi("--where", "hu_tao_(genshin_impact)", "--captions", str(tmp_path / "c"))
+    code, output = export_cli(
+        "--where", "hu_tao_(genshin_impact)", "--captions", str(tmp_path / "c")
+    )
     assert code == 0, output
     assert [p.name for p in (tmp_path / "c").rglob("*.txt")] == ["pic.txt"]
     assert (tmp_path / "c" / "pic.txt").read_text() == HU_TAO_CAPTION  # root: art/b

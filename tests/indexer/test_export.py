@@ -6,7 +6,6 @@ caption is known exactly and no model is needed.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -14,15 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from sqlalchemy import Engine, select
-from typer.testing import CliRunner
 
-from app.store import migrate
 from app.store import repository as repo
 from app.store.db import create_db_engine, session_factory
 from app.store.models import Image
-from indexer.cli_export import EPILOG, export_command
 from indexer.export import (
     CaptionOptions,
     EmptyIndexError,
@@ -32,7 +27,15 @@ from indexer.export import (
     parse_order,
     tag_names,
 )
-from tests.support.export_helpers import ALIASES, HU_TAO, MIKU, MIKU_CAPTION, NOTHING, add_images
+from tests.support.export_helpers import (
+    ALIASES,
+    HU_TAO,
+    MIKU,
+    MIKU_CAPTION,
+    NOTHING,
+    ExportCli,
+    add_images,
+)
 
 
 @pytest.fixture
@@ -254,50 +257,24 @@ def test_caption_options_are_checked() -> None:
         CaptionOptions(threshold_copyright=1.5)
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """The command configures logging onto the runner's stderr; put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def test_cli_exit_codes_and_messages(tmp_path: Path, restore_logging: None) -> None:
-    url = f"sqlite:///{tmp_path / 'sagashi.db'}"
-    migrate.upgrade(url)
-    cli = typer.Typer(rich_markup_mode=None)
-
-    @cli.callback()
-    def main() -> None:
-        """Sagashi."""
-
-    cli.command("export", epilog=EPILOG)(export_command)
-    env = {"SAGASHI_DATABASE_URL": url, "SAGASHI_DATA_DIR": str(tmp_path / "data")}
-    runner = CliRunner()
-
-    def run(*args: str) -> tuple[int, str]:
-        result = runner.invoke(cli, ["export", *args], env=env)
-        return result.exit_code, result.output
-
+def test_cli_exit_codes_and_messages(tmp_path: Path, export_cli: ExportCli) -> None:
     out, art = tmp_path / "captions", tmp_path / "art"
-    assert "Example: sagashi export --captions ./captions" in run("--help")[1]
-    code, output = run("--captions", str(out))
+    assert "Example: sagashi export --captions ./captions" in export_cli("--help")[1]
+    code, output = export_cli("--captions", str(out))
     assert code == 2
     assert "sagashi: error: the index is empty; run 'sagashi index' first" in output
-    engine = create_db_engine(url)
+    engine = create_db_engine(export_cli.url)
     add_images(engine, {art / "miku.png": MIKU, art / "sub" / "hutao.png": HU_TAO})
     engine.dispose()
 
-    code, output = run("--captions", str(out), "--order", "character,bogus")
+    code, output = export_cli("--captions", str(out), "--order", "character,bogus")
     assert code == 2
     assert "sagashi: error: --order: unknown group 'bogus'" in output
-    code, output = run("--layout", "beside", "--captions", str(out))
+    code, output = export_cli("--layout", "beside", "--captions", str(out))
     assert code == 2 and "leave out --captions DIR" in output
 
     args = ("--deny", "doughnut,long hair", "--underscores", "--order", "character,general")
-    code, output = run("--captions", str(out), *args)
+    code, output = export_cli("--captions", str(out), *args)
     assert code == 0, output
     assert files_under(out) == {
         "miku.txt": "hatsune_miku, 1girl, twintails, ^_^\n",
@@ -308,6 +285,6 @@ def test_cli_exit_codes_and_messages(tmp_path: Path, restore_logging: None) -> N
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "sub").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    code, output = run("--captions", str(broken))
+    code, output = export_cli("--captions", str(broken))
     assert code == 1
     assert f"failed: {art / 'sub' / 'hutao.png'}: outside" in output

@@ -1,20 +1,25 @@
 """An index written through the repository from chosen scores, so every caption an export
-writes is known exactly and no model is needed."""
+writes is known exactly and no model is needed; and 'sagashi export' run in this process."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import typer
 from sqlalchemy import Engine
+from typer.testing import CliRunner
 
+from app.store import migrate
 from app.store import repository as repo
 from app.store.db import session_factory
 from app.tagger.preprocess import Preprocess
 from app.tagger.protocol import ModelInfo
 from app.tagger.vocab import GROUP_CODE, TagVocabulary
+from indexer.cli_export import EPILOG, export_command
 
 NAMES = (
     "1girl",
@@ -95,3 +100,30 @@ def add_images(engine: Engine, images: Mapping[Path | str, Mapping[str, float]])
         ids = repo.write_images(session, generation.id, items)
         session.commit()
     return ids
+
+
+@dataclass(frozen=True)
+class ExportCli:
+    """'sagashi export' through Typer's runner, on a migrated SQLite database (``url``)."""
+
+    url: str
+    data_dir: Path
+
+    @classmethod
+    def under(cls, root: Path) -> ExportCli:
+        url = f"sqlite:///{root / 'sagashi.db'}"
+        migrate.upgrade(url)
+        return cls(url, root / "data")
+
+    def __call__(self, *args: str) -> tuple[int, str]:
+        """The exit code and the output (stdout and stderr) of ``sagashi export *args``."""
+        cli = typer.Typer(rich_markup_mode=None)
+
+        @cli.callback()
+        def main() -> None:
+            """Sagashi."""
+
+        cli.command("export", epilog=EPILOG)(export_command)
+        env = {"SAGASHI_DATABASE_URL": self.url, "SAGASHI_DATA_DIR": str(self.data_dir)}
+        result = CliRunner().invoke(cli, ["export", *args], env=env)
+        return result.exit_code, result.output
