@@ -88,7 +88,7 @@ def test_killed_workers_resume_the_job_without_loss_or_duplicates(
             claimed = record is not None and record.attempts == attempt
             return claimed and live_images(engine) >= target
 
-        step_until(worker, reached, 0.05)
+        step_until(worker, reached, 0.005)
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
         committed = live_images(engine)

@@ -35,7 +35,7 @@ def index_until_killed(root: Path, env: dict[str, str], url: str, kill_at: int) 
     """Start an index run and kill -9 it once at least ``kill_at`` images are committed.
     Returns the exit status and the number of images committed when it died."""
     process = kill_when(
-        ["index", str(root)], env, lambda: live_count(url) >= kill_at, 0.05, paced=True
+        ["index", str(root)], env, lambda: live_count(url) >= kill_at, 0.005, paced=True
     )
     return process.returncode, live_count(url)
 

@@ -5,7 +5,9 @@ Watching a free-running process by polling kills it late by however much it does
 poll, and on a loaded CI machine the watcher can lose the CPU for far longer than its poll
 (a run then finishes its last batch before the kill lands). ``paced`` runs it in short
 slices instead, stopped (SIGSTOP) while ``ready()`` is checked, so the kill lands within
-one slice of the moment chosen whatever the load."""
+one slice of the moment chosen whatever the load. The slice must be short: with the tiny
+test model a run commits a batch of 8 in a few milliseconds (slices of 50 ms let a kill
+meant for image 80 land after all 160)."""
 
 from __future__ import annotations
 
