@@ -345,7 +345,14 @@ def connect(ray: Any, options: RayOptions) -> None:
         probe(options.address)
     try:
         if options.address == "local":
-            ray.init(num_cpus=options.local_cpus or None, include_dashboard=False, **quiet)
+            # "local" said, not left out: without an address Ray joins the cluster RAY_ADDRESS
+            # names, or one 'ray start' left running on this machine.
+            ray.init(
+                address="local",
+                num_cpus=options.local_cpus or None,
+                include_dashboard=False,
+                **quiet,
+            )
         else:
             ray.init(address=options.address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:

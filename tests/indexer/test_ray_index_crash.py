@@ -1,6 +1,11 @@
 """Kill -9 the driver of ``sagashi index --ray local`` while it tags, change a file a shard
 describes, rerun: the index equals a clean local run of the files as they are, with nothing
-lost or duplicated, and the rerun took what the killed runs left in whole shards."""
+lost or duplicated, and the rerun took what the killed runs left in whole shards.
+
+On PostgreSQL only, the database a Ray cluster's nodes share: what a killed driver leaves
+and how the rerun takes it up go through the same code on either database, and
+test_ray_index.py runs Ray's index on both. RAY_ADDRESS names a cluster that is not there:
+'--ray local' starts its own Ray whatever the environment says."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,6 +33,7 @@ from tests.support.index_helpers import (
     make_image,
     snapshot,
 )
+from tests.support.postgres import postgres_schema_url
 
 pytest.importorskip("ray")
 
@@ -80,6 +87,11 @@ def kill_once_shards_land(root: Path, env: dict[str, str], data_dir: Path) -> li
     return sorted(shards.glob("*/*.parquet"))
 
 
+@pytest.fixture
+def db_url() -> Iterator[str]:
+    yield from postgres_schema_url()
+
+
 def test_a_killed_driver_leaves_whole_shards_and_a_rerun_completes_exactly(
     db_url: str, tmp_path: Path, tiny_pixai_dir: Path
 ) -> None:
@@ -88,7 +100,7 @@ def test_a_killed_driver_leaves_whole_shards_and_a_rerun_completes_exactly(
         make_image(root / f"{i // 40}" / f"{i:04d}.png", seed=i)
     migrate.upgrade(db_url)
     data_dir = tmp_path / "data"
-    env = environment(db_url, data_dir, tiny_pixai_dir)
+    env = {**environment(db_url, data_dir, tiny_pixai_dir), "RAY_ADDRESS": "127.0.0.1:1"}
 
     left: list[Path] = []
     for _ in range(2):
