@@ -39,6 +39,8 @@ from tests.support.index_helpers import failed, index_locally
 from tests.support.ray_helpers import assert_same, collection, settings_for
 
 pytest.importorskip("ray")
+# Ray starts clusters and reads the process table: one xdist worker runs every Ray test.
+pytestmark = pytest.mark.xdist_group("ray")
 
 RAY = str(Path(sys.executable).with_name("ray"))
 

@@ -26,11 +26,13 @@ from tests.support.index_helpers import failed, index_locally, make_image
 from tests.support.ray_helpers import IMAGES, assert_same, collection, settings_for
 
 ray = pytest.importorskip("ray")
+# Ray starts clusters and reads the process table: one xdist worker runs every Ray test.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -36,6 +36,8 @@ from tests.support.index_helpers import (
 from tests.support.postgres import postgres_schema_url
 
 pytest.importorskip("ray")
+# Ray starts clusters and reads the process table: one xdist worker runs every Ray test.
+pytestmark = pytest.mark.xdist_group("ray")
 
 IMAGES = 160
 

@@ -37,6 +37,8 @@ from tests.support.index_helpers import failed
 from tests.support.tag_dataset_helpers import IMAGES, collection, rows_in, settings_for
 
 moto_server = pytest.importorskip("moto.server")
+# Ray starts clusters and reads the process table: one xdist worker runs every Ray test.
+pytestmark = pytest.mark.xdist_group("ray")
 
 BUCKET = "art-bucket"
 
@@ -158,7 +160,8 @@ def test_an_s3_prefix_on_ray_tags_as_its_files_on_disk(
     tmp_path: Path, tiny_pixai_dir: Path, s3_endpoint: str
 ) -> None:
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # env set: workers S3
+    # the environment is set: the workers reach S3
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         tagger = open_tagger(tiny_pixai_dir, "cpu", 1)
         options = RayOptions("local", tiny_pixai_dir, "cpu", threads=1, actors=1)
