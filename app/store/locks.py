@@ -3,7 +3,10 @@
 Two concurrent runs over the same collection would race on the same paths. The lock is
 held by the operating system or the database server for the life of the process, so a run
 killed with -9 never leaves a stale lock: SQLite uses an flock on a file beside the
-database, PostgreSQL a session-level advisory lock on a dedicated connection.
+database, PostgreSQL a session-level advisory lock on a dedicated connection. PostgreSQL's
+advisory locks belong to the whole database, not to a schema: each key is taken within the
+schema the connection works in (its search_path), so that installations in two schemas of
+one database (or two tests at once) never hold each other's locks.
 
 A queued job that only reads the index (an export) runs without that lock, under a lease
 of its own job (:func:`job_lease`, held the same two ways), so that whoever settles dead
@@ -24,8 +27,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import SagashiError
 
-ADVISORY_KEY = 0x5A6A_5368  # "Sagashi writer"
-LEASE_CLASS = 0x5A6A_4A62  # "Sagashi job": pg_advisory_lock(LEASE_CLASS, job id)
+# pg_advisory_lock(class, key): the class is a hash of the lock's kind and the schema, the
+# key 0 for the writer and the job's id for a lease.
+_CLASS = "hashtext(:kind || current_schema())"
+WRITER_KIND = "sagashi writer:"
+LEASE_KIND = "sagashi job:"
 # A run killed a moment ago may still hold the lock while the server notices its socket
 # closed; waiting this long covers that without making a real conflict slow to report.
 WAIT_SECONDS = 5.0
@@ -81,10 +87,7 @@ def _advisory_lock(engine: Engine, wait: float) -> Iterator[None]:
     with engine.connect() as connection:
 
         def attempt() -> bool:
-            query = text("select pg_try_advisory_lock(:k)")
-            acquired = bool(connection.execute(query, {"k": ADVISORY_KEY}).scalar())
-            connection.commit()
-            return acquired
+            return _advisory(connection, "pg_try_advisory_lock", WRITER_KIND, 0)
 
         if not _retry(attempt, wait):
             raise WriterBusy(BUSY)
@@ -92,8 +95,16 @@ def _advisory_lock(engine: Engine, wait: float) -> Iterator[None]:
             yield
         finally:
             with suppress(SQLAlchemyError):  # a dead server has already dropped the lock
-                connection.execute(text("select pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
-                connection.commit()
+                _advisory(connection, "pg_advisory_unlock", WRITER_KIND, 0)
+
+
+def _advisory(connection: Connection, function: str, kind: str, key: int) -> bool:
+    """``function(class, key)`` (try-lock or unlock) with the class of ``kind`` in this
+    connection's schema; committed, so no transaction stays open on the lock's connection."""
+    query = text(f"select {function}({_CLASS}, :key)")
+    done = bool(connection.execute(query, {"kind": kind, "key": key}).scalar())
+    connection.commit()
+    return done
 
 
 def _retry(attempt: Callable[[], bool], wait: float) -> bool:
@@ -118,9 +129,7 @@ def job_lease(engine: Engine, job_id: int) -> Iterator[bool]:
             finally:
                 if mine:
                     with suppress(SQLAlchemyError):
-                        query = text("select pg_advisory_unlock(:c, :j)")
-                        connection.execute(query, {"c": LEASE_CLASS, "j": job_id})
-                        connection.commit()
+                        _advisory(connection, "pg_advisory_unlock", LEASE_KIND, job_id)
         return
     path = _lease_path(engine, job_id)
     if path is None:
@@ -146,9 +155,7 @@ def lease_held(engine: Engine, job_id: int) -> bool:
         with engine.connect() as connection:
             if not _try_lease(connection, job_id):
                 return True
-            query = text("select pg_advisory_unlock(:c, :j)")
-            connection.execute(query, {"c": LEASE_CLASS, "j": job_id})
-            connection.commit()
+            _advisory(connection, "pg_advisory_unlock", LEASE_KIND, job_id)
             return False
     path = _lease_path(engine, job_id)
     if path is None:
@@ -179,10 +186,7 @@ def _is_at(fd: int, path: Path) -> bool:
 
 
 def _try_lease(connection: Connection, job_id: int) -> bool:
-    query = text("select pg_try_advisory_lock(:c, :j)")
-    acquired = bool(connection.execute(query, {"c": LEASE_CLASS, "j": job_id}).scalar())
-    connection.commit()
-    return acquired
+    return _advisory(connection, "pg_try_advisory_lock", LEASE_KIND, job_id)
 
 
 def _lease_path(engine: Engine, job_id: int) -> Path | None:
