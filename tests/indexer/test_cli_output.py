@@ -25,7 +25,9 @@ def run_in_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     the progress bar is live. Returns the exit status and everything written."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: the terminal is its stdout and stderr
-        os.execve(SAGASHI, [SAGASHI, *args], {**os.environ, "COLUMNS": "150", **env})
+        # wide: a log line naming a file under pytest-xdist's longer temporary folders
+        # would wrap at 150 columns, and its end land on a line of its own
+        os.execve(SAGASHI, [SAGASHI, *args], {**os.environ, "COLUMNS": "400", **env})
     chunks = []
     while True:
         try:
