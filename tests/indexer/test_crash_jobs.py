@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
 from app.store.db import create_db_engine, session_factory
 from app.store.job_records import enqueue, get_job
@@ -22,6 +22,7 @@ from app.store.models import Embedding, Image, ImageTag
 from tests.support.api_helpers import make_library
 from tests.support.cli import SAGASHI, run_sagashi
 from tests.support.crash import step_until
+from tests.support.index_helpers import live_images
 from tests.support.network import free_port, wait_for
 from tests.support.postgres import postgres_schema_url
 
@@ -58,14 +59,6 @@ def start(*args: str, environment: dict[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def live_images(engine: Engine) -> int:
-    with session_factory(engine)() as session:
-        count = session.scalar(
-            select(func.count()).select_from(Image).where(Image.deleted_at.is_(None))
-        )
-        return int(count or 0)
 
 
 def test_killed_workers_resume_the_job_without_loss_or_duplicates(

@@ -15,7 +15,7 @@ from tests.support.crash import kill_when
 from tests.support.index_helpers import (
     assert_same_index,
     faiss_state,
-    live_count,
+    live_images,
     make_image,
     snapshot,
 )
@@ -34,10 +34,16 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def index_until_killed(root: Path, env: dict[str, str], url: str, kill_at: int) -> tuple[int, int]:
     """Start an index run and kill -9 it once at least ``kill_at`` images are committed.
     Returns the exit status and the number of images committed when it died."""
-    process = kill_when(
-        ["index", str(root)], env, lambda: live_count(url) >= kill_at, 0.005, paced=True
-    )
-    return process.returncode, live_count(url)
+    engine = create_db_engine(url)  # one for the hundreds of checks of a paced run
+    try:
+
+        def ready() -> bool:
+            return live_images(engine) >= kill_at
+
+        process = kill_when(["index", str(root)], env, ready, 0.005, paced=True)
+        return process.returncode, live_images(engine)
+    finally:
+        engine.dispose()
 
 
 def test_kill_minus_nine_then_resume_equals_a_clean_run(

@@ -80,10 +80,15 @@ def stored_vector(state: Mapping[str, object]) -> np.ndarray:
 def live_count(url: str) -> int:
     engine = create_db_engine(url)
     try:
-        with session_factory(engine)() as session:
-            return int(session.scalar(select(func.count()).where(Image.deleted_at.is_(None))) or 0)
+        return live_images(engine)
     finally:
         engine.dispose()
+
+
+def live_images(engine: Engine) -> int:
+    """Images not deleted (one engine for many checks: a crash test's, every few ms)."""
+    with session_factory(engine)() as session:
+        return int(session.scalar(select(func.count()).where(Image.deleted_at.is_(None))) or 0)
 
 
 def faiss_state(url: str, data_dir: Path) -> dict[str, np.ndarray]:
