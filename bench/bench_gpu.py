@@ -14,8 +14,10 @@ head, in PixAI's file layout; --tiny: the test suite's tiny model):
    with the compile time;
 3. each variant's scores against fp32 on real-size generated images: max and mean absolute
    probability difference, top-10 agreement, least embedding cosine;
-4. the readers alone (threads against processes) and the GPU JPEG decoder (torchvision's
-   ``decode_jpeg`` on the device, batched) with its score difference against Pillow;
+4. the readers alone (threads against processes), the CPU cost of a PNG by stage (hashing,
+   Pillow's decode, the resize to model size; one thread) and the PNG-only read rate, and
+   the GPU JPEG decoder (torchvision's ``decode_jpeg`` on the device, batched) with its
+   score difference against Pillow;
 5. ``sagashi index`` end to end (Indexer on SQLite, FAISS build excluded) with the default
    path (reader threads, JPEGs decoded on the GPU, bf16 compiled and fused, two staging
    threads) on the mixed folder and on a JPEG-only one, and with one staging thread
@@ -54,8 +56,10 @@ from PIL import Image
 from app.store import migrate
 from app.store.aliases import load_aliases
 from app.store.db import create_db_engine
+from app.store.digests import of_bytes
 from app.tagger import TimmTagger
 from app.tagger.batching import predict_stacked
+from app.tagger.decode import decode_with_meta
 from app.tagger.forward import ForwardOptions
 from bench.bench_tagger import build_random_pixai
 from bench.common import machine
@@ -204,6 +208,27 @@ def reader_rate(spec: ReadSpec, files: list[Path], workers: int, processes: bool
     return done / (time.perf_counter() - started)
 
 
+def png_stages(spec: ReadSpec, pngs: list[Path]) -> dict[str, float]:
+    """Milliseconds of one CPU thread per PNG in each stage of the readers' CPU path: what
+    decoding PNGs on the CPU costs, and what resizing them elsewhere would save."""
+    spent = {"hash_ms": 0.0, "decode_ms": 0.0, "resize_ms": 0.0}
+    for path in pngs:
+        data = path.read_bytes()
+        started = time.perf_counter()
+        of_bytes(data)
+        hashed = time.perf_counter()
+        image, _ = decode_with_meta(data, max_pixels=spec.max_pixels)
+        image.load()
+        loaded = time.perf_counter()
+        spec.preprocess.pixels(image)
+        done = time.perf_counter()
+        spent["hash_ms"] += hashed - started
+        spent["decode_ms"] += loaded - hashed
+        spent["resize_ms"] += done - loaded
+    stages = {name: round(1000 * value / len(pngs), 1) for name, value in spent.items()}
+    return {**stages, "total_ms": round(sum(stages.values()), 1), "files": len(pngs)}
+
+
 def nvjpeg(tagger: TimmTagger, jpegs: list[Path], batch: int) -> dict[str, float]:
     """torchvision's GPU JPEG decoder, batched, resized and normalised on the GPU, against
     the Pillow path's pixels for the same files."""
@@ -278,6 +303,8 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated section names to skip")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the index sections")
     args = parser.parse_args()
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     started = time.perf_counter()
     results: dict[str, Any] = {"machine": machine(), "args": vars(args)}
@@ -361,6 +388,10 @@ def main() -> None:
         section(
             "read_processes_img_s", lambda: round(reader_rate(spec, files[:512], workers, True), 1)
         )
+        pngs = [f for f in files if f.suffix == ".png"]
+        section("png_stages", lambda: png_stages(spec, pngs[:32]))
+        png_rate = partial(reader_rate, spec, pngs[:256], workers, False)
+        section("read_png_threads_img_s", lambda: round(png_rate(), 1))
         if device.startswith("cuda"):
             section("nvjpeg", lambda: nvjpeg(models["bf16_compiled"], jpegs[:512], batch))
         fastest = ["bf16_compiled_fused", "bf16_compiled", "bf16"]
