@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,19 @@ def add_images(engine: Engine, images: Mapping[Path | str, Mapping[str, float]])
     return ids
 
 
+@cache
+def export_app() -> typer.Typer:
+    """A Typer app with the real 'export' command alone (built once: it holds no state)."""
+    cli = typer.Typer(rich_markup_mode=None)
+
+    @cli.callback()
+    def main() -> None:
+        """Sagashi."""
+
+    cli.command("export", epilog=EPILOG)(export_command)
+    return cli
+
+
 @dataclass(frozen=True)
 class ExportCli:
     """'sagashi export' through Typer's runner, on a migrated SQLite database (``url``)."""
@@ -117,13 +131,6 @@ class ExportCli:
 
     def __call__(self, *args: str) -> tuple[int, str]:
         """The exit code and the output (stdout and stderr) of ``sagashi export *args``."""
-        cli = typer.Typer(rich_markup_mode=None)
-
-        @cli.callback()
-        def main() -> None:
-            """Sagashi."""
-
-        cli.command("export", epilog=EPILOG)(export_command)
         env = {"SAGASHI_DATABASE_URL": self.url, "SAGASHI_DATA_DIR": str(self.data_dir)}
-        result = CliRunner().invoke(cli, ["export", *args], env=env)
+        result = CliRunner().invoke(export_app(), ["export", *args], env=env)
         return result.exit_code, result.output
