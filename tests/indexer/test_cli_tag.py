@@ -19,7 +19,7 @@ from app.tagger.decode import decode_image
 from app.tagger.model import locate_model_files
 from app.tagger.timm_tagger import preprocess_for
 from tests.support.cli import run_sagashi
-from tests.support.tag_records import tag_records
+from tests.support.tag_records import TagResult, tag_records
 from tests.support.tiny_models import direct_forward
 
 
@@ -121,44 +121,21 @@ def test_folder_is_searched_recursively_and_bad_files_are_reported(
             assert item["group"] in ("general", "character", "copyright")
 
 
+def results_of(model_dir: Path, image: str, *options: str) -> list[TagResult]:
+    """The tags ``sagashi tag IMAGE --model-dir DIR *options`` prints for one image."""
+    result = run("tag", image, "--model-dir", str(model_dir), *options)
+    return tag_records(result.stdout)[0]["results"]
+
+
 def test_thresholds_and_top_k_apply(tiny_pixai_dir: Path, images: Path) -> None:
     image = str(images / "a.png")
-    loose = tag_records(
-        run(
-            "tag",
-            image,
-            "--model-dir",
-            str(tiny_pixai_dir),
-            "--threshold-general",
-            "0",
-            "--threshold-character",
-            "0",
-        ).stdout
-    )[0]["results"]
-    strict = tag_records(
-        run(
-            "tag",
-            image,
-            "--model-dir",
-            str(tiny_pixai_dir),
-            "--threshold-general",
-            "0.9",
-            "--threshold-character",
-            "0.9",
-        ).stdout
-    )[0]["results"]
-    top3 = tag_records(
-        run(
-            "tag",
-            image,
-            "--model-dir",
-            str(tiny_pixai_dir),
-            "--threshold-general",
-            "0",
-            "--top-k",
-            "3",
-        ).stdout
-    )[0]["results"]
+    loose = results_of(
+        tiny_pixai_dir, image, "--threshold-general", "0", "--threshold-character", "0"
+    )
+    strict = results_of(
+        tiny_pixai_dir, image, "--threshold-general", "0.9", "--threshold-character", "0.9"
+    )
+    top3 = results_of(tiny_pixai_dir, image, "--threshold-general", "0", "--top-k", "3")
     assert all(r["score"] >= 0.9 for r in strict)
     assert len(strict) < len(loose)
     assert len([r for r in top3 if r["group"] != "copyright"]) == 3
@@ -200,24 +177,11 @@ def test_caption_format(tiny_pixai_dir: Path, images: Path) -> None:
 
 def test_deny_list_from_a_file(tiny_pixai_dir: Path, images: Path, tmp_path: Path) -> None:
     image = str(images / "a.png")
-    everything = tag_records(
-        run("tag", image, "--model-dir", str(tiny_pixai_dir), "--threshold-general", "0").stdout
-    )[0]["results"]
+    everything = results_of(tiny_pixai_dir, image, "--threshold-general", "0")
     first = next(r["tag"] for r in everything if r["group"] == "general")
     deny = tmp_path / "deny.txt"
     deny.write_text(f"{first}\n")
-    denied = tag_records(
-        run(
-            "tag",
-            image,
-            "--model-dir",
-            str(tiny_pixai_dir),
-            "--threshold-general",
-            "0",
-            "--deny",
-            f"@{deny}",
-        ).stdout
-    )[0]["results"]
+    denied = results_of(tiny_pixai_dir, image, "--threshold-general", "0", "--deny", f"@{deny}")
     assert first not in [r["tag"] for r in denied]
     assert len(denied) == len(everything) - 1
 
