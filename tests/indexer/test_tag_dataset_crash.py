@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pyarrow.parquet as pq
 from app.store import migrate
 from app.store.db import create_db_engine
 from indexer.shards import shard_paths
-from tests.support.cli import SAGASHI, environment
+from tests.support.cli import environment, index_run, run_sagashi
 from tests.support.crash import kill_when
 from tests.support.index_helpers import assert_same_index, make_image, snapshot
 
@@ -67,13 +66,8 @@ def test_a_killed_run_leaves_whole_shards_and_a_rerun_completes_exactly(
     changed = Path(described[0])
     make_image(changed, seed=10_000)
 
-    result = subprocess.run(
-        [SAGASHI, "tag-dataset", str(root), "--out", str(out), "--shard-rows", "8", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    result = run_sagashi(
+        "tag-dataset", str(root), "--out", str(out), "--shard-rows", "8", "--json", env=env
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -84,14 +78,7 @@ def test_a_killed_run_leaves_whole_shards_and_a_rerun_completes_exactly(
         assert (row["size"], row["mtime_ns"]) == (facts.st_size, facts.st_mtime_ns)
 
     clean_out = tmp_path / "clean"
-    clean = subprocess.run(
-        [SAGASHI, "tag-dataset", str(root), "--out", str(clean_out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    clean = run_sagashi("tag-dataset", str(root), "--out", str(clean_out), env=env)
     assert clean.returncode == 0, clean.stderr[-3000:]
     want = rows_by_path(clean_out)
     for path, row in got.items():
@@ -106,25 +93,11 @@ def test_a_killed_run_leaves_whole_shards_and_a_rerun_completes_exactly(
 
     # Imported, the rerun's shards give the index 'sagashi index' builds.
     migrate.upgrade(url)
-    imported = subprocess.run(
-        [SAGASHI, "import", str(out), "--model-dir", str(tiny_pixai_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    imported = run_sagashi("import", str(out), "--model-dir", str(tiny_pixai_dir), env=env)
     assert imported.returncode == 0, imported.stderr[-3000:]
     index_url = f"sqlite:///{tmp_path / 'index.sqlite'}"
     migrate.upgrade(index_url)
-    indexed = subprocess.run(
-        [SAGASHI, "index", str(root)],
-        env=environment(index_url, tmp_path / "index-data", tiny_pixai_dir),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    indexed = index_run(root, environment(index_url, tmp_path / "index-data", tiny_pixai_dir))
     assert indexed.returncode == 0, indexed.stderr[-3000:]
     engines = [create_db_engine(url), create_db_engine(index_url)]
     try:
