@@ -27,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -562,6 +564,19 @@ def ray_options(settings: Any, address: str, actors: int) -> RayOptions:
     )
 
 
+@contextmanager
+def results_kept(on_ray: bool = True) -> Iterator[None]:
+    """Standard output kept for the command's results ('--json', paths) while Ray runs: its
+    driver prints what the raylet reports (a worker that died, say) to sys.stdout, which
+    put a line of Ray's before the JSON of 'sagashi index --ray ... --json'. In the block,
+    those lines go to stderr with the logs."""
+    if not on_ray:
+        yield
+        return
+    with redirect_stdout(sys.stderr):
+        yield
+
+
 def preflight(options: RayOptions) -> None:
     """Ray installed and the address answering, before the database or the model is
     opened: either fails with a one-line :class:`RayUnavailable`."""
@@ -627,7 +642,8 @@ def index_paths(
     params = {"paths": [str(p) for p in paths], "model": tagger.info.name, "ray": options.address}
     with tracked(engine, "index", params, "indexing", "files") as run:
         try:
-            summary = run_index(engine, settings, tagger, paths, run, options)
+            with results_kept():
+                summary = run_index(engine, settings, tagger, paths, run, options)
         except jobs.JobStopped as exc:
             abort(run, str(exc))
             raise

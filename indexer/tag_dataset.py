@@ -45,7 +45,7 @@ from indexer.export import CaptionOptions, parse_order, tag_names
 from indexer.forwarding import InFlight
 from indexer.object_store import ObjectReader, ObjectReaders, is_uri, list_objects, open_stores
 from indexer.pipeline import IndexOptions, Loaded, loaded_from
-from indexer.ray_tagging import RayOptions, ShardWriter, tag_on_ray
+from indexer.ray_tagging import RayOptions, ShardWriter, results_kept, tag_on_ray
 from indexer.scan import Found, Problem, walk
 from indexer.shard_captions import CaptionWriter
 from indexer.shards import (
@@ -572,7 +572,8 @@ def run_command(
             bar.update(task, completed=done, total=total, rate=rate)
 
         try:
-            summary = tag_dataset(tagger, index, sources, options, report)
+            with results_kept(options.ray is not None):
+                summary = tag_dataset(tagger, index, sources, options, report)
         except Exception as exc:
             if not type(exc).__module__.startswith("ray"):
                 raise

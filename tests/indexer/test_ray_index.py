@@ -210,3 +210,20 @@ def test_options_follow_the_settings(tmp_path: Path, tiny_pixai_dir: Path) -> No
         3,
         forward=options.forward,
     )
+
+
+def test_what_ray_reports_during_a_run_stays_off_standard_output(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The driver prints the raylet's reports (a worker that died) with this function of
+    Ray's; on standard output they once broke the JSON of 'sagashi index --ray --json'."""
+    from ray._private.worker import print_to_stdstream
+
+    from indexer.ray_tagging import results_kept
+
+    report = {"lines": ["A worker died or was killed"], "pid": "raylet", "is_err": False}
+    with results_kept():
+        print_to_stdstream(report, ignore_prefix=False)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "A worker died or was killed" in err
