@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "autocast"] = Field(
         default="auto",
         description="Model weights' precision: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, "
-        "or autocast (fp32 weights under bf16 autocast).",
+        "or autocast (fp32 weights under bf16 autocast). ONNX models on OpenVINO (the "
+        "openvino extra) compute in bf16 unless this is fp32.",
     )
     compile: Literal["auto", "on", "off"] = Field(
         default="auto",

@@ -16,6 +16,12 @@ Variants (each timed in every round, after torch, in the same process):
   (0/1: fp32 compute on dequantised weights, 4: int8 compute, VNNI where the CPU has it).
 * ``--fused``: the fp32 graph through onnxruntime.transformers' optimizer (model type vit),
   with the fusions it made.
+* ``--openvino``: ONNX Runtime's OpenVINO provider (onnxruntime-openvino installed in place
+  of onnxruntime, the ``openvino`` extra) on the fp32 export, in bf16 (what Sagashi runs by
+  default there) and in f32. With it installed, the ``onnxruntime_fp32`` baseline is still
+  the default CPU provider.
+* ``--drift-images N``: the drift figures over N real images (in batches of 8, first round
+  only), not only the timed 8.
 * ``--rounds 2`` times torch and every variant again, alternating, on a shared machine.
 * ``--profile``: where ONNX Runtime fp32 spends one batch-1 call, by operator.
 * ``--work DIR`` keeps the checkpoint, the export and the variants, and reuses them.
@@ -26,6 +32,7 @@ path's against fp32: scores within 0.0025, embedding cosine at least 0.99997).
     python -m bench.bench_onnx                  # about 8 minutes on 2 cores
     python -m bench.bench_onnx --repeats 1 --skip-int8
     python -m bench.bench_onnx --nbits 8:32:4 4:32:4 --fused --rounds 2 --work /tmp/bench-onnx
+    python -m bench.bench_onnx --skip-int8 --openvino --drift-images 32 --rounds 2
 """
 
 from __future__ import annotations
@@ -38,15 +45,19 @@ import os
 import tempfile
 import time
 from collections import Counter
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
 
 from app.store.repository import GenerationIdentity
+from app.tagger import onnx_tagger
 from app.tagger.batching import prepare
-from app.tagger.onnx_tagger import OnnxTagger, graph_operators
+from app.tagger.forward import Precision
+from app.tagger.onnx_tagger import CPU, OnnxTagger, graph_operators
 from app.tagger.preprocess import normalise_one
 from app.tagger.protocol import Prediction, Tagger
 from app.tagger.timm_tagger import TimmTagger
@@ -59,6 +70,8 @@ REAL_IMAGES = SHARED_DATA / "images" / "sdeval_anime"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # The drift one index generation accepts: the GPU bf16 path's against fp32 (docs/benchmarks.md).
 YARDSTICK_SCORE, YARDSTICK_COSINE = 0.0025, 0.99997
+# The OpenVINO variants: the fp32 export on OpenVINO, at each precision Sagashi can ask for.
+OPENVINO_VARIANTS: dict[str, Precision] = {"openvino_bf16": "auto", "openvino_f32": "fp32"}
 
 
 class MeasuredOnnxTagger(OnnxTagger):
@@ -266,11 +279,37 @@ def real_pixels(tagger: Tagger, count: int) -> list[np.ndarray]:
     return prepared
 
 
+def onnx_variant(name: str, directory: Path, threads: int) -> Tagger:
+    """A loaded ONNX variant: OpenVINO's on that provider at its precision, every other on
+    the default CPU provider, even where onnxruntime-openvino is installed."""
+    precision = OPENVINO_VARIANTS.get(name, "fp32")
+    tagger = MeasuredOnnxTagger(directory, "cpu", threads, precision=precision)
+    default_provider: AbstractContextManager[Any] = nullcontext()
+    if name not in OPENVINO_VARIANTS:
+        default_provider = mock.patch.object(
+            onnx_tagger, "session_providers", lambda *args, **kwargs: [CPU]
+        )
+    with default_provider:
+        tagger.load()
+    return tagger
+
+
+def predict_all(tagger: Tagger, images: torch.Tensor, first: Prediction) -> Prediction:
+    """``first`` (the timed batch of 8) followed by the rest of ``images`` in batches of 8."""
+    parts = [first] + [tagger.predict(images[i : i + 8]) for i in range(8, len(images), 8)]
+    return Prediction(
+        probs=np.concatenate([p.probs for p in parts]),
+        embeddings=np.concatenate([p.embeddings for p in parts]),
+    )
+
+
 def measure(tagger: Tagger, batch: torch.Tensor, repeats: int) -> tuple[float, float, Prediction]:
-    """Images/s of predict() at batch 1 (after one warm-up call) and at batch 8, and the
-    batch-8 prediction, kept for the drift figures (no forward is spent twice)."""
+    """Images/s of predict() at batch 1 and at batch 8, each after one warm-up call at its
+    size (OpenVINO prepares each new input shape on its first call), and the batch-8
+    prediction, kept for the drift figures."""
     one = batch[:1]
     tagger.predict(one)
+    tagger.predict(batch[:8])
     started = time.perf_counter()
     for _ in range(repeats):
         tagger.predict(one)
@@ -316,6 +355,10 @@ def main() -> None:
         "int8 compute; 1: fp32)",
     )
     parser.add_argument("--fused", action="store_true", help="the transformers-optimised graph")
+    parser.add_argument("--openvino", action="store_true", help="OpenVINO's provider, bf16 and f32")
+    parser.add_argument(
+        "--drift-images", type=int, default=8, help="real images in the drift figures"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="alternating timed rounds")
     parser.add_argument("--profile", action="store_true", help="ONNX fp32 time by operator")
     parser.add_argument("--work", type=Path, help="keep and reuse models here (default: temp)")
@@ -323,7 +366,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     threads = args.threads or torch.get_num_threads()
-    results: dict[str, Any] = {"machine": machine(), "threads": threads, "images": 8}
+    images = max(8, args.drift_images)
+    results: dict[str, Any] = {"machine": machine(), "threads": threads, "images": images}
     results["int8_per_channel"] = args.per_channel
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
         work = args.work or Path(tmp)
@@ -344,9 +388,9 @@ def main() -> None:
             torch_tagger.info
         ) or _differences(same, GenerationIdentity.of(torch_tagger.info))
         del onnx_tagger
-        batch = batches(torch_tagger, 8)
-        results["real_images"] = len(real_pixels(torch_tagger, 8)) == 8
-        results["image_files"] = [str(p.relative_to(REAL_IMAGES)) for p in real_images()[:8]]
+        batch = batches(torch_tagger, images)
+        results["real_images"] = len(real_pixels(torch_tagger, images)) == images
+        results["image_files"] = [str(p.relative_to(REAL_IMAGES)) for p in real_images()[:images]]
         if args.profile:
             results["onnx_fp32_profile"] = profile(work / "onnx" / "model.onnx", batch, threads)
         # torch stays loaded; each ONNX model is loaded for its turn and dropped after it, so
@@ -358,10 +402,10 @@ def main() -> None:
             for name in names:
                 tagger: Tagger = torch_tagger
                 if name != "torch_fp32":
-                    directory = dict(onnx_models)[name]
-                    tagger = MeasuredOnnxTagger(directory, "cpu", threads)
-                    tagger.load()
-                rate_1, rate_8, outputs[name] = measure(tagger, batch, args.repeats)
+                    tagger = onnx_variant(name, dict(onnx_models)[name], threads)
+                rate_1, rate_8, timed = measure(tagger, batch, args.repeats)
+                if round_ == 0:  # the drift figures: every image, once
+                    outputs[name] = predict_all(tagger, batch, timed)
                 del tagger
                 for size, rate in ((1, rate_1), (8, rate_8)):
                     results.setdefault(f"{name}_b{size}_img_s_rounds", []).append(round(rate, 3))
@@ -409,6 +453,8 @@ def _variants(
     """The ONNX variants asked for, made (or reused from --work) from the fp32 export."""
     source = work / "onnx"
     made: list[tuple[str, Path]] = []
+    if args.openvino:
+        made += [(name, source) for name in OPENVINO_VARIANTS]
     if args.fused:
         target = work / "fused"
         if not (target / "model.onnx").exists():

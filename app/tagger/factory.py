@@ -82,7 +82,8 @@ def create_tagger(
     if isinstance(files, OnnxFiles):
         from app.tagger.onnx_tagger import OnnxTagger
 
-        return OnnxTagger(model_dir, device, threads, embeddings)
+        precision = (forward or ForwardOptions()).precision
+        return OnnxTagger(model_dir, device, threads, embeddings, precision)
     from app.tagger.timm_tagger import TimmTagger
 
     return TimmTagger(model_dir, device, threads, forward)

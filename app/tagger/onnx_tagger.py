@@ -11,11 +11,16 @@ probabilities and the L2-normalised pooled embedding, per image, for a preproces
   probabilities. It has no embedding output, so it can tag but not index.
 
 CPUExecutionProvider by default, with every core (``SAGASHI_TORCH_THREADS`` caps it);
-CUDAExecutionProvider when ``onnxruntime-gpu`` is installed and a GPU answers.
+CUDAExecutionProvider when ``onnxruntime-gpu`` is installed and a GPU answers;
+OpenVINOExecutionProvider on the CPU when ``onnxruntime-openvino`` is installed (the
+``openvino`` extra). OpenVINO computes in bf16 on CPUs with bf16 instructions (AVX512_BF16,
+AMX) unless ``SAGASHI_PRECISION=fp32``: 2.1-2.2x torch fp32 on the development machine, with
+the drift one index generation accepts (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import mmap
 import time
@@ -27,6 +32,7 @@ import numpy as np
 
 from app.tagger.config import ModelConfig
 from app.tagger.errors import ModelLoadError
+from app.tagger.forward import Precision
 from app.tagger.layouts import OnnxFiles, locate_layout
 from app.tagger.preprocess import ImagePreprocess, Preprocess
 from app.tagger.protocol import ModelInfo, Prediction
@@ -52,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
 # WD's own ONNX models take BGR pixels in 0..255: normalising with mean 0, std 1/255 keeps them.
 WD_RAW_STD = (1 / 255,) * 3
 
@@ -60,12 +67,18 @@ class OnnxTagger:
     """Load with :meth:`load`, then call :meth:`predict` on preprocessed batches."""
 
     def __init__(
-        self, model_dir: Path, device: str = "auto", threads: int = 0, embeddings: bool = True
+        self,
+        model_dir: Path,
+        device: str = "auto",
+        threads: int = 0,
+        embeddings: bool = True,
+        precision: Precision = "auto",
     ) -> None:
         self.model_dir = Path(model_dir)
         self.device_name = device
         self.threads = threads
         self.embeddings = embeddings
+        self.precision = precision
         self.device = "cpu"
         self.published_thresholds: dict[str, float] = {}
         self._session: Any = None
@@ -73,6 +86,7 @@ class OnnxTagger:
         self._vocab: TagVocabulary | None = None
         self._preprocess: ImagePreprocess | None = None
         self._info: ModelInfo | None = None
+        self.rows_per_run = 0
 
     def load(self) -> None:
         started = time.perf_counter()
@@ -80,7 +94,9 @@ class OnnxTagger:
         if not isinstance(files, OnnxFiles):
             raise ModelLoadError(f"{self.model_dir} holds no model.onnx")
         vocab = self._vocabulary(files)
-        session, provider = open_session(files.model, self.device_name, self.threads)
+        session, provider = open_session(
+            files.model, self.device_name, self.threads, self.precision
+        )
         if self.embeddings:
             self.refuse_quantised(session, files.model)
         io = inspect_io(session, files, len(vocab), self.embeddings)
@@ -91,6 +107,10 @@ class OnnxTagger:
                 f"inputs but {files.model.name} takes {io.size}px"
             )
         self._session, self._io, self._vocab, self._preprocess = session, io, vocab, preprocess
+        # OpenVINO runs EVA02-Large faster one image at a time than eight at once (0.39 against
+        # 0.32 images/s in bf16), and holds the activations of a whole dynamic batch: 7.2 GB
+        # of memory at one image, 13.2 GB at eight (docs/benchmarks.md).
+        self.rows_per_run = 1 if provider.startswith(OPENVINO) else 0
         self.device = "cuda" if provider == CUDA else "cpu"
         self._info = ModelInfo(
             name=self.model_dir.resolve().name,
@@ -171,7 +191,7 @@ class OnnxTagger:
         if io.channels_last:
             inputs = np.ascontiguousarray(inputs.transpose(0, 2, 3, 1))
         names = [io.scores] + ([io.embedding] if io.embedding else [])
-        outputs = session.run(names, {io.input: inputs})
+        outputs = self._run(session, names, io.input, inputs)
         scores = np.asarray(outputs[0], dtype=np.float32).reshape(len(inputs), -1)
         if scores.shape[1] != len(vocab):
             raise ModelLoadError(
@@ -185,6 +205,19 @@ class OnnxTagger:
         else:
             embeddings = np.zeros((len(inputs), 0), dtype=np.float32)
         return Prediction(probs=probs, embeddings=embeddings)
+
+    def _run(
+        self, session: Any, names: list[str], input_name: str, inputs: np.ndarray
+    ) -> list[Any]:
+        """The graph over ``inputs``, in runs of ``rows_per_run`` rows (0: all at once)."""
+        rows = self.rows_per_run
+        if not rows or len(inputs) <= rows:
+            return list(session.run(names, {input_name: inputs}))
+        runs = [
+            session.run(names, {input_name: inputs[i : i + rows]})
+            for i in range(0, len(inputs), rows)
+        ]
+        return [np.concatenate([run[k] for run in runs]) for k in range(len(names))]
 
 
 class _Io:
@@ -209,13 +242,17 @@ class _Io:
         self.embedding_dim = embedding_dim
 
 
-def open_session(model: Path, device: str, threads: int) -> tuple[Any, str]:
-    """An InferenceSession on the requested device, and the provider that runs it."""
+def open_session(
+    model: Path, device: str, threads: int, precision: Precision = "auto", openvino: bool = True
+) -> tuple[Any, str]:
+    """An InferenceSession on the requested device, and the provider that runs it (named
+    with its precision where the provider has a choice: ``OpenVINOExecutionProvider bf16``)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:  # a dependency, but say so plainly if it is broken
         raise ModelLoadError(f"cannot import onnxruntime ({exc}); pip install onnxruntime") from exc
-    providers = _providers(device, ort.get_available_providers())
+    available = [p for p in ort.get_available_providers() if openvino or p != OPENVINO]
+    providers = session_providers(device, available, threads, precision)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = max(0, threads)
@@ -224,26 +261,66 @@ def open_session(model: Path, device: str, threads: int) -> tuple[Any, str]:
     try:
         session = ort.InferenceSession(str(model), options, providers=providers)
     except Exception as exc:  # ORT raises its own exception types for bad graphs
-        raise ModelLoadError(f"{model}: not a loadable ONNX model ({_first_line(exc)})") from exc
+        if OPENVINO not in (p[0] if isinstance(p, tuple) else p for p in providers):
+            raise ModelLoadError(
+                f"{model}: not a loadable ONNX model ({_first_line(exc)})"
+            ) from exc
+        # OpenVINO compiles the graph itself and refuses some that the default provider
+        # runs (ONNX Runtime's dynamic int8 operators): run those there, as without it.
+        log.warning(
+            "%s: OpenVINO cannot compile this graph (%.200s); running it on %s",
+            model,
+            _first_line(exc),
+            CPU,
+        )
+        return open_session(model, "cpu", threads, precision, openvino=False)
     provider = session.get_providers()[0]
     if device.startswith("cuda") and provider != CUDA:
         raise ModelLoadError(
             f"device {device!r} requested but ONNX Runtime has no working CUDA here "
             "(pip install onnxruntime-gpu on a machine with an NVIDIA GPU)"
         )
+    if provider == OPENVINO:
+        return session, f"{provider} {openvino_precision(precision)}"
     return session, provider
 
 
-def _providers(device: str, available: list[str]) -> list[Any]:
-    if device == "cpu" or CUDA not in available:
-        if device.startswith("cuda"):
-            raise ModelLoadError(
-                f"device {device!r} requested but onnxruntime has no CUDAExecutionProvider "
-                "(install the 'gpu' extra: pip install 'sagashi[gpu]')"
-            )
-        return [CPU]
-    device_id = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
-    return [(CUDA, {"device_id": device_id}), CPU]
+def session_providers(
+    device: str, available: list[str], threads: int = 0, precision: Precision = "auto"
+) -> list[Any]:
+    """The providers to ask ONNX Runtime for, in order: CUDA for a GPU device, else OpenVINO
+    when installed, else the default CPU provider (always last, for any node the first
+    cannot run)."""
+    if device != "cpu" and CUDA in available:
+        device_id = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+        return [(CUDA, {"device_id": device_id}), CPU]
+    if device.startswith("cuda"):
+        raise ModelLoadError(
+            f"device {device!r} requested but onnxruntime has no CUDAExecutionProvider "
+            "(install the 'gpu' extra: pip install 'sagashi[gpu]')"
+        )
+    if OPENVINO in available:
+        return [(OPENVINO, openvino_options(threads, precision)), CPU]
+    return [CPU]
+
+
+def openvino_precision(precision: Precision) -> str:
+    """OpenVINO's inference precision for a ``SAGASHI_PRECISION``: bf16 unless fp32 is asked
+    for (its scores stay within the drift an index generation accepts, as the GPU's bf16 do;
+    OpenVINO computes in f32 anyway on a CPU without bf16 instructions)."""
+    return "f32" if precision == "fp32" else "bf16"
+
+
+def openvino_options(threads: int, precision: Precision) -> dict[str, str]:
+    """The OpenVINO provider's options: its CPU device, the precision hint, the threads."""
+    hint = openvino_precision(precision)
+    options = {
+        "device_type": "CPU",
+        "load_config": json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": hint}}),
+    }
+    if threads > 0:
+        options["num_of_threads"] = str(threads)
+    return options
 
 
 QUANTISER = "onnx.quantize"  # the producer name ONNX Runtime's quantisation tools write

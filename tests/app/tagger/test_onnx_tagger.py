@@ -15,7 +15,14 @@ from torch import nn
 
 from app.tagger.errors import ModelLoadError
 from app.tagger.factory import open_tagger
-from app.tagger.onnx_tagger import QUANTISED_OPS, QUANTISER, OnnxTagger, graph_operators
+from app.tagger.onnx_tagger import (
+    CPU,
+    OPENVINO,
+    QUANTISED_OPS,
+    QUANTISER,
+    OnnxTagger,
+    graph_operators,
+)
 from app.tagger.timm_tagger import TimmTagger
 from tests.support import bad_images as bad
 from tests.support.cli import run_sagashi
@@ -55,6 +62,8 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def tag_all(model_dir: Path, files: list[Path], *extra: str) -> list[TagRecord]:
+    """Every tag of every file; in fp32, which OpenVINO's provider (where installed) would
+    otherwise run in bf16."""
     code, out, err = run(
         "tag",
         *map(str, files),
@@ -69,9 +78,21 @@ def tag_all(model_dir: Path, files: list[Path], *extra: str) -> list[TagRecord]:
         "--batch-size",
         "3",
         *extra,
+        env={"SAGASHI_PRECISION": "fp32"},
     )
     assert code in (0, 1), err
     return tag_records(out)
+
+
+def default_provider() -> str:
+    """The CPU provider an ONNX model runs on here: OpenVINO's, at its default bf16, where
+    onnxruntime-openvino is installed (tests/app/tagger/test_onnx_openvino.py), else ONNX
+    Runtime's own."""
+    import onnxruntime
+
+    if OPENVINO in onnxruntime.get_available_providers():
+        return f"{OPENVINO} bf16"
+    return CPU
 
 
 def scores(record: TagRecord) -> dict[tuple[str, str], float]:
@@ -129,7 +150,7 @@ def test_model_info_names_layout_and_runtime(pixai_onnx: Path, wd_onnx: Path) ->
     assert code == 0, err
     info = json.loads(out)
     assert info["layout"] == "PixAI v0.9 ONNX (deepghs export)"
-    assert info["runtime"] == "onnxruntime CPUExecutionProvider"
+    assert info["runtime"] == f"onnxruntime {default_provider()}"
     assert info["groups"] == {"general": 12, "character": 4}
     assert info["characters_with_copyright"] == 4  # from the ips column
     assert info["embedding_dim"] == 32
@@ -155,7 +176,7 @@ def test_onnx_and_pth_are_one_generation(tiny_pixai_dir: Path, pixai_onnx: Path)
         b.embedding_dim,
         b.preprocess_description(),
     )
-    assert (a.runtime, b.runtime) == ("torch cpu", "onnxruntime CPUExecutionProvider")
+    assert (a.runtime, b.runtime) == ("torch cpu", f"onnxruntime {default_provider()}")
 
 
 def copy_layout(source: Path, target: Path) -> Path:
