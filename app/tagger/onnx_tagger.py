@@ -14,7 +14,7 @@ CPUExecutionProvider by default, with every core (``SAGASHI_TORCH_THREADS`` caps
 CUDAExecutionProvider when ``onnxruntime-gpu`` is installed and a GPU answers;
 OpenVINOExecutionProvider on the CPU when ``onnxruntime-openvino`` is installed (the
 ``openvino`` extra). OpenVINO computes in bf16 on CPUs with bf16 instructions (AVX512_BF16,
-AMX) unless ``SAGASHI_PRECISION=fp32``: 2.1-2.2x torch fp32 on the development machine, with
+AMX) unless ``SAGASHI_PRECISION=fp32``: 1.5-2.0x torch fp32 on the development machine, with
 the drift one index generation accepts (docs/benchmarks.md).
 """
 
