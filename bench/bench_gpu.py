@@ -15,12 +15,14 @@ head, in PixAI's file layout; --tiny: the test suite's tiny model):
 3. each variant's scores against fp32 on real-size generated images: max and mean absolute
    probability difference, top-10 agreement, least embedding cosine;
 4. the readers alone (threads against processes), the CPU cost of a PNG by stage (hashing,
-   Pillow's decode, the resize to model size; one thread) and the PNG-only read rate, and
-   the GPU JPEG decoder (torchvision's ``decode_jpeg`` on the device, batched) with its
-   score difference against Pillow;
+   Pillow's decode, the resize to model size; one thread) and the PNG-only read rate, alone
+   and beside a busy Python thread with the readers' GIL changes undone and as they are
+   (bench.gil), and the GPU JPEG decoder (torchvision's ``decode_jpeg`` on the device,
+   batched) with its score difference against Pillow;
 5. ``sagashi index`` end to end (Indexer on SQLite, FAISS build excluded) with the default
    path (reader threads, JPEGs decoded on the GPU, bf16 compiled and fused, two staging
-   threads) on the mixed folder and on a JPEG-only one, and with one staging thread
+   threads) on the mixed folder (also with the readers' GIL changes undone) and on a
+   JPEG-only one, and with one staging thread
    (--repeat N rounds of these, alternated); a full reindex of the same files (FAISS build
    included); then the index at batch 128, with reader processes, with JPEGs decoded by
    the readers, and with the earlier path (autocast, threads, no compile). Each index line
@@ -61,6 +63,7 @@ from app.tagger import TimmTagger
 from app.tagger.batching import predict_stacked
 from app.tagger.decode import decode_with_meta
 from app.tagger.forward import ForwardOptions
+from bench import gil
 from bench.bench_tagger import build_random_pixai
 from bench.common import machine
 from indexer import forwarding
@@ -206,6 +209,16 @@ def reader_rate(spec: ReadSpec, files: list[Path], workers: int, processes: bool
     started = time.perf_counter()
     done = sum(r.error is None for r in readers.map((str(p), None) for p in files))
     return done / (time.perf_counter() - started)
+
+
+def beside_busy(spec: ReadSpec, files: list[Path], workers: int) -> dict[str, float]:
+    """Reader threads' images/s beside one busy Python thread (the writer's stand-in), with
+    the readers' GIL changes undone (before) and as they are (now): bench.gil."""
+    rates = {}
+    for name in ("before", "now"):
+        with gil.variant(name), gil.Busy(1):
+            rates[name] = round(reader_rate(spec, files, workers, False), 1)
+    return rates
 
 
 def png_stages(spec: ReadSpec, pngs: list[Path]) -> dict[str, float]:
@@ -392,6 +405,7 @@ def main() -> None:
         section("png_stages", lambda: png_stages(spec, pngs[:32]))
         png_rate = partial(reader_rate, spec, pngs[:256], workers, False)
         section("read_png_threads_img_s", lambda: round(png_rate(), 1))
+        section("read_png_threads_beside_busy", lambda: beside_busy(spec, pngs[:256], workers))
         if device.startswith("cuda"):
             section("nvjpeg", lambda: nvjpeg(models["bf16_compiled"], jpegs[:512], batch))
         fastest = ["bf16_compiled_fused", "bf16_compiled", "bf16"]
@@ -408,12 +422,14 @@ def main() -> None:
             device_jpeg: bool | None = None,
             where: Path = folder,
             stagers: int = 2,
+            readers_as: str = "now",
         ) -> dict[str, Any]:
             forwarding.STAGERS = stagers
             try:
-                rate, options, url = index_rate(
-                    tagger, where, work, name, tagger.forward.batch_size, processes, device_jpeg
-                )
+                with gil.variant(readers_as):
+                    rate, options, url = index_rate(
+                        tagger, where, work, name, tagger.forward.batch_size, processes, device_jpeg
+                    )
             finally:
                 forwarding.STAGERS = 2
             last.update(options=options, url=url)
@@ -421,6 +437,7 @@ def main() -> None:
 
         variants: dict[str, dict[str, Any]] = {
             "index_default": {},
+            "index_default_gil_before": {"readers_as": "before"},
             "index_jpegs": {"where": jpeg_folder},
             "index_jpegs_one_stager": {"where": jpeg_folder, "stagers": 1},
         }

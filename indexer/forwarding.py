@@ -16,11 +16,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from app.tagger.batching import Pixels, Staged, predict_staged, stage
 from app.tagger.protocol import Prediction, Tagger
+from indexer.switch_interval import short_switch_interval
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,6 +79,9 @@ class InFlight(Generic[T]):
         # Batches kept in flight: one in each model, and one more per extra staging thread.
         self.limit = self.depth + STAGERS - 1
         self.timings = Timings()
+        # The staging threads give the GIL up in every torch call: see the module named.
+        self._interval = ExitStack()
+        self._interval.enter_context(short_switch_interval())
 
     def submit(self, items: list[T], pixels: Sequence[Pixels]) -> None:
         """Start the forward of one batch, then write the oldest ones beyond the limit."""
@@ -121,6 +126,7 @@ class InFlight(Generic[T]):
         self.stager.shutdown(wait=True, cancel_futures=True)
         self.model.shutdown(wait=True, cancel_futures=True)
         self.queue.clear()
+        self._interval.close()
         if self.timings.batches:
             log.debug("in flight: %s", self.timings.line())
 

@@ -35,6 +35,7 @@ from app.tagger.batching import ordered_map
 from app.tagger.errors import ImageDecodeError
 from indexer.reading import Read, ReadSpec, decode_bytes
 from indexer.scan import Found, Problem, has_image_extension
+from indexer.switch_interval import short_switch_interval
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection
@@ -229,7 +230,10 @@ class ObjectReaders:
         def read(task: tuple[str, tuple[int, int] | None]) -> Read:
             return self.reader.read(self.spec, *task)
 
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="sagashi-object") as pool:
+        with (
+            short_switch_interval(),  # they decode as the file readers do
+            ThreadPoolExecutor(self.workers, thread_name_prefix="sagashi-object") as pool,
+        ):
             for _task, result in ordered_map(pool, read, tasks, self.workers * 2):
                 yield result
 

@@ -4,7 +4,8 @@ Two implementations of one interface, picked once per run:
 
 * :class:`ThreadReaders` (the default): a thread pool. Pillow and hashlib release the GIL
   while they decode and hash; on a 16-core H200 host threads read 166 img/s against the
-  processes' 108, and the index ran faster with them (docs/benchmarks.md).
+  processes' 108, and the index ran faster with them (docs/benchmarks.md). While they run,
+  the interpreter's switch interval is 1 ms instead of 5 (:mod:`indexer.switch_interval`).
 * :class:`ProcessReaders` (SAGASHI_READ_PROCESSES=on): worker processes, which never take
   the GIL from the model thread between kernel launches. Each reader handles one file at a
   time and sends back the (S, S, 3) uint8 pixels (a quarter of the float tensor's bytes). A
@@ -32,6 +33,7 @@ from typing import Protocol
 from app.tagger.batching import ordered_map
 from app.tagger.errors import ImageDecodeError
 from indexer.reading import Read, ReadSpec, read_file
+from indexer.switch_interval import short_switch_interval
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,10 @@ class ThreadReaders:
         def read(task: Task) -> Read:
             return read_file(self.spec, *task)
 
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="sagashi-read") as pool:
+        with (
+            short_switch_interval(),
+            ThreadPoolExecutor(self.workers, thread_name_prefix="sagashi-read") as pool,
+        ):
             for _task, result in ordered_map(pool, read, tasks, self.lookahead):
                 yield result
 

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from app.tagger import pillow_notes
 from app.tagger.errors import ImageDecodeError
+from app.tagger.png_idat import coalesce_idat
 from app.text import article
 
 DraftRequest = Callable[[int, int], tuple[int, int] | None]
@@ -51,6 +52,12 @@ _DECODE_FAILURES = (
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 _PILLOW_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+# Pillow hands its decoders 64 KiB at a time and takes the GIL back after each call: a
+# wait of up to the switch interval each time while another thread runs Python (see
+# app.tagger.png_idat). The whole file in one call, up to this much (the readers already
+# hold the file in memory; the cap bounds the copy for a file decoded from disk).
+DECODE_BLOCK_MAX = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ def decode_with_meta(
         if not source:
             raise ImageDecodeError("empty", "empty file (0 bytes)")
         with pillow_notes.noting("an image given as bytes"):
-            return _decode_stream(io.BytesIO(source), max_pixels, draft)
+            return _decode_stream(io.BytesIO(coalesce_idat(source)), max_pixels, draft)
     try:
         if not isinstance(source, (str, os.PathLike)):
             return _decode_open_file(source, max_pixels, draft)
@@ -123,13 +130,17 @@ def _decode_open_file(
     if info.st_size == 0:
         raise ImageDecodeError("empty", "empty file (0 bytes)")
     stream.seek(0)
-    return _decode_stream(stream, max_pixels, draft)
+    return _decode_stream(stream, max_pixels, draft, info.st_size)
 
 
 def _decode_stream(
-    stream: IO[bytes], max_pixels: int, draft: DraftRequest | None
+    stream: IO[bytes], max_pixels: int, draft: DraftRequest | None, size: int | None = None
 ) -> tuple[Image.Image, SourceMeta]:
+    """Decode from ``stream`` (``size`` bytes long; None: an in-memory stream, measured)."""
     _let_configured_limit_apply(max_pixels)
+    if size is None:
+        size = stream.seek(0, io.SEEK_END)
+        stream.seek(0)
     try:
         image = Image.open(stream)
     except Image.DecompressionBombError as exc:
@@ -156,17 +167,20 @@ def _decode_stream(
             request = draft(width, height)
             if request is not None:
                 image.draft(image.mode, request)
+        image.decodermaxblock = max(ImageFile.MAXBLOCK, min(size, DECODE_BLOCK_MAX))
         try:
             image.seek(0)
             image.load()
-            upright = ImageOps.exif_transpose(image)
+            upright = _upright(image)
             rotated = upright.size != image.size
             meta = SourceMeta(
                 height if rotated else width,
                 width if rotated else height,
                 (image.format or "unknown").lower(),  # see app.store.formats for aliases
             )
-            return to_rgb(upright), meta
+            rgb = to_rgb(upright)
+            # ``image`` is closed on leaving this block: hand back an image of our own.
+            return (rgb.copy() if rgb is image else rgb), meta
         except Image.DecompressionBombError as exc:
             raise _pillow_bomb_error(exc, max_pixels) from exc
         except OSError as exc:
@@ -175,6 +189,15 @@ def _decode_stream(
             raise ImageDecodeError("corrupt", f"cannot decode image data: {exc}") from exc
         except _DECODE_FAILURES as exc:
             raise ImageDecodeError("corrupt", f"cannot decode image data: {exc}") from exc
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; the image itself when there is none
+    to apply (``ImageOps.exif_transpose`` would copy it, a whole frame for nothing)."""
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    if orientation in range(2, 9):
+        return ImageOps.exif_transpose(image)
+    return image
 
 
 def _let_configured_limit_apply(max_pixels: int) -> None:

@@ -1,0 +1,69 @@
+"""The readers' GIL changes, undone on demand, and a busy Python thread to measure them
+beside: shared by bench_reader_gil and bench_gpu.
+
+Variants of the same code:
+
+* ``before``: a PNG goes to its decoder one IDAT chunk (8-64 KiB) per call and a JPEG
+  64 KiB per call, CPython's 5 ms switch interval;
+* ``one_call``: ``app.tagger.decode`` hands the whole file over in one call (PNG chunks
+  joined by ``app.tagger.png_idat``), still 5 ms;
+* ``now``: one call, and the readers' 1 ms switch interval
+  (``indexer.switch_interval``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from unittest import mock
+
+from app.tagger import decode
+from indexer import switch_interval
+
+VARIANTS = ("before", "one_call", "now")
+
+
+@contextmanager
+def variant(name: str) -> Iterator[None]:
+    """The code as it is (now), or with the readers' changes undone (see the docstring)."""
+    with ExitStack() as stack:
+        if name == "before":
+            stack.enter_context(mock.patch.object(decode, "DECODE_BLOCK_MAX", 0))
+            stack.enter_context(mock.patch.object(decode, "coalesce_idat", lambda data: data))
+        if name in ("before", "one_call"):
+            stack.enter_context(mock.patch.object(switch_interval, "SWITCH_INTERVAL_S", 0.005))
+        stack.enter_context(switch_interval.short_switch_interval())
+        yield
+
+
+class Busy:
+    """A thread running Python until stopped, counting its loops: the writer's share of the
+    GIL in a real run, and what the readers' waits cost it."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.stopped = threading.Event()
+        self.loops = 0
+        self.workers: list[threading.Thread] = []
+
+    def _run(self) -> None:
+        loops = 0
+        while not self.stopped.is_set():
+            for _ in range(1000):
+                loops += 1
+        self.loops += loops
+
+    def __enter__(self) -> Busy:
+        self.workers = [threading.Thread(target=self._run) for _ in range(self.threads)]
+        for worker in self.workers:
+            worker.start()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        for worker in self.workers:
+            worker.join()
+        self.rate = self.loops / (time.perf_counter() - self.started)
