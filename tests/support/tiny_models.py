@@ -237,6 +237,16 @@ def pixai_preprocess_json(size: int) -> str:
     return json.dumps({"stages": stages}, sort_keys=True, ensure_ascii=False, indent=4)
 
 
+def openvino_installed() -> bool:
+    """Whether ONNX Runtime here has OpenVINO's provider (onnxruntime-openvino, the
+    'openvino' extra): ONNX models then run on it by default, in bf16."""
+    import onnxruntime
+
+    from app.tagger.onnx_tagger import OPENVINO
+
+    return OPENVINO in onnxruntime.get_available_providers()
+
+
 def build_tiny_pixai_onnx(directory: Path, seed: int = 0) -> Path:
     """The tiny PixAI network (same weights as build_tiny_pixai's seed) in the deepghs
     export layout: model.onnx, selected_tags.csv (with ips), preprocess.json,

@@ -26,7 +26,7 @@ from app.tagger.onnx_tagger import (
 )
 from app.tagger.protocol import Prediction, Tagger
 from tests.support.cli import run_sagashi
-from tests.support.tiny_models import TINY_SIZE, build_tiny_pixai_onnx
+from tests.support.tiny_models import TINY_SIZE, build_tiny_pixai_onnx, openvino_installed
 
 ALL = [CUDA, OPENVINO, CPU]
 
@@ -70,14 +70,8 @@ def test_a_batch_run_in_parts_equals_the_batch_at_once(pixai_onnx: Path) -> None
     np.testing.assert_allclose(parts.embeddings, whole.embeddings, atol=1e-6)
 
 
-def _openvino_installed() -> bool:
-    import onnxruntime
-
-    return OPENVINO in onnxruntime.get_available_providers()
-
-
 needs_openvino = pytest.mark.skipif(
-    not _openvino_installed(),
+    not openvino_installed(),
     reason="onnxruntime-openvino is not installed (the 'openvino' extra, in place of onnxruntime)",
 )
 

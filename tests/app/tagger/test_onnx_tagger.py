@@ -34,6 +34,7 @@ from tests.support.tiny_models import (
     build_tiny_pixai_onnx,
     build_tiny_wd_onnx,
     export_onnx,
+    openvino_installed,
     tiny_pixai_network,
 )
 
@@ -88,11 +89,7 @@ def default_provider() -> str:
     """The CPU provider an ONNX model runs on here: OpenVINO's, at its default bf16, where
     onnxruntime-openvino is installed (tests/app/tagger/test_onnx_openvino.py), else ONNX
     Runtime's own."""
-    import onnxruntime
-
-    if OPENVINO in onnxruntime.get_available_providers():
-        return f"{OPENVINO} bf16"
-    return CPU
+    return f"{OPENVINO} bf16" if openvino_installed() else CPU
 
 
 def scores(record: TagRecord) -> dict[tuple[str, str], float]:
