@@ -216,7 +216,7 @@ def beside_busy(spec: ReadSpec, files: list[Path], workers: int) -> dict[str, fl
     the readers' GIL changes undone (before) and as they are (now): bench.gil."""
     rates = {}
     for name in ("before", "now"):
-        with gil.variant(name), gil.Busy(1):
+        with gil.variant(name), gil.Busy():
             rates[name] = round(reader_rate(spec, files, workers, False), 1)
     return rates
 

@@ -60,7 +60,7 @@ WD_GEOMETRY = Preprocess(448, "pad", "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
 def busy_rate_alone(seconds: float = 1.0) -> float:
-    with Busy(1) as busy:
+    with Busy() as busy:
         time.sleep(seconds)
     return busy.rate
 
@@ -81,7 +81,7 @@ def per_file(name: str, datas: list[bytes], draft: bool, alone_rate: float) -> d
             started = time.perf_counter()
             decode_to_pixels(datas, draft)
             alone = (time.perf_counter() - started) / len(datas)
-            with Busy(1) as busy:
+            with Busy() as busy:
                 started = time.perf_counter()
                 decode_to_pixels(datas, draft)
                 beside = (time.perf_counter() - started) / len(datas)
@@ -96,7 +96,7 @@ def per_file(name: str, datas: list[bytes], draft: bool, alone_rate: float) -> d
 
 def readers_rate(files: list[Path], workers: int, name: str) -> float:
     spec = ReadSpec(WD_GEOMETRY, 10**9, True)
-    with variant(name), Busy(1):
+    with variant(name), Busy():
         pool = ThreadReaders(spec, workers, workers * 4)
         started = time.perf_counter()
         done = sum(r.error is None for r in pool.map((str(p), None) for p in files))

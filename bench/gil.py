@@ -42,28 +42,22 @@ class Busy:
     """A thread running Python until stopped, counting its loops: the writer's share of the
     GIL in a real run, and what the readers' waits cost it."""
 
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
+    def __init__(self) -> None:
         self.stopped = threading.Event()
         self.loops = 0
-        self.workers: list[threading.Thread] = []
+        self.worker = threading.Thread(target=self._run)
 
     def _run(self) -> None:
-        loops = 0
         while not self.stopped.is_set():
             for _ in range(1000):
-                loops += 1
-        self.loops += loops
+                self.loops += 1
 
     def __enter__(self) -> Busy:
-        self.workers = [threading.Thread(target=self._run) for _ in range(self.threads)]
-        for worker in self.workers:
-            worker.start()
+        self.worker.start()
         self.started = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stopped.set()
-        for worker in self.workers:
-            worker.join()
+        self.worker.join()
         self.rate = self.loops / (time.perf_counter() - self.started)

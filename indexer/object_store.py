@@ -25,17 +25,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from app.errors import SagashiError
-from app.tagger.batching import ordered_map
 from app.tagger.errors import ImageDecodeError
+from indexer.readers import read_in_threads
 from indexer.reading import Read, ReadSpec, decode_bytes
 from indexer.scan import Found, Problem, has_image_extension
-from indexer.switch_interval import short_switch_interval
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection
@@ -230,12 +228,7 @@ class ObjectReaders:
         def read(task: tuple[str, tuple[int, int] | None]) -> Read:
             return self.reader.read(self.spec, *task)
 
-        with (
-            short_switch_interval(),  # they decode as the file readers do
-            ThreadPoolExecutor(self.workers, thread_name_prefix="sagashi-object") as pool,
-        ):
-            for _task, result in ordered_map(pool, read, tasks, self.workers * 2):
-                yield result
+        return read_in_threads(read, tasks, self.workers, self.workers * 2, "sagashi-object")
 
 
 def open_stores(uris: Sequence[str]) -> ObjectReader:

@@ -24,11 +24,11 @@ import signal
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from app.tagger.batching import ordered_map
 from app.tagger.errors import ImageDecodeError
@@ -36,6 +36,7 @@ from indexer.reading import Read, ReadSpec, read_file
 from indexer.switch_interval import short_switch_interval
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Task = tuple[str, tuple[int, int] | None]  # path, and the (size, mtime_ns) the scan saw
 
@@ -61,12 +62,21 @@ class ThreadReaders:
         def read(task: Task) -> Read:
             return read_file(self.spec, *task)
 
-        with (
-            short_switch_interval(),
-            ThreadPoolExecutor(self.workers, thread_name_prefix="sagashi-read") as pool,
-        ):
-            for _task, result in ordered_map(pool, read, tasks, self.lookahead):
-                yield result
+        return read_in_threads(read, tasks, self.workers, self.lookahead, "sagashi-read")
+
+
+def read_in_threads(
+    read: Callable[[T], Read], tasks: Iterable[T], workers: int, lookahead: int, name: str
+) -> Iterator[Read]:
+    """``read`` of each task in a pool of ``workers`` threads, in input order, at most
+    ``lookahead`` ahead, at the short switch interval (:mod:`indexer.switch_interval`): the
+    file readers' and the object readers' pool."""
+    with (
+        short_switch_interval(),
+        ThreadPoolExecutor(workers, thread_name_prefix=name) as pool,
+    ):
+        for _task, result in ordered_map(pool, read, tasks, lookahead):
+            yield result
 
 
 def readers_for(spec: ReadSpec, workers: int, lookahead: int, processes: bool) -> Readers:

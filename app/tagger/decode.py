@@ -23,7 +23,7 @@ from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from app.tagger import pillow_notes
 from app.tagger.errors import ImageDecodeError
-from app.tagger.png_idat import coalesce_idat
+from app.tagger.png_idat import PNG_SIGNATURE, coalesce_idat
 from app.text import article
 
 DraftRequest = Callable[[int, int], tuple[int, int] | None]
@@ -95,7 +95,8 @@ def decode_with_meta(
         if not source:
             raise ImageDecodeError("empty", "empty file (0 bytes)")
         with pillow_notes.noting("an image given as bytes"):
-            return _decode_stream(io.BytesIO(coalesce_idat(source)), max_pixels, draft)
+            data = coalesce_idat(source)
+            return _decode_stream(io.BytesIO(data), max_pixels, draft, len(data))
     try:
         if not isinstance(source, (str, os.PathLike)):
             return _decode_open_file(source, max_pixels, draft)
@@ -134,13 +135,10 @@ def _decode_open_file(
 
 
 def _decode_stream(
-    stream: IO[bytes], max_pixels: int, draft: DraftRequest | None, size: int | None = None
+    stream: IO[bytes], max_pixels: int, draft: DraftRequest | None, size: int
 ) -> tuple[Image.Image, SourceMeta]:
-    """Decode from ``stream`` (``size`` bytes long; None: an in-memory stream, measured)."""
+    """Decode from ``stream``, ``size`` bytes long."""
     _let_configured_limit_apply(max_pixels)
-    if size is None:
-        size = stream.seek(0, io.SEEK_END)
-        stream.seek(0)
     try:
         image = Image.open(stream)
     except Image.DecompressionBombError as exc:
@@ -255,7 +253,7 @@ def _unidentified_error(stream: IO[bytes]) -> ImageDecodeError:
 
 def sniff_format(head: bytes) -> str | None:
     """The image format the first bytes of a file claim, or None."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+    if head.startswith(PNG_SIGNATURE):
         return "PNG"
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
