@@ -95,6 +95,12 @@ class Settings(BaseSettings):
         description="index and reindex decode JPEGs on the model's device (nvJPEG through "
         "torchvision) instead of in the readers (auto: when the model runs on a GPU).",
     )
+    device_resize: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="index and reindex pad and resize the images the readers decode (PNG, "
+        "WebP, GIF, JPEGs the device does not decode; up to 2.8M pixels) on the model's "
+        "device instead of in the readers (auto: when the model runs on a GPU).",
+    )
     batch_size: int = Field(default=8, ge=1, le=4096, description="Images per forward pass.")
     decode_workers: int = Field(
         default=0,

@@ -17,16 +17,18 @@ head, in PixAI's file layout; --tiny: the test suite's tiny model):
 4. the readers alone (threads against processes), the CPU cost of a PNG by stage (hashing,
    Pillow's decode, the resize to model size; one thread) and the PNG-only read rate, alone
    and beside a busy Python thread with the readers' GIL changes undone and as they are
-   (bench.gil), and the GPU JPEG decoder (torchvision's ``decode_jpeg`` on the device,
-   batched) with its score difference against Pillow;
+   (bench.gil), the PNG readers handing decoded frames on (SAGASHI_DEVICE_RESIZE), the GPU
+   JPEG decoder (torchvision's ``decode_jpeg`` on the device, batched) and the device's pad
+   and resize of PNG frames, each with its score difference against Pillow;
 5. ``sagashi index`` end to end (Indexer on SQLite, FAISS build excluded) with the default
    path (reader threads, JPEGs decoded on the GPU, bf16 compiled and fused, two staging
-   threads) on the mixed folder (also with the readers' GIL changes undone) and on a
-   JPEG-only one, and with one staging thread
-   (--repeat N rounds of these, alternated); a full reindex of the same files (FAISS build
-   included); then the index at batch 128, with reader processes, with JPEGs decoded by
-   the readers, and with the earlier path (autocast, threads, no compile). Each index line
-   carries the run's in-flight timings (forward, input wait, staging, writes).
+   threads, PNGs resized on the GPU) on the mixed folder (also with the readers' GIL
+   changes undone, and with the PNGs resized by the readers) and on a JPEG-only one, and
+   with one staging thread (--repeat N rounds of these, alternated); a full reindex of the
+   same files (FAISS build included); then the index at batch 128, with reader processes,
+   with every image decoded and resized by the readers, and with the earlier path
+   (autocast, threads, no compile). Each index line carries the run's in-flight timings
+   (forward, input wait, staging, writes).
 
 Images: generated JPEGs (2000x1500 and 3000x2250, gradients, shapes and noise) and PNGs
 (1600x1200, flatter, as illustrations), copied up to --images files: a quarter PNG in the
@@ -62,6 +64,7 @@ from app.store.digests import of_bytes
 from app.tagger import TimmTagger
 from app.tagger.batching import predict_stacked
 from app.tagger.decode import decode_with_meta
+from app.tagger.device_decode import Frame, shape_frames
 from app.tagger.forward import ForwardOptions
 from bench import gil
 from bench.bench_tagger import build_random_pixai
@@ -276,6 +279,27 @@ def nvjpeg(tagger: TimmTagger, jpegs: list[Path], batch: int) -> dict[str, float
     return {"decode_resize_img_s": rate, **agreement(pillow, on_gpu)}
 
 
+def png_frames(tagger: TimmTagger, pngs: list[Path], batch: int) -> dict[str, float]:
+    """PNGs decoded by the readers and padded and resized on the device (Frames, as
+    SAGASHI_DEVICE_RESIZE does): the device's shaping rate, and the scores against the
+    readers' Pillow resize of the same files."""
+    on_device = ReadSpec(tagger.preprocess, 10**9, True, device_resize=True)
+    readers = ThreadReaders(on_device, 8, 32)
+    frames = [r.deferred for r in readers.map((str(p), None) for p in pngs)]
+    assert all(isinstance(f, Frame) for f in frames)
+    shape_frames(frames[:batch], tagger.preprocess, tagger.device)  # type: ignore[arg-type]
+    sync(str(tagger.device))
+    started = time.perf_counter()
+    for start in range(0, len(frames), batch):
+        shape_frames(frames[start : start + batch], tagger.preprocess, tagger.device)  # type: ignore[arg-type]
+    sync(str(tagger.device))
+    rate = len(frames) / (time.perf_counter() - started)
+    sample = pngs[:batch]
+    shaped = predict_stacked(tagger, frames[:batch])  # type: ignore[arg-type]
+    pillow = predict_stacked(tagger, pixels_of(tagger, sample))
+    return {"shape_img_s": round(rate, 1), **agreement(pillow, shaped)}
+
+
 def index_rate(
     tagger: TimmTagger,
     folder: Path,
@@ -284,6 +308,7 @@ def index_rate(
     batch: int,
     processes: bool,
     device_jpeg: bool | None = None,
+    device_resize: bool | None = None,
 ) -> tuple[float, Any, str]:
     url = f"sqlite:///{work / name}.db"
     migrate.upgrade(url)
@@ -297,6 +322,7 @@ def index_rate(
         aliases=load_aliases(),
         read_processes=processes,
         device_jpeg=device_jpeg,
+        device_resize=device_resize,
     )
     started = time.perf_counter()
     summary = Indexer(engine, tagger, options).run([folder])
@@ -406,8 +432,12 @@ def main() -> None:
         png_rate = partial(reader_rate, spec, pngs[:256], workers, False)
         section("read_png_threads_img_s", lambda: round(png_rate(), 1))
         section("read_png_threads_beside_busy", lambda: beside_busy(spec, pngs[:256], workers))
+        frame_spec = ReadSpec(spec.preprocess, 10**9, True, device_resize=True)
+        frame_rate = partial(reader_rate, frame_spec, pngs[:256], workers, False)
+        section("read_png_frames_threads_img_s", lambda: round(frame_rate(), 1))
         if device.startswith("cuda"):
             section("nvjpeg", lambda: nvjpeg(models["bf16_compiled"], jpegs[:512], batch))
+            section("png_frames", lambda: png_frames(models["bf16_compiled"], pngs[:256], batch))
         fastest = ["bf16_compiled_fused", "bf16_compiled", "bf16"]
         fast = next(models[name] for name in fastest if name in models)
         last: dict[str, Any] = {}
@@ -420,6 +450,7 @@ def main() -> None:
             tagger: TimmTagger,
             processes: bool,
             device_jpeg: bool | None = None,
+            device_resize: bool | None = None,
             where: Path = folder,
             stagers: int = 2,
             readers_as: str = "now",
@@ -428,7 +459,14 @@ def main() -> None:
             try:
                 with gil.variant(readers_as):
                     rate, options, url = index_rate(
-                        tagger, where, work, name, tagger.forward.batch_size, processes, device_jpeg
+                        tagger,
+                        where,
+                        work,
+                        name,
+                        tagger.forward.batch_size,
+                        processes,
+                        device_jpeg,
+                        device_resize,
                     )
             finally:
                 forwarding.STAGERS = 2
@@ -438,6 +476,7 @@ def main() -> None:
         variants: dict[str, dict[str, Any]] = {
             "index_default": {},
             "index_default_gil_before": {"readers_as": "before"},
+            "index_default_readers_resize": {"device_resize": False},
             "index_jpegs": {"where": jpeg_folder},
             "index_jpegs_one_stager": {"where": jpeg_folder, "stagers": 1},
         }
@@ -457,8 +496,9 @@ def main() -> None:
             wide = models["bf16_compiled_fused_b128"]
             section("index_jpegs_b128", lambda: run_index("b128", wide, False, where=jpeg_folder))
         section("index_processes", lambda: run_index("processes", fast, True))
-        section("index_cpu_decode", lambda: run_index("cpu", fast, False, False))
-        section("index_before", lambda: run_index("before", models["autocast"], False, False))
+        section("index_cpu_decode", lambda: run_index("cpu", fast, False, False, False))
+        earlier = models["autocast"]
+        section("index_before", lambda: run_index("before", earlier, False, False, False))
     log.info("RESULTS %s", json.dumps(results, default=str))
     table = [(k, v) for k, v in results.items() if k not in ("args",)]
     for key, value in table:

@@ -63,6 +63,9 @@ def aliases_of(settings: Settings) -> dict[str, str]:
         raise JobStopped(str(exc)) from exc
 
 
+AUTO_ON_OFF: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
+
 def index_options(settings: Settings) -> IndexOptions:
     return IndexOptions(
         batch_size=settings.batch_size,
@@ -74,7 +77,8 @@ def index_options(settings: Settings) -> IndexOptions:
         media_roots=tuple(str(root) for root in settings.media_roots),
         count_thresholds=settings.tag_defaults().thresholds(),
         read_processes=settings.read_processes == "on",
-        device_jpeg={"auto": None, "on": True, "off": False}[settings.device_jpeg],
+        device_jpeg=AUTO_ON_OFF[settings.device_jpeg],
+        device_resize=AUTO_ON_OFF[settings.device_resize],
     )
 
 

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -25,9 +24,9 @@ from app.store.db import session_factory
 from app.store.formats import canonical_format
 from app.store.models import Image
 from app.store.roots import add_roots, library_roots
-from app.tagger.batching import lookahead, runs_on_gpu
+from app.tagger.batching import Pixels, lookahead, runs_on_gpu
 from app.tagger.defaults import CARD
-from app.tagger.device_decode import Jpeg, supports
+from app.tagger.device_decode import supports
 from app.tagger.errors import ImageDecodeError
 from app.tagger.protocol import Prediction, Tagger
 from indexer.forwarding import InFlight
@@ -56,7 +55,7 @@ class Loaded:
     found: Found
     sha256: str = ""
     md5: str = ""
-    pixels: np.ndarray | Jpeg | None = field(default=None, repr=False)
+    pixels: Pixels | None = field(default=None, repr=False)
     facts: repo.FileFacts | None = None
     error: ImageDecodeError | None = None
 
@@ -102,17 +101,26 @@ class IndexOptions:
     # Read files in worker processes instead of threads (see indexer.readers; threads
     # measured faster on a 16-core H200 host, docs/benchmarks.md).
     read_processes: bool = False
-    # Hand JPEGs to the model's device to decode (app.tagger.device_decode); None: when the
-    # model runs on a GPU and its preprocessing can run there.
+    # Hand JPEGs to the model's device to decode, and other images to pad and resize
+    # (app.tagger.device_decode); None: when the model runs on a GPU and its preprocessing
+    # can run there.
     device_jpeg: bool | None = None
+    device_resize: bool | None = None
 
     def read_spec(self, tagger: Tagger, skip_decode: frozenset[str] = frozenset()) -> ReadSpec:
-        on_device = supports(tagger.preprocess) and hasattr(tagger, "device")
-        if self.device_jpeg is None:
-            on_device = on_device and runs_on_gpu(tagger)
-        else:
-            on_device = on_device and self.device_jpeg
-        return ReadSpec(tagger.preprocess, self.max_pixels, self.jpeg_draft, skip_decode, on_device)
+        able = supports(tagger.preprocess) and hasattr(tagger, "device")
+
+        def on_device(choice: bool | None) -> bool:
+            return able and (runs_on_gpu(tagger) if choice is None else choice)
+
+        return ReadSpec(
+            tagger.preprocess,
+            self.max_pixels,
+            self.jpeg_draft,
+            skip_decode,
+            device_jpeg=on_device(self.device_jpeg),
+            device_resize=on_device(self.device_resize),
+        )
 
     def readers(self, tagger: Tagger, skip_decode: frozenset[str] = frozenset()) -> Readers:
         ahead = lookahead(self.batch_size, self.workers)
@@ -308,7 +316,7 @@ class _Batch:
     def flush(self, model: InFlight[tuple[Loaded, int | None]]) -> None:
         """Hand the files waiting to the model; earlier batches are written meanwhile."""
         waiting, self.to_tag = self.to_tag, []
-        model.submit(waiting, [item.pixels for item, _ in waiting])  # type: ignore[misc]
+        model.submit(waiting, handed_over([item for item, _ in waiting]))
 
     def write(self, waiting: Waiting, prediction: Prediction) -> None:
         items = []
@@ -329,9 +337,20 @@ class _Batch:
         self.session.commit()
 
 
+def handed_over(files: Sequence[Loaded]) -> list[Pixels]:
+    """The files' model input, taken off them for the staging, which drops it once the batch
+    is on the device: a batch waiting for its write then holds no frames or JPEG bytes."""
+    pixels = []
+    for loaded in files:
+        assert loaded.pixels is not None  # decoded: only such files are batched
+        pixels.append(loaded.pixels)
+        loaded.pixels = None
+    return pixels
+
+
 def loaded_from(item: Found, read: Read) -> Loaded:
     """The indexer's view of one read file: its facts for the images table."""
-    pixels = read.pixels if read.jpeg is None else read.jpeg
+    pixels = read.model_input()
     loaded = Loaded(item, read.sha256, read.md5, pixels, error=read.error)
     if pixels is not None:
         loaded.facts = repo.FileFacts(

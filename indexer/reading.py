@@ -11,11 +11,12 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from app.store.digests import of_bytes
 from app.tagger import device_decode, pillow_notes
 from app.tagger.decode import decode_with_meta
-from app.tagger.device_decode import Jpeg
+from app.tagger.device_decode import Frame, Jpeg
 from app.tagger.errors import ImageDecodeError
 from app.tagger.preprocess import ImagePreprocess
 
@@ -31,6 +32,8 @@ class ReadSpec:
     skip_decode: frozenset[str] = frozenset()
     # JPEGs the model's device can decode are handed on as bytes (app.tagger.device_decode).
     device_jpeg: bool = False
+    # Other decoded images are handed on at decoded size, for the device to pad and resize.
+    device_resize: bool = False
 
 
 @dataclass
@@ -43,16 +46,17 @@ class Read:
     sha256: str = ""
     md5: str = ""
     pixels: np.ndarray | None = field(default=None, repr=False)
-    jpeg: Jpeg | None = field(default=None, repr=False)  # instead of pixels: see ReadSpec
+    # Instead of pixels, what the model's device finishes (see ReadSpec).
+    deferred: Jpeg | Frame | None = field(default=None, repr=False)
     width: int = 0
     height: int = 0
     format: str = ""
     error: ImageDecodeError | None = None
 
-
-def decoded(read: Read) -> bool:
-    """Whether the read carries what the model needs: pixels, or a JPEG for the device."""
-    return read.pixels is not None or read.jpeg is not None
+    def model_input(self) -> np.ndarray | Jpeg | Frame | None:
+        """What the model needs of the file: pixels, or what the device finishes; None when
+        it was not decoded (an error, or content known already)."""
+        return self.pixels if self.deferred is None else self.deferred
 
 
 def read_file(spec: ReadSpec, path: str, expect: tuple[int, int] | None) -> Read:
@@ -92,7 +96,7 @@ def decode_bytes(spec: ReadSpec, read: Read, data: bytes) -> Read:
         return read
     header = device_decode.for_device(data, spec.max_pixels) if spec.device_jpeg else None
     if header is not None:
-        read.jpeg, read.width, read.height, read.format = (
+        read.deferred, read.width, read.height, read.format = (
             header.jpeg,
             header.width,
             header.height,
@@ -103,7 +107,7 @@ def decode_bytes(spec: ReadSpec, read: Read, data: bytes) -> Read:
         draft = spec.preprocess.draft_request if spec.jpeg_draft else None
         with pillow_notes.noting(path):  # Pillow's warnings name the file
             image, meta = decode_with_meta(data, max_pixels=spec.max_pixels, draft=draft)
-        read.pixels = spec.preprocess.pixels(image)
+        read.pixels, read.deferred = _for_model(spec, image)
     except ImageDecodeError as exc:
         read.error = exc
         return read
@@ -112,3 +116,9 @@ def decode_bytes(spec: ReadSpec, read: Read, data: bytes) -> Read:
         return read
     read.width, read.height, read.format = meta.width, meta.height, meta.format
     return read
+
+
+def _for_model(spec: ReadSpec, image: Image.Image) -> tuple[np.ndarray | None, Frame | None]:
+    """Model-size pixels, or the frame the device pads and resizes (``device_resize``)."""
+    frame = device_decode.frame_for_device(image, spec.preprocess) if spec.device_resize else None
+    return (spec.preprocess.pixels(image), None) if frame is None else (None, frame)

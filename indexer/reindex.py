@@ -30,7 +30,6 @@ from app.tagger.batching import Pixels
 from app.tagger.protocol import Prediction, Tagger
 from indexer.forwarding import InFlight
 from indexer.pipeline import IndexOptions
-from indexer.reading import decoded
 from indexer.scan import Problem
 
 log = logging.getLogger(__name__)
@@ -210,7 +209,8 @@ class Reindexer:
             for (image_id, _path), read in zip(
                 todo, readers.map((path, None) for _id, path in todo), strict=True
             ):
-                if read.error is not None or not decoded(read):
+                model_input = read.model_input()
+                if read.error is not None or model_input is None:
                     error = read.error
                     summary.failures.append(
                         Problem(
@@ -222,7 +222,7 @@ class Reindexer:
                     failed.add(image_id)
                 else:
                     ids.append((image_id, read.path))
-                    pixels.append(read.pixels if read.jpeg is None else read.jpeg)  # type: ignore[arg-type]
+                    pixels.append(model_input)
                 if len(ids) >= options.batch_size:
                     model.submit(ids, pixels)
                     ids, pixels = [], []

@@ -44,7 +44,7 @@ from app.tagger.vocab import GROUPS
 from indexer.export import CaptionOptions, parse_order, tag_names
 from indexer.forwarding import InFlight
 from indexer.object_store import ObjectReader, ObjectReaders, is_uri, list_objects, open_stores
-from indexer.pipeline import IndexOptions, Loaded, loaded_from
+from indexer.pipeline import IndexOptions, Loaded, handed_over, loaded_from
 from indexer.ray_tagging import RayOptions, ShardWriter, results_kept, tag_on_ray
 from indexer.scan import Found, Problem, walk
 from indexer.shard_captions import CaptionWriter
@@ -411,9 +411,9 @@ def _tag_here(
                 continue
             waiting.append(loaded)
             if len(waiting) >= index.batch_size:
-                model.submit(waiting, [w.pixels for w in waiting])  # type: ignore[misc]
+                model.submit(waiting, handed_over(waiting))
                 waiting = []
-        model.submit(waiting, [w.pixels for w in waiting])  # type: ignore[misc]
+        model.submit(waiting, handed_over(waiting))
         model.drain()
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from app.tagger.decode import decode_image, decode_with_meta
-from app.tagger.device_decode import Jpeg, decode_batch
+from app.tagger.device_decode import Frame, Jpeg, decode_batch, shape_frames
 from app.tagger.errors import ImageDecodeError
 from app.tagger.preprocess import ImagePreprocess, Preprocess
 from app.tagger.protocol import Prediction, Tagger
@@ -135,7 +135,9 @@ def runs_on_gpu(tagger: Tagger) -> bool:
     return getattr(device, "type", None) == "cuda"
 
 
-Pixels = np.ndarray | Jpeg  # (S, S, 3) uint8 at model size, or a JPEG for the device
+# (S, S, 3) uint8 at model size, or what the device finishes: a JPEG to decode and shape, a
+# decoded frame to shape (app.tagger.device_decode).
+Pixels = np.ndarray | Jpeg | Frame
 
 
 @dataclass(frozen=True)
@@ -162,14 +164,15 @@ def predict_staged(tagger: Tagger, staged: Staged) -> Prediction:
 def stage(tagger: Tagger, images: Sequence[Pixels]) -> Staged:
     """Stack (S, S, 3) uint8 images in one copy (into page-locked memory for a GPU, so the
     copy there runs at full speed, started here without waiting); :class:`Jpeg` items are
-    decoded on the tagger's device. The indexer runs this in a thread of its own, so a
-    batch is staged while the one before runs through the model.
+    decoded on the tagger's device and :class:`Frame` items padded and resized there. The
+    indexer runs this in a thread of its own, so a batch is staged while the one before
+    runs through the model.
 
     The staging's kernels run on the default CUDA stream, behind the forward in flight: a
     stream of its own was measured to change nothing (docs/benchmarks.md)."""
     import torch
 
-    if any(isinstance(image, Jpeg) for image in images):
+    if any(isinstance(image, Jpeg | Frame) for image in images):
         return _stage_mixed(tagger, images)
     pinned = runs_on_gpu(tagger)
     first = images[0]
@@ -184,8 +187,9 @@ def stage(tagger: Tagger, images: Sequence[Pixels]) -> Staged:
 
 
 def _stage_mixed(tagger: Tagger, images: Sequence[Pixels]) -> Staged:
-    """Device-decoded JPEGs and host pixels in one batch on the tagger's device; a JPEG
-    the device refuses is decoded on the CPU from its bytes, as the readers would have."""
+    """Device-decoded JPEGs, device-shaped frames and host pixels in one batch on the
+    tagger's device; a JPEG the device refuses is decoded on the CPU from its bytes, as the
+    readers would have."""
     import torch
 
     preprocess = tagger.preprocess
@@ -193,15 +197,19 @@ def _stage_mixed(tagger: Tagger, images: Sequence[Pixels]) -> Staged:
     device = tagger.device  # type: ignore[attr-defined]
     size = preprocess.size
     batch = torch.empty((len(images), size, size, 3), dtype=torch.uint8, device=device)
-    jpeg_rows = [row for row, image in enumerate(images) if isinstance(image, Jpeg)]
-    host_rows = [row for row, image in enumerate(images) if not isinstance(image, Jpeg)]
-    if host_rows:
-        host = torch.from_numpy(np.stack([images[row] for row in host_rows]))  # type: ignore[misc]
-        batch[host_rows] = host.to(device)
-    jpegs: list[Jpeg] = [images[row] for row in jpeg_rows]  # type: ignore[misc]
+    rows: dict[type, list[int]] = {np.ndarray: [], Jpeg: [], Frame: []}
+    for row, image in enumerate(images):
+        rows[type(image) if isinstance(image, Jpeg | Frame) else np.ndarray].append(row)
+    if rows[np.ndarray]:
+        host = torch.from_numpy(np.stack([images[row] for row in rows[np.ndarray]]))  # type: ignore[misc]
+        batch[rows[np.ndarray]] = host.to(device)
+    frames: list[Frame] = [images[row] for row in rows[Frame]]  # type: ignore[misc]
+    for row, shaped in zip(rows[Frame], shape_frames(frames, preprocess, device), strict=True):
+        batch[row] = shaped
+    jpegs: list[Jpeg] = [images[row] for row in rows[Jpeg]]  # type: ignore[misc]
     errors: dict[int, ImageDecodeError] = {}
-    decoded = decode_batch(jpegs, preprocess, device)
-    for row, jpeg, pixels in zip(jpeg_rows, jpegs, decoded, strict=True):
+    decoded = decode_batch(jpegs, preprocess, device) if jpegs else []
+    for row, jpeg, pixels in zip(rows[Jpeg], jpegs, decoded, strict=True):
         if pixels is None:
             try:
                 pixels = torch.from_numpy(_decode_on_host(jpeg, preprocess)).to(device)

@@ -1,4 +1,5 @@
-"""JPEGs decoded on the model's device (the GPU's nvJPEG through torchvision), batched.
+"""JPEGs decoded on the model's device (the GPU's nvJPEG through torchvision), batched, and
+other images resized there.
 
 On a GPU run the readers' CPU time is mostly JPEG decoding and resizing (about 40 ms of a
 CPU core for a 2000x1500 photo-like JPEG, drafted); the GPU decodes and resizes the same
@@ -20,6 +21,12 @@ bytes, so its error or pixels are exactly the CPU path's. The device resize is t
 antialiased interpolation, not Pillow's: scores differ from the CPU path's within the
 tolerance measured in docs/benchmarks.md; SAGASHI_DEVICE_JPEG=off keeps every decode on
 the CPU.
+
+Images the readers decode (PNG, WebP, GIF, the JPEGs above that stay on the CPU) are handed
+on as a :class:`Frame`, their upright RGB pixels at decoded size, when
+SAGASHI_DEVICE_RESIZE is on: the pad and resize to model size, about a third of a PNG's CPU
+time, then run on the device in groups of one size (:func:`shape_frames`), with the same
+geometry as the device JPEGs'.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 from PIL import Image
 
 from app.tagger.preprocess import ImagePreprocess, Preprocess
@@ -43,6 +51,9 @@ DEVICE_MAX_PIXELS = 4096 * 4096
 # A JPEG waits as bytes until its batch is staged (up to three batches ahead): larger files are
 # decoded by the readers, which keep only the model-size pixels.
 DEVICE_MAX_BYTES = 8 << 20
+# A decoded frame waits at full size for the device under the same bound: 2.8M RGB pixels
+# (1600x1200 and 1536x1536 pass, 2048x2048 is resized by its reader as before).
+FRAME_MAX_BYTES = DEVICE_MAX_BYTES
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DEVICE_MODES = ("nearest", "bilinear", "bicubic")
 
@@ -55,6 +66,13 @@ class Jpeg:
     orientation: int = 1
 
 
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """A decoded image for the device to pad and resize: (H, W, 3) uint8 upright RGB."""
+
+    pixels: np.ndarray
+
+
 @dataclass(frozen=True)
 class JpegHeader:
     jpeg: Jpeg
@@ -65,6 +83,18 @@ class JpegHeader:
 def supports(preprocess: ImagePreprocess) -> bool:
     """Whether the device can reproduce this preprocessing's geometry."""
     return isinstance(preprocess, Preprocess) and preprocess.interpolation in _DEVICE_MODES
+
+
+def frame_for_device(image: Image.Image, preprocess: ImagePreprocess) -> Frame | None:
+    """A decoded RGB image as a :class:`Frame` when the device should shape it: within
+    :data:`FRAME_MAX_BYTES` and not at model size already (then the host pixels are the same
+    and no larger); else None (the reader shapes it)."""
+    if not supports(preprocess) or image.mode != "RGB":
+        return None
+    width, height = image.size
+    if width * height * 3 > FRAME_MAX_BYTES or image.size == (preprocess.size, preprocess.size):
+        return None
+    return Frame(np.asarray(image))
 
 
 def for_device(data: bytes, max_pixels: int) -> JpegHeader | None:
@@ -125,6 +155,26 @@ def _shaped(
         stacked = torch.stack([images[row] for row in rows])  # type: ignore[misc]
         turned = geometry(upright(stacked, orientation), preprocess)
         for row, pixels in zip(rows, turned, strict=True):
+            shaped[row] = pixels
+    return shaped
+
+
+def shape_frames(
+    frames: list[Frame], preprocess: Preprocess, device: torch.device
+) -> list[torch.Tensor]:
+    """Each frame as (S, S, 3) uint8 model-size pixels on ``device``: frames of one size are
+    stacked, copied and resized together (see :func:`_shaped`)."""
+    import torch
+
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for row, frame in enumerate(frames):
+        groups.setdefault(frame.pixels.shape, []).append(row)
+    shaped: list[torch.Tensor] = [torch.empty(0)] * len(frames)
+    for shape, rows in groups.items():
+        host = torch.empty((len(rows), *shape), dtype=torch.uint8, pin_memory=device.type == "cuda")
+        np.stack([frames[row].pixels for row in rows], out=host.numpy())
+        on_device = host.to(device, non_blocking=True).permute(0, 3, 1, 2)
+        for row, pixels in zip(rows, geometry(on_device, preprocess), strict=True):
             shaped[row] = pixels
     return shaped
 

@@ -1,0 +1,263 @@
+"""Images the readers decode, padded and resized on the model's device (SAGASHI_DEVICE_RESIZE):
+the readers hand a decoded frame on instead of model-size pixels, and the staging shapes it
+with the device JPEGs' geometry. Run here on the CPU, the device a GPU run swaps in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+from pydantic import ValidationError
+
+from app.settings import Settings
+from app.store import migrate
+from app.store.aliases import load_aliases
+from app.store.db import create_db_engine
+from app.tagger import TimmTagger
+from app.tagger.batching import Pixels, predict_stacked, stage
+from app.tagger.decode import decode_with_meta
+from app.tagger.device_decode import (
+    FRAME_MAX_BYTES,
+    Frame,
+    Jpeg,
+    frame_for_device,
+    geometry,
+    shape_frames,
+)
+from app.tagger.preprocess import Preprocess
+from indexer.jobs import index_options
+from indexer.pipeline import Indexer, IndexOptions, handed_over, loaded_from
+from indexer.reading import ReadSpec, read_file
+from indexer.reindex import Reindexer
+from indexer.scan import Found
+from tests.support.index_helpers import make_image, snapshot
+from tests.support.paths import shared_path
+
+PIXAI = Preprocess(448, "stretch", "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB")
+WD = Preprocess(448, "pad", "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "BGR")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_pixai_dir: Path) -> TimmTagger:
+    loaded = TimmTagger(tiny_pixai_dir, device="cpu")
+    loaded.load()
+    return loaded
+
+
+def options(**overrides: object) -> IndexOptions:
+    base = IndexOptions(
+        batch_size=4,
+        workers=2,
+        max_pixels=10**8,
+        jpeg_draft=True,
+        score_floor=0.05,
+        aliases=load_aliases(),
+    )
+    return IndexOptions(**{**base.__dict__, **overrides})  # type: ignore[arg-type]
+
+
+def photo(width: int, height: int, seed: int) -> PILImage.Image:
+    """A smooth gradient with noise: resizes like a picture, not like white noise."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    noise = rng.normal(0, 8, (height, width, 3))
+    return PILImage.fromarray(np.clip(ramp + noise, 0, 255).astype(np.uint8))
+
+
+# -- which images the device shapes ----------------------------------------------------------
+
+
+def test_a_decoded_image_is_handed_on_whole() -> None:
+    image = photo(90, 60, 1)
+    frame = frame_for_device(image, WD)
+    assert frame is not None
+    assert np.array_equal(frame.pixels, np.asarray(image))
+    assert frame.pixels.shape == (60, 90, 3) and frame.pixels.dtype == np.uint8
+
+
+def test_what_the_reader_shapes_itself() -> None:
+    assert frame_for_device(photo(448, 448, 2), WD) is None  # at model size: nothing to do
+    side = int((FRAME_MAX_BYTES / 3) ** 0.5) + 1  # over the bound a frame may wait in
+    assert frame_for_device(PILImage.new("RGB", (side, side)), WD) is None
+    assert frame_for_device(PILImage.new("RGB", (side - 2, side - 2)), WD) is not None
+    lanczos = Preprocess(448, "pad", "lanczos", (0.5,) * 3, (0.5,) * 3, "RGB")
+    assert frame_for_device(photo(90, 60, 3), lanczos) is None  # the device has no lanczos
+    assert frame_for_device(PILImage.new("L", (90, 60)), WD) is None  # not converted yet
+
+
+# -- the readers -------------------------------------------------------------------------------
+
+
+def test_readers_hand_frames_on_with_the_files_facts(tmp_path: Path) -> None:
+    png = make_image(tmp_path / "a.png", seed=4, size=(90, 60))
+    cmyk = tmp_path / "cmyk.jpg"  # the device JPEG decoder refuses CMYK: a frame instead
+    PILImage.new("CMYK", (30, 20), (10, 200, 30, 40)).save(cmyk, "JPEG")
+    jpeg = tmp_path / "rgb.jpg"
+    photo(50, 30, 5).save(jpeg, "JPEG")
+    broken = tmp_path / "cut.png"
+    broken.write_bytes(png.read_bytes()[:200])
+    host = ReadSpec(WD, 10**8, True)
+    device = ReadSpec(WD, 10**8, True, device_jpeg=True, device_resize=True)
+    for path in (png, cmyk):
+        on_host, deferred = read_file(host, str(path), None), read_file(device, str(path), None)
+        assert deferred.pixels is None and isinstance(deferred.deferred, Frame)
+        assert (deferred.sha256, deferred.width, deferred.height, deferred.format) == (
+            on_host.sha256,
+            on_host.width,
+            on_host.height,
+            on_host.format,
+        )
+        image, _meta = decode_with_meta(path.read_bytes(), max_pixels=10**8, draft=None)
+        assert np.array_equal(deferred.deferred.pixels, np.asarray(image))
+    assert isinstance(read_file(device, str(jpeg), None).deferred, Jpeg)
+    on_host, deferred = read_file(host, str(broken), None), read_file(device, str(broken), None)
+    assert deferred.model_input() is None and deferred.error is not None
+    assert on_host.error is not None and deferred.error.code == on_host.error.code
+
+
+# -- the staging -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preprocess", [PIXAI, WD], ids=["stretch-bilinear", "pad-bicubic"])
+def test_frames_are_shaped_by_size_groups_as_one_by_one(preprocess: Preprocess) -> None:
+    images = [photo(90, 60, 1), photo(60, 90, 2), photo(90, 60, 3), photo(500, 500, 4)]
+    frames = [Frame(np.asarray(image)) for image in images]
+    shaped = shape_frames(frames, preprocess, CPU)
+    for frame, pixels in zip(frames, shaped, strict=True):
+        alone = geometry(torch.from_numpy(np.array(frame.pixels)).permute(2, 0, 1), preprocess)
+        assert pixels.shape == (448, 448, 3) and torch.equal(pixels, alone)
+
+
+def test_a_mixed_batch_stages_each_row_as_alone(tagger: TimmTagger, tmp_path: Path) -> None:
+    side = tagger.preprocess.size
+    rng = np.random.default_rng(6)
+    host = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    jpeg = tmp_path / "j.jpg"
+    photo(50, 30, 7).save(jpeg, "JPEG")
+    batch: list[Pixels] = [
+        Frame(np.asarray(photo(90, 60, 8))),
+        host,
+        Jpeg(jpeg.read_bytes()),
+        Frame(np.asarray(photo(40, 70, 9))),
+        Frame(np.asarray(photo(90, 60, 10))),
+    ]
+    staged = stage(tagger, batch)
+    assert staged.pixels.shape == (5, side, side, 3) and not staged.errors
+    for row, item in enumerate(batch):
+        assert torch.equal(staged.pixels[row], stage(tagger, [item]).pixels[0]), row
+    whole = predict_stacked(tagger, batch)
+    for row, item in enumerate(batch):
+        alone = predict_stacked(tagger, [item])
+        np.testing.assert_allclose(whole.probs[row], alone.probs[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("preprocess", [PIXAI, WD], ids=["stretch-bilinear", "pad-bicubic"])
+@pytest.mark.shared_data
+def test_real_anime_pngs_shaped_on_the_device_are_within_resize_noise_of_pillows(
+    preprocess: Preprocess,
+) -> None:
+    # Measured over all 38 of them: mean 0.18 / max 1 (bilinear), 0.11 / 7 (bicubic).
+    bound = {"bilinear": 2, "bicubic": 10}[preprocess.interpolation]
+    pngs = sorted(shared_path("images", "sdeval_anime").rglob("*.png"))[:6]
+    assert pngs
+    for path in pngs:
+        image, _meta = decode_with_meta(path.read_bytes(), max_pixels=10**8, draft=None)
+        on_device = geometry(torch.from_numpy(np.array(image)).permute(2, 0, 1), preprocess)
+        diff = np.abs(on_device.numpy().astype(int) - preprocess.pixels(image).astype(int))
+        assert diff.mean() < 0.3 and diff.max() <= bound, (path.name, diff.mean(), diff.max())
+
+
+# -- index and reindex -------------------------------------------------------------------------
+
+
+def collection(root: Path) -> Path:
+    """What a mixed folder holds: PNGs of several sizes (one at the tiny model's size, one
+    over the frame bound), WebP, a GIF, a CMYK JPEG, device JPEGs and a cut PNG."""
+    for i in range(5):
+        make_image(root / f"p{i}.png", seed=i, size=(48 + 8 * (i % 2), 40))
+    make_image(root / "square.png", seed=20, size=(56, 56))  # the tiny model's input size
+    side = int((FRAME_MAX_BYTES / 3) ** 0.5) + 1
+    photo(side, side, 21).save(root / "large.png")  # over the bound: shaped by its reader
+    photo(64, 48, 22).save(root / "w.webp", "WEBP")
+    photo(30, 30, 23).convert("P").save(root / "g.gif")
+    PILImage.new("CMYK", (30, 20), (10, 200, 30, 40)).save(root / "cmyk.jpg", "JPEG")
+    for i in range(3):
+        photo(50 + i, 30, 30 + i).save(root / f"j{i}.jpg", "JPEG")
+    whole = (root / "p0.png").read_bytes()
+    (root / "cut.png").write_bytes(whole[: len(whole) // 2])
+    return root
+
+
+def test_an_index_with_frames_shaped_on_the_device_matches_the_readers(
+    migrated_url: str, tagger: TimmTagger, tmp_path: Path
+) -> None:
+    root = collection(tmp_path / "art")
+    engine = create_db_engine(migrated_url)
+    on_device = Indexer(
+        engine, tagger, options(device_resize=True, device_jpeg=True, read_processes=True)
+    ).run([root])
+    other_url = f"sqlite:///{tmp_path / 'readers.db'}"
+    migrate.upgrade(other_url)
+    by_readers = Indexer(create_db_engine(other_url), tagger, options()).run([root])
+    assert on_device.as_dict() == by_readers.as_dict()
+    assert on_device.new == 13 and on_device.failed == 1
+    assert [(Path(p.path).name, p.code) for p in on_device.failures] == [
+        (Path(p.path).name, p.code) for p in by_readers.failures
+    ]
+    device_state, reader_state = snapshot(engine), snapshot(create_db_engine(other_url))
+    assert device_state.keys() == reader_state.keys()
+    for path, state in device_state.items():
+        twin = reader_state[path]
+        assert (state["sha256"], state["size"]) == (twin["sha256"], twin["size"]), path
+        a = np.frombuffer(state["vector"], dtype=np.float16).astype(np.float32)  # type: ignore[call-overload]
+        b = np.frombuffer(twin["vector"], dtype=np.float16).astype(np.float32)  # type: ignore[call-overload]
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99, path
+    square = str(root / "square.png")  # shaped by its reader either way: the same scores
+    assert device_state[square]["tags"] == reader_state[square]["tags"]
+    assert device_state[square]["vector"] == reader_state[square]["vector"]
+
+
+def test_a_reindex_with_frames_shaped_on_the_device_equals_the_index(
+    migrated_url: str, tagger: TimmTagger, tmp_path: Path
+) -> None:
+    root = collection(tmp_path / "art")
+    engine = create_db_engine(migrated_url)
+    chosen = options(device_resize=True, device_jpeg=True)
+    Indexer(engine, tagger, chosen).run([root])
+    indexed = snapshot(engine)
+    summary = Reindexer(engine, tagger, chosen, tmp_path / "data").run()
+    assert summary.retagged == 13
+    again = snapshot(engine)
+    assert {p: s["tags"] for p, s in again.items()} == {p: s["tags"] for p, s in indexed.items()}
+    assert {p: s["vector"] for p, s in again.items()} == {
+        p: s["vector"] for p, s in indexed.items()
+    }
+
+
+# -- the setting -------------------------------------------------------------------------------
+
+
+def test_the_setting_picks_the_readers_or_the_device(tagger: TimmTagger) -> None:
+    assert Settings().device_resize == "auto"
+    with pytest.raises(ValidationError, match="device_resize"):
+        Settings(device_resize="gpu")  # type: ignore[arg-type]
+    chosen = {
+        value: index_options(Settings(device_resize=value)).read_spec(tagger).device_resize
+        for value in ("auto", "on", "off")
+    }
+    assert chosen == {"auto": False, "on": True, "off": False}  # auto: on a GPU only
+
+
+def test_a_batch_hands_its_frames_over_and_keeps_none(tmp_path: Path) -> None:
+    spec = ReadSpec(WD, 10**8, True, device_resize=True)
+    paths = [make_image(tmp_path / f"{i}.png", seed=i, size=(90, 60)) for i in range(3)]
+    found = [Found(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    files = [loaded_from(f, read_file(spec, f.path, None)) for f in found]
+    frames = [loaded.pixels for loaded in files]
+    assert all(isinstance(frame, Frame) for frame in frames)
+    assert handed_over(files) == frames
+    assert all(loaded.pixels is None and loaded.facts is not None for loaded in files)
