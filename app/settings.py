@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         "the server, whose uploads come one at a time); compiled models pad every batch "
         "to batch_size.",
     )
+    cuda_graphs: Literal["on", "off"] = Field(
+        default="off",
+        description="Replay the model's forward as one CUDA graph a batch (on a CUDA device; "
+        "pads every batch to batch_size), so the model thread needs the GIL once a batch, "
+        "not once a kernel; checked against the uncaptured forward at load, which is kept "
+        "when the two differ or the capture fails. Off until measured on a GPU.",
+    )
     read_processes: Literal["on", "off"] = Field(
         default="off",
         description="Read and decode files for index and reindex in worker processes instead "

@@ -10,8 +10,8 @@ head, in PixAI's file layout; --tiny: the test suite's tiny model):
    a PIL image, as the PixAI card's handler.py does;
 2. the bare forward (random input already on the device) for each forward variant: fp32,
    fp32 weights under bf16 autocast (the earlier GPU path), bf16 weights, bf16 weights
-   compiled, and compiled with the fused layers (the default on CUDA) at batch 64 and 128,
-   with the compile time;
+   compiled, and compiled with the fused layers (the default on CUDA) at batch 64, then
+   replayed from a CUDA graph (SAGASHI_CUDA_GRAPHS) and at batch 128, with the compile time;
 3. each variant's scores against fp32 on real-size generated images: max and mean absolute
    probability difference, top-10 agreement, least embedding cosine;
 4. the readers alone (threads against processes), the CPU cost of a PNG by stage (hashing,
@@ -23,12 +23,12 @@ head, in PixAI's file layout; --tiny: the test suite's tiny model):
 5. ``sagashi index`` end to end (Indexer on SQLite, FAISS build excluded) with the default
    path (reader threads, JPEGs decoded on the GPU, bf16 compiled and fused, two staging
    threads, PNGs resized on the GPU) on the mixed folder (also with the readers' GIL
-   changes undone, and with the PNGs resized by the readers) and on a JPEG-only one, and
-   with one staging thread (--repeat N rounds of these, alternated); a full reindex of the
-   same files (FAISS build included); then the index at batch 128, with reader processes,
-   with every image decoded and resized by the readers, and with the earlier path
-   (autocast, threads, no compile). Each index line carries the run's in-flight timings
-   (forward, input wait, staging, writes).
+   changes undone, and with the PNGs resized by the readers) and on a JPEG-only one, with
+   one staging thread, and with the CUDA graph on both folders (--repeat N rounds of these,
+   alternated); a full reindex of the same files (FAISS build included); then the index at
+   batch 128, with reader processes, with every image decoded and resized by the readers,
+   and with the earlier path (autocast, threads, no compile). Each index line carries the
+   run's in-flight timings (forward, input wait, staging, writes).
 
 Images: generated JPEGs (2000x1500 and 3000x2250, gradients, shapes and noise) and PNGs
 (1600x1200, flatter, as illustrations), copied up to --images files: a quarter PNG in the
@@ -394,6 +394,7 @@ def main() -> None:
             line = {
                 "load_s": round(load_s, 1),
                 "compile_s": round(tagger.compile_seconds, 1),
+                "captured": tagger.captured,
                 "bare_img_s": round(bare_rate(tagger, rows, max(rows * 8, 256)), 1),
             }
             if name != "fp32" and "fp32" in outputs:
@@ -413,6 +414,10 @@ def main() -> None:
         section(
             "bf16_compiled_fused",
             lambda: variant("bf16_compiled_fused", precision="bf16", compile="on", fuse="on"),
+        )
+        graphed: dict[str, Any] = {"precision": "bf16", "compile": "on", "graphs": "on"}
+        section(
+            "bf16_compiled_fused_graphs", lambda: variant("bf16_compiled_fused_graphs", **graphed)
         )
         section(
             "bf16_compiled_fused_b128",
@@ -479,11 +484,16 @@ def main() -> None:
             "index_default_readers_resize": {"device_resize": False},
             "index_jpegs": {"where": jpeg_folder},
             "index_jpegs_one_stager": {"where": jpeg_folder, "stagers": 1},
+            "index_default_graphs": {"model": "bf16_compiled_fused_graphs"},
+            "index_jpegs_graphs": {"where": jpeg_folder, "model": "bf16_compiled_fused_graphs"},
         }
         for round_ in range(1, args.repeat + 1):  # alternated, so drift hits all alike
             for name, how in variants.items():
                 label = name if round_ == 1 else f"{name}_{round_}"
-                section(label, partial(run_index, label, fast, False, **how))
+                model = models.get(str(how.get("model", "")), fast)
+                rest = {key: value for key, value in how.items() if key != "model"}
+                if "model" not in how or model is not fast:
+                    section(label, partial(run_index, label, model, False, **rest))
 
         def reindex() -> float:
             engine = create_db_engine(last["url"])
