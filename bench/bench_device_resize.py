@@ -49,17 +49,17 @@ from app.tagger.forward import ForwardOptions
 from app.tagger.preprocess import Preprocess
 from bench.bench_gpu import agreement, make_images, make_sources
 from bench.bench_tagger import build_random_pixai
-from bench.common import machine
+from bench.common import emit, machine
 from bench.gil import Busy
 from indexer.readers import ThreadReaders
 from indexer.reading import Read, ReadSpec, decode_bytes
 from indexer.switch_interval import short_switch_interval
+from tests.support.geometries import PIXAI as PIXAI_GEOMETRY
+from tests.support.geometries import WD as WD_GEOMETRY
 from tests.support.paths import SHARED_DATA
 
 log = logging.getLogger("bench.device_resize")
 
-WD_GEOMETRY = Preprocess(448, "pad", "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "BGR")
-PIXAI_GEOMETRY = Preprocess(448, "stretch", "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB")
 WAYS = ("readers", "device")
 
 
@@ -199,10 +199,7 @@ def main() -> None:
         if real and args.scores:
             results["scores"] = scores(real[: args.scores], work)
             log.info("scores: %s", results["scores"])
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

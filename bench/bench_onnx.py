@@ -62,7 +62,7 @@ from app.tagger.preprocess import normalise_one
 from app.tagger.protocol import Prediction, Tagger
 from app.tagger.timm_tagger import TimmTagger
 from bench.bench_tagger import GENERAL, NUM_TAGS, build_random_pixai
-from bench.common import SHARED_DATA, machine
+from bench.common import SHARED_DATA, emit, machine
 
 log = logging.getLogger("bench.onnx")
 
@@ -441,10 +441,7 @@ def main() -> None:
             ]
             key = "speedup" if name == "onnxruntime_fp32" else f"{name}_vs_torch"
             results[f"{key}_b{size}"] = round(float(np.mean(ratios)), 2)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.output:
-        args.output.write_text(text)
+    emit(results, args.output, indent=2)
 
 
 def _variants(

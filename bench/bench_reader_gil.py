@@ -45,18 +45,16 @@ from app.store.db import create_db_engine
 from app.store.digests import of_bytes
 from app.tagger import TimmTagger, decode
 from app.tagger.forward import ForwardOptions
-from app.tagger.preprocess import Preprocess
 from bench.bench_gpu import make_images, make_sources
-from bench.common import machine
+from bench.common import emit, machine
 from bench.gil import VARIANTS, Busy, variant
 from indexer.pipeline import Indexer, IndexOptions
 from indexer.readers import ThreadReaders
 from indexer.reading import ReadSpec
+from tests.support.geometries import WD as WD_GEOMETRY
 from tests.support.paths import SHARED_DATA
 
 log = logging.getLogger("bench.reader_gil")
-
-WD_GEOMETRY = Preprocess(448, "pad", "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "BGR")
 
 
 def busy_rate_alone(seconds: float = 1.0) -> float:
@@ -173,10 +171,7 @@ def main() -> None:
             args.rounds,
         )
         log.info("index: %s", results["index_img_s"])
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

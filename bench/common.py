@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -44,3 +45,11 @@ def latency_table(log: logging.Logger, first: str, rows: Sequence[tuple[str, np.
             np.percentile(values, 99),
             values.mean(),
         )
+
+
+def emit(results: object, out: str | Path | None, indent: int = 1) -> None:
+    """A bench's results as JSON on stdout, and in ``out`` when given."""
+    text = json.dumps(results, indent=indent)
+    print(text)
+    if out:
+        Path(out).write_text(text)

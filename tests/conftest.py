@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from app.tagger import TimmTagger
 from tests.support.export_helpers import ExportCli
 from tests.support.paths import TESTS
 from tests.support.postgres import postgres_schema_url
@@ -19,6 +20,14 @@ from tests.support.tiny_models import build_tiny_pixai, build_tiny_wd
 @pytest.fixture(scope="session")
 def tiny_pixai_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_pixai(tmp_path_factory.mktemp("pixai"))
+
+
+@pytest.fixture(scope="module")
+def tagger(tiny_pixai_dir: Path) -> TimmTagger:
+    """The tiny PixAI model loaded on the CPU, once per module."""
+    loaded = TimmTagger(tiny_pixai_dir, device="cpu")
+    loaded.load()
+    return loaded
 
 
 @pytest.fixture(scope="session")

@@ -7,36 +7,19 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from app.store import migrate
-from app.store.aliases import load_aliases
 from app.store.db import create_db_engine, session_factory
 from app.store.models import Image
 from app.tagger import TimmTagger
-from indexer.pipeline import Indexer, IndexOptions
+from indexer.pipeline import Indexer
 from tests.support.cli import run_sagashi
-from tests.support.index_helpers import make_image, snapshot
-
-
-@pytest.fixture(scope="module")
-def tagger(tiny_pixai_dir: Path) -> TimmTagger:
-    loaded = TimmTagger(tiny_pixai_dir, device="cpu")
-    loaded.load()
-    return loaded
+from tests.support.index_helpers import make_image, small_options, snapshot
 
 
 def indexer(url: str, tagger: TimmTagger) -> Indexer:
-    options = IndexOptions(
-        batch_size=4,
-        workers=2,
-        max_pixels=10**8,
-        jpeg_draft=True,
-        score_floor=0.05,
-        aliases=load_aliases(),
-    )
-    return Indexer(create_db_engine(url), tagger, options)
+    return Indexer(create_db_engine(url), tagger, small_options())
 
 
 def test_incremental_add_modify_move_delete(

@@ -8,23 +8,15 @@ import pytest
 from sqlalchemy import func, select
 
 from app.store import vectors
-from app.store.aliases import load_aliases
 from app.store.db import create_db_engine, session_factory
 from app.store.models import Embedding, ImageTag, ModelGeneration
 from app.tagger import TimmTagger
-from indexer.pipeline import Indexer, IndexOptions
+from indexer.pipeline import Indexer
 from indexer.reindex import Reindexer, ReindexError, drop_generation, list_generations
-from tests.support.index_helpers import make_image
+from tests.support.index_helpers import make_image, small_options
 from tests.support.tiny_models import build_tiny_pixai
 
-OPTIONS = IndexOptions(
-    batch_size=3,
-    workers=2,
-    max_pixels=10**8,
-    jpeg_draft=True,
-    score_floor=0.05,
-    aliases=load_aliases(),
-)
+OPTIONS = small_options(batch_size=3)
 
 
 def loaded(directory: Path) -> TimmTagger:

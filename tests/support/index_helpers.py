@@ -4,6 +4,7 @@ index run, and two indexes compared (the database and the FAISS index)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,28 @@ from sqlalchemy import Engine, func, select
 
 from app.settings import Settings
 from app.store import vectors
+from app.store.aliases import load_aliases
 from app.store.db import create_db_engine, session_factory
 from app.store.models import Embedding, Image, ImageTag, Tag
 from app.store.repository import active_generation
 from app.tagger.protocol import Tagger
 from indexer import jobs
-from indexer.pipeline import Indexer, IndexSummary
+from indexer.pipeline import Indexer, IndexOptions, IndexSummary
 from indexer.scan import Problem
+
+
+def small_options(**overrides: object) -> IndexOptions:
+    """The tests' index options: batches of 4, two readers, the bundled aliases;
+    ``overrides`` replace fields."""
+    base = IndexOptions(
+        batch_size=4,
+        workers=2,
+        max_pixels=10**8,
+        jpeg_draft=True,
+        score_floor=0.05,
+        aliases=load_aliases(),
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
 
 
 def make_image(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> Path:
@@ -75,6 +91,23 @@ def stored_vector(state: Mapping[str, object]) -> np.ndarray:
     vector = state["vector"]
     assert isinstance(vector, bytes), vector
     return np.frombuffer(vector, "<f2")
+
+
+Snapshot = dict[str, dict[str, object]]
+
+
+def assert_indexed_alike(first: Engine, second: Engine) -> tuple[Snapshot, Snapshot]:
+    """Two indexes of the same files by different paths (a device's decode against the
+    readers'): the same files, hashes and sizes, embeddings within resize noise (cosine over
+    0.99). Returns both snapshots for the caller's own checks."""
+    one, two = snapshot(first), snapshot(second)
+    assert one.keys() == two.keys()
+    for path, state in one.items():
+        twin = two[path]
+        assert (state["sha256"], state["size"]) == (twin["sha256"], twin["size"]), path
+        a, b = stored_vector(state).astype(np.float32), stored_vector(twin).astype(np.float32)
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99, path
+    return one, two
 
 
 def live_count(url: str) -> int:

@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from app.settings import Settings
 from app.store import migrate
-from app.store.aliases import load_aliases
 from app.store.db import create_db_engine
 from app.tagger import TimmTagger
 from app.tagger.batching import Pixels, predict_stacked, stage
@@ -29,35 +28,20 @@ from app.tagger.device_decode import (
 )
 from app.tagger.preprocess import Preprocess
 from indexer.jobs import index_options
-from indexer.pipeline import Indexer, IndexOptions, handed_over, loaded_from
+from indexer.pipeline import Indexer, handed_over, loaded_from
 from indexer.reading import ReadSpec, read_file
 from indexer.reindex import Reindexer
 from indexer.scan import Found
-from tests.support.index_helpers import make_image, snapshot
+from tests.support.geometries import PIXAI, WD
+from tests.support.index_helpers import (
+    assert_indexed_alike,
+    make_image,
+    small_options,
+    snapshot,
+)
 from tests.support.paths import shared_path
 
-PIXAI = Preprocess(448, "stretch", "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB")
-WD = Preprocess(448, "pad", "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "BGR")
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tagger(tiny_pixai_dir: Path) -> TimmTagger:
-    loaded = TimmTagger(tiny_pixai_dir, device="cpu")
-    loaded.load()
-    return loaded
-
-
-def options(**overrides: object) -> IndexOptions:
-    base = IndexOptions(
-        batch_size=4,
-        workers=2,
-        max_pixels=10**8,
-        jpeg_draft=True,
-        score_floor=0.05,
-        aliases=load_aliases(),
-    )
-    return IndexOptions(**{**base.__dict__, **overrides})  # type: ignore[arg-type]
 
 
 def photo(width: int, height: int, seed: int) -> PILImage.Image:
@@ -198,24 +182,17 @@ def test_an_index_with_frames_shaped_on_the_device_matches_the_readers(
     root = collection(tmp_path / "art")
     engine = create_db_engine(migrated_url)
     on_device = Indexer(
-        engine, tagger, options(device_resize=True, device_jpeg=True, read_processes=True)
+        engine, tagger, small_options(device_resize=True, device_jpeg=True, read_processes=True)
     ).run([root])
     other_url = f"sqlite:///{tmp_path / 'readers.db'}"
     migrate.upgrade(other_url)
-    by_readers = Indexer(create_db_engine(other_url), tagger, options()).run([root])
+    by_readers = Indexer(create_db_engine(other_url), tagger, small_options()).run([root])
     assert on_device.as_dict() == by_readers.as_dict()
     assert on_device.new == 13 and on_device.failed == 1
     assert [(Path(p.path).name, p.code) for p in on_device.failures] == [
         (Path(p.path).name, p.code) for p in by_readers.failures
     ]
-    device_state, reader_state = snapshot(engine), snapshot(create_db_engine(other_url))
-    assert device_state.keys() == reader_state.keys()
-    for path, state in device_state.items():
-        twin = reader_state[path]
-        assert (state["sha256"], state["size"]) == (twin["sha256"], twin["size"]), path
-        a = np.frombuffer(state["vector"], dtype=np.float16).astype(np.float32)  # type: ignore[call-overload]
-        b = np.frombuffer(twin["vector"], dtype=np.float16).astype(np.float32)  # type: ignore[call-overload]
-        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99, path
+    device_state, reader_state = assert_indexed_alike(engine, create_db_engine(other_url))
     square = str(root / "square.png")  # shaped by its reader either way: the same scores
     assert device_state[square]["tags"] == reader_state[square]["tags"]
     assert device_state[square]["vector"] == reader_state[square]["vector"]
@@ -226,7 +203,7 @@ def test_a_reindex_with_frames_shaped_on_the_device_equals_the_index(
 ) -> None:
     root = collection(tmp_path / "art")
     engine = create_db_engine(migrated_url)
-    chosen = options(device_resize=True, device_jpeg=True)
+    chosen = small_options(device_resize=True, device_jpeg=True)
     Indexer(engine, tagger, chosen).run([root])
     indexed = snapshot(engine)
     summary = Reindexer(engine, tagger, chosen, tmp_path / "data").run()

@@ -18,7 +18,6 @@ import torch
 from PIL import Image as PILImage
 
 from app.store import migrate
-from app.store.aliases import load_aliases
 from app.store.db import create_db_engine
 from app.tagger import TimmTagger
 from app.tagger.batching import predict_stacked
@@ -30,11 +29,17 @@ from app.tagger.model import PixaiHead
 from app.tagger.preprocess import Preprocess
 from app.tagger.replicas import Replicas
 from app.tagger.stages import parse_stages
-from indexer.pipeline import Indexer, IndexOptions
+from indexer.pipeline import Indexer
 from indexer.readers import ProcessReaders, ThreadReaders
 from indexer.reading import Read, ReadSpec, read_file
 from indexer.reindex import Reindexer
-from tests.support.index_helpers import make_image, snapshot
+from tests.support.geometries import PIXAI, WD
+from tests.support.index_helpers import (
+    assert_indexed_alike,
+    make_image,
+    small_options,
+    snapshot,
+)
 from tests.support.tiny_models import (
     CHARACTER_TAGS,
     GENERAL_TAGS,
@@ -42,28 +47,6 @@ from tests.support.tiny_models import (
     TINY_DIM,
     build_tiny_pixai,
 )
-
-PIXAI = Preprocess(448, "stretch", "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "RGB")
-WD = Preprocess(448, "pad", "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "BGR")
-
-
-@pytest.fixture(scope="module")
-def tagger(tiny_pixai_dir: Path) -> TimmTagger:
-    loaded = TimmTagger(tiny_pixai_dir, device="cpu")
-    loaded.load()
-    return loaded
-
-
-def options(**overrides: object) -> IndexOptions:
-    base = IndexOptions(
-        batch_size=4,
-        workers=2,
-        max_pixels=10**8,
-        jpeg_draft=True,
-        score_floor=0.05,
-        aliases=load_aliases(),
-    )
-    return IndexOptions(**{**base.__dict__, **overrides})  # type: ignore[arg-type]
 
 
 def folder(root: Path, count: int, size: tuple[int, int] = (48, 40)) -> Path:
@@ -321,13 +304,13 @@ def test_an_index_with_reader_processes_equals_one_with_threads(
     root = folder(tmp_path / "art", 9)
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png")
     engine = create_db_engine(db_url)
-    summary = Indexer(engine, tagger, options(read_processes=True)).run([root])
+    summary = Indexer(engine, tagger, small_options(read_processes=True)).run([root])
     assert (summary.new, summary.failed) == (9, 1)
     assert summary.failures[0].path.endswith("broken.png")
     with_processes = snapshot(engine)
     other_url = f"sqlite:///{tmp_path / 'threads.db'}"
     migrate.upgrade(other_url)
-    Indexer(create_db_engine(other_url), tagger, options(read_processes=False)).run([root])
+    Indexer(create_db_engine(other_url), tagger, small_options(read_processes=False)).run([root])
     with_threads = snapshot(create_db_engine(other_url))
     assert with_processes.keys() == with_threads.keys()
     for path, state in with_processes.items():  # PostgreSQL stores scores as float4
@@ -356,7 +339,7 @@ def test_two_replicas_index_as_one(
     for name, model in (("one", tagger), ("two", replicas)):
         url = f"sqlite:///{tmp_path / name}.db"
         migrate.upgrade(url)
-        summary = Indexer(create_db_engine(url), model, options()).run([root])  # type: ignore[arg-type]
+        summary = Indexer(create_db_engine(url), model, small_options()).run([root])  # type: ignore[arg-type]
         assert summary.new == 11
         states.append(
             {
@@ -377,11 +360,11 @@ def test_reindex_with_reader_processes_equals_the_index(
 ) -> None:
     root = folder(tmp_path / "art", 7)
     engine = create_db_engine(migrated_url)
-    Indexer(engine, tagger, options()).run([root])
+    Indexer(engine, tagger, small_options()).run([root])
     before = snapshot(engine)
     done: list[tuple[int, int]] = []
     summary = Reindexer(
-        engine, tagger, options(read_processes=True), tmp_path / "data", where="*"
+        engine, tagger, small_options(read_processes=True), tmp_path / "data", where="*"
     ).run(lambda d, t: done.append((d, t)))
     assert summary.retagged == 7 and not summary.failures
     assert done[-1] == (7, 7)
@@ -492,22 +475,19 @@ def test_an_index_with_device_jpegs_matches_the_cpu_decode(
     whole = jpeg_with_orientation(tmp_path / "whole.jpg", 42, 1).read_bytes()
     (root / "cut.jpg").write_bytes(whole[: len(whole) // 2])  # the header reads, the data ends
     engine = create_db_engine(migrated_url)
-    on_device = Indexer(engine, tagger, options(device_jpeg=True, read_processes=True)).run([root])
+    on_device = Indexer(engine, tagger, small_options(device_jpeg=True, read_processes=True)).run(
+        [root]
+    )
     other_url = f"sqlite:///{tmp_path / 'cpu.db'}"
     migrate.upgrade(other_url)
-    on_cpu = Indexer(create_db_engine(other_url), tagger, options(device_jpeg=False)).run([root])
+    on_cpu = Indexer(create_db_engine(other_url), tagger, small_options(device_jpeg=False)).run(
+        [root]
+    )
     assert on_device.as_dict() == on_cpu.as_dict()
     assert {(Path(p.path).name, p.code) for p in on_device.failures} == {
         (Path(p.path).name, p.code) for p in on_cpu.failures
     }
-    device_state, cpu_state = snapshot(engine), snapshot(create_db_engine(other_url))
-    assert device_state.keys() == cpu_state.keys()
-    for path, state in device_state.items():
-        twin = cpu_state[path]
-        assert (state["sha256"], state["size"]) == (twin["sha256"], twin["size"]), path
-        a = np.frombuffer(state["vector"], dtype=np.float16).astype(np.float32)  # type: ignore[call-overload]
-        b = np.frombuffer(twin["vector"], dtype=np.float16).astype(np.float32)  # type: ignore[call-overload]
-        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99, path
+    assert_indexed_alike(engine, create_db_engine(other_url))
 
 
 def test_a_jpeg_the_device_refuses_is_decoded_on_the_cpu_in_the_batch(tagger: TimmTagger) -> None:
