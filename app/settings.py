@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     device_resize: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="index and reindex pad and resize the images the readers decode (PNG, "
-        "WebP, GIF, JPEGs the device does not decode; up to 2.8M pixels) on the model's "
+        "WebP, GIF, JPEGs the device does not decode; up to 2.6M pixels) on the model's "
         "device instead of in the readers (auto: when the model runs on a GPU).",
     )
     batch_size: int = Field(default=8, ge=1, le=4096, description="Images per forward pass.")

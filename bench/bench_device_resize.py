@@ -1,24 +1,30 @@
 """What the readers save when the model's device pads and resizes the images they decode
 (SAGASHI_DEVICE_RESIZE), and what it changes in the pixels and scores, in one run.
 
-    python -m bench.bench_device_resize                  # about 5 minutes on 2 cores
+    python -m bench.bench_device_resize                  # about 4 minutes on 2 cores
     python -m bench.bench_device_resize --scores 0       # without the real-size model
 
-Two ways of the same readers' code (``indexer.reading.decode_bytes``): ``readers`` (pad
-and resize to model size in the reader, Pillow) and ``device`` (the reader hands the decoded
-frame on; the staging shapes it with torch, ``app.tagger.device_decode.shape_frames``).
+Three ways of the same readers' code (``indexer.reading.decode_bytes``): ``readers`` (pad
+and resize to model size in the reader, Pillow), ``device`` (the reader hands the decoded
+frame on as a view of Pillow's memory, ``frame_pixels``; the staging shapes it with torch,
+``app.tagger.device_decode.shape_frames``) and ``device_copy`` (the frame handed on as a
+copy, ``np.asarray``, which holds the GIL while it copies).
 
 1. ``per_file``: one thread reading PNGs (hash, decode, then shape or hand on), alone and
    beside one thread running Python (``bench.gil.Busy``; the readers' 1 ms switch
-   interval), in ms per file: the bench's
-   1600x1200 PNGs and the real anime PNGs of ../shared/data/images/sdeval_anime when present;
-2. ``readers``: the index's reader threads on PNGs, images/s, alone and beside a busy
-   thread, the two ways alternated over --rounds;
-3. ``shaping_on_this_cpu``: what the staging's torch pad and resize costs per frame on this
+   interval), in ms per file, with the busy thread's rate against its rate alone and what
+   it lost per file (2-3 s windows): the bench's 1600x1200 PNGs and the real anime PNGs of
+   ../shared/data/images/sdeval_anime when present;
+2. ``readers_png_beside_busy``: the index's reader threads on 96 PNGs beside a busy thread,
+   [images/s, the busy thread's rate against alone], the ways alternated over --rounds;
+3. ``hand_on_bench_png``: one thread handing decoded frames on in a loop, as a copy and as
+   a view, beside a busy thread: ms per frame, and the busy thread's rate (``asleep``: the
+   same loop sleeping 4 ms a frame instead, the GIL left alone: the rate to read against);
+4. ``shaping_on_this_cpu``: what the staging's torch pad and resize costs per frame on this
    machine's CPU (a GPU's cost is not measured here), against Pillow's in the reader;
-4. ``pixels``: the model-size pixels of the two ways on the real anime PNGs, mean and max
+5. ``pixels``: the model-size pixels of the two ways on the real anime PNGs, mean and max
    absolute difference (0-255), for both models' geometries;
-5. ``scores`` (--scores N real anime PNGs): the real-size EVA02-Large with a random head
+6. ``scores`` (--scores N real anime PNGs): the real-size EVA02-Large with a random head
    (fp32, CPU) on the two ways' pixels, for both geometries: max and mean probability
    difference, top-10 agreement, least embedding cosine. A random head's scores cluster
    near its floor, so the top-10 agreement is a lower bound on a real model's.
@@ -35,22 +41,24 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
 
-from app.tagger import TimmTagger
+from app.tagger import TimmTagger, device_decode
 from app.tagger.batching import predict_stacked
 from app.tagger.decode import decode_with_meta
-from app.tagger.device_decode import Frame, geometry, shape_frames
+from app.tagger.device_decode import Frame, frame_pixels, geometry, shape_frames
 from app.tagger.forward import ForwardOptions
-from app.tagger.preprocess import Preprocess
 from bench.bench_gpu import agreement, make_images, make_sources
 from bench.bench_tagger import build_random_pixai
 from bench.common import emit, machine
-from bench.gil import Busy
+from bench.gil import Busy, busy_rate_alone
 from indexer.readers import ThreadReaders
 from indexer.reading import Read, ReadSpec, decode_bytes
 from indexer.switch_interval import short_switch_interval
@@ -60,11 +68,17 @@ from tests.support.paths import SHARED_DATA
 
 log = logging.getLogger("bench.device_resize")
 
-WAYS = ("readers", "device")
+WAYS = ("readers", "device_copy", "device")
 
 
-def spec_for(way: str, preprocess: Preprocess = WD_GEOMETRY) -> ReadSpec:
-    return ReadSpec(preprocess, 10**9, True, device_resize=way == "device")
+@contextmanager
+def way(name: str) -> Iterator[ReadSpec]:
+    """The readers' spec for one way; ``device_copy`` hands frames on as copies
+    (``np.asarray``) instead of views of Pillow's memory."""
+    with ExitStack() as stack:
+        if name == "device_copy":
+            stack.enter_context(mock.patch.object(device_decode, "frame_pixels", np.asarray))
+        yield ReadSpec(WD_GEOMETRY, 10**9, True, device_resize=name != "readers")
 
 
 def read_all(spec: ReadSpec, datas: list[bytes]) -> None:
@@ -73,44 +87,69 @@ def read_all(spec: ReadSpec, datas: list[bytes]) -> None:
         assert read.error is None and read.model_input() is not None
 
 
-def per_file(name: str, datas: list[bytes]) -> dict[str, Any]:
+def timed(fn: Callable[[], object], seconds: float) -> tuple[float, int]:
+    """Calls of ``fn`` for at least ``seconds``: the time taken and the calls made (short
+    windows make the busy thread's rate too noisy on 2 cores)."""
+    started, calls = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        fn()
+        calls += 1
+    return time.perf_counter() - started, calls
+
+
+def per_file(name: str, datas: list[bytes], alone_rate: float) -> dict[str, Any]:
     line: dict[str, Any] = {"files": len(datas)}
-    read_all(spec_for("readers"), datas[:1])  # warm
-    for way in WAYS:
-        spec = spec_for(way)
-        started = time.perf_counter()
-        read_all(spec, datas)
-        alone = (time.perf_counter() - started) / len(datas)
-        with short_switch_interval(), Busy():  # the readers' interval, as in a run
-            started = time.perf_counter()
-            read_all(spec, datas)
-            beside = (time.perf_counter() - started) / len(datas)
-        line[way] = {"alone_ms": round(1000 * alone, 1), "beside_busy_ms": round(1000 * beside, 1)}
+    with way("readers") as spec:
+        read_all(spec, datas[:1])  # warm (and pyarrow loaded once, for every way alike)
+    frame_pixels(decode_with_meta(datas[0], max_pixels=10**9)[0])
+    for label in WAYS:
+        with way(label) as spec:
+            spent, calls = timed(lambda: read_all(spec, datas), 2.0)
+            alone = spent / (calls * len(datas))
+            with short_switch_interval(), Busy() as busy:  # the readers' interval, as in a run
+                spent, calls = timed(lambda: read_all(spec, datas), 3.0)
+            beside = spent / (calls * len(datas))
+        line[label] = {
+            "alone_ms": round(1000 * alone, 1),
+            "beside_busy_ms": round(1000 * beside, 1),
+            "busy_thread_rate": round(busy.rate / alone_rate, 2),
+        }
     log.info("per_file %s: %s", name, json.dumps(line))
     return line
 
 
-def readers_rate(files: list[Path], workers: int, way: str, busy: bool) -> float:
-    pool = ThreadReaders(spec_for(way), workers, workers * 4)
-    with Busy() if busy else _Idle():
+def hand_on(datas: list[bytes], alone_rate: float) -> dict[str, Any]:
+    """One thread handing decoded frames on in a loop, as a copy and as a view, beside a
+    busy thread: ms per frame and the busy thread's rate (a copy holds the GIL)."""
+    images = [decode_with_meta(data, max_pixels=10**9)[0] for data in datas]
+    result = {}
+    takes = (("asleep", lambda image: time.sleep(0.004)), ("copy", np.asarray))
+    for label, take in (*takes, ("view", frame_pixels)):  # asleep: the GIL left alone
+        with short_switch_interval(), Busy() as busy:
+            spent, calls = timed(lambda: [take(image) for image in images], 3.0)  # noqa: B023
+        result[label] = {
+            "ms_per_frame": round(1000 * spent / (calls * len(images)), 3),
+            "busy_thread_rate": round(busy.rate / alone_rate, 2),
+        }
+    return result
+
+
+def readers_rate(files: list[Path], workers: int, label: str, alone_rate: float) -> list[float]:
+    """The reader threads' images/s beside a busy Python thread, and the busy thread's rate
+    against its rate alone (what the readers leave of the GIL)."""
+    with way(label) as spec, Busy() as busy:
+        pool = ThreadReaders(spec, workers, workers * 4)
         started = time.perf_counter()
         done = sum(r.error is None for r in pool.map((str(p), None) for p in files))
-        return done / (time.perf_counter() - started)
-
-
-class _Idle:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+        rate = done / (time.perf_counter() - started)
+    return [round(rate, 1), round(busy.rate / alone_rate, 2)]
 
 
 def shaping_on_this_cpu(datas: list[bytes]) -> dict[str, float]:
     """ms per frame: Pillow's pad and resize in a reader against torch's in the staging, both
     on this CPU, in batches of the same frames."""
     images = [decode_with_meta(data, max_pixels=10**9)[0] for data in datas]
-    frames = [Frame(np.asarray(image)) for image in images]
+    frames = [Frame(frame_pixels(image)) for image in images]
     started = time.perf_counter()
     for image in images:
         WD_GEOMETRY.pixels(image)
@@ -176,21 +215,20 @@ def main() -> None:
         work = Path(tmp)
         made = make_sources(work)
         pngs = [p.read_bytes() for p in made if p.suffix == ".png"]
-        results["per_file"] = {"bench_png_1600x1200": per_file("png", pngs)}
+        alone_rate = busy_rate_alone()
+        results["per_file"] = {"bench_png_1600x1200": per_file("png", pngs, alone_rate)}
         large = [p.read_bytes() for p in real if p.stat().st_size > 500_000][:12]
         if large:
-            results["per_file"]["sdeval_anime_png"] = per_file("anime png", large)
+            results["per_file"]["sdeval_anime_png"] = per_file("anime png", large, alone_rate)
         _folder, files = make_images(work, made, "pngs", 96, 1)
-        rates: dict[str, list[float]] = {}
-        for _ in range(args.rounds):  # alternated, so drift hits both alike
-            for way in WAYS:
-                for busy in (False, True):
-                    label = f"{way}_{'beside_busy' if busy else 'alone'}"
-                    rates.setdefault(label, []).append(
-                        round(readers_rate(files, workers, way, busy), 1)
-                    )
-        results["readers_png_img_s"] = rates
+        rates: dict[str, list[list[float]]] = {label: [] for label in WAYS}
+        for _ in range(args.rounds):  # alternated, so drift hits all alike
+            for label in WAYS:
+                rates[label].append(readers_rate(files, workers, label, alone_rate))
+        results["readers_png_beside_busy"] = rates
         log.info("readers: %s", rates)
+        results["hand_on_bench_png"] = hand_on(pngs, alone_rate)
+        log.info("hand on: %s", results["hand_on_bench_png"])
         results["shaping_on_this_cpu"] = shaping_on_this_cpu(pngs)
         log.info("shaping: %s", results["shaping_on_this_cpu"])
         if real:

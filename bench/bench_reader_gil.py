@@ -47,7 +47,7 @@ from app.tagger import TimmTagger, decode
 from app.tagger.forward import ForwardOptions
 from bench.bench_gpu import make_images, make_sources
 from bench.common import emit, machine
-from bench.gil import VARIANTS, Busy, variant
+from bench.gil import VARIANTS, Busy, busy_rate_alone, variant
 from indexer.pipeline import Indexer, IndexOptions
 from indexer.readers import ThreadReaders
 from indexer.reading import ReadSpec
@@ -55,12 +55,6 @@ from tests.support.geometries import WD as WD_GEOMETRY
 from tests.support.paths import SHARED_DATA
 
 log = logging.getLogger("bench.reader_gil")
-
-
-def busy_rate_alone(seconds: float = 1.0) -> float:
-    with Busy() as busy:
-        time.sleep(seconds)
-    return busy.rate
 
 
 def decode_to_pixels(datas: list[bytes], draft: bool) -> None:

@@ -61,3 +61,11 @@ class Busy:
         self.stopped.set()
         self.worker.join()
         self.rate = self.loops / (time.perf_counter() - self.started)
+
+
+def busy_rate_alone(seconds: float = 1.0) -> float:
+    """The busy thread's loops a second with nothing beside it: what its rate beside the
+    readers is read against."""
+    with Busy() as busy:
+        time.sleep(seconds)
+    return busy.rate

@@ -51,9 +51,9 @@ DEVICE_MAX_PIXELS = 4096 * 4096
 # A JPEG waits as bytes until its batch is staged (up to three batches ahead): larger files are
 # decoded by the readers, which keep only the model-size pixels.
 DEVICE_MAX_BYTES = 8 << 20
-# A decoded frame waits at full size for the device under the same bound: 2.8M RGB pixels
-# (1600x1200 and 1536x1536 pass, 2048x2048 is resized by its reader as before).
-FRAME_MAX_BYTES = DEVICE_MAX_BYTES
+# A decoded frame waits at full size, 4 bytes a pixel, until its batch is staged: at most
+# 2.6M pixels (1600x1200, 1200x1800 and 1536x1536 pass; 2048x2048 is resized by its reader).
+FRAME_MAX_BYTES = 10 << 20
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DEVICE_MODES = ("nearest", "bilinear", "bicubic")
 
@@ -68,7 +68,8 @@ class Jpeg:
 
 @dataclass(frozen=True, eq=False)
 class Frame:
-    """A decoded image for the device to pad and resize: (H, W, 3) uint8 upright RGB."""
+    """A decoded image for the device to pad and resize, upright: (H, W, 4) uint8 RGBX (the
+    fourth byte ignored) or (H, W, 3) RGB (:func:`frame_pixels`)."""
 
     pixels: np.ndarray
 
@@ -92,9 +93,35 @@ def frame_for_device(image: Image.Image, preprocess: ImagePreprocess) -> Frame |
     if not supports(preprocess) or image.mode != "RGB":
         return None
     width, height = image.size
-    if width * height * 3 > FRAME_MAX_BYTES or image.size == (preprocess.size, preprocess.size):
+    if width * height * 4 > FRAME_MAX_BYTES or image.size == (preprocess.size, preprocess.size):
         return None
-    return Frame(np.asarray(image))
+    return Frame(frame_pixels(image))
+
+
+def frame_pixels(image: Image.Image) -> np.ndarray:
+    """An RGB image's pixels as an (H, W, 4) RGBX view of Pillow's own memory, through its
+    Arrow export: no copy. ``np.asarray`` copies them through Pillow's encoder holding the
+    GIL, 4 ms for a 1600x1200 frame, which the model thread and the other readers wait out
+    (docs/benchmarks.md). An image Pillow keeps in several blocks is copied as (H, W, 3)."""
+    import pyarrow as pa  # lazily: a reader that hands no frames on does not load it
+
+    width, height = image.size
+    try:
+        exported = pa.array(image)
+    except ValueError:  # rows not in one block: Pillow cannot export it without a copy
+        return np.asarray(image)
+    kind = exported.type
+    if not (
+        pa.types.is_fixed_size_list(kind)
+        and kind.list_size == 4
+        and kind.value_type == pa.uint8()
+        and exported.offset == 0
+        and len(exported) == width * height
+    ):
+        return np.asarray(image)
+    values = exported.values  # its buffer keeps Pillow's memory alive, not the image
+    data = np.frombuffer(values.buffers()[1], np.uint8, width * height * 4, values.offset)
+    return data.reshape(height, width, 4)
 
 
 def for_device(data: bytes, max_pixels: int) -> JpegHeader | None:
@@ -162,8 +189,9 @@ def _shaped(
 def shape_frames(
     frames: list[Frame], preprocess: Preprocess, device: torch.device
 ) -> list[torch.Tensor]:
-    """Each frame as (S, S, 3) uint8 model-size pixels on ``device``: frames of one size are
-    stacked, copied and resized together (see :func:`_shaped`)."""
+    """Each frame as (S, S, 3) uint8 model-size pixels on ``device``: frames of one shape are
+    stacked (a copy that gives the GIL up), copied and resized together (see
+    :func:`_shaped`); an RGBX frame's fourth byte is dropped on the device."""
     import torch
 
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -173,7 +201,7 @@ def shape_frames(
     for shape, rows in groups.items():
         host = torch.empty((len(rows), *shape), dtype=torch.uint8, pin_memory=device.type == "cuda")
         np.stack([frames[row].pixels for row in rows], out=host.numpy())
-        on_device = host.to(device, non_blocking=True).permute(0, 3, 1, 2)
+        on_device = host.to(device, non_blocking=True)[..., :3].permute(0, 3, 1, 2)
         for row, pixels in zip(rows, geometry(on_device, preprocess), strict=True):
             shaped[row] = pixels
     return shaped

@@ -4,6 +4,7 @@ with the device JPEGs' geometry. Run here on the CPU, the device a GPU run swaps
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from app.tagger.device_decode import (
     Frame,
     Jpeg,
     frame_for_device,
+    frame_pixels,
     geometry,
     shape_frames,
 )
@@ -59,13 +61,37 @@ def test_a_decoded_image_is_handed_on_whole() -> None:
     image = photo(90, 60, 1)
     frame = frame_for_device(image, WD)
     assert frame is not None
-    assert np.array_equal(frame.pixels, np.asarray(image))
-    assert frame.pixels.shape == (60, 90, 3) and frame.pixels.dtype == np.uint8
+    assert frame.pixels.shape == (60, 90, 4) and frame.pixels.dtype == np.uint8  # RGBX
+    assert np.array_equal(frame.pixels[..., :3], np.asarray(image))
+
+
+def test_a_frame_is_a_view_of_pillows_memory_that_outlives_the_image() -> None:
+    image = photo(90, 60, 11)
+    expected = np.asarray(image).copy()
+    pixels = frame_pixels(image)
+    assert not pixels.flags.owndata and not pixels.flags.writeable  # a view: nothing copied
+    del image
+    gc.collect()
+    np.ones((600, 900, 4), np.uint8)  # memory reused were the view's freed
+    assert np.array_equal(pixels[..., :3], expected)
+
+
+def test_an_image_pillow_keeps_in_several_blocks_is_copied() -> None:
+    from PIL import _imaging  # Pillow's allocator settings are process-wide: restored below
+
+    block = _imaging.get_block_size()
+    _imaging.set_block_size(4096)  # rows of 360 bytes: the image spans many blocks
+    try:
+        image = photo(90, 60, 12)
+    finally:
+        _imaging.set_block_size(block)
+    pixels = frame_pixels(image)
+    assert pixels.shape == (60, 90, 3) and np.array_equal(pixels, np.asarray(image))
 
 
 def test_what_the_reader_shapes_itself() -> None:
     assert frame_for_device(photo(448, 448, 2), WD) is None  # at model size: nothing to do
-    side = int((FRAME_MAX_BYTES / 3) ** 0.5) + 1  # over the bound a frame may wait in
+    side = int((FRAME_MAX_BYTES / 4) ** 0.5) + 1  # over the bound a frame may wait in
     assert frame_for_device(PILImage.new("RGB", (side, side)), WD) is None
     assert frame_for_device(PILImage.new("RGB", (side - 2, side - 2)), WD) is not None
     lanczos = Preprocess(448, "pad", "lanczos", (0.5,) * 3, (0.5,) * 3, "RGB")
@@ -96,7 +122,7 @@ def test_readers_hand_frames_on_with_the_files_facts(tmp_path: Path) -> None:
             on_host.format,
         )
         image, _meta = decode_with_meta(path.read_bytes(), max_pixels=10**8, draft=None)
-        assert np.array_equal(deferred.deferred.pixels, np.asarray(image))
+        assert np.array_equal(deferred.deferred.pixels[..., :3], np.asarray(image))
     assert isinstance(read_file(device, str(jpeg), None).deferred, Jpeg)
     on_host, deferred = read_file(host, str(broken), None), read_file(device, str(broken), None)
     assert deferred.model_input() is None and deferred.error is not None
@@ -109,10 +135,12 @@ def test_readers_hand_frames_on_with_the_files_facts(tmp_path: Path) -> None:
 @pytest.mark.parametrize("preprocess", [PIXAI, WD], ids=["stretch-bilinear", "pad-bicubic"])
 def test_frames_are_shaped_by_size_groups_as_one_by_one(preprocess: Preprocess) -> None:
     images = [photo(90, 60, 1), photo(60, 90, 2), photo(90, 60, 3), photo(500, 500, 4)]
-    frames = [Frame(np.asarray(image)) for image in images]
+    # RGBX views and RGB copies (an image in several blocks) alike
+    frames = [Frame(frame_pixels(image)) for image in images] + [Frame(np.asarray(images[0]))]
     shaped = shape_frames(frames, preprocess, CPU)
     for frame, pixels in zip(frames, shaped, strict=True):
-        alone = geometry(torch.from_numpy(np.array(frame.pixels)).permute(2, 0, 1), preprocess)
+        rgb = np.array(frame.pixels[..., :3])
+        alone = geometry(torch.from_numpy(rgb).permute(2, 0, 1), preprocess)
         assert pixels.shape == (448, 448, 3) and torch.equal(pixels, alone)
 
 
@@ -123,11 +151,11 @@ def test_a_mixed_batch_stages_each_row_as_alone(tagger: TimmTagger, tmp_path: Pa
     jpeg = tmp_path / "j.jpg"
     photo(50, 30, 7).save(jpeg, "JPEG")
     batch: list[Pixels] = [
-        Frame(np.asarray(photo(90, 60, 8))),
+        Frame(frame_pixels(photo(90, 60, 8))),
         host,
         Jpeg(jpeg.read_bytes()),
         Frame(np.asarray(photo(40, 70, 9))),
-        Frame(np.asarray(photo(90, 60, 10))),
+        Frame(frame_pixels(photo(90, 60, 10))),
     ]
     staged = stage(tagger, batch)
     assert staged.pixels.shape == (5, side, side, 3) and not staged.errors
@@ -164,7 +192,7 @@ def collection(root: Path) -> Path:
     for i in range(5):
         make_image(root / f"p{i}.png", seed=i, size=(48 + 8 * (i % 2), 40))
     make_image(root / "square.png", seed=20, size=(56, 56))  # the tiny model's input size
-    side = int((FRAME_MAX_BYTES / 3) ** 0.5) + 1
+    side = int((FRAME_MAX_BYTES / 4) ** 0.5) + 1
     photo(side, side, 21).save(root / "large.png")  # over the bound: shaped by its reader
     photo(64, 48, 22).save(root / "w.webp", "WEBP")
     photo(30, 30, 23).convert("P").save(root / "g.gif")
