@@ -12,8 +12,8 @@ copy, ``np.asarray``, which holds the GIL while it copies).
 
 1. ``per_file``: one thread reading PNGs (hash, decode, then shape or hand on), alone and
    beside one thread running Python (``bench.gil.Busy``; the readers' 1 ms switch
-   interval), in ms per file, with the busy thread's rate against its rate alone and what
-   it lost per file (2-3 s windows): the bench's 1600x1200 PNGs and the real anime PNGs of
+   interval), in ms per file, with the busy thread's rate against its rate alone (windows
+   of at least 3 s): the bench's 1600x1200 PNGs and the real anime PNGs of
    ../shared/data/images/sdeval_anime when present;
 2. ``readers_png_beside_busy``: the index's reader threads on 96 PNGs beside a busy thread,
    [images/s, the busy thread's rate against alone], the ways alternated over --rounds;
@@ -41,8 +41,9 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -58,7 +59,7 @@ from app.tagger.forward import ForwardOptions
 from bench.bench_gpu import agreement, make_images, make_sources
 from bench.bench_tagger import build_random_pixai
 from bench.common import emit, machine
-from bench.gil import Busy, busy_rate_alone
+from bench.gil import Busy, alone_and_beside_busy, busy_rate_alone, timed
 from indexer.readers import ThreadReaders
 from indexer.reading import Read, ReadSpec, decode_bytes
 from indexer.switch_interval import short_switch_interval
@@ -87,33 +88,15 @@ def read_all(spec: ReadSpec, datas: list[bytes]) -> None:
         assert read.error is None and read.model_input() is not None
 
 
-def timed(fn: Callable[[], object], seconds: float) -> tuple[float, int]:
-    """Calls of ``fn`` for at least ``seconds``: the time taken and the calls made (short
-    windows make the busy thread's rate too noisy on 2 cores)."""
-    started, calls = time.perf_counter(), 0
-    while time.perf_counter() - started < seconds:
-        fn()
-        calls += 1
-    return time.perf_counter() - started, calls
-
-
 def per_file(name: str, datas: list[bytes], alone_rate: float) -> dict[str, Any]:
     line: dict[str, Any] = {"files": len(datas)}
     with way("readers") as spec:
         read_all(spec, datas[:1])  # warm (and pyarrow loaded once, for every way alike)
     frame_pixels(decode_with_meta(datas[0], max_pixels=10**9)[0])
     for label in WAYS:
-        with way(label) as spec:
-            spent, calls = timed(lambda: read_all(spec, datas), 2.0)
-            alone = spent / (calls * len(datas))
-            with short_switch_interval(), Busy() as busy:  # the readers' interval, as in a run
-                spent, calls = timed(lambda: read_all(spec, datas), 3.0)
-            beside = spent / (calls * len(datas))
-        line[label] = {
-            "alone_ms": round(1000 * alone, 1),
-            "beside_busy_ms": round(1000 * beside, 1),
-            "busy_thread_rate": round(busy.rate / alone_rate, 2),
-        }
+        with way(label) as spec, short_switch_interval():  # the readers' interval, as in a run
+            work = partial(read_all, spec, datas)
+            line[label] = alone_and_beside_busy(work, len(datas), alone_rate, seconds=3.0)
     log.info("per_file %s: %s", name, json.dumps(line))
     return line
 

@@ -47,7 +47,7 @@ from app.tagger import TimmTagger, decode
 from app.tagger.forward import ForwardOptions
 from bench.bench_gpu import make_images, make_sources
 from bench.common import emit, machine
-from bench.gil import VARIANTS, Busy, busy_rate_alone, variant
+from bench.gil import VARIANTS, Busy, alone_and_beside_busy, busy_rate_alone, variant
 from indexer.pipeline import Indexer, IndexOptions
 from indexer.readers import ThreadReaders
 from indexer.reading import ReadSpec
@@ -70,18 +70,8 @@ def per_file(name: str, datas: list[bytes], draft: bool, alone_rate: float) -> d
     decode_to_pixels(datas[:1], draft)  # warm
     for label in VARIANTS:
         with variant(label):
-            started = time.perf_counter()
-            decode_to_pixels(datas, draft)
-            alone = (time.perf_counter() - started) / len(datas)
-            with Busy() as busy:
-                started = time.perf_counter()
-                decode_to_pixels(datas, draft)
-                beside = (time.perf_counter() - started) / len(datas)
-        line[label] = {
-            "alone_ms": round(1000 * alone, 1),
-            "beside_busy_ms": round(1000 * beside, 1),
-            "busy_thread_rate": round(busy.rate / alone_rate, 2),
-        }
+            work = partial(decode_to_pixels, datas, draft)
+            line[label] = alone_and_beside_busy(work, len(datas), alone_rate)
     log.info("per_file %s: %s", name, json.dumps(line))
     return line
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from unittest import mock
 
@@ -69,3 +69,30 @@ def busy_rate_alone(seconds: float = 1.0) -> float:
     with Busy() as busy:
         time.sleep(seconds)
     return busy.rate
+
+
+def timed(fn: Callable[[], object], seconds: float) -> tuple[float, int]:
+    """Calls of ``fn``, at least one, for at least ``seconds``: the time taken and the calls
+    made (short windows make a busy thread's rate too noisy on 2 cores)."""
+    started, calls = time.perf_counter(), 0
+    while not calls or time.perf_counter() - started < seconds:
+        fn()
+        calls += 1
+    return time.perf_counter() - started, calls
+
+
+def alone_and_beside_busy(
+    work: Callable[[], object], items: int, alone_rate: float, seconds: float = 0.0
+) -> dict[str, float]:
+    """ms per item of ``work`` (``items`` a call) alone and beside a :class:`Busy` thread,
+    and the busy thread's rate against ``alone_rate``."""
+    spent, calls = timed(work, seconds)
+    alone = spent / (calls * items)
+    with Busy() as busy:
+        spent, calls = timed(work, seconds)
+    beside = spent / (calls * items)
+    return {
+        "alone_ms": round(1000 * alone, 1),
+        "beside_busy_ms": round(1000 * beside, 1),
+        "busy_thread_rate": round(busy.rate / alone_rate, 2),
+    }
