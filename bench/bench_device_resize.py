@@ -56,11 +56,10 @@ from app.tagger.batching import predict_stacked
 from app.tagger.decode import decode_with_meta
 from app.tagger.device_decode import Frame, frame_pixels, geometry, shape_frames
 from app.tagger.forward import ForwardOptions
-from bench.bench_gpu import agreement, make_images, make_sources
+from bench.bench_gpu import agreement, make_images, make_sources, reader_rate
 from bench.bench_tagger import build_random_pixai
 from bench.common import emit, machine
 from bench.gil import Busy, alone_and_beside_busy, busy_rate_alone, timed
-from indexer.readers import ThreadReaders
 from indexer.reading import Read, ReadSpec, decode_bytes
 from indexer.switch_interval import short_switch_interval
 from tests.support.geometries import PIXAI as PIXAI_GEOMETRY
@@ -121,10 +120,7 @@ def readers_rate(files: list[Path], workers: int, label: str, alone_rate: float)
     """The reader threads' images/s beside a busy Python thread, and the busy thread's rate
     against its rate alone (what the readers leave of the GIL)."""
     with way(label) as spec, Busy() as busy:
-        pool = ThreadReaders(spec, workers, workers * 4)
-        started = time.perf_counter()
-        done = sum(r.error is None for r in pool.map((str(p), None) for p in files))
-        rate = done / (time.perf_counter() - started)
+        rate = reader_rate(spec, files, workers, False)
     return [round(rate, 1), round(busy.rate / alone_rate, 2)]
 
 

@@ -245,6 +245,20 @@ def png_stages(spec: ReadSpec, pngs: list[Path]) -> dict[str, float]:
     return {**stages, "total_ms": round(sum(stages.values()), 1), "files": len(pngs)}
 
 
+def batched_rate(
+    work: Callable[[list[Any]], object], items: list[Any], batch: int, device: str
+) -> float:
+    """Items a second through ``work`` on ``device``, ``batch`` at a time, after one warm
+    batch: the device's own rate, its queue drained before and after."""
+    work(items[:batch])
+    sync(device)
+    started = time.perf_counter()
+    for start in range(0, len(items), batch):
+        work(items[start : start + batch])
+    sync(device)
+    return len(items) / (time.perf_counter() - started)
+
+
 def nvjpeg(tagger: TimmTagger, jpegs: list[Path], batch: int) -> dict[str, float]:
     """torchvision's GPU JPEG decoder, batched, resized and normalised on the GPU, against
     the Pillow path's pixels for the same files."""
@@ -266,13 +280,7 @@ def nvjpeg(tagger: TimmTagger, jpegs: list[Path], batch: int) -> dict[str, float
         ]
         return torch.stack(resized)
 
-    gpu_pixels(datas[:batch])
-    sync(str(tagger.device))
-    started = time.perf_counter()
-    for start in range(0, len(datas), batch):
-        gpu_pixels(datas[start : start + batch])
-    sync(str(tagger.device))
-    rate = len(datas) / (time.perf_counter() - started)
+    rate = batched_rate(gpu_pixels, datas, batch, str(tagger.device))
     sample = jpegs[:batch]
     on_gpu = tagger.predict_pixels(gpu_pixels(datas[:batch]))
     pillow = predict_stacked(tagger, pixels_of(tagger, sample))
@@ -287,13 +295,8 @@ def png_frames(tagger: TimmTagger, pngs: list[Path], batch: int) -> dict[str, fl
     readers = ThreadReaders(on_device, 8, 32)
     frames = [r.deferred for r in readers.map((str(p), None) for p in pngs)]
     assert all(isinstance(f, Frame) for f in frames)
-    shape_frames(frames[:batch], tagger.preprocess, tagger.device)  # type: ignore[arg-type]
-    sync(str(tagger.device))
-    started = time.perf_counter()
-    for start in range(0, len(frames), batch):
-        shape_frames(frames[start : start + batch], tagger.preprocess, tagger.device)  # type: ignore[arg-type]
-    sync(str(tagger.device))
-    rate = len(frames) / (time.perf_counter() - started)
+    shape = partial(shape_frames, preprocess=tagger.preprocess, device=tagger.device)
+    rate = batched_rate(shape, frames, batch, str(tagger.device))
     sample = pngs[:batch]
     shaped = predict_stacked(tagger, frames[:batch])  # type: ignore[arg-type]
     pillow = predict_stacked(tagger, pixels_of(tagger, sample))
@@ -490,10 +493,12 @@ def main() -> None:
         for round_ in range(1, args.repeat + 1):  # alternated, so drift hits all alike
             for name, how in variants.items():
                 label = name if round_ == 1 else f"{name}_{round_}"
-                model = models.get(str(how.get("model", "")), fast)
-                rest = {key: value for key, value in how.items() if key != "model"}
-                if "model" not in how or model is not fast:
-                    section(label, partial(run_index, label, model, False, **rest))
+                rest = dict(how)
+                wanted = rest.pop("model", None)
+                if wanted is not None and wanted not in models:
+                    continue  # its forward was skipped or did not load
+                model = models[wanted] if wanted is not None else fast
+                section(label, partial(run_index, label, model, False, **rest))
 
         def reindex() -> float:
             engine = create_db_engine(last["url"])

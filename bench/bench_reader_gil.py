@@ -45,11 +45,10 @@ from app.store.db import create_db_engine
 from app.store.digests import of_bytes
 from app.tagger import TimmTagger, decode
 from app.tagger.forward import ForwardOptions
-from bench.bench_gpu import make_images, make_sources
+from bench.bench_gpu import make_images, make_sources, reader_rate
 from bench.common import emit, machine
 from bench.gil import VARIANTS, Busy, alone_and_beside_busy, busy_rate_alone, variant
 from indexer.pipeline import Indexer, IndexOptions
-from indexer.readers import ThreadReaders
 from indexer.reading import ReadSpec
 from tests.support.geometries import WD as WD_GEOMETRY
 from tests.support.paths import SHARED_DATA
@@ -77,12 +76,8 @@ def per_file(name: str, datas: list[bytes], draft: bool, alone_rate: float) -> d
 
 
 def readers_rate(files: list[Path], workers: int, name: str) -> float:
-    spec = ReadSpec(WD_GEOMETRY, 10**9, True)
     with variant(name), Busy():
-        pool = ThreadReaders(spec, workers, workers * 4)
-        started = time.perf_counter()
-        done = sum(r.error is None for r in pool.map((str(p), None) for p in files))
-        return done / (time.perf_counter() - started)
+        return reader_rate(ReadSpec(WD_GEOMETRY, 10**9, True), files, workers, False)
 
 
 def index_rate(tagger: TimmTagger, folder: Path, work: Path, run: str, name: str) -> float:

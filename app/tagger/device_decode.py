@@ -23,8 +23,8 @@ tolerance measured in docs/benchmarks.md; SAGASHI_DEVICE_JPEG=off keeps every de
 the CPU.
 
 Images the readers decode (PNG, WebP, GIF, the JPEGs above that stay on the CPU) are handed
-on as a :class:`Frame`, their upright RGB pixels at decoded size, when
-SAGASHI_DEVICE_RESIZE is on: the pad and resize to model size, about a third of a PNG's CPU
+on as a :class:`Frame`, their upright pixels at decoded size as a view of Pillow's memory,
+when SAGASHI_DEVICE_RESIZE is on: the pad and resize to model size, about a third of a PNG's CPU
 time, then run on the device in groups of one size (:func:`shape_frames`), with the same
 geometry as the device JPEGs'.
 """
