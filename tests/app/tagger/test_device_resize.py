@@ -126,7 +126,15 @@ def test_readers_hand_frames_on_with_the_files_facts(tmp_path: Path) -> None:
     assert isinstance(read_file(device, str(jpeg), None).deferred, Jpeg)
     on_host, deferred = read_file(host, str(broken), None), read_file(device, str(broken), None)
     assert deferred.model_input() is None and deferred.error is not None
-    assert on_host.error is not None and deferred.error.code == on_host.error.code
+    assert on_host.error is not None
+    assert (
+        (deferred.error.code, deferred.error.message)
+        == (
+            on_host.error.code,
+            on_host.error.message,
+        )
+        == ("truncated", "truncated file: image file is truncated")
+    )
 
 
 # -- the staging -------------------------------------------------------------------------------
@@ -217,9 +225,11 @@ def test_an_index_with_frames_shaped_on_the_device_matches_the_readers(
     by_readers = Indexer(create_db_engine(other_url), tagger, small_options()).run([root])
     assert on_device.as_dict() == by_readers.as_dict()
     assert on_device.new == 13 and on_device.failed == 1
-    assert [(Path(p.path).name, p.code) for p in on_device.failures] == [
-        (Path(p.path).name, p.code) for p in by_readers.failures
-    ]
+    assert (
+        [(Path(p.path).name, p.code) for p in on_device.failures]
+        == [(Path(p.path).name, p.code) for p in by_readers.failures]
+        == [("cut.png", "truncated")]
+    )
     device_state, reader_state = assert_indexed_alike(engine, create_db_engine(other_url))
     square = str(root / "square.png")  # shaped by its reader either way: the same scores
     assert device_state[square]["tags"] == reader_state[square]["tags"]
