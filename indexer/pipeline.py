@@ -320,12 +320,13 @@ class _Batch:
 
     def write(self, waiting: Waiting, prediction: Prediction) -> None:
         items = []
+        postings = self.tag_map.batch_postings(prediction.probs, self.floor)
         for row, (loaded, existing_id) in enumerate(waiting):
             error = prediction.errors.get(row)
             if error is not None:  # a JPEG the device and then the CPU could not decode
                 self.failures.append(Problem(loaded.found.path, error.code, error.message))
                 continue
-            tag_ids, scores = self.tag_map.postings(prediction.probs[row], self.floor)
+            tag_ids, scores = postings[row]
             stored = repo.StoredPrediction(tag_ids, scores, prediction.embeddings[row])
             assert loaded.facts is not None
             items.append((loaded.facts, stored, existing_id))

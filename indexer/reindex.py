@@ -245,8 +245,9 @@ class Reindexer:
         if not batch:
             return
         rows = []
+        postings = tag_map.batch_postings(prediction.probs, self.options.score_floor)
         for row, image_id in batch:
-            tag_ids, scores = tag_map.postings(prediction.probs[row], self.options.score_floor)
+            tag_ids, scores = postings[row]
             rows.append(
                 (image_id, repo.StoredPrediction(tag_ids, scores, prediction.embeddings[row]))
             )

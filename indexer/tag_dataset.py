@@ -384,12 +384,13 @@ def _tag_here(
 
     def write(items: list[Loaded], prediction: Prediction) -> None:
         rows = []
+        postings = vocabulary.tag_map.batch_postings(prediction.probs, index.score_floor)
         for row, loaded in enumerate(items):
             error = prediction.errors.get(row)
             if error is not None:  # a JPEG the device and then the CPU could not decode
                 sink.fail(Problem(loaded.found.path, error.code, error.message))
                 continue
-            tag_ids, scores = vocabulary.tag_map.postings(prediction.probs[row], index.score_floor)
+            tag_ids, scores = postings[row]
             names = [vocabulary.names[t] for t in tag_ids.tolist()]
             assert loaded.facts is not None  # decoded: its facts are known
             rows.append(shard_row(loaded.facts, names, scores, prediction.embeddings[row]))

@@ -202,16 +202,32 @@ class TagMap:
 
     def postings(self, probs: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
         """(tag ids, scores) of one image's tags scoring at least ``floor``."""
-        keep = np.flatnonzero((probs >= floor) & (self.tag_ids >= 0))
-        tag_ids, scores = self.tag_ids[keep], probs[keep].astype(np.float32)
+        return self.batch_postings(probs[np.newaxis], floor)[0]
+
+    def batch_postings(
+        self, probs: np.ndarray, floor: float
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`postings` of each row of an (N, tags) batch, in a few array operations
+        over the whole batch: numpy gives the GIL up in each operation on a large array, and
+        a writer that gives it up once an image waits out another thread's switch interval
+        once an image (docs/benchmarks.md)."""
+        if not len(probs):
+            return []
+        rows, columns = np.nonzero((probs >= floor) & (self.tag_ids >= 0))
+        tag_ids, scores = self.tag_ids[columns], probs[rows, columns].astype(np.float32)
         if self.has_duplicates and len(tag_ids):
-            order = np.lexsort((-scores, tag_ids))
-            tag_ids, scores = tag_ids[order], scores[order]
-            first = np.concatenate(([True], tag_ids[1:] != tag_ids[:-1]))
-            tag_ids, scores = tag_ids[first], scores[first]
+            # By image, then tag, the best score first: the first of each (image, tag) stays.
+            order = np.lexsort((-scores, tag_ids, rows))
+            rows, tag_ids, scores = rows[order], tag_ids[order], scores[order]
+            first = np.concatenate(
+                ([True], (tag_ids[1:] != tag_ids[:-1]) | (rows[1:] != rows[:-1]))
+            )
+            rows, tag_ids, scores = rows[first], tag_ids[first], scores[first]
+        bounds = np.searchsorted(rows, np.arange(1, len(probs)))
+        each = list(zip(np.split(tag_ids, bounds), np.split(scores, bounds), strict=True))
         if self.copyrights:
-            tag_ids, scores = self._with_copyrights(tag_ids, scores)
-        return tag_ids, scores
+            each = [self._with_copyrights(ids, values) for ids, values in each]
+        return each
 
     def _with_copyrights(
         self, tag_ids: np.ndarray, scores: np.ndarray
@@ -304,12 +320,13 @@ def write_images(
 
 
 def _insert_images(session: Session, rows: list[dict[str, object]]) -> dict[str, int]:
-    """Insert image rows; their ids by path. One executemany, then the ids by the live-path
-    key: on SQLite, INSERT ... RETURNING in parameter order ran one statement per row,
-    about a tenth of a large import's time."""
+    """Insert image rows; their ids by path. Through the bulk path (one step a statement
+    on SQLite, see app.store.bulk), then the ids by the live-path key: on SQLite, INSERT
+    ... RETURNING in parameter order ran one statement per row, about a tenth of a large
+    import's time."""
     if not rows:
         return {}
-    session.execute(insert(cast(Table, Image.__table__)), rows)
+    bulk.insert_records(session, cast(Table, Image.__table__), rows)
     return live_ids_by_path(session, [str(row["path"]) for row in rows])
 
 
@@ -362,7 +379,9 @@ def insert_predictions(
     bulk.insert_rows(
         session, "image_tags", ("generation_id", "tag_id", "score", "image_id"), postings
     )
-    vectors = [(generation_id, image_id, encode_vector(p.embedding)) for image_id, p in rows]
+    blobs = encode_vectors(np.stack([p.embedding for _, p in rows]))
+    ids = [image_id for image_id, _ in rows]
+    vectors = [(generation_id, i, blob) for i, blob in zip(ids, blobs, strict=True)]
     bulk.insert_rows(session, "embeddings", ("generation_id", "image_id", "vector"), vectors)
 
 
@@ -441,7 +460,14 @@ def refresh_tag_counts(
 
 
 def encode_vector(vector: np.ndarray) -> bytes:
-    return np.asarray(vector, dtype="<f2").tobytes()
+    return encode_vectors(np.asarray(vector)[np.newaxis])[0]
+
+
+def encode_vectors(matrix: np.ndarray) -> list[bytes]:
+    """Each row of an (N, D) matrix as stored, converted in one operation (see
+    :meth:`TagMap.batch_postings` for why one)."""
+    stored = np.asarray(matrix, dtype="<f2")
+    return [row.tobytes() for row in stored]
 
 
 def decode_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
