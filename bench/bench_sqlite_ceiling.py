@@ -10,7 +10,8 @@ secondary index, in random and in key order. This is the rate no importer writte
 SQLite can beat on this machine, whatever it does in Python.
 
 ``--scale N`` fills N images' postings (60 each, Zipf-like tag frequencies) in batches of
-50,000 images through ``executemany``, as the importer does, 16 KiB pages, 1 GiB page cache,
+50,000 images through ``executemany`` (as the importer did until 2026-12-05; it now writes
+multi-row statements, app.store.bulk), 16 KiB pages, 1 GiB page cache,
 in the layouts of ``LAYOUTS``: the ``image_tags`` table as it is, the same without its
 per-image index, a plain heap whose two keys are built once at the end, a table clustered
 by (tag, image) instead of (tag, score), and postings packed into one row per tag and batch
