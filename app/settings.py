@@ -22,6 +22,8 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps|cuda:all|cuda:\d+(,cuda:\d+)+)$")
 MIN_READ_TOKEN = 16
+# SAGASHI_DEVICE_INPUT_MEMORY_MB's default: about four batches of 64 large PNGs' frames.
+DEVICE_INPUT_MEMORY_MB = 2048
 
 
 class Settings(BaseSettings):
@@ -107,6 +109,15 @@ class Settings(BaseSettings):
         description="index and reindex pad and resize the images the readers decode (PNG, "
         "WebP, GIF, JPEGs the device does not decode; up to 2.6M pixels) on the model's "
         "device instead of in the readers (auto: when the model runs on a GPU).",
+    )
+    device_input_memory_mb: int = Field(
+        default=DEVICE_INPUT_MEMORY_MB,
+        ge=64,
+        le=1 << 20,
+        description="Host memory (MiB) that the JPEG bytes and decoded frames waiting for the "
+        "device (device_jpeg, device_resize) may hold at once in index and reindex; beyond "
+        "it the reader threads decode and resize on the CPU. Reader processes keep only "
+        "each file's own bound.",
     )
     batch_size: int = Field(default=8, ge=1, le=4096, description="Images per forward pass.")
     decode_workers: int = Field(

@@ -79,6 +79,7 @@ def index_options(settings: Settings) -> IndexOptions:
         read_processes=settings.read_processes == "on",
         device_jpeg=AUTO_ON_OFF[settings.device_jpeg],
         device_resize=AUTO_ON_OFF[settings.device_resize],
+        device_input_bytes=settings.device_input_memory_mb << 20,
     )
 
 

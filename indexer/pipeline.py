@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from app.settings import DEVICE_INPUT_MEMORY_MB
 from app.store import repository as repo
 from app.store.db import session_factory
 from app.store.formats import canonical_format
@@ -31,7 +32,7 @@ from app.tagger.errors import ImageDecodeError
 from app.tagger.protocol import Prediction, Tagger
 from indexer.forwarding import InFlight
 from indexer.readers import Readers, readers_for
-from indexer.reading import Read, ReadSpec, read_file
+from indexer.reading import DeviceInputBudget, Read, ReadSpec, read_file
 from indexer.scan import Found, Problem, walk
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class IndexOptions:
     # can run there.
     device_jpeg: bool | None = None
     device_resize: bool | None = None
+    # What the inputs waiting for the device may hold at once (indexer.reading).
+    device_input_bytes: int = DEVICE_INPUT_MEMORY_MB << 20
 
     def read_spec(self, tagger: Tagger, skip_decode: frozenset[str] = frozenset()) -> ReadSpec:
         able = supports(tagger.preprocess) and hasattr(tagger, "device")
@@ -125,7 +128,8 @@ class IndexOptions:
     def readers(self, tagger: Tagger, skip_decode: frozenset[str] = frozenset()) -> Readers:
         ahead = lookahead(self.batch_size, self.workers)
         spec = self.read_spec(tagger, skip_decode)
-        return readers_for(spec, self.workers, ahead, self.read_processes)
+        budget = DeviceInputBudget(self.device_input_bytes)
+        return readers_for(spec, self.workers, ahead, self.read_processes, budget)
 
 
 Progress = Callable[[int, int], None]  # (files done, files total)

@@ -32,7 +32,7 @@ from typing import Protocol, TypeVar
 
 from app.tagger.batching import ordered_map
 from app.tagger.errors import ImageDecodeError
-from indexer.reading import Read, ReadSpec, read_file
+from indexer.reading import DeviceInputBudget, Read, ReadSpec, read_file
 from indexer.switch_interval import short_switch_interval
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,19 @@ class Readers(Protocol):
 
 
 class ThreadReaders:
-    def __init__(self, spec: ReadSpec, workers: int, lookahead: int) -> None:
+    def __init__(
+        self,
+        spec: ReadSpec,
+        workers: int,
+        lookahead: int,
+        budget: DeviceInputBudget | None = None,
+    ) -> None:
         self.spec, self.workers, self.lookahead = spec, workers, lookahead
+        self.budget = budget
 
     def map(self, tasks: Iterable[Task]) -> Iterator[Read]:
         def read(task: Task) -> Read:
-            return read_file(self.spec, *task)
+            return read_file(self.spec, *task, self.budget)
 
         return read_in_threads(read, tasks, self.workers, self.lookahead, "sagashi-read")
 
@@ -79,10 +86,18 @@ def read_in_threads(
             yield result
 
 
-def readers_for(spec: ReadSpec, workers: int, lookahead: int, processes: bool) -> Readers:
+def readers_for(
+    spec: ReadSpec,
+    workers: int,
+    lookahead: int,
+    processes: bool,
+    budget: DeviceInputBudget | None = None,
+) -> Readers:
+    """The run's readers. ``budget`` bounds the threads' device inputs; reader processes
+    cannot share it, and keep each file's own bound only (docs/deployment.md)."""
     if processes:
         return ProcessReaders(spec, workers, lookahead)
-    return ThreadReaders(spec, workers, lookahead)
+    return ThreadReaders(spec, workers, lookahead, budget)
 
 
 @dataclass

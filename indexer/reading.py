@@ -8,6 +8,8 @@ starts quickly and sends back little besides the (S, S, 3) uint8 pixels.
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +38,34 @@ class ReadSpec:
     device_resize: bool = False
 
 
+class DeviceInputBudget:
+    """The host memory that the inputs waiting for the device (JPEG bytes, decoded frames)
+    may hold at once, across a run's reader threads. Without it the pipeline's depth (the
+    lookahead, the batch filling, the batches waiting to be staged: six batches) times the
+    per-file bounds is up to about 4 GB at batch 64. A reader that finds it spent does the work
+    itself, as with the device paths off, so nothing waits for memory and nothing can
+    deadlock; what an input held comes back when the input is dropped (staged, or its file
+    not batched)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, owner: object, nbytes: int) -> bool:
+        """Hold ``nbytes`` until ``owner`` is dropped; False (nothing held) when over."""
+        with self._lock:
+            if self.held + nbytes > self.limit:
+                return False
+            self.held += nbytes
+        weakref.finalize(owner, self._give, nbytes)
+        return True
+
+    def _give(self, nbytes: int) -> None:
+        with self._lock:
+            self.held -= nbytes
+
+
 @dataclass
 class Read:
     """One file as read: its hash and pixels, or why it could not be."""
@@ -59,11 +89,17 @@ class Read:
         return self.pixels if self.deferred is None else self.deferred
 
 
-def read_file(spec: ReadSpec, path: str, expect: tuple[int, int] | None) -> Read:
+def read_file(
+    spec: ReadSpec,
+    path: str,
+    expect: tuple[int, int] | None,
+    budget: DeviceInputBudget | None = None,
+) -> Read:
     """Read, hash and decode one file from the same bytes, so the hash always describes the
     pixels that were tagged. ``expect`` is the (size, mtime_ns) the scan saw; a file that
     differs from it, or changes while it is read, is skipped. ``None``: take the file as it
-    is now."""
+    is now. ``budget`` bounds what the inputs handed to the device hold (None: each file's
+    own bound only)."""
     read = Read(path)
     try:
         with open(path, "rb") as handle:
@@ -83,10 +119,12 @@ def read_file(spec: ReadSpec, path: str, expect: tuple[int, int] | None) -> Read
             "changed", "file changed during the scan; it will be indexed on the next run"
         )
         return read
-    return decode_bytes(spec, read, data)
+    return decode_bytes(spec, read, data, budget)
 
 
-def decode_bytes(spec: ReadSpec, read: Read, data: bytes) -> Read:
+def decode_bytes(
+    spec: ReadSpec, read: Read, data: bytes, budget: DeviceInputBudget | None = None
+) -> Read:
     """Hash and decode a file's bytes into ``read``: shared by the local read above and the
     object-store read (:mod:`indexer.object_store`), so both give the same facts and errors."""
     path = read.path
@@ -95,7 +133,7 @@ def decode_bytes(spec: ReadSpec, read: Read, data: bytes) -> Read:
     if read.sha256 in spec.skip_decode:
         return read
     header = device_decode.for_device(data, spec.max_pixels) if spec.device_jpeg else None
-    if header is not None:
+    if header is not None and _within(budget, header.jpeg, len(data)):
         read.deferred, read.width, read.height, read.format = (
             header.jpeg,
             header.width,
@@ -107,7 +145,7 @@ def decode_bytes(spec: ReadSpec, read: Read, data: bytes) -> Read:
         draft = spec.preprocess.draft_request if spec.jpeg_draft else None
         with pillow_notes.noting(path):  # Pillow's warnings name the file
             image, meta = decode_with_meta(data, max_pixels=spec.max_pixels, draft=draft)
-        read.pixels, read.deferred = _for_model(spec, image)
+        read.pixels, read.deferred = _for_model(spec, image, budget)
     except ImageDecodeError as exc:
         read.error = exc
         return read
@@ -118,7 +156,15 @@ def decode_bytes(spec: ReadSpec, read: Read, data: bytes) -> Read:
     return read
 
 
-def _for_model(spec: ReadSpec, image: Image.Image) -> tuple[np.ndarray | None, Frame | None]:
+def _for_model(
+    spec: ReadSpec, image: Image.Image, budget: DeviceInputBudget | None
+) -> tuple[np.ndarray | None, Frame | None]:
     """Model-size pixels, or the frame the device pads and resizes (``device_resize``)."""
     frame = device_decode.frame_for_device(image, spec.preprocess) if spec.device_resize else None
+    if frame is not None and not _within(budget, frame, frame.pixels.nbytes):
+        frame = None
     return (spec.preprocess.pixels(image), None) if frame is None else (None, frame)
+
+
+def _within(budget: DeviceInputBudget | None, owner: object, nbytes: int) -> bool:
+    return budget is None or budget.take(owner, nbytes)

@@ -31,7 +31,8 @@ from app.tagger.device_decode import (
 from app.tagger.preprocess import Preprocess
 from indexer.jobs import index_options
 from indexer.pipeline import Indexer, handed_over, loaded_from
-from indexer.reading import ReadSpec, read_file
+from indexer.readers import ThreadReaders
+from indexer.reading import DeviceInputBudget, ReadSpec, read_file
 from indexer.reindex import Reindexer
 from indexer.scan import Found
 from tests.support.geometries import PIXAI, WD
@@ -191,6 +192,47 @@ def test_real_anime_pngs_shaped_on_the_device_are_within_resize_noise_of_pillows
         assert diff.mean() < 0.3 and diff.max() <= bound, (path.name, diff.mean(), diff.max())
 
 
+# -- the host memory the device's inputs hold --------------------------------------------------
+
+
+def test_a_spent_budget_makes_the_reader_shape_and_decode_itself(tmp_path: Path) -> None:
+    pngs = [make_image(tmp_path / f"{i}.png", seed=i, size=(90, 60)) for i in range(3)]
+    jpeg = tmp_path / "rgb.jpg"
+    photo(50, 30, 5).save(jpeg, "JPEG")
+    host = ReadSpec(WD, 10**8, True)
+    device = ReadSpec(WD, 10**8, True, device_jpeg=True, device_resize=True)
+    budget = DeviceInputBudget(90 * 60 * 4)  # one frame
+    first = read_file(device, str(pngs[0]), None, budget)
+    assert isinstance(first.deferred, Frame) and budget.held == 90 * 60 * 4
+    for path in (pngs[1], jpeg):  # spent: the reader does the device's work
+        over = read_file(device, str(path), None, budget)
+        on_host = read_file(host, str(path), None).pixels
+        assert over.deferred is None and over.pixels is not None and on_host is not None
+        assert np.array_equal(over.pixels, on_host)
+    del first  # staged, or its file not batched: what it held comes back
+    gc.collect()
+    assert budget.held == 0
+    assert isinstance(read_file(device, str(pngs[2]), None, budget).deferred, Frame)
+    assert isinstance(read_file(device, str(jpeg), None, DeviceInputBudget(10**6)).deferred, Jpeg)
+
+
+def test_reader_threads_share_one_budget_and_give_it_all_back(tmp_path: Path) -> None:
+    paths = [make_image(tmp_path / f"{i}.png", seed=i, size=(90, 60)) for i in range(24)]
+    device = ReadSpec(WD, 10**8, True, device_resize=True)
+    limit = 3 * 90 * 60 * 4  # three frames, for four reader threads seven files ahead
+    budget = DeviceInputBudget(limit)
+    reads = []
+    for read in ThreadReaders(device, 4, 7, budget).map((str(p), None) for p in paths):
+        assert 0 <= budget.held <= limit
+        reads.append(read)
+    kinds = {type(read.model_input()).__name__ for read in reads}
+    assert kinds == {"Frame", "ndarray"}  # some frames, and the rest shaped by the readers
+    assert budget.held == 90 * 60 * 4 * sum(isinstance(r.deferred, Frame) for r in reads)
+    del reads, read
+    gc.collect()
+    assert budget.held == 0
+
+
 # -- index and reindex -------------------------------------------------------------------------
 
 
@@ -236,6 +278,22 @@ def test_an_index_with_frames_shaped_on_the_device_matches_the_readers(
     assert device_state[square]["vector"] == reader_state[square]["vector"]
 
 
+def test_an_index_whose_device_budget_runs_out_matches_the_readers(
+    migrated_url: str, tagger: TimmTagger, tmp_path: Path
+) -> None:
+    """Room for about two small frames: some files go to the device, the rest are shaped
+    by their readers as the budget comes and goes, and the index is the same."""
+    root = collection(tmp_path / "art")
+    engine = create_db_engine(migrated_url)
+    tight = small_options(device_resize=True, device_jpeg=True, device_input_bytes=20_000)
+    on_device = Indexer(engine, tagger, tight).run([root])
+    other_url = f"sqlite:///{tmp_path / 'readers.db'}"
+    migrate.upgrade(other_url)
+    by_readers = Indexer(create_db_engine(other_url), tagger, small_options()).run([root])
+    assert on_device.as_dict() == by_readers.as_dict()
+    assert_indexed_alike(engine, create_db_engine(other_url))
+
+
 def test_a_reindex_with_frames_shaped_on_the_device_equals_the_index(
     migrated_url: str, tagger: TimmTagger, tmp_path: Path
 ) -> None:
@@ -265,6 +323,13 @@ def test_the_setting_picks_the_readers_or_the_device(tagger: TimmTagger) -> None
         for value in ("auto", "on", "off")
     }
     assert chosen == {"auto": False, "on": True, "off": False}  # auto: on a GPU only
+
+
+def test_the_budget_setting_is_bounded_and_reaches_the_readers(tmp_path: Path) -> None:
+    assert Settings().device_input_memory_mb == 2048
+    with pytest.raises(ValidationError, match="device_input_memory_mb"):
+        Settings(device_input_memory_mb=16)
+    assert index_options(Settings(device_input_memory_mb=256)).device_input_bytes == 256 << 20
 
 
 def test_a_batch_hands_its_frames_over_and_keeps_none(tmp_path: Path) -> None:
