@@ -274,7 +274,8 @@ CHANGES_KEPT = 2_000_000
 def record_changes(session: Session, image_ids: Sequence[int]) -> None:
     """Log images whose searchable state changed, in the caller's transaction."""
     if image_ids:
-        bulk.insert_rows(session, "image_changes", ("image_id",), [(int(i),) for i in image_ids])
+        changes = {"image_id": np.asarray(image_ids, dtype=np.int64)}
+        bulk.insert_columns(session, cast(Table, ImageChange.__table__), changes)
 
 
 def prune_changes(session: Session, keep: int = CHANGES_KEPT) -> None:
@@ -365,24 +366,22 @@ def insert_predictions(
     counts = [len(p.tag_ids) for _, p in rows]
     tag_ids = np.concatenate([p.tag_ids for _, p in rows]).astype(np.int64)
     scores = np.concatenate([p.scores for _, p in rows]).astype(np.float32)
-    image_ids = np.repeat(np.array([i for i, _ in rows], dtype=np.int64), counts)
+    ids = np.array([i for i, _ in rows], dtype=np.int64)
+    image_ids = np.repeat(ids, counts)
     order = np.lexsort((image_ids, scores, tag_ids))  # the clustered key's order
-    postings = list(
-        zip(
-            [generation_id] * len(order),
-            tag_ids[order].tolist(),
-            scores[order].astype(np.float64).tolist(),
-            image_ids[order].tolist(),
-            strict=True,
-        )
-    )
-    bulk.insert_rows(
-        session, "image_tags", ("generation_id", "tag_id", "score", "image_id"), postings
-    )
-    blobs = encode_vectors(np.stack([p.embedding for _, p in rows]))
-    ids = [image_id for image_id, _ in rows]
-    vectors = [(generation_id, i, blob) for i, blob in zip(ids, blobs, strict=True)]
-    bulk.insert_rows(session, "embeddings", ("generation_id", "image_id", "vector"), vectors)
+    postings: dict[str, np.ndarray | int] = {
+        "generation_id": generation_id,
+        "tag_id": tag_ids[order],
+        "score": scores[order],
+        "image_id": image_ids[order],
+    }
+    bulk.insert_columns(session, cast(Table, ImageTag.__table__), postings)
+    vectors: dict[str, np.ndarray | int] = {
+        "generation_id": generation_id,
+        "image_id": ids,
+        "vector": stored_vectors(np.stack([p.embedding for _, p in rows])),
+    }
+    bulk.insert_columns(session, cast(Table, Embedding.__table__), vectors)
 
 
 def clear_predictions(session: Session, generation_id: int, image_ids: Sequence[int]) -> None:
@@ -460,14 +459,13 @@ def refresh_tag_counts(
 
 
 def encode_vector(vector: np.ndarray) -> bytes:
-    return encode_vectors(np.asarray(vector)[np.newaxis])[0]
+    return bytes(stored_vectors(np.asarray(vector)[np.newaxis])[0].tobytes())
 
 
-def encode_vectors(matrix: np.ndarray) -> list[bytes]:
-    """Each row of an (N, D) matrix as stored, converted in one operation (see
-    :meth:`TagMap.batch_postings` for why one)."""
-    stored = np.asarray(matrix, dtype="<f2")
-    return [row.tobytes() for row in stored]
+def stored_vectors(matrix: np.ndarray) -> np.ndarray:
+    """An (N, D) matrix as its rows are stored (little-endian float16), converted in one
+    operation (see :meth:`TagMap.batch_postings` for why one)."""
+    return np.ascontiguousarray(matrix, dtype="<f2")
 
 
 def decode_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:

@@ -4,20 +4,37 @@ statements; and the batch postings against a plain reference."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, event, select, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Table,
+    event,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.store import bulk
 from app.store import repository as repo
 from app.store.db import create_db_engine, session_factory
-from app.store.models import Image
+from app.store.migrate import upgrade
+from app.store.models import Embedding, Image, ImageChange, ImageTag
 from tests.app.store.test_store import INFO, VOCAB
+from tests.support.postgres import postgres_schema_url
 
 COLUMNS = ("n", "score", "name", "blob")
 
@@ -170,7 +187,163 @@ def test_batch_postings_agree_with_a_plain_reference(migrated_url: str) -> None:
     assert tag_map.batch_postings(probs[:0], 0.05) == []
 
 
-def test_vectors_are_encoded_as_one_by_one() -> None:
+def test_vectors_are_stored_as_one_by_one() -> None:
     matrix = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
-    assert repo.encode_vectors(matrix) == [np.asarray(row, dtype="<f2").tobytes() for row in matrix]
-    assert repo.encode_vector(matrix[2]) == repo.encode_vectors(matrix)[2]
+    stored = repo.stored_vectors(matrix)
+    assert [row.tobytes() for row in stored] == [
+        np.asarray(row, dtype="<f2").tobytes() for row in matrix
+    ]
+    assert repo.encode_vector(matrix[2]) == stored[2].tobytes()
+
+
+def typed_table(session: Session) -> Table:
+    """A table of every column type the column-wise path writes, created in the session."""
+    table = Table(
+        "typed",
+        MetaData(),
+        Column("n", Integer, primary_key=True),
+        Column("wide", BigInteger, nullable=False),
+        Column("small", SmallInteger, nullable=False),
+        Column("single", Float(precision=24), nullable=False),
+        Column("double", Float(precision=53), nullable=False),
+        Column("blob", LargeBinary, nullable=False),
+        Column("generation", Integer, nullable=False),
+    )
+    table.create(session.connection())
+    return table
+
+
+def typed_columns(count: int) -> dict[str, np.ndarray | int]:
+    """Values to the ends of each type's range, floats of both widths, bytes of float16."""
+    rng = np.random.default_rng(count)
+    wide = rng.integers(-(2**63), 2**63 - 1, count, dtype=np.int64, endpoint=True)
+    small = rng.integers(-(2**15), 2**15 - 1, count, dtype=np.int16, endpoint=True)
+    wide[:2], small[:2] = [-(2**63), 2**63 - 1][:count], [-(2**15), 2**15 - 1][:count]
+    n = rng.permutation(np.arange(-(2**31), -(2**31) + count, dtype=np.int64))
+    n[-1] = 2**31 - 1
+    single = (rng.standard_normal(count) * 10.0 ** rng.integers(-30, 30, count)).astype(np.float32)
+    return {
+        "n": n,
+        "wide": wide,
+        "small": small,
+        "single": single,
+        "double": rng.standard_normal(count),
+        "blob": rng.standard_normal((count, 3)).astype("<f2"),
+        "generation": 7,
+    }
+
+
+@pytest.mark.parametrize("count", [1, 3840, 10_000])
+def test_columns_go_in_once_and_exactly(migrated_url: str, count: int) -> None:
+    """Column by column (a binary COPY on PostgreSQL): every row once, each value exact:
+    integers to the ends of their types, single floats the same float32, bytes the array's."""
+    engine = create_db_engine(migrated_url)
+    columns = typed_columns(count)
+    with session_factory(engine)() as session:
+        table = typed_table(session)
+        bulk.insert_columns(session, table, columns)
+        session.commit()
+        stored = session.execute(select(table).order_by(table.c.n)).all()
+    engine.dispose()
+    order = np.argsort(columns["n"])
+    expected = [
+        (n, wide, small, single, double, blob.tobytes(), 7)
+        for n, wide, small, single, double, blob in zip(
+            *(np.asarray(columns[name])[order].tolist() for name in ("n", "wide", "small")),
+            np.asarray(columns["single"])[order].astype(np.float64).tolist(),
+            np.asarray(columns["double"])[order].tolist(),
+            np.asarray(columns["blob"])[order],
+            strict=True,
+        )
+    ]
+    # A REAL reads back as the shortest text of its float32 (PostgreSQL), so compare as float32.
+    got = [(*row[:3], float(np.float32(row[3])), row[4], bytes(row[5]), row[6]) for row in stored]
+    assert got == expected
+
+
+def test_a_value_beyond_its_column_is_refused_on_either_database(migrated_url: str) -> None:
+    """2**31 in an INTEGER column would wrap round to -2**31 in a binary COPY; it is an
+    error before anything is written, on SQLite too (which would have stored it)."""
+    engine = create_db_engine(migrated_url)
+    with session_factory(engine)() as session:
+        table = typed_table(session)
+        for name, beyond in (("n", 2**31), ("small", -(2**15) - 1), ("generation", 2**31)):
+            columns = typed_columns(4)
+            if name == "generation":
+                columns[name] = beyond
+            else:
+                columns[name] = np.asarray(columns[name], dtype=np.int64)
+                columns[name][2] = beyond  # type: ignore[index]
+            with pytest.raises(OverflowError, match=f"typed.{name}: a value beyond"):
+                bulk.insert_columns(session, table, columns)
+        assert session.scalar(select(func.count()).select_from(table)) == 0
+    engine.dispose()
+
+
+def test_columns_of_unequal_length_are_refused(migrated_url: str) -> None:
+    engine = create_db_engine(migrated_url)
+    with session_factory(engine)() as session:
+        table = typed_table(session)
+        columns = typed_columns(4)
+        columns["double"] = np.zeros(3)
+        with pytest.raises(ValueError, match="unequal"):
+            bulk.insert_columns(session, table, columns)
+        columns = typed_columns(4)
+        columns["blob"] = np.zeros(4, dtype="<f2")  # a 1-D array for a binary column
+        with pytest.raises(ValueError, match="2-D array"):
+            bulk.insert_columns(session, table, columns)
+        empty = {
+            name: value[:0] if isinstance(value, np.ndarray) else value
+            for name, value in typed_columns(4).items()
+        }
+        bulk.insert_columns(session, table, empty)
+        assert session.scalar(select(func.count()).select_from(table)) == 0
+    engine.dispose()
+
+
+def test_a_duplicate_key_by_columns_is_sqlalchemys_integrity_error(migrated_url: str) -> None:
+    engine = create_db_engine(migrated_url)
+    with session_factory(engine)() as session:
+        table = typed_table(session)
+        columns = typed_columns(5)
+        bulk.insert_columns(session, table, columns)
+        with pytest.raises(IntegrityError):
+            bulk.insert_columns(session, table, columns)
+        session.rollback()
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    yield from postgres_schema_url()
+
+
+WIRE_TYPES = {">i2": "smallint", ">i4": "integer", ">i8": "bigint", ">f4": "real"}
+
+
+@pytest.mark.parametrize("model", [ImageTag, Embedding, ImageChange])
+def test_the_migrated_schema_takes_the_binary_copy_types(postgres_url: str, model: Any) -> None:
+    """A binary COPY field must have its column's exact width. The types come from the
+    models; here the migrated PostgreSQL schema is held to them, column by column."""
+    upgrade(postgres_url)
+    engine = create_db_engine(postgres_url)
+    table = model.__table__
+    with session_factory(engine)() as session:
+        found: dict[str, str] = dict(
+            session.execute(
+                text(
+                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                    " WHERE attrelid = CAST(:table AS regclass) AND attnum > 0"
+                    " AND NOT attisdropped"
+                ),
+                {"table": table.name},
+            ).all()
+        )
+    engine.dispose()
+    for column in table.c:
+        if column.name == "seq":
+            continue  # the change log's own counter, never written by the bulk path
+        value = np.zeros((1, 2), np.uint8) if isinstance(column.type, LargeBinary) else 0
+        _value, kind = bulk._wire_value(table, column.name, value)
+        expected = "bytea" if kind.subdtype is not None else WIRE_TYPES[kind.str]
+        assert found[column.name] == expected, column.name
