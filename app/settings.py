@@ -116,8 +116,7 @@ class Settings(BaseSettings):
         le=1 << 20,
         description="Host memory (MiB) that the JPEG bytes and decoded frames waiting for the "
         "device (device_jpeg, device_resize) may hold at once in index and reindex; beyond "
-        "it the reader threads decode and resize on the CPU. Reader processes keep only "
-        "each file's own bound.",
+        "it the readers (threads or processes) decode and resize on the CPU.",
     )
     batch_size: int = Field(default=8, ge=1, le=4096, description="Images per forward pass.")
     decode_workers: int = Field(

@@ -3,8 +3,10 @@
     python -m indexer.reader_main TASK_FD RESULT_FD
 
 Reads its :class:`~indexer.reading.ReadSpec`, then tasks, from TASK_FD and answers each
-with ``(Read, notes)`` on RESULT_FD until it reads None or the pipe closes. ``notes`` are the
-log warnings the read raised (Pillow's, named by file), for the parent to log.
+with ``(Read, notes)`` on RESULT_FD until it reads None or the pipe closes. A task is a path,
+the (size, mtime_ns) the scan saw, and the bytes its device input may hold (reserved by the
+parent from the run's budget; None: the file's own bound only). ``notes`` are the log
+warnings the read raised (Pillow's, named by file), for the parent to log.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from multiprocessing.connection import Connection
 
 from app.process import die_with_parent
-from indexer.reading import read_file
+from indexer.reading import DeviceInputBudget, read_file
 
 
 class _Notes(logging.Handler):
@@ -42,7 +44,9 @@ def main(task_fd: int, result_fd: int) -> None:
     try:
         spec = tasks.recv()
         while (task := tasks.recv()) is not None:
-            results.send((read_file(spec, *task), notes.take()))
+            path, expect, allowance = task
+            budget = None if allowance is None else DeviceInputBudget(allowance)
+            results.send((read_file(spec, path, expect, budget), notes.take()))
     except (EOFError, BrokenPipeError):
         return  # the indexer is gone or done
 

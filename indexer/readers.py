@@ -12,7 +12,8 @@ Two implementations of one interface, picked once per run:
   reader that dies (a codec crash, the OOM killer) is replaced; the file it held is tried
   once more in a fresh reader, and reported as ``decoder_crashed`` if that one dies too.
   Pillow's per-file warnings come back with the result and are logged here, as a thread's
-  would be.
+  would be. The run's device-input budget is reserved here, a file's most, before each file
+  is sent, and settled on what comes back: processes stay within it as threads do.
 """
 
 from __future__ import annotations
@@ -93,10 +94,9 @@ def readers_for(
     processes: bool,
     budget: DeviceInputBudget | None = None,
 ) -> Readers:
-    """The run's readers. ``budget`` bounds the threads' device inputs; reader processes
-    cannot share it, and keep each file's own bound only (docs/deployment.md)."""
+    """The run's readers. ``budget`` bounds what their device inputs hold at once."""
     if processes:
-        return ProcessReaders(spec, workers, lookahead)
+        return ProcessReaders(spec, workers, lookahead, budget)
     return ThreadReaders(spec, workers, lookahead, budget)
 
 
@@ -115,12 +115,21 @@ class ProcessReaders:
     connection or thread of the indexer, and does not re-import the indexer's main module
     as multiprocessing's spawn and forkserver children do."""
 
-    def __init__(self, spec: ReadSpec, workers: int, lookahead: int) -> None:
+    def __init__(
+        self,
+        spec: ReadSpec,
+        workers: int,
+        lookahead: int,
+        budget: DeviceInputBudget | None = None,
+    ) -> None:
         self.spec = spec
         self.workers = max(1, workers)
         self.lookahead = max(lookahead, self.workers * PER_READER)
         self.crashes = 0  # readers replaced during the run, for the log and the tests
         self._live: list[_Reader] = []
+        # Only a run with a device path hands inputs on; the others reserve nothing.
+        self._budget = budget if spec.device_jpeg or spec.device_resize else None
+        self._reserved: dict[int, int] = {}  # by file index, while a reader holds the file
 
     def pids(self) -> list[int]:
         """The reader processes running now (for the tests' second hand)."""
@@ -134,6 +143,8 @@ class ProcessReaders:
             for reader in readers:
                 self._stop(reader)
             self._live = []
+            for index in list(self._reserved):
+                self._give_back(index)
 
     def _run(self, readers: list[_Reader], source: Iterator[tuple[int, Task]]) -> Iterator[Read]:
         done: dict[int, Read] = {}
@@ -162,7 +173,7 @@ class ProcessReaders:
                         in_hand += 1
                     reader.held.append(item)
                     try:
-                        reader.send.send(item[1])
+                        reader.send.send((*item[1], self._reserve(item[0])))
                     except OSError:
                         break  # it died: its results pipe says so below
             if not any(r.held for r in readers):
@@ -191,6 +202,8 @@ class ProcessReaders:
             except (EOFError, OSError):
                 return False
             index, _task = reader.held.popleft()
+            if self._budget is not None:
+                self._budget.settle(self._reserved.pop(index), read)
             done[index] = read
             reader.finished += 1
             for note in notes:
@@ -207,6 +220,8 @@ class ProcessReaders:
         self.crashes += 1
         reason = _exit_reason(reader)
         self._stop(reader)
+        for index, _task in reader.held:  # sent again with a new reservation, or not at all
+            self._give_back(index)
         if not reader.held:
             return
         index, task = reader.held.popleft()  # the file it was decoding when it died
@@ -224,6 +239,17 @@ class ProcessReaders:
             again.append((index, task))
         again.extend(reader.held)  # only waiting in its pipe: not its fault
         reader.held.clear()
+
+    def _reserve(self, index: int) -> int | None:
+        """The bytes this file's device input may hold (None: its own bound only)."""
+        if self._budget is None:
+            return None
+        self._reserved[index] = self._budget.reserve()
+        return self._reserved[index]
+
+    def _give_back(self, index: int) -> None:
+        if self._budget is not None and index in self._reserved:
+            self._budget.give_back(self._reserved.pop(index))
 
     def _start(self) -> _Reader:
         task_r, task_w = os.pipe()

@@ -38,32 +38,63 @@ class ReadSpec:
     device_resize: bool = False
 
 
+# The most one file's device input holds: a JPEG's bytes or a decoded frame.
+DEVICE_INPUT_MOST = max(device_decode.DEVICE_MAX_BYTES, device_decode.FRAME_MAX_BYTES)
+
+
 class DeviceInputBudget:
     """The host memory that the inputs waiting for the device (JPEG bytes, decoded frames)
-    may hold at once, across a run's reader threads. Without it the pipeline's depth (the
+    may hold at once, across a run's readers. Without it the pipeline's depth (the
     lookahead, the batch filling, the batches waiting to be staged: six batches) times the
     per-file bounds is up to about 4 GB at batch 64. A reader that finds it spent does the work
     itself, as with the device paths off, so nothing waits for memory and nothing can
     deadlock; what an input held comes back when the input is dropped (staged, or its file
-    not batched)."""
+    not batched).
+
+    Reader threads :meth:`take` from it as they read. A reader process cannot share it: the
+    parent :meth:`reserve` s a file's most before sending the file, the process reads within
+    that, and the parent :meth:`settle` s the reservation on what came back."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
         self._lock = threading.Lock()
 
-    def take(self, owner: object, nbytes: int) -> bool:
-        """Hold ``nbytes`` until ``owner`` is dropped; False (nothing held) when over."""
+    def take(self, owner: Jpeg | Frame) -> bool:
+        """Hold what ``owner`` holds until it is dropped; False (nothing held) when over."""
+        nbytes = held_by(owner)
         with self._lock:
             if self.held + nbytes > self.limit:
                 return False
             self.held += nbytes
-        weakref.finalize(owner, self._give, nbytes)
+        weakref.finalize(owner, self.give_back, nbytes)
         return True
 
-    def _give(self, nbytes: int) -> None:
+    def reserve(self, most: int = DEVICE_INPUT_MOST) -> int:
+        """Hold up to ``most`` bytes for a read elsewhere: what is left, 0 when spent."""
+        with self._lock:
+            granted = max(0, min(most, self.limit - self.held))
+            self.held += granted
+        return granted
+
+    def settle(self, reserved: int, read: Read) -> None:
+        """Keep what ``read``'s device input holds, until the input is dropped, and give the
+        rest of the reservation back now."""
+        owner = read.deferred
+        kept = min(reserved, held_by(owner)) if owner is not None else 0
+        self.give_back(reserved - kept)
+        if owner is not None and kept:
+            weakref.finalize(owner, self.give_back, kept)
+
+    def give_back(self, nbytes: int) -> None:
+        """Give back bytes held for an input or a reservation."""
         with self._lock:
             self.held -= nbytes
+
+
+def held_by(owner: Jpeg | Frame) -> int:
+    """The host bytes an input waiting for the device holds."""
+    return len(owner.data) if isinstance(owner, Jpeg) else int(owner.pixels.nbytes)
 
 
 @dataclass
@@ -133,7 +164,7 @@ def decode_bytes(
     if read.sha256 in spec.skip_decode:
         return read
     header = device_decode.for_device(data, spec.max_pixels) if spec.device_jpeg else None
-    if header is not None and _within(budget, header.jpeg, len(data)):
+    if header is not None and _within(budget, header.jpeg):
         read.deferred, read.width, read.height, read.format = (
             header.jpeg,
             header.width,
@@ -161,10 +192,10 @@ def _for_model(
 ) -> tuple[np.ndarray | None, Frame | None]:
     """Model-size pixels, or the frame the device pads and resizes (``device_resize``)."""
     frame = device_decode.frame_for_device(image, spec.preprocess) if spec.device_resize else None
-    if frame is not None and not _within(budget, frame, frame.pixels.nbytes):
+    if frame is not None and not _within(budget, frame):
         frame = None
     return (spec.preprocess.pixels(image), None) if frame is None else (None, frame)
 
 
-def _within(budget: DeviceInputBudget | None, owner: object, nbytes: int) -> bool:
-    return budget is None or budget.take(owner, nbytes)
+def _within(budget: DeviceInputBudget | None, owner: Jpeg | Frame) -> bool:
+    return budget is None or budget.take(owner)

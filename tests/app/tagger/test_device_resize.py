@@ -5,6 +5,8 @@ with the device JPEGs' geometry. Run here on the CPU, the device a GPU run swaps
 from __future__ import annotations
 
 import gc
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +33,8 @@ from app.tagger.device_decode import (
 from app.tagger.preprocess import Preprocess
 from indexer.jobs import index_options
 from indexer.pipeline import Indexer, handed_over, loaded_from
-from indexer.readers import ThreadReaders
-from indexer.reading import DeviceInputBudget, ReadSpec, read_file
+from indexer.readers import ProcessReaders, ThreadReaders
+from indexer.reading import DEVICE_INPUT_MOST, DeviceInputBudget, Read, ReadSpec, read_file
 from indexer.reindex import Reindexer
 from indexer.scan import Found
 from tests.support.geometries import PIXAI, WD
@@ -233,6 +235,62 @@ def test_reader_threads_share_one_budget_and_give_it_all_back(tmp_path: Path) ->
     assert budget.held == 0
 
 
+def test_reader_processes_keep_within_the_runs_budget_and_give_it_all_back(
+    tmp_path: Path,
+) -> None:
+    """A process cannot take from the parent's budget: each file's most is reserved before
+    it is sent, and settled on what came back. Frames and shaped pixels mix as the budget
+    comes and goes; it is never exceeded, and it all comes back."""
+    paths = [make_image(tmp_path / f"{i}.png", seed=i, size=(90, 60)) for i in range(16)]
+    device = ReadSpec(WD, 10**8, True, device_resize=True)
+    host = ReadSpec(WD, 10**8, True)
+    limit = 3 * 90 * 60 * 4
+    budget = DeviceInputBudget(limit)
+    reads: list[Read] = []
+    for read in ProcessReaders(device, 2, 6, budget).map((str(p), None) for p in paths):
+        assert 0 <= budget.held <= limit
+        reads.append(read)
+    kinds = {type(read.model_input()).__name__ for read in reads}
+    assert kinds == {"Frame", "ndarray"}
+    assert budget.held == 90 * 60 * 4 * sum(isinstance(r.deferred, Frame) for r in reads)
+    for read in reads:
+        if read.pixels is not None:
+            assert np.array_equal(read.pixels, read_file(host, read.path, None).pixels)  # type: ignore[arg-type]
+    del reads, read
+    gc.collect()
+    assert budget.held == 0
+
+
+def test_a_reader_process_that_dies_gives_its_files_reservations_back(tmp_path: Path) -> None:
+    """Killed holding files: what was reserved for them comes back, they are read again
+    with new reservations, and nothing stays held once the reads are dropped."""
+    paths = [make_image(tmp_path / f"{i}.png", seed=i, size=(900, 700)) for i in range(12)]
+    device = ReadSpec(WD, 10**8, True, device_resize=True)
+    budget = DeviceInputBudget(64 * DEVICE_INPUT_MOST)  # room for all: every file a frame
+    readers = ProcessReaders(device, 2, 4, budget)
+    reads: list[Read] = []
+    for read in readers.map((str(p), None) for p in paths):
+        if len(reads) == 2:
+            os.kill(readers.pids()[0], signal.SIGKILL)
+        reads.append(read)
+    assert readers.crashes >= 1
+    assert [r.path for r in reads] == [str(p) for p in paths]
+    assert all(isinstance(r.deferred, Frame) for r in reads)
+    assert budget.held == 900 * 700 * 4 * len(reads)  # the frames only: no reservation left
+    del reads, read
+    gc.collect()
+    assert budget.held == 0
+
+
+def test_reader_processes_without_a_device_path_reserve_nothing(tmp_path: Path) -> None:
+    paths = [make_image(tmp_path / f"{i}.png", seed=i, size=(90, 60)) for i in range(4)]
+    budget = DeviceInputBudget(DEVICE_INPUT_MOST)
+    for read in ProcessReaders(ReadSpec(WD, 10**8, True), 2, 4, budget).map(
+        (str(p), None) for p in paths
+    ):
+        assert budget.held == 0 and read.pixels is not None
+
+
 # -- index and reindex -------------------------------------------------------------------------
 
 
@@ -278,14 +336,21 @@ def test_an_index_with_frames_shaped_on_the_device_matches_the_readers(
     assert device_state[square]["vector"] == reader_state[square]["vector"]
 
 
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 def test_an_index_whose_device_budget_runs_out_matches_the_readers(
-    migrated_url: str, tagger: TimmTagger, tmp_path: Path
+    migrated_url: str, tagger: TimmTagger, tmp_path: Path, processes: bool
 ) -> None:
     """Room for about two small frames: some files go to the device, the rest are shaped
-    by their readers as the budget comes and goes, and the index is the same."""
+    by their readers (threads or processes) as the budget comes and goes, and the index is
+    the same."""
     root = collection(tmp_path / "art")
     engine = create_db_engine(migrated_url)
-    tight = small_options(device_resize=True, device_jpeg=True, device_input_bytes=20_000)
+    tight = small_options(
+        device_resize=True,
+        device_jpeg=True,
+        device_input_bytes=20_000,
+        read_processes=processes,
+    )
     on_device = Indexer(engine, tagger, tight).run([root])
     other_url = f"sqlite:///{tmp_path / 'readers.db'}"
     migrate.upgrade(other_url)
