@@ -26,8 +26,8 @@ from sqlalchemy import Engine, Table
 from app.store import bulk, migrate
 from app.store.db import create_db_engine, session_factory
 from app.store.models import ImageTag
-from bench.bench_writer import ABOVE_FLOOR, FLOOR, TAGS, database
-from bench.common import emit, machine
+from bench.bench_writer import ABOVE_FLOOR, FLOOR, TAGS
+from bench.common import emit, machine, scratch_database
 
 log = logging.getLogger("bench.copy")
 
@@ -112,7 +112,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.database_url.startswith("postgresql"):
         parser.error("--database-url: COPY is PostgreSQL's; SQLite takes neither way")
-    with tempfile.TemporaryDirectory() as tmp, database(args.database_url, Path(tmp)) as url:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        scratch_database(args.database_url, Path(tmp)) as url,
+    ):
         migrate.upgrade(url)
         engine = create_db_engine(url)
         results = {"machine": machine(), **run(engine, args.batch_size, args.batches)}

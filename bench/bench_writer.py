@@ -19,13 +19,11 @@ import argparse
 import logging
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
 from app.store import migrate
 from app.store import repository as repo
@@ -35,7 +33,7 @@ from app.tagger.config import ModelConfig
 from app.tagger.protocol import ModelInfo, Prediction
 from app.tagger.timm_tagger import preprocess_for
 from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary
-from bench.common import SHARED_DATA, emit, machine
+from bench.common import SHARED_DATA, emit, machine, scratch_database
 from bench.gil import Busy, busy_rate_alone
 from indexer.pipeline import Loaded, Waiting, _Batch
 from indexer.scan import Found
@@ -158,25 +156,6 @@ def run(engine: Engine, batch_size: int, batches: int) -> dict[str, object]:
     }
 
 
-@contextmanager
-def database(url: str | None, work: Path) -> Iterator[str]:
-    """SQLite in ``work``, or a fresh schema in the PostgreSQL at ``url``, dropped after."""
-    if url is None:
-        yield f"sqlite:///{work / 'writer.db'}"
-        return
-    schema = f"bench_writer_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(url)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        joiner = "&" if "?" in url else "?"
-        yield f"{url}{joiner}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
@@ -185,7 +164,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with tempfile.TemporaryDirectory() as tmp, database(args.database_url, Path(tmp)) as url:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        scratch_database(args.database_url, Path(tmp)) as url,
+    ):
         migrate.upgrade(url)
         engine = create_db_engine(url)
         results = {"machine": machine(), **run(engine, args.batch_size, args.batches)}

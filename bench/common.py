@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: machine description and the real-data location."""
+"""Shared helpers for the benchmarks: machine description, the real-data location, results
+and scratch databases."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+from sqlalchemy import create_engine, text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -49,7 +53,26 @@ def latency_table(log: logging.Logger, first: str, rows: Sequence[tuple[str, np.
 
 def emit(results: object, out: str | Path | None, indent: int = 1) -> None:
     """A bench's results as JSON on stdout, and in ``out`` when given."""
-    text = json.dumps(results, indent=indent)
-    print(text)
+    shown = json.dumps(results, indent=indent)
+    print(shown)
     if out:
-        Path(out).write_text(text)
+        Path(out).write_text(shown)
+
+
+@contextmanager
+def scratch_database(url: str | None, work: Path) -> Iterator[str]:
+    """SQLite in ``work``, or a fresh schema in the PostgreSQL at ``url``, dropped after."""
+    if url is None:
+        yield f"sqlite:///{work / 'bench.db'}"
+        return
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        joiner = "&" if "?" in url else "?"
+        yield f"{url}{joiner}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
