@@ -51,9 +51,10 @@ class DeviceInputBudget:
     deadlock; what an input held comes back when the input is dropped (staged, or its file
     not batched).
 
-    Reader threads :meth:`take` from it as they read. A reader process cannot share it: the
-    parent :meth:`reserve` s a file's most before sending the file, the process reads within
-    that, and the parent :meth:`settle` s the reservation on what came back."""
+    Reader threads take from it as they read (:meth:`take`). A reader process cannot share
+    it: the parent reserves a file's most before sending the file (:meth:`reserve`), the
+    process reads within that, and the parent settles the reservation on what came back
+    (:meth:`settle`)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
