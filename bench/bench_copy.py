@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import cast
 
 import numpy as np
 from sqlalchemy import Engine, Table
 
-from app.store import bulk, migrate
-from app.store.db import create_db_engine, session_factory
+from app.store import bulk
+from app.store.db import session_factory
 from app.store.models import ImageTag
 from bench.bench_writer import ABOVE_FLOOR, FLOOR, TAGS
-from bench.common import emit, machine, scratch_database
+from bench.common import emit, measured_on_scratch
 
 log = logging.getLogger("bench.copy")
 
@@ -112,14 +110,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.database_url.startswith("postgresql"):
         parser.error("--database-url: COPY is PostgreSQL's; SQLite takes neither way")
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        scratch_database(args.database_url, Path(tmp)) as url,
-    ):
-        migrate.upgrade(url)
-        engine = create_db_engine(url)
-        results = {"machine": machine(), **run(engine, args.batch_size, args.batches)}
-        engine.dispose()
+    results = measured_on_scratch(
+        args.database_url, lambda engine: run(engine, args.batch_size, args.batches)
+    )
     emit(results, args.out)
 
 

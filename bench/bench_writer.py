@@ -17,23 +17,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Engine, text
 
-from app.store import migrate
 from app.store import repository as repo
 from app.store.aliases import load_aliases
-from app.store.db import create_db_engine, session_factory
+from app.store.db import session_factory
 from app.tagger.config import ModelConfig
 from app.tagger.protocol import ModelInfo, Prediction
 from app.tagger.timm_tagger import preprocess_for
 from app.tagger.vocab import TagVocabulary, load_pixai_vocabulary
-from bench.common import SHARED_DATA, emit, machine, scratch_database
+from bench.common import SHARED_DATA, emit, measured_on_scratch
 from bench.gil import Busy, busy_rate_alone
 from indexer.pipeline import Loaded, Waiting, _Batch
 from indexer.scan import Found
@@ -164,14 +161,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        scratch_database(args.database_url, Path(tmp)) as url,
-    ):
-        migrate.upgrade(url)
-        engine = create_db_engine(url)
-        results = {"machine": machine(), **run(engine, args.batch_size, args.batches)}
-        engine.dispose()
+    results = measured_on_scratch(
+        args.database_url, lambda engine: run(engine, args.batch_size, args.batches)
+    )
     emit(results, args.out)
 
 

@@ -7,14 +7,18 @@ import json
 import logging
 import os
 import platform
+import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
+
+from app.store import migrate
+from app.store.db import create_db_engine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -76,3 +80,16 @@ def scratch_database(url: str | None, work: Path) -> Iterator[str]:
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def measured_on_scratch(
+    url: str | None, measure: Callable[[Engine], dict[str, object]]
+) -> dict[str, object]:
+    """``measure``'s results on a freshly migrated scratch database, with the machine."""
+    with tempfile.TemporaryDirectory() as tmp, scratch_database(url, Path(tmp)) as scratch:
+        migrate.upgrade(scratch)
+        engine = create_db_engine(scratch)
+        try:
+            return {"machine": machine(), **measure(engine)}
+        finally:
+            engine.dispose()

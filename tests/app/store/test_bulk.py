@@ -196,8 +196,11 @@ def test_vectors_are_stored_as_one_by_one() -> None:
     assert repo.encode_vector(matrix[2]) == stored[2].tobytes()
 
 
-def typed_table(session: Session) -> Table:
-    """A table of every column type the column-wise path writes, created in the session."""
+@pytest.fixture
+def typed(migrated_url: str) -> Iterator[tuple[Session, Table]]:
+    """A session, and a table of every column type the column-wise path writes, created in
+    it (sqlite, postgresql)."""
+    engine = create_db_engine(migrated_url)
     table = Table(
         "typed",
         MetaData(),
@@ -209,8 +212,10 @@ def typed_table(session: Session) -> Table:
         Column("blob", LargeBinary, nullable=False),
         Column("generation", Integer, nullable=False),
     )
-    table.create(session.connection())
-    return table
+    with session_factory(engine)() as session:
+        table.create(session.connection())
+        yield session, table
+    engine.dispose()
 
 
 def typed_columns(count: int) -> dict[str, np.ndarray | int]:
@@ -234,17 +239,14 @@ def typed_columns(count: int) -> dict[str, np.ndarray | int]:
 
 
 @pytest.mark.parametrize("count", [1, 3840, 10_000])
-def test_columns_go_in_once_and_exactly(migrated_url: str, count: int) -> None:
+def test_columns_go_in_once_and_exactly(typed: tuple[Session, Table], count: int) -> None:
     """Column by column (a binary COPY on PostgreSQL): every row once, each value exact:
     integers to the ends of their types, single floats the same float32, bytes the array's."""
-    engine = create_db_engine(migrated_url)
+    session, table = typed
     columns = typed_columns(count)
-    with session_factory(engine)() as session:
-        table = typed_table(session)
-        bulk.insert_columns(session, table, columns)
-        session.commit()
-        stored = session.execute(select(table).order_by(table.c.n)).all()
-    engine.dispose()
+    bulk.insert_columns(session, table, columns)
+    session.commit()
+    stored = session.execute(select(table).order_by(table.c.n)).all()
     order = np.argsort(columns["n"])
     expected = [
         (n, wide, small, single, double, blob.tobytes(), 7)
@@ -261,56 +263,51 @@ def test_columns_go_in_once_and_exactly(migrated_url: str, count: int) -> None:
     assert got == expected
 
 
-def test_a_value_beyond_its_column_is_refused_on_either_database(migrated_url: str) -> None:
+def test_a_value_beyond_its_column_is_refused_on_either_database(
+    typed: tuple[Session, Table],
+) -> None:
     """2**31 in an INTEGER column would wrap round to -2**31 in a binary COPY; it is an
     error before anything is written, on SQLite too (which would have stored it)."""
-    engine = create_db_engine(migrated_url)
-    with session_factory(engine)() as session:
-        table = typed_table(session)
-        for name, beyond in (("n", 2**31), ("small", -(2**15) - 1), ("generation", 2**31)):
-            columns = typed_columns(4)
-            if name == "generation":
-                columns[name] = beyond
-            else:
-                columns[name] = np.asarray(columns[name], dtype=np.int64)
-                columns[name][2] = beyond  # type: ignore[index]
-            with pytest.raises(OverflowError, match=f"typed.{name}: a value beyond"):
-                bulk.insert_columns(session, table, columns)
-        assert session.scalar(select(func.count()).select_from(table)) == 0
-    engine.dispose()
-
-
-def test_columns_of_unequal_length_are_refused(migrated_url: str) -> None:
-    engine = create_db_engine(migrated_url)
-    with session_factory(engine)() as session:
-        table = typed_table(session)
+    session, table = typed
+    for name, beyond in (("n", 2**31), ("small", -(2**15) - 1), ("generation", 2**31)):
         columns = typed_columns(4)
-        columns["double"] = np.zeros(3)
-        with pytest.raises(ValueError, match="unequal"):
+        if name == "generation":
+            columns[name] = beyond
+        else:
+            columns[name] = np.asarray(columns[name], dtype=np.int64)
+            columns[name][2] = beyond  # type: ignore[index]
+        with pytest.raises(OverflowError, match=f"typed.{name}: a value beyond"):
             bulk.insert_columns(session, table, columns)
-        columns = typed_columns(4)
-        columns["blob"] = np.zeros(4, dtype="<f2")  # a 1-D array for a binary column
-        with pytest.raises(ValueError, match="2-D array"):
-            bulk.insert_columns(session, table, columns)
-        empty = {
-            name: value[:0] if isinstance(value, np.ndarray) else value
-            for name, value in typed_columns(4).items()
-        }
-        bulk.insert_columns(session, table, empty)
-        assert session.scalar(select(func.count()).select_from(table)) == 0
-    engine.dispose()
+    assert session.scalar(select(func.count()).select_from(table)) == 0
 
 
-def test_a_duplicate_key_by_columns_is_sqlalchemys_integrity_error(migrated_url: str) -> None:
-    engine = create_db_engine(migrated_url)
-    with session_factory(engine)() as session:
-        table = typed_table(session)
-        columns = typed_columns(5)
+def test_columns_of_unequal_length_are_refused(typed: tuple[Session, Table]) -> None:
+    session, table = typed
+    columns = typed_columns(4)
+    columns["double"] = np.zeros(3)
+    with pytest.raises(ValueError, match="unequal"):
         bulk.insert_columns(session, table, columns)
-        with pytest.raises(IntegrityError):
-            bulk.insert_columns(session, table, columns)
-        session.rollback()
-    engine.dispose()
+    columns = typed_columns(4)
+    columns["blob"] = np.zeros(4, dtype="<f2")  # a 1-D array for a binary column
+    with pytest.raises(ValueError, match="2-D array"):
+        bulk.insert_columns(session, table, columns)
+    empty = {
+        name: value[:0] if isinstance(value, np.ndarray) else value
+        for name, value in typed_columns(4).items()
+    }
+    bulk.insert_columns(session, table, empty)
+    assert session.scalar(select(func.count()).select_from(table)) == 0
+
+
+def test_a_duplicate_key_by_columns_is_sqlalchemys_integrity_error(
+    typed: tuple[Session, Table],
+) -> None:
+    session, table = typed
+    columns = typed_columns(5)
+    bulk.insert_columns(session, table, columns)
+    with pytest.raises(IntegrityError):
+        bulk.insert_columns(session, table, columns)
+    session.rollback()
 
 
 @pytest.fixture
