@@ -24,7 +24,7 @@ from sqlalchemy import Engine, Table
 from app.store import bulk
 from app.store.db import session_factory
 from app.store.models import ImageTag
-from bench.bench_writer import ABOVE_FLOOR, FLOOR, TAGS
+from bench.bench_writer import ABOVE_FLOOR, FLOOR, TAGS, tag_weights
 from bench.common import emit, measured_on_scratch
 
 log = logging.getLogger("bench.copy")
@@ -34,8 +34,7 @@ Postings = dict[str, np.ndarray | int]
 
 def postings(first_image: int, images: int, rng: np.random.Generator) -> Postings:
     """One batch's postings in the clustered key's order, as ``insert_predictions`` sorts."""
-    weights = 1.0 / np.arange(1, TAGS + 1)
-    weights /= weights.sum()
+    weights = tag_weights(TAGS)
     tag_ids = np.concatenate(
         [rng.choice(TAGS, size=ABOVE_FLOOR, replace=False, p=weights) for _ in range(images)]
     ).astype(np.int64)

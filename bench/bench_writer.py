@@ -53,12 +53,18 @@ def vocabulary() -> tuple[TagVocabulary, str]:
     return TagVocabulary(names, np.zeros(TAGS, dtype=np.int8)), "synthetic, 13,461 tags"
 
 
+def tag_weights(tags: int) -> np.ndarray:
+    """How often each of ``tags`` tags is drawn: Zipf-like, as common tags recur."""
+    weights = 1.0 / np.arange(1, tags + 1, dtype=np.float64)
+    weights /= weights.sum()
+    return weights
+
+
 def predictions(batch: int, tags: int, rng: np.random.Generator) -> Prediction:
     """Scores below the floor but for ABOVE_FLOOR tags an image (Zipf-like: common tags
     recur), and L2-normalised embeddings."""
     probs = rng.uniform(0.0, FLOOR * 0.9, size=(batch, tags)).astype(np.float32)
-    weights = 1.0 / np.arange(1, tags + 1)
-    weights /= weights.sum()
+    weights = tag_weights(tags)
     for row in probs:
         chosen = rng.choice(tags, size=ABOVE_FLOOR, replace=False, p=weights)
         row[chosen] = rng.uniform(FLOOR, 1.0, size=ABOVE_FLOOR)
