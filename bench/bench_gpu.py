@@ -1,6 +1,7 @@
 """Tagging at the GPU's speed: every figure of the GPU issue in one run with a time limit.
 
     python3 -m bench.bench_gpu --device cuda --images 2048 --batch-size 64 --budget 480
+    python3 -m bench.bench_gpu --device cuda --images 2048 --batch-size 64 --budget 420 --focused
     python -m bench.bench_gpu --device cpu --tiny --images 48 --batch-size 8   # smoke test
 
 In one process, on one model (the real-size EVA02-Large with a random, calibrated 13,461-tag
@@ -76,6 +77,22 @@ from indexer.reading import ReadSpec
 from indexer.reindex import Reindexer
 
 log = logging.getLogger("bench.gpu")
+
+# Sections an H200 run has measured already (docs/benchmarks.md, GPU runs of 2026-12-04):
+# --focused skips them, so a short device session spends its minutes on what is open (the
+# PNG paths, the readers' GIL changes, the CUDA graph and the default path end to end).
+MEASURED = {
+    "handler_fp32_b1_img_s",
+    "autocast",
+    "bf16",
+    "bf16_compiled",
+    "bf16_compiled_fused_b128",
+    "read_processes_img_s",
+    "index_jpegs_one_stager",
+    "index_jpegs_b128",
+    "index_processes",
+    "index_before",
+}
 
 
 def make_image(path: Path, size: tuple[int, int], seed: int, flat: bool) -> Path:
@@ -343,6 +360,11 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT"))
     parser.add_argument("--png-every", type=int, default=4, help="every Nth file a PNG; 0: none")
     parser.add_argument("--skip", default="", help="comma-separated section names to skip")
+    parser.add_argument(
+        "--focused",
+        action="store_true",
+        help="also skip the sections earlier GPU runs measured (MEASURED): a short device session",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the index sections")
     args = parser.parse_args()
     if args.out:
@@ -352,10 +374,11 @@ def main() -> None:
     results: dict[str, Any] = {"machine": machine(), "args": vars(args)}
     log.info("machine: %s", results["machine"])
     device, batch = args.device, args.batch_size
+    skipped = set(args.skip.split(",")) | (MEASURED if args.focused else set())
 
     def section(name: str, fn: Callable[[], Any]) -> None:
         spent = time.perf_counter() - started
-        if name in args.skip.split(","):
+        if name in skipped:
             return
         if args.budget and spent > args.budget:
             log.info("%s: skipped, %.0f s of the %.0f s budget spent", name, spent, args.budget)

@@ -17,6 +17,7 @@ SLOW_MODULES = frozenset(
         "app/search/test_segments.py",
         "app/tagger/test_tag_defaults.py",
         "app/tagrules/test_tag_rules_cli.py",
+        "bench/test_bench_gpu.py",
         "indexer/test_cli_output.py",
         "indexer/test_cli_tag.py",
         "indexer/test_crash_jobs.py",
