@@ -5,7 +5,8 @@
 # onnxruntime, but not the rest of Sagashi's dependencies, and it cannot reach a registry.
 # So, on the development machine, first:
 #     bash bench/device_gpu.sh wheels      # the missing wheels, at this venv's versions, in .whl/
-# then on the GPU machine (the device tool: carry [".whl"], a timeout of about 560 s):
+# then on the GPU machine (the device tool: carry [".whl"], a timeout of about 560 s, and kind
+# nvidia-h200, the card of every earlier GPU figure in docs/benchmarks.md):
 #     bash bench/device_gpu.sh run [more bench_gpu options]
 # which installs them under /tmp/site and runs bench_gpu --focused within 500 s, its JSON and
 # log in $OUT.

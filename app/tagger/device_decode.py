@@ -102,10 +102,13 @@ def frame_pixels(image: Image.Image) -> np.ndarray:
     """An RGB image's pixels as an (H, W, 4) RGBX view of Pillow's own memory, through its
     Arrow export: no copy. ``np.asarray`` copies them through Pillow's encoder holding the
     GIL, 4 ms for a 1600x1200 frame, which the model thread and the other readers wait out
-    (docs/benchmarks.md). An image Pillow keeps in several blocks is copied as (H, W, 3)."""
+    (docs/benchmarks.md). An image Pillow keeps in several blocks, or any image under a
+    Pillow before 11.2 (which has no Arrow export), is copied as (H, W, 3)."""
     import pyarrow as pa  # lazily: a reader that hands no frames on does not load it
 
     width, height = image.size
+    if not hasattr(image, "__arrow_c_array__"):  # pa.array would take it for a sequence
+        return np.asarray(image)
     try:
         exported = pa.array(image)
     except ValueError:  # rows not in one block: Pillow cannot export it without a copy

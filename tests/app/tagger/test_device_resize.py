@@ -92,6 +92,19 @@ def test_an_image_pillow_keeps_in_several_blocks_is_copied() -> None:
     assert pixels.shape == (60, 90, 3) and np.array_equal(pixels, np.asarray(image))
 
 
+def test_under_a_pillow_without_arrow_export_a_frame_is_copied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pillow 11.0 and 11.1 (pyproject allows them) have no __arrow_c_array__; pa.array then
+    # raised TypeError and every frame handed on failed its file
+    monkeypatch.delattr(PILImage.Image, "__arrow_c_array__")
+    image = photo(90, 60, 13)
+    pixels = frame_pixels(image)
+    assert pixels.shape == (60, 90, 3) and np.array_equal(pixels, np.asarray(image))
+    frame = frame_for_device(image, WD)
+    assert frame is not None and np.array_equal(frame.pixels, np.asarray(image))
+
+
 def test_what_the_reader_shapes_itself() -> None:
     assert frame_for_device(photo(448, 448, 2), WD) is None  # at model size: nothing to do
     side = int((FRAME_MAX_BYTES / 4) ** 0.5) + 1  # over the bound a frame may wait in
