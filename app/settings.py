@@ -29,7 +29,11 @@ DEVICE_INPUT_MEMORY_MB = 2048
 class Settings(BaseSettings):
     """Every setting has an environment variable named ``SAGASHI_<FIELD>`` (upper case)."""
 
-    model_config = SettingsConfigDict(env_prefix="SAGASHI_", extra="ignore", validate_default=True)
+    # protected_namespaces: pydantic before 2.10 reserves every "model_" name and warns, on
+    # every command's stderr, about model_dir and the like; no field shadows BaseModel's own.
+    model_config = SettingsConfigDict(
+        env_prefix="SAGASHI_", extra="ignore", validate_default=True, protected_namespaces=()
+    )
 
     data_dir: Path = Field(
         default=Path("./sagashi-data"),

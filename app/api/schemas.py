@@ -215,7 +215,8 @@ class EvaluateItem(BaseModel):
 
 
 class AdminJobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # protected_namespaces: as in app.settings, for model_dir under pydantic before 2.10
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     action: Literal["index", "reindex", "rebuild_faiss"]
     paths: list[str] = Field(

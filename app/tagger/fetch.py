@@ -10,16 +10,18 @@ no ``.incomplete`` and no partial model in the target.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from app.errors import SagashiError
 
@@ -94,7 +96,16 @@ def probe(model: PublishedModel, token: str | None) -> None:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     url = hf_hub_url(model.repo_id, model.files[0])
-    get_hf_file_metadata(url, token=token, retry_on_errors=False)
+    # huggingface_hub 1.2 and later retry this request unless told not to; before 1.2 it
+    # retried none of its errors and had no such parameter
+    once: dict[str, Any] = (
+        {"retry_on_errors": False} if _takes(get_hf_file_metadata, "retry_on_errors") else {}
+    )
+    get_hf_file_metadata(url, token=token, **once)
+
+
+def _takes(function: Callable[..., Any], parameter: str) -> bool:
+    return parameter in inspect.signature(function).parameters
 
 
 def _download(model: PublishedModel, filename: str, staging: Path, token: str | None) -> None:
@@ -189,10 +200,13 @@ def explain_failure(exc: BaseException, model: PublishedModel) -> str:
 
 
 def _network_error(exc: BaseException) -> bool:
-    """Connection refused, DNS, timeouts: httpx's (or httpx2's) TransportError, by name, since
-    huggingface_hub's HTTP client package differs between versions."""
+    """Connection refused, DNS, timeouts, by name, since huggingface_hub's HTTP client package
+    differs between versions: httpx's (or httpx2's) TransportError from 1.0, requests'
+    ConnectionError and Timeout (not the built-in classes) before."""
     names = {cls.__name__ for cls in type(exc).__mro__}
-    return "TransportError" in names or isinstance(exc, ConnectionError | TimeoutError)
+    return bool(names & {"TransportError", "ConnectionError", "Timeout"}) or isinstance(
+        exc, ConnectionError | TimeoutError
+    )
 
 
 def _offline_mode() -> bool:
