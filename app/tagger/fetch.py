@@ -17,7 +17,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -98,14 +98,9 @@ def probe(model: PublishedModel, token: str | None) -> None:
     url = hf_hub_url(model.repo_id, model.files[0])
     # huggingface_hub 1.2 and later retry this request unless told not to; before 1.2 it
     # retried none of its errors and had no such parameter
-    once: dict[str, Any] = (
-        {"retry_on_errors": False} if _takes(get_hf_file_metadata, "retry_on_errors") else {}
-    )
+    takes_it = "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters
+    once: dict[str, Any] = {"retry_on_errors": False} if takes_it else {}
     get_hf_file_metadata(url, token=token, **once)
-
-
-def _takes(function: Callable[..., Any], parameter: str) -> bool:
-    return parameter in inspect.signature(function).parameters
 
 
 def _download(model: PublishedModel, filename: str, staging: Path, token: str | None) -> None:

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 from bench.bench_gpu import MEASURED
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO_ROOT
 
 # What a CPU run of --focused measures: the GPU-only sections (nvjpeg, png_frames) are left
 # out off CUDA, and the index at batch 128 runs only when its model was loaded.
@@ -39,7 +38,7 @@ def test_the_focused_gpu_benchmark_runs_every_section_on_the_cpu(tmp_path: Path)
     command += ["--images", "16", "--batch-size", "4", "--budget", "0", "--focused"]
     done = subprocess.run(
         [*command, "--out", str(tmp_path)],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=480,
