@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 # ``param_type_name``, click's public marker, rather than by importing that copy.
 
 
+def usage_name(argument: Any) -> str:
+    """An argument as the usage line names it: its metavar, else its name in capitals, with
+    ``...`` when it takes several and in brackets when it may be left out (``PATHS...``,
+    ``[DIR]``)."""
+    name = (argument.metavar or (argument.name or "").upper()).strip("[]").removesuffix("...")
+    name = f"{name}..." if argument.nargs != 1 else name
+    return name if argument.required else f"[{name}]"
+
+
 class SagashiCommand(TyperCommand):
     """A command whose usage line names its arguments in capitals, as click's own do, and
     that ends on a :class:`~app.errors.SagashiError` with the error's one-line reason on
@@ -34,12 +43,8 @@ class SagashiCommand(TyperCommand):
 
     def collect_usage_pieces(self, ctx: Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
-        for param in self.get_params(ctx):
-            if param.param_type_name != "argument":
-                continue
-            piece = (param.name or "").upper() + ("..." if param.nargs != 1 else "")
-            pieces.append(piece if param.required else f"[{piece}]")
-        return pieces
+        arguments = (p for p in self.get_params(ctx) if p.param_type_name == "argument")
+        return pieces + [usage_name(argument) for argument in arguments]
 
 
 class DashQueryCommand(SagashiCommand):

@@ -24,6 +24,7 @@ from pydantic_core import PydanticUndefined
 
 from app.settings import Settings
 from indexer.cli import app
+from indexer.cli_parsing import usage_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path("docs") / "reference"
@@ -113,17 +114,10 @@ def _type(param: Any) -> str:
     return names.get(str(kind.name), "text")
 
 
-def _metavar(param: Any) -> str:
-    """An argument as the usage line shows it: ``PATHS...``, ``[DIR]``."""
-    name = (param.metavar or (param.name or "").upper()).strip("[]").removesuffix("...")
-    name = f"{name}..." if param.nargs == -1 else name
-    return name if param.required else f"[{name}]"
-
-
 def _command_section(path: str, command: Any) -> list[str]:
     arguments = [p for p in command.params if p.param_type_name == "argument"]
     options = [p for p in command.params if p.param_type_name == "option" and not p.hidden]
-    usage = " ".join(["sagashi", path, "[OPTIONS]", *(_metavar(a) for a in arguments)])
+    usage = " ".join(["sagashi", path, "[OPTIONS]", *(usage_name(a) for a in arguments)])
     lines = [f"## `sagashi {path}`", "", "```text", usage, "```", ""]
     for paragraph in _paragraphs(command.help or ""):
         lines += [paragraph, ""]
@@ -131,7 +125,7 @@ def _command_section(path: str, command: Any) -> list[str]:
         lines += ["| argument | help |", "|---|---|"]
         for argument in arguments:
             help_text = _cell(getattr(argument, "help", None) or "")
-            lines.append(f"| {_code(_metavar(argument))} | {help_text} |")
+            lines.append(f"| {_code(usage_name(argument))} | {help_text} |")
         lines.append("")
     if options:
         lines += ["| option | type | default | help |", "|---|---|---|---|"]

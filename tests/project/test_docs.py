@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import typer.main
+from typer.testing import CliRunner
 
 from app.query.errors import ErrorCode
 from app.query.metatags import KNOWN_METATAGS, ORDERS
@@ -51,6 +52,30 @@ def test_every_command_is_documented_with_a_heading_and_has_an_example() -> None
             command = command.commands[part]
         assert f"sagashi {path}" in (command.epilog or ""), f"'{path}' --help has no example"
         assert (command.epilog or "").startswith("Example: ")
+
+
+def test_help_lists_each_argument_as_its_usage_line_names_it() -> None:
+    # Typer 0.27 lists an argument without a metavar by its parameter name ("paths..." under
+    # "Usage: sagashi tag [OPTIONS] PATHS..."), so each argument names its metavar.
+    root: Any = typer.main.get_command(app)
+    checked = 0
+    for path in docs_gen.command_paths():
+        command = root
+        for part in path.split():
+            command = command.commands[part]
+        arguments = [p for p in command.params if p.param_type_name == "argument"]
+        if not arguments:
+            continue
+        result = CliRunner().invoke(app, [*path.split(), "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        usage, _, listed = result.output.partition("Arguments")
+        for argument in arguments:
+            where = f"'sagashi {path}' argument {argument.name}"
+            assert argument.metavar, f"{where} has no metavar"
+            assert argument.metavar in usage, where
+            assert re.search(rf"^\W*{re.escape(argument.metavar)}\s", listed, re.M), where
+            checked += 1
+    assert checked >= 9
 
 
 def test_every_setting_is_documented() -> None:
