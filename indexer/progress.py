@@ -21,8 +21,17 @@ from rich.progress import (
 stderr_console = Console(stderr=True)
 
 
+class _Progress(Progress):
+    """A bar that, hidden, prints nothing when it stops: rich before 14.3 ends a hidden bar
+    with an empty line on stderr, before the summary or the one-line error."""
+
+    def stop(self) -> None:
+        if not self.disable:
+            super().stop()
+
+
 def progress_bar(unit: str = "files") -> Progress:
-    return Progress(
+    return _Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

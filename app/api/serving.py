@@ -124,11 +124,13 @@ def _share_cores(workers: int) -> None:
 
 def uvicorn_options(settings: Settings, workers: int = 1) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.run`` (or ``uvicorn.Config``) besides the app. With
-    several workers uvicorn starts each in a new process and needs the protocol by name;
-    :func:`app_from_environment` gives it its timeout there."""
+    several workers uvicorn starts each in a new process, which gets the protocol class by
+    its module path (a class made at run time cannot travel there);
+    :func:`app_from_environment` gives it its timeout there. The class, not its import
+    string: uvicorn before 0.36 takes a string only as one of its own protocol names."""
     protocol: Any = head_timeout_protocol(settings.header_timeout)
     if workers > 1:
-        protocol = f"{__name__}:HeadTimeoutH11Protocol"
+        protocol = HeadTimeoutH11Protocol
     return {
         "host": settings.host,
         "port": settings.port,

@@ -44,6 +44,7 @@ SLOW_TESTS = frozenset(
         "app/api/test_reliability.py::test_hostile_uploads_get_a_4xx_with_a_message_and_the_server_stays_up",
         "app/api/test_serve_limits.py::test_a_slow_body_is_not_cut_by_the_header_timeout",
         "app/api/test_serve_limits.py::test_a_slowloris_client_is_disconnected_after_the_header_timeout",
+        "app/api/test_serve_limits.py::test_with_two_workers_each_worker_keeps_the_header_timeout",
         "app/search/test_engines.py::test_every_engine_answers_as_the_brute_force",
         "app/search/test_paging_walk.py::test_walking_presorted_images_pages_like_sorting",
         "app/search/test_search_service.py::test_concurrent_searches_while_the_index_changes",

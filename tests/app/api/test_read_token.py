@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.routing import iter_route_contexts
 from pydantic import ValidationError
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 
 from app.api.auth import COOKIE, cookie_value
 from app.api.danbooru.shape import danbooru_shaped
@@ -51,16 +50,26 @@ def open_env(
     yield from indexed_env(request, tmp_path_factory.mktemp("open"), tiny_pixai_dir, images=2)
 
 
+def route_paths(routes: list[BaseRoute]) -> Iterator[tuple[BaseRoute, str, set[str]]]:
+    """Each route with its full path template and methods, an included router's too."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # before FastAPI 0.137.2, include_router copied its routes into routes
+        for route in routes:
+            yield route, getattr(route, "path", ""), getattr(route, "methods", None) or set()
+        return
+    for context in iter_route_contexts(routes):
+        yield context.original_route, str(context.path), context.methods or set()
+
+
 def app_routes(env: ApiEnv) -> set[tuple[str, str]]:
     """(method, path template) of every route, and GET for each mount."""
     found = set()
-    for context in iter_route_contexts(env.client.app.routes):  # type: ignore[attr-defined]
-        if isinstance(context.original_route, Mount):
-            found.add(("GET", str(context.path)))
+    for route, path, methods in route_paths(env.client.app.routes):  # type: ignore[attr-defined]
+        if isinstance(route, Mount):
+            found.add(("GET", path))
             continue
-        for method in context.methods or ():
-            if method != "HEAD":
-                found.add((method, str(context.path)))
+        found.update((method, path) for method in methods if method != "HEAD")
     return found
 
 

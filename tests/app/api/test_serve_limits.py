@@ -178,3 +178,15 @@ def test_limits_come_from_settings(tmp_path: Path) -> None:
     assert options["limit_concurrency"] == 9
     assert options["h11_max_incomplete_event_size"] == 2048
     assert options["http"].header_timeout == 10.0
+
+
+def test_with_two_workers_each_worker_keeps_the_header_timeout(tmp_path: Path) -> None:
+    # The workers are new processes that get the protocol class by its module path and the
+    # timeout from the environment; both are held to it (connections land on either).
+    settings = {"SAGASHI_HEADER_TIMEOUT": str(HEADER_TIMEOUT), "SAGASHI_WORKERS": "2"}
+    with sagashi_serve(tmp_path, settings) as base:
+        for _ in range(4):
+            with connect(base) as sock:
+                held = seconds_until_closed(sock, [], every=0.25)
+            assert HEADER_TIMEOUT - 0.3 <= held <= HEADER_TIMEOUT + SLACK, held
+        assert httpx.get(f"{base}/healthz").status_code == 200
