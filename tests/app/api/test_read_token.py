@@ -54,7 +54,8 @@ def route_paths(routes: list[BaseRoute]) -> Iterator[tuple[BaseRoute, str, set[s
     """Each route with its full path template and methods, an included router's too."""
     try:
         from fastapi.routing import iter_route_contexts
-    except ImportError:  # before FastAPI 0.137.2, include_router copied its routes into routes
+    except ImportError:  # before FastAPI 0.137 include_router copied its routes in (0.137.0
+        # and 0.137.1, which the dev extra leaves out, do neither)
         for route in routes:
             yield route, getattr(route, "path", ""), getattr(route, "methods", None) or set()
         return
