@@ -132,9 +132,7 @@ RayActorsOption = Annotated[
 def tag(
     paths: Annotated[
         list[Path],
-        typer.Argument(
-            metavar="PATHS...", help="Image files or folders (folders are searched recursively)."
-        ),
+        typer.Argument(help="Image files or folders (folders are searched recursively)."),
     ],
     model_dir: ModelDirOption = None,
     output_format: Annotated[
@@ -279,7 +277,7 @@ def _print_outcome(outcome: TagOutcome, tagger: Tagger, view: OutputView) -> Non
     epilog="Example: HF_TOKEN=hf_... sagashi model fetch pixai-v0.9 --dir ./models/pixai-v0.9",
 )
 def model_fetch(
-    name: Annotated[str, typer.Argument(metavar="NAME", help=f"One of: {', '.join(PUBLISHED)}.")],
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(PUBLISHED)}.")],
     directory: Annotated[
         Path | None, typer.Option("--dir", help="Target directory (default ./models/NAME).")
     ] = None,
@@ -335,10 +333,7 @@ def db_upgrade() -> None:
 
 @app.command(epilog="Example: sagashi index ~/Pictures/art --model-dir ./models/pixai-v0.9")
 def index(
-    paths: Annotated[
-        list[str],
-        typer.Argument(metavar="PATHS...", help="Folders (or files) to index, recursively."),
-    ],
+    paths: Annotated[list[str], typer.Argument(help="Folders (or files) to index, recursively.")],
     model_dir: ModelDirOption = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward pass.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
@@ -477,9 +472,7 @@ def stop(run: Run, message: str) -> NoReturn:
     epilog="Example: sagashi import predictions.jsonl --vocabulary tags_v0.9_13k.json",
 )
 def import_(
-    file: Annotated[
-        Path, typer.Argument(metavar="FILE", help="Predictions: .jsonl/.ndjson or .parquet.")
-    ],
+    file: Annotated[Path, typer.Argument(help="Predictions: .jsonl/.ndjson or .parquet.")],
     embeddings: Annotated[
         Path | None,
         typer.Option(
@@ -628,10 +621,7 @@ def generations_list() -> None:
 
 @generations_app.command("drop", epilog="Example: sagashi generations drop 1")
 def generations_drop(
-    generation_id: Annotated[
-        int,
-        typer.Argument(metavar="GENERATION_ID", help="Generation id (see 'generations list')."),
-    ],
+    generation_id: Annotated[int, typer.Argument(help="Generation id (see 'generations list').")],
 ) -> None:
     """Delete a retired or unfinished generation: its scores, embeddings and FAISS files."""
     settings = load_settings()
@@ -654,9 +644,7 @@ def jobs_list(
 
 
 @jobs_app.command("show", epilog="Example: sagashi jobs show 12")
-def jobs_show(
-    job_id: Annotated[int, typer.Argument(metavar="JOB_ID", help="Job id (see 'jobs list').")],
-) -> None:
+def jobs_show(job_id: Annotated[int, typer.Argument(help="Job id (see 'jobs list').")]) -> None:
     """A job as JSON, with the files it could not process and why."""
     engine = open_store(load_settings())
     job = get_job(engine, job_id)
@@ -673,9 +661,7 @@ def jobs_show(
     '(or: sagashi search "1girl" --like cover.png)',
 )
 def search(
-    query: Annotated[
-        str, typer.Argument(metavar="QUERY", help="Danbooru-syntax query (quote it).")
-    ],
+    query: Annotated[str, typer.Argument(help="Danbooru-syntax query (quote it).")],
     limit: Annotated[int, typer.Option(min=1, max=100_000, help="Most hits printed.")] = 100,
     cursor: Annotated[
         str | None, typer.Option(help="Continue after a page: the 'next' cursor it printed.")
@@ -827,10 +813,7 @@ def _serve(settings: Settings) -> None:
 
 @app.command(epilog="Example: sagashi up ~/Pictures/art")
 def up(
-    paths: Annotated[
-        list[Path],
-        typer.Argument(metavar="PATHS...", help="Folders (or files) to index, recursively."),
-    ],
+    paths: Annotated[list[Path], typer.Argument(help="Folders (or files) to index, recursively.")],
     model_dir: ModelDirOption = None,
     host: Annotated[str | None, typer.Option(help="Listen address [SAGASHI_HOST].")] = None,
     port: Annotated[

@@ -30,9 +30,17 @@ def usage_name(argument: Any) -> str:
 
 
 class SagashiCommand(TyperCommand):
-    """A command whose usage line names its arguments in capitals, as click's own do, and
-    that ends on a :class:`~app.errors.SagashiError` with the error's one-line reason on
-    stderr and its exit status: the one place the CLI maps errors to exit codes."""
+    """A command whose usage line and --help name its arguments in capitals, as click's own
+    do, and that ends on a :class:`~app.errors.SagashiError` with the error's one-line reason
+    on stderr and its exit status: the one place the CLI maps errors to exit codes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # --help's list of arguments then names each as the usage line does: Typer 0.27 lists
+        # an argument without a metavar by its name in lower case ("paths...").
+        for param in self.params:
+            if param.param_type_name == "argument" and param.metavar is None:
+                param.metavar = usage_name(param)
 
     def invoke(self, ctx: Context) -> Any:
         try:

@@ -56,7 +56,7 @@ def test_every_command_is_documented_with_a_heading_and_has_an_example() -> None
 
 def test_help_lists_each_argument_as_its_usage_line_names_it() -> None:
     # Typer 0.27 lists an argument without a metavar by its parameter name ("paths..." under
-    # "Usage: sagashi tag [OPTIONS] PATHS..."), so each argument names its metavar.
+    # "Usage: sagashi tag [OPTIONS] PATHS..."), so SagashiCommand gives each argument one.
     root: Any = typer.main.get_command(app)
     checked = 0
     for path in docs_gen.command_paths():
